@@ -1,0 +1,15 @@
+//! Types and conventions shared by every iotmon role: what a device's state looks like on the
+//! wire, how MQTT topics are laid out, the dashboard's viewer protocol, and how a role connects
+//! to an external MQTT broker.
+//!
+//! - [`device`]: a device's latest state, as the bridge derives it and viewers receive it.
+//! - [`topics`]: the topic tree (`sensors/...`, `iotmon/live/...`) and its parsing.
+//! - [`viewer`]: the WebSocket messages between the dashboard and a browser.
+//! - [`mqtt`]: `mqtt://host:port` addresses and a resilient client session loop.
+
+pub mod device;
+pub mod mqtt;
+pub mod topics;
+pub mod viewer;
+
+pub use device::{DeviceId, DeviceState, GroupPath, MetricValue, Metrics};

@@ -1,0 +1,115 @@
+//! The MQTT topic tree shared by devices, the bridge and the dashboard.
+//!
+//! - `sensors/<group path>/<device-id>`: readings published by devices.
+//! - `iotmon/live/<group path>/<device-id>`: a device's latest state, published by the bridge
+//!   when the roles run as separate processes.
+//! - `iotmon/sync/request`: published by a dashboard when it (re)connects; the bridge answers by
+//!   republishing every device's state so the new dashboard starts complete.
+
+use thiserror::Error;
+
+/// Filter the bridge subscribes to for device readings.
+pub const SENSORS_FILTER: &str = "sensors/#";
+/// Filter a dashboard subscribes to for device states.
+pub const LIVE_FILTER: &str = "iotmon/live/#";
+/// Topic a dashboard publishes to ask the bridge for a full republish.
+pub const SYNC_REQUEST: &str = "iotmon/sync/request";
+
+const SENSORS_ROOT: &str = "sensors";
+const LIVE_ROOT: &str = "iotmon/live";
+
+/// Group levels allowed between the root and the device id.
+pub const MAX_GROUP_LEVELS: usize = 8;
+
+/// Where a device sits in the topic tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceTopic<'a> {
+    /// The group path, levels joined by `/`.
+    pub group: &'a str,
+    /// The device id (the last level).
+    pub device: &'a str,
+}
+
+/// Why a topic is not a valid device topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum TopicError {
+    #[error("topic is not under the expected root")]
+    WrongRoot,
+    #[error("topic has no group level between the root and the device id")]
+    NoGroup,
+    #[error("topic has more than {MAX_GROUP_LEVELS} group levels")]
+    TooDeep,
+    #[error("topic has an empty level")]
+    EmptyLevel,
+}
+
+/// Parses `sensors/<group path>/<device-id>`.
+///
+/// # Errors
+/// The topic is not under `sensors/`, has no group level, more than [`MAX_GROUP_LEVELS`]
+/// group levels, or an empty level.
+pub fn parse_sensor_topic(topic: &str) -> Result<DeviceTopic<'_>, TopicError> {
+    parse_under(SENSORS_ROOT, topic)
+}
+
+/// Parses `iotmon/live/<group path>/<device-id>`.
+///
+/// # Errors
+/// As [`parse_sensor_topic`], for the `iotmon/live/` root.
+pub fn parse_live_topic(topic: &str) -> Result<DeviceTopic<'_>, TopicError> {
+    parse_under(LIVE_ROOT, topic)
+}
+
+/// The topic a device publishes its readings on.
+pub fn sensor_topic(group: &str, device: &str) -> String {
+    format!("{SENSORS_ROOT}/{group}/{device}")
+}
+
+/// The topic the bridge publishes a device's state on.
+pub fn live_topic(group: &str, device: &str) -> String {
+    format!("{LIVE_ROOT}/{group}/{device}")
+}
+
+fn parse_under<'a>(root: &str, topic: &'a str) -> Result<DeviceTopic<'a>, TopicError> {
+    let rest = topic
+        .strip_prefix(root)
+        .and_then(|rest| rest.strip_prefix('/'))
+        .ok_or(TopicError::WrongRoot)?;
+    let (group, device) = rest.rsplit_once('/').ok_or(TopicError::NoGroup)?;
+    if device.is_empty() || group.split('/').any(str::is_empty) {
+        return Err(TopicError::EmptyLevel);
+    }
+    if group.split('/').count() > MAX_GROUP_LEVELS {
+        return Err(TopicError::TooDeep);
+    }
+    Ok(DeviceTopic { group, device })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_group_path_from_device_id() {
+        let topic = parse_sensor_topic("sensors/hq/building-a/floor-3/temp-0042").expect("valid");
+        assert_eq!(topic.group, "hq/building-a/floor-3");
+        assert_eq!(topic.device, "temp-0042");
+        let topic = live_topic("hq", "d1");
+        let live = parse_live_topic(&topic).expect("valid");
+        assert_eq!((live.group, live.device), ("hq", "d1"));
+    }
+
+    #[test]
+    fn rejects_malformed_topics() {
+        assert_eq!(parse_sensor_topic("other/hq/d1"), Err(TopicError::WrongRoot));
+        assert_eq!(parse_sensor_topic("sensorsx/hq/d1"), Err(TopicError::WrongRoot));
+        assert_eq!(parse_sensor_topic("sensors/d1"), Err(TopicError::NoGroup));
+        assert_eq!(parse_sensor_topic("sensors/hq/"), Err(TopicError::EmptyLevel));
+        assert_eq!(parse_sensor_topic("sensors//d1"), Err(TopicError::EmptyLevel));
+        assert_eq!(parse_sensor_topic("sensors/a//b/d1"), Err(TopicError::EmptyLevel));
+        let eight = "sensors/1/2/3/4/5/6/7/8/d1";
+        assert!(parse_sensor_topic(eight).is_ok());
+        let nine = "sensors/1/2/3/4/5/6/7/8/9/d1";
+        assert_eq!(parse_sensor_topic(nine), Err(TopicError::TooDeep));
+    }
+}
