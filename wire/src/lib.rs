@@ -3,13 +3,16 @@
 //! to an external MQTT broker.
 //!
 //! - [`device`]: a device's latest state, as the bridge derives it and viewers receive it.
+//! - [`derived`]: the batches the bridge hands to dashboards.
 //! - [`topics`]: the topic tree (`sensors/...`, `iotmon/live/...`) and its parsing.
 //! - [`viewer`]: the WebSocket messages between the dashboard and a browser.
 //! - [`mqtt`]: `mqtt://host:port` addresses and a resilient client session loop.
 
+pub mod derived;
 pub mod device;
 pub mod mqtt;
 pub mod topics;
 pub mod viewer;
 
+pub use derived::Derived;
 pub use device::{DeviceId, DeviceState, GroupPath, MetricValue, Metrics};

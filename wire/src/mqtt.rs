@@ -221,7 +221,10 @@ mod tests {
         let url: BrokerUrl = "mqtt://127.0.0.1:1884".parse().expect("valid");
         assert_eq!((url.host.as_str(), url.port), ("127.0.0.1", 1884));
         let url: BrokerUrl = "broker.local".parse().expect("valid");
-        assert_eq!((url.host.as_str(), url.port), ("broker.local", DEFAULT_PORT));
+        assert_eq!(
+            (url.host.as_str(), url.port),
+            ("broker.local", DEFAULT_PORT)
+        );
         assert_eq!(url.to_string(), "mqtt://broker.local:1883");
         assert!(matches!(
             "http://x:1".parse::<BrokerUrl>(),
@@ -231,7 +234,10 @@ mod tests {
             "mqtt://x:port".parse::<BrokerUrl>(),
             Err(BrokerUrlError::Port(_))
         ));
-        assert_eq!("mqtt://:1".parse::<BrokerUrl>(), Err(BrokerUrlError::NoHost));
+        assert_eq!(
+            "mqtt://:1".parse::<BrokerUrl>(),
+            Err(BrokerUrlError::NoHost)
+        );
     }
 
     #[test]

@@ -101,12 +101,27 @@ mod tests {
 
     #[test]
     fn rejects_malformed_topics() {
-        assert_eq!(parse_sensor_topic("other/hq/d1"), Err(TopicError::WrongRoot));
-        assert_eq!(parse_sensor_topic("sensorsx/hq/d1"), Err(TopicError::WrongRoot));
+        assert_eq!(
+            parse_sensor_topic("other/hq/d1"),
+            Err(TopicError::WrongRoot)
+        );
+        assert_eq!(
+            parse_sensor_topic("sensorsx/hq/d1"),
+            Err(TopicError::WrongRoot)
+        );
         assert_eq!(parse_sensor_topic("sensors/d1"), Err(TopicError::NoGroup));
-        assert_eq!(parse_sensor_topic("sensors/hq/"), Err(TopicError::EmptyLevel));
-        assert_eq!(parse_sensor_topic("sensors//d1"), Err(TopicError::EmptyLevel));
-        assert_eq!(parse_sensor_topic("sensors/a//b/d1"), Err(TopicError::EmptyLevel));
+        assert_eq!(
+            parse_sensor_topic("sensors/hq/"),
+            Err(TopicError::EmptyLevel)
+        );
+        assert_eq!(
+            parse_sensor_topic("sensors//d1"),
+            Err(TopicError::EmptyLevel)
+        );
+        assert_eq!(
+            parse_sensor_topic("sensors/a//b/d1"),
+            Err(TopicError::EmptyLevel)
+        );
         let eight = "sensors/1/2/3/4/5/6/7/8/d1";
         assert!(parse_sensor_topic(eight).is_ok());
         let nine = "sensors/1/2/3/4/5/6/7/8/9/d1";

@@ -1,0 +1,58 @@
+//! `iotmon bridge --broker mqtt://...`: the bridge in a process of its own, reading devices
+//! from any MQTT broker and publishing device states back to it for dashboards.
+
+use std::sync::Arc;
+
+use iotmon_wire::mqtt::{drive_session, BrokerUrl, SessionPlan};
+use rumqttc::AsyncClient;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::BridgeConfig;
+use crate::counters::BridgeCounters;
+use crate::live_publisher::publish_live;
+use crate::source::FILTERS;
+use crate::{pipeline, INPUT_CAPACITY, LIVE_CAPACITY};
+
+/// Requests the MQTT client may queue before a publish waits.
+const CLIENT_QUEUE: usize = 1024;
+
+/// Runs the bridge against the broker at `broker` until `shutdown`.
+pub async fn run(
+    config: BridgeConfig,
+    broker: BrokerUrl,
+    client_id: &str,
+    max_packet_size: usize,
+    counters: Arc<BridgeCounters>,
+    shutdown: CancellationToken,
+) {
+    let (client, eventloop) =
+        AsyncClient::new(broker.options(client_id, max_packet_size), CLIENT_QUEUE);
+    let (to_bridge, from_broker) = mpsc::channel(INPUT_CAPACITY);
+    let (live_updates, to_publish) = mpsc::channel(LIVE_CAPACITY);
+    let plan = SessionPlan {
+        subscriptions: FILTERS.iter().map(|filter| filter.to_string()).collect(),
+        announce: None,
+    };
+    let tasks = TaskTracker::new();
+    tasks.spawn(drive_session(
+        eventloop,
+        client.clone(),
+        plan,
+        Some(to_bridge),
+        shutdown.clone(),
+    ));
+    tasks.spawn(publish_live(client, to_publish, shutdown.clone()));
+    tasks.close();
+    pipeline::run(
+        config,
+        from_broker,
+        live_updates,
+        counters,
+        shutdown.clone(),
+    )
+    .await;
+    shutdown.cancel();
+    tasks.wait().await;
+}

@@ -1,0 +1,12 @@
+//! What the bridge derives from the raw device stream and hands to dashboards: in-process in
+//! `iotmon serve`, or over `iotmon/...` topics when the roles run apart.
+
+use crate::device::DeviceState;
+
+/// One batch of derived data.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Derived {
+    /// Devices whose state changed since the previous batch (latest state only: a device
+    /// appears at most once per batch).
+    Devices(Vec<DeviceState>),
+}
