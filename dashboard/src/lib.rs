@@ -1,1 +1,94 @@
-//! placeholder
+//! The dashboard server: pushes each browser viewer only the devices on its screen.
+//!
+//! - [`config`]: settings and defaults.
+//! - [`hub`]: the latest state of every device and every viewer's view; builds the frames.
+//! - [`session`]: one viewer's WebSocket.
+//! - [`api`]: HTTP routes (web UI, REST, `/ws`, `/healthz`, `/metrics`).
+//! - [`source`]: device states from MQTT when the dashboard runs apart from the bridge.
+
+pub mod api;
+pub mod config;
+pub mod hub;
+pub mod session;
+pub mod source;
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use iotmon_wire::metrics::MetricsSource;
+use iotmon_wire::Derived;
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::DashboardConfig;
+
+/// Capacity of the channel of derived batches into the dashboard. When full, the bridge
+/// coalesces (in-process) or the MQTT reader waits (split roles).
+pub const DERIVED_CAPACITY: usize = 8;
+
+/// How long shutdown waits for viewer sessions to say goodbye.
+const SESSIONS_GRACE: Duration = Duration::from_secs(2);
+
+/// Why the dashboard stopped with an error.
+#[derive(Debug, Error)]
+pub enum DashboardError {
+    #[error("cannot listen for HTTP on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: io::Error,
+    },
+    #[error("HTTP server failed: {0}")]
+    Serve(io::Error),
+}
+
+/// Binds the HTTP listener; separate from [`run`] so the caller can print the bound address.
+///
+/// # Errors
+/// The address cannot be bound.
+pub async fn bind(config: &DashboardConfig) -> Result<TcpListener, DashboardError> {
+    TcpListener::bind(config.http_listen)
+        .await
+        .map_err(|source| DashboardError::Listen {
+            addr: config.http_listen,
+            source,
+        })
+}
+
+/// Serves the dashboard on `listener` from the `derived` stream until `shutdown`; then tells
+/// every viewer to reconnect and returns.
+///
+/// # Errors
+/// The HTTP server failed.
+pub async fn run(
+    config: DashboardConfig,
+    listener: TcpListener,
+    derived: mpsc::Receiver<Derived>,
+    metrics_sources: Vec<Arc<dyn MetricsSource>>,
+    shutdown: CancellationToken,
+) -> Result<(), DashboardError> {
+    let (hub, hub_task) = hub::hub(config.tick, derived, shutdown.clone());
+    let hub_task = tokio::spawn(hub_task);
+    let sessions = TaskTracker::new();
+    let state = api::AppState {
+        hub,
+        limits: session::SessionLimits {
+            max_view_devices: config.max_view_devices,
+            queue: config.viewer_queue,
+        },
+        max_message_bytes: config.max_message_bytes,
+        sessions: sessions.clone(),
+        shutdown: shutdown.clone(),
+        metrics_sources,
+    };
+    let served = axum::serve(listener, api::router(state))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await;
+    sessions.close();
+    let _ = tokio::time::timeout(SESSIONS_GRACE, sessions.wait()).await;
+    let _ = hub_task.await;
+    served.map_err(DashboardError::Serve)
+}

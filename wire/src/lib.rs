@@ -6,10 +6,12 @@
 //! - [`derived`]: the batches the bridge hands to dashboards.
 //! - [`topics`]: the topic tree (`sensors/...`, `iotmon/live/...`) and its parsing.
 //! - [`viewer`]: the WebSocket messages between the dashboard and a browser.
+//! - [`metrics`]: exporting counters in the Prometheus text format.
 //! - [`mqtt`]: `mqtt://host:port` addresses and a resilient client session loop.
 
 pub mod derived;
 pub mod device;
+pub mod metrics;
 pub mod mqtt;
 pub mod topics;
 pub mod viewer;

@@ -1,0 +1,546 @@
+//! The hub: the one task that knows every device's latest state and every viewer's view, and
+//! decides what each viewer is sent.
+//!
+//! Viewers are indexed by the devices they see, so a device update costs work only for the
+//! viewers that show it. Each viewer's frames go through a bounded queue that the hub never
+//! waits on: when it is full, the viewer's changed devices stay pending and go out coalesced
+//! (latest value wins) once the viewer has caught up.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use iotmon_wire::metrics::{write_metric, Kind, MetricsSource};
+use iotmon_wire::viewer::ServerMessage;
+use iotmon_wire::{Derived, DeviceId, DeviceState, GroupPath};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+/// Identifies one viewer session.
+pub type ViewerId = u64;
+
+/// Commands the hub accepts from sessions and REST handlers.
+#[derive(Debug)]
+pub enum HubCommand {
+    /// A viewer connected; its serialized frames go to `outbound`.
+    Join {
+        id: ViewerId,
+        outbound: mpsc::Sender<String>,
+    },
+    /// A viewer's new view, replacing the previous one.
+    View {
+        id: ViewerId,
+        devices: Vec<DeviceId>,
+    },
+    /// A viewer disconnected.
+    Leave { id: ViewerId },
+    /// A page of the device list, for `/api/devices`.
+    ListDevices {
+        query: DeviceQuery,
+        reply: oneshot::Sender<DevicePage>,
+    },
+}
+
+/// Which devices `/api/devices` returns.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceQuery {
+    pub offset: usize,
+    pub limit: usize,
+    /// Case-insensitive text the device id or group path must contain.
+    pub text: Option<String>,
+}
+
+/// A page of devices, sorted by group path then id.
+#[derive(Debug, Clone, Serialize)]
+pub struct DevicePage {
+    /// Devices matching the query, over all pages.
+    pub total: usize,
+    pub offset: usize,
+    pub limit: usize,
+    pub devices: Vec<DeviceState>,
+}
+
+/// Counters and gauges the hub shares with `/metrics`.
+#[derive(Debug, Default)]
+pub struct HubStats {
+    pub viewers: AtomicUsize,
+    pub devices: AtomicUsize,
+    /// Frames sent to viewers.
+    pub frames_sent: AtomicU64,
+    /// Ticks at which a viewer's queue was full, so its changes were held and coalesced.
+    pub frames_deferred: AtomicU64,
+}
+
+impl MetricsSource for HubStats {
+    fn render_prometheus(&self, out: &mut String) {
+        let load = |gauge: &AtomicUsize| gauge.load(Ordering::Relaxed) as u64;
+        write_metric(
+            out,
+            "iotmon_viewers",
+            "Connected dashboard viewers.",
+            Kind::Gauge,
+            &[("", load(&self.viewers))],
+        );
+        write_metric(
+            out,
+            "iotmon_dashboard_devices",
+            "Devices known to the dashboard.",
+            Kind::Gauge,
+            &[("", load(&self.devices))],
+        );
+        write_metric(
+            out,
+            "iotmon_viewer_frames_sent_total",
+            "Frames queued to viewers.",
+            Kind::Counter,
+            &[("", self.frames_sent.load(Ordering::Relaxed))],
+        );
+        write_metric(
+            out,
+            "iotmon_viewer_frames_deferred_total",
+            "Times a viewer's queue was full and its changes were held, coalesced.",
+            Kind::Counter,
+            &[("", self.frames_deferred.load(Ordering::Relaxed))],
+        );
+    }
+}
+
+/// The sending side of the hub, shared by sessions and handlers.
+#[derive(Debug, Clone)]
+pub struct HubHandle {
+    commands: mpsc::Sender<HubCommand>,
+    next_viewer: Arc<AtomicU64>,
+    pub stats: Arc<HubStats>,
+}
+
+impl HubHandle {
+    /// A fresh viewer id.
+    pub fn next_viewer_id(&self) -> ViewerId {
+        self.next_viewer.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Sends a command, waiting while the hub's queue is full. `false` once the hub stopped.
+    pub async fn send(&self, command: HubCommand) -> bool {
+        self.commands.send(command).await.is_ok()
+    }
+
+    /// A page of the device list, or `None` once the hub stopped.
+    pub async fn list_devices(&self, query: DeviceQuery) -> Option<DevicePage> {
+        let (reply, answer) = oneshot::channel();
+        if !self.send(HubCommand::ListDevices { query, reply }).await {
+            return None;
+        }
+        answer.await.ok()
+    }
+}
+
+/// Commands queued for the hub before senders wait.
+const COMMAND_QUEUE: usize = 1024;
+
+/// Creates the hub: the handle for sessions and handlers, and the task to spawn.
+pub fn hub(
+    tick: Duration,
+    derived: mpsc::Receiver<Derived>,
+    shutdown: CancellationToken,
+) -> (HubHandle, impl std::future::Future<Output = ()>) {
+    let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
+    let stats = Arc::new(HubStats::default());
+    let handle = HubHandle {
+        commands,
+        next_viewer: Arc::new(AtomicU64::new(1)),
+        stats: stats.clone(),
+    };
+    let task = run_hub(Hub::new(stats), tick, command_rx, derived, shutdown);
+    (handle, task)
+}
+
+async fn run_hub(
+    mut hub: Hub,
+    tick: Duration,
+    mut commands: mpsc::Receiver<HubCommand>,
+    mut derived: mpsc::Receiver<Derived>,
+    shutdown: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(tick);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            Some(command) = commands.recv() => hub.handle_command(command),
+            batch = derived.recv() => match batch {
+                Some(batch) => hub.apply(batch),
+                None => {
+                    warn!("the derived stream ended; the dashboard shows frozen values");
+                    break;
+                }
+            },
+            _ = ticker.tick() => hub.push_pending(),
+        }
+    }
+}
+
+/// One connected viewer.
+#[derive(Debug)]
+struct Viewer {
+    outbound: mpsc::Sender<String>,
+    view: HashSet<DeviceId>,
+    /// Devices in the view changed since the viewer's last frame.
+    pending: HashSet<DeviceId>,
+    /// The last snapshot could not be queued: send one instead of an update.
+    needs_snapshot: bool,
+    /// Sequence number of the next frame.
+    seq: u64,
+}
+
+/// What happened when a frame was offered to a viewer's queue.
+enum Offer {
+    Queued,
+    Full,
+    Gone,
+}
+
+/// The hub's state; every method is synchronous and runs on the hub task.
+#[derive(Debug)]
+struct Hub {
+    devices: HashMap<DeviceId, DeviceState>,
+    /// Devices in list order (group path, then id), for paging.
+    order: BTreeSet<(GroupPath, DeviceId)>,
+    viewers: HashMap<ViewerId, Viewer>,
+    /// Device id to the viewers that have it in view.
+    watchers: HashMap<DeviceId, HashSet<ViewerId>>,
+    /// Viewers with something to send at the next tick.
+    dirty: HashSet<ViewerId>,
+    stats: Arc<HubStats>,
+}
+
+impl Hub {
+    fn new(stats: Arc<HubStats>) -> Self {
+        Hub {
+            devices: HashMap::new(),
+            order: BTreeSet::new(),
+            viewers: HashMap::new(),
+            watchers: HashMap::new(),
+            dirty: HashSet::new(),
+            stats,
+        }
+    }
+
+    fn handle_command(&mut self, command: HubCommand) {
+        match command {
+            HubCommand::Join { id, outbound } => self.join(id, outbound),
+            HubCommand::View { id, devices } => self.set_view(id, devices),
+            HubCommand::Leave { id } => self.leave(id),
+            HubCommand::ListDevices { query, reply } => {
+                // The asker may have gone; nothing to do then.
+                let _ = reply.send(self.list(&query));
+            }
+        }
+    }
+
+    fn join(&mut self, id: ViewerId, outbound: mpsc::Sender<String>) {
+        let viewer = Viewer {
+            outbound,
+            view: HashSet::new(),
+            pending: HashSet::new(),
+            needs_snapshot: false,
+            seq: 0,
+        };
+        self.viewers.insert(id, viewer);
+        self.stats
+            .viewers
+            .store(self.viewers.len(), Ordering::Relaxed);
+    }
+
+    fn leave(&mut self, id: ViewerId) {
+        if let Some(viewer) = self.viewers.remove(&id) {
+            self.unwatch(id, &viewer.view);
+        }
+        self.dirty.remove(&id);
+        self.stats
+            .viewers
+            .store(self.viewers.len(), Ordering::Relaxed);
+    }
+
+    fn set_view(&mut self, id: ViewerId, devices: Vec<DeviceId>) {
+        let Some(viewer) = self.viewers.get_mut(&id) else {
+            return;
+        };
+        let new_view: HashSet<DeviceId> = devices.into_iter().collect();
+        let old_view = std::mem::replace(&mut viewer.view, new_view.clone());
+        viewer.pending.clear();
+        viewer.needs_snapshot = true;
+        self.unwatch(id, old_view.difference(&new_view));
+        for device in new_view.difference(&old_view) {
+            self.watchers.entry(device.clone()).or_default().insert(id);
+        }
+        // A snapshot answers a view at once rather than at the next tick.
+        self.push_to(id);
+    }
+
+    fn unwatch<'a>(&mut self, id: ViewerId, devices: impl IntoIterator<Item = &'a DeviceId>) {
+        for device in devices {
+            if let Some(watchers) = self.watchers.get_mut(device) {
+                watchers.remove(&id);
+                if watchers.is_empty() {
+                    self.watchers.remove(device);
+                }
+            }
+        }
+    }
+
+    /// Records new device states and marks the viewers that see them.
+    fn apply(&mut self, batch: Derived) {
+        let Derived::Devices(states) = batch;
+        for state in states {
+            if let Some(watchers) = self.watchers.get(&state.id) {
+                for viewer_id in watchers {
+                    if let Some(viewer) = self.viewers.get_mut(viewer_id) {
+                        viewer.pending.insert(state.id.clone());
+                        self.dirty.insert(*viewer_id);
+                    }
+                }
+            }
+            self.upsert(state);
+        }
+        self.stats
+            .devices
+            .store(self.devices.len(), Ordering::Relaxed);
+    }
+
+    fn upsert(&mut self, state: DeviceState) {
+        match self.devices.get_mut(&state.id) {
+            Some(known) if known.group == state.group => *known = state,
+            Some(known) => {
+                self.order.remove(&(known.group.clone(), known.id.clone()));
+                self.order.insert((state.group.clone(), state.id.clone()));
+                *known = state;
+            }
+            None => {
+                self.order.insert((state.group.clone(), state.id.clone()));
+                self.devices.insert(state.id.clone(), state);
+            }
+        }
+    }
+
+    /// Sends every viewer with pending changes its frame (called once per tick).
+    fn push_pending(&mut self) {
+        let dirty: Vec<ViewerId> = self.dirty.drain().collect();
+        for id in dirty {
+            self.push_to(id);
+        }
+    }
+
+    /// Offers viewer `id` a snapshot (if one is owed) or an update of its pending devices.
+    /// If its queue is full, the viewer stays dirty and its changes wait, coalesced.
+    fn push_to(&mut self, id: ViewerId) {
+        let Some(viewer) = self.viewers.get_mut(&id) else {
+            return;
+        };
+        let (frame, is_snapshot) = if viewer.needs_snapshot {
+            let devices = states_of(&self.devices, viewer.view.iter());
+            (
+                ServerMessage::Snapshot {
+                    seq: viewer.seq,
+                    devices,
+                },
+                true,
+            )
+        } else if viewer.pending.is_empty() {
+            return;
+        } else {
+            let devices = states_of(&self.devices, viewer.pending.iter());
+            (
+                ServerMessage::Update {
+                    seq: viewer.seq,
+                    devices,
+                },
+                false,
+            )
+        };
+        match offer(&viewer.outbound, &frame) {
+            Offer::Queued => {
+                viewer.seq += 1;
+                viewer.pending.clear();
+                if is_snapshot {
+                    viewer.needs_snapshot = false;
+                }
+                self.stats.frames_sent.fetch_add(1, Ordering::Relaxed);
+            }
+            Offer::Full => {
+                self.stats.frames_deferred.fetch_add(1, Ordering::Relaxed);
+                self.dirty.insert(id);
+            }
+            Offer::Gone => self.leave(id),
+        }
+    }
+
+    fn list(&self, query: &DeviceQuery) -> DevicePage {
+        let needle = query.text.as_deref().map(str::to_lowercase);
+        let matches = |(group, id): &&(GroupPath, DeviceId)| match &needle {
+            None => true,
+            Some(needle) => {
+                id.to_lowercase().contains(needle) || group.to_lowercase().contains(needle)
+            }
+        };
+        let total = self.order.iter().filter(matches).count();
+        let devices = self
+            .order
+            .iter()
+            .filter(matches)
+            .skip(query.offset)
+            .take(query.limit)
+            .filter_map(|(_, id)| self.devices.get(id).cloned())
+            .collect();
+        DevicePage {
+            total,
+            offset: query.offset,
+            limit: query.limit,
+            devices,
+        }
+    }
+}
+
+fn states_of<'a>(
+    devices: &HashMap<DeviceId, DeviceState>,
+    ids: impl Iterator<Item = &'a DeviceId>,
+) -> Vec<DeviceState> {
+    ids.filter_map(|id| devices.get(id).cloned()).collect()
+}
+
+fn offer(outbound: &mpsc::Sender<String>, frame: &ServerMessage) -> Offer {
+    let permit = match outbound.try_reserve() {
+        Ok(permit) => permit,
+        Err(mpsc::error::TrySendError::Full(())) => return Offer::Full,
+        Err(mpsc::error::TrySendError::Closed(())) => return Offer::Gone,
+    };
+    match serde_json::to_string(frame) {
+        Ok(text) => {
+            permit.send(text);
+            Offer::Queued
+        }
+        Err(error) => {
+            warn!(%error, "frame not serializable");
+            Offer::Queued
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use iotmon_wire::{MetricValue, Metrics};
+
+    use super::*;
+
+    fn state(id: &str, t: f64) -> DeviceState {
+        let mut metrics = Metrics::new();
+        metrics.insert("t".into(), MetricValue::Number(t));
+        DeviceState {
+            id: id.into(),
+            group: "hq".into(),
+            ts: 1,
+            metrics,
+        }
+    }
+
+    fn frames(rx: &mut mpsc::Receiver<String>) -> Vec<ServerMessage> {
+        std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|text| serde_json::from_str(&text).expect("valid frame"))
+            .collect()
+    }
+
+    fn ids(devices: &[DeviceState]) -> Vec<&str> {
+        let mut ids: Vec<&str> = devices.iter().map(|d| &*d.id).collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    #[test]
+    fn a_viewer_gets_a_snapshot_then_only_its_devices() {
+        let mut hub = Hub::new(Arc::default());
+        hub.apply(Derived::Devices(vec![state("a", 1.0), state("b", 1.0)]));
+        let (tx, mut rx) = mpsc::channel(8);
+        hub.join(1, tx);
+        hub.set_view(1, vec!["a".into(), "c".into()]);
+        match frames(&mut rx).as_slice() {
+            [ServerMessage::Snapshot { seq: 0, devices }] => assert_eq!(ids(devices), ["a"]),
+            other => panic!("expected one snapshot, got {other:?}"),
+        }
+        hub.apply(Derived::Devices(vec![
+            state("a", 2.0),
+            state("b", 2.0),
+            state("c", 2.0),
+        ]));
+        hub.push_pending();
+        match frames(&mut rx).as_slice() {
+            [ServerMessage::Update { seq: 1, devices }] => assert_eq!(ids(devices), ["a", "c"]),
+            other => panic!("expected one update, got {other:?}"),
+        }
+        hub.push_pending();
+        assert!(frames(&mut rx).is_empty(), "nothing changed, nothing sent");
+    }
+
+    #[test]
+    fn a_full_queue_coalesces_to_the_latest_values() {
+        let mut hub = Hub::new(Arc::default());
+        let (tx, mut rx) = mpsc::channel(1);
+        hub.join(1, tx);
+        hub.set_view(1, vec!["a".into()]);
+        // The snapshot fills the queue of one; the next updates must wait, coalesced.
+        for t in 1..=5 {
+            hub.apply(Derived::Devices(vec![state("a", f64::from(t))]));
+            hub.push_pending();
+        }
+        assert_eq!(hub.stats.frames_deferred.load(Ordering::Relaxed), 5);
+        assert_eq!(frames(&mut rx).len(), 1);
+        hub.push_pending();
+        match frames(&mut rx).as_slice() {
+            [ServerMessage::Update { devices, .. }] => {
+                assert_eq!(devices[0].metrics.get("t"), Some(&MetricValue::Number(5.0)));
+            }
+            other => panic!("expected one coalesced update, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn changing_the_view_moves_the_index() {
+        let mut hub = Hub::new(Arc::default());
+        let (tx, _rx) = mpsc::channel(8);
+        hub.join(1, tx);
+        hub.set_view(1, vec!["a".into()]);
+        hub.set_view(1, vec!["b".into()]);
+        assert!(!hub.watchers.contains_key("a"));
+        assert!(hub.watchers["b"].contains(&1));
+        hub.leave(1);
+        assert!(hub.watchers.is_empty());
+    }
+
+    #[test]
+    fn lists_devices_in_group_order_with_search_and_paging() {
+        let mut hub = Hub::new(Arc::default());
+        let mut far = state("z-1", 1.0);
+        far.group = "a-site".into();
+        hub.apply(Derived::Devices(vec![
+            state("b", 1.0),
+            state("a", 1.0),
+            far,
+        ]));
+        let page = hub.list(&DeviceQuery {
+            offset: 0,
+            limit: 2,
+            text: None,
+        });
+        assert_eq!(page.total, 3);
+        let listed: Vec<&str> = page.devices.iter().map(|d| &*d.id).collect();
+        assert_eq!(listed, ["z-1", "a"]);
+        let found = hub.list(&DeviceQuery {
+            offset: 0,
+            limit: 10,
+            text: Some("Z-".into()),
+        });
+        assert_eq!(found.total, 1);
+    }
+}

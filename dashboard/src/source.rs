@@ -1,0 +1,53 @@
+//! The dashboard's input when it runs in a process of its own: device states from the
+//! bridge's `iotmon/live/...` topics on an MQTT broker.
+
+use bytes::Bytes;
+use iotmon_wire::mqtt::{drive_session, BrokerUrl, Message, SessionPlan};
+use iotmon_wire::topics::{LIVE_FILTER, SYNC_REQUEST};
+use iotmon_wire::{Derived, DeviceState};
+use rumqttc::AsyncClient;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+/// Messages buffered between the MQTT client and the decoder.
+const INPUT_CAPACITY: usize = 4096;
+
+/// Subscribes to the bridge's device states on `broker` and feeds them to `to_hub` until
+/// `shutdown`. On every (re)connect it asks the bridge to resend all states, so a dashboard
+/// that starts late, or lost its connection, is complete again.
+pub async fn from_broker(
+    broker: BrokerUrl,
+    client_id: String,
+    max_packet_size: usize,
+    to_hub: mpsc::Sender<Derived>,
+    shutdown: CancellationToken,
+) {
+    let (client, eventloop) = AsyncClient::new(broker.options(&client_id, max_packet_size), 64);
+    let (messages_tx, mut messages) = mpsc::channel::<Message>(INPUT_CAPACITY);
+    let plan = SessionPlan {
+        subscriptions: vec![LIVE_FILTER.to_string()],
+        announce: Some((SYNC_REQUEST.to_string(), Bytes::new())),
+    };
+    let session = tokio::spawn(drive_session(
+        eventloop,
+        client,
+        plan,
+        Some(messages_tx),
+        shutdown.clone(),
+    ));
+    while let Some(message) = messages.recv().await {
+        let state: DeviceState = match serde_json::from_slice(&message.payload) {
+            Ok(state) => state,
+            Err(error) => {
+                warn!(topic = message.topic, %error, "ignoring an unreadable device state");
+                continue;
+            }
+        };
+        if to_hub.send(Derived::Devices(vec![state])).await.is_err() {
+            break;
+        }
+    }
+    shutdown.cancel();
+    let _ = session.await;
+}

@@ -1,0 +1,214 @@
+// End-to-end check of the dashboard: the real server, a simulated fleet and a real browser.
+//
+//   cargo build                          # at the workspace root: builds target/debug/iotmon
+//   cd tests/browser && npm ci && npm test
+//
+// Environment: IOTMON_BIN (default ../../target/debug/iotmon), CHROMIUM (default /usr/bin/chromium).
+// A screenshot of the first page with live data is written to tests/browser/screenshot.png.
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import readline from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const BIN = process.env.IOTMON_BIN
+  ? path.resolve(process.env.IOTMON_BIN)
+  : path.resolve(here, '../../target/debug/iotmon');
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+const DEVICES = 120;
+const PAGE_SIZE = 50;
+
+const children = [];
+let dataDir, browser, page, httpUrl;
+const framesReceived = []; // parsed WebSocket messages, server -> page
+const framesSent = [];     // parsed WebSocket messages, page -> server
+
+// --- Child processes ------------------------------------------------------------------------
+
+// Starts `iotmon ARGS`, keeping its recent output for error messages. Both pipes are read
+// continuously so a chatty child never blocks on a full pipe.
+function startChild(name, args) {
+  const child = spawn(BIN, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  child.label = name;
+  child.recent = [];
+  child.stdoutLines = readline.createInterface({ input: child.stdout });
+  const keep = (stream) => (line) => {
+    child.recent.push(`[${name} ${stream}] ${line}`);
+    if (child.recent.length > 200) child.recent.shift();
+  };
+  child.stdoutLines.on('line', keep('out'));
+  readline.createInterface({ input: child.stderr }).on('line', keep('err'));
+  child.exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+  child.once('error', (err) => child.recent.push(`[${name}] failed to start: ${err.message}`));
+  children.push(child);
+  return child;
+}
+
+function recentOutput() {
+  return children.map((c) => c.recent.slice(-40).join('\n')).join('\n');
+}
+
+// Resolves with the MQTT and HTTP addresses the server prints once it is listening.
+function serverAddresses(server, timeoutMs) {
+  return new Promise((resolve, reject) => {
+    let mqtt, http;
+    const fail = (why) => { clearTimeout(timer); reject(new Error(`${why}\n--- output ---\n${recentOutput()}`)); };
+    const timer = setTimeout(() => fail(`server did not print both addresses within ${timeoutMs / 1000} s`), timeoutMs);
+    server.stdoutLines.on('line', (raw) => {
+      const line = raw.replace(/\x1b\[[0-9;]*m/g, ''); // in case the output is coloured
+      mqtt ??= line.match(/mqtt listening on (127\.0\.0\.1:\d+)/)?.[1];
+      http ??= line.match(/http listening on (http:\/\/127\.0\.0\.1:\d+)/)?.[1];
+      if (mqtt && http) { clearTimeout(timer); resolve({ mqtt, http }); }
+    });
+    server.exited.then(({ code, signal }) => fail(`server exited early (code ${code}, signal ${signal})`));
+    server.once('error', (err) => fail(`could not start ${BIN}: ${err.message}`));
+  });
+}
+
+async function stopChild(child) {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  child.kill('SIGTERM');
+  const killed = setTimeout(() => child.kill('SIGKILL'), 5000);
+  await child.exited;
+  clearTimeout(killed);
+}
+
+// Last resort if the run is torn down without the `after` hook (e.g. an uncaught exception).
+process.on('exit', () => { for (const c of children) if (c.exitCode === null) c.kill('SIGKILL'); });
+
+// --- Helpers --------------------------------------------------------------------------------
+
+// Polls a predicate in the page until it holds; on timeout, says what was awaited and shows
+// the page's header and the children's output, which is what one needs to debug it.
+async function waitInPage(what, fn, arg, timeout) {
+  try {
+    return await page.waitForFunction(fn, arg, { timeout, polling: 100 });
+  } catch (err) {
+    const header = await page.locator('header').innerText().catch(() => '?');
+    throw new Error(`timed out waiting for ${what} (${err.message.split('\n')[0]})\n` +
+      `page header: ${header.replace(/\s+/g, ' ')}\n--- output ---\n${recentOutput()}`);
+  }
+}
+
+// Polls a predicate in this process (for the recorded WebSocket frames).
+async function waitHere(what, fn, timeout) {
+  const deadline = Date.now() + timeout;
+  while (!fn()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+const rowIds = () => page.$$eval('tbody tr[data-device]', (rows) => rows.map((r) => r.dataset.device));
+
+// --- Setup and teardown ---------------------------------------------------------------------
+
+before(async () => {
+  assert.ok(existsSync(BIN), `no server binary at ${BIN}: run \`cargo build\` or set IOTMON_BIN`);
+  dataDir = await mkdtemp(path.join(tmpdir(), 'iotmon-ui-'));
+  const server = startChild('serve', ['serve', '--mqtt-listen', '127.0.0.1:0', '--http-listen', '127.0.0.1:0',
+    '--data-dir', dataDir, '--allow-anonymous']);
+  const addrs = await serverAddresses(server, 20_000);
+  httpUrl = addrs.http;
+  startChild('simulate', ['simulate', '--broker', `mqtt://${addrs.mqtt}`, '--devices', String(DEVICES), '--interval', '1s']);
+
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+  page = await browser.newPage({ viewport: { width: 1366, height: 860 } });
+  page.on('pageerror', (err) => console.error('page error:', err.message));
+  page.on('websocket', (ws) => {
+    const record = (list) => (frame) => { try { list.push(JSON.parse(frame.payload)); } catch { /* binary */ } };
+    ws.on('framereceived', record(framesReceived));
+    ws.on('framesent', record(framesSent));
+  });
+  await page.goto(httpUrl);
+}, { timeout: 60_000 });
+
+after(async () => {
+  await browser?.close().catch(() => {});
+  await Promise.all(children.map(stopChild));
+  if (dataDir) await rm(dataDir, { recursive: true, force: true });
+}, { timeout: 30_000 });
+
+// --- The checks, in order: each builds on the page state the previous one left -------------
+
+test('the live connection comes up', { timeout: 20_000 }, async () => {
+  await waitInPage('#status to say "connected"',
+    () => document.querySelector('#status')?.textContent.trim() === 'connected', null, 15_000);
+});
+
+test('the whole fleet is counted', { timeout: 60_000 }, async () => {
+  // The page re-fetches its list every 10 s, so devices that report late show up by then.
+  await waitInPage(`#total to reach ${DEVICES}`,
+    (n) => Number(document.querySelector('#total')?.textContent) === n, DEVICES, 45_000);
+});
+
+test('the first page shows 50 rows', { timeout: 20_000 }, async () => {
+  await waitInPage('50 rows on page 1 of 3',
+    (n) => document.querySelectorAll('tbody tr[data-device]').length === n &&
+      document.querySelector('#page')?.textContent.trim() === 'page 1 of 3', PAGE_SIZE, 15_000);
+  const ids = await rowIds();
+  assert.equal(new Set(ids).size, PAGE_SIZE, 'device ids on a page are distinct');
+});
+
+test('live updates change a temperature on screen', { timeout: 40_000 }, async () => {
+  // Any row with a numeric temperature will do.
+  const handle = await waitInPage('a row with a numeric temperature', () => {
+    for (const td of document.querySelectorAll('tbody tr[data-device] td[data-metric="temperature"]')) {
+      if (/^-?\d+(\.\d+)?$/.test(td.textContent.trim())) {
+        return { id: td.closest('tr').dataset.device, value: td.textContent.trim() };
+      }
+    }
+    return null;
+  }, null, 15_000);
+  const { id, value } = await handle.jsonValue();
+  const cell = `tbody tr[data-device="${id}"] td[data-metric="temperature"]`;
+  await waitInPage(`the temperature of ${id} to change from ${value}`, ([sel, old]) => {
+    const text = document.querySelector(sel)?.textContent.trim() ?? '';
+    return text !== old && /^-?\d+(\.\d+)?$/.test(text);
+  }, [cell, value], 30_000);
+  assert.ok(framesReceived.some((m) => m.type === 'update' && m.devices?.some((d) => d.id === id)),
+    `an update message for ${id} arrived over the WebSocket`);
+  assert.match(await page.textContent(`tbody tr[data-device="${id}"] td.last-seen`), /\d+ s ago/);
+  await page.screenshot({ path: path.join(here, 'screenshot.png') });
+});
+
+test('next shows other devices', { timeout: 20_000 }, async () => {
+  const first = await rowIds();
+  await page.click('#next');
+  await waitInPage('page 2 with other devices', (ids) => {
+    const rows = [...document.querySelectorAll('tbody tr[data-device]')].map((r) => r.dataset.device);
+    return document.querySelector('#page')?.textContent.trim() === 'page 2 of 3' &&
+      rows.length > 0 && rows.every((id) => !ids.includes(id));
+  }, first, 15_000);
+  // The server is told about exactly the new page.
+  const second = await rowIds();
+  await waitHere('a view message for page 2', () => {
+    const views = framesSent.filter((m) => m.type === 'view');
+    return views.length > 0 && views.at(-1).devices.join() === second.join();
+  }, 5_000);
+});
+
+test('search narrows to one device', { timeout: 20_000 }, async () => {
+  const [id] = await rowIds();
+  await page.locator('#search').pressSequentially(id, { delay: 10 });
+  await waitInPage(`a single row for ${id}`, (want) => {
+    const rows = document.querySelectorAll('tbody tr[data-device]');
+    return rows.length === 1 && rows[0].dataset.device === want &&
+      document.querySelector('#page')?.textContent.trim() === 'page 1 of 1';
+  }, id, 15_000);
+  await waitHere(`a view message for just ${id}`, () => {
+    const views = framesSent.filter((m) => m.type === 'view');
+    return views.length > 0 && views.at(-1).devices.join() === id;
+  }, 5_000);
+});
