@@ -1,1 +1,132 @@
-fn main() {}
+//! `iotmon`: parses the command line, sets up logging and shutdown, and runs the roles.
+
+mod cli;
+mod config;
+mod roles;
+
+use anyhow::Context;
+use clap::Parser;
+use iotmon_simulator::FleetConfig;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::{Cli, Command};
+use crate::config::Config;
+
+/// Logging when `RUST_LOG` is unset. rumqttd logs every connect at info and every ordinary
+/// disconnect as an error from its router; iotmon's own lines say what matters.
+const DEFAULT_LOG_FILTER: &str = "info,rumqttd=warn,rumqttd::router::routing=off";
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Command::Config = cli.command {
+        print!("{}", Config::defaults_toml()?);
+        return Ok(());
+    }
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(run(cli.command))
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    let role = run_role(command, shutdown.clone());
+    tokio::pin!(role);
+    tokio::select! {
+        result = &mut role => result,
+        () = shutdown.cancelled() => {
+            // Roles flush and say goodbye; past the limit, exit anyway.
+            tokio::time::timeout(roles::SHUTDOWN_LIMIT, role)
+                .await
+                .unwrap_or_else(|_| {
+                    tracing::warn!("shutdown took too long; exiting");
+                    Ok(())
+                })
+        }
+    }
+}
+
+async fn run_role(command: Command, shutdown: CancellationToken) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(args) => roles::serve(args.resolve()?, None, shutdown).await,
+        Command::Demo {
+            serve,
+            devices,
+            interval,
+        } => {
+            let mut config = serve.resolve()?;
+            // The demo's fleet connects without credentials.
+            config.broker.allow_anonymous = true;
+            let fleet = FleetConfig {
+                devices,
+                interval,
+                client_prefix: "demo".into(),
+                ..FleetConfig::default()
+            };
+            let url = format!("http://{}", config.dashboard.http_listen);
+            tracing::info!("demo starting: open the dashboard at the http address below ({url} unless overridden)");
+            roles::serve(config, Some(fleet), shutdown).await
+        }
+        Command::Broker(args) => roles::broker(args.resolve()?, shutdown).await,
+        Command::Bridge(args) => {
+            let client_id = args
+                .client_id
+                .clone()
+                .unwrap_or_else(|| default_client_id("bridge"));
+            roles::bridge(args.serve.resolve()?, args.broker, client_id, shutdown).await
+        }
+        Command::Dashboard(args) => {
+            let client_id = args
+                .client_id
+                .clone()
+                .unwrap_or_else(|| default_client_id("dashboard"));
+            roles::dashboard(args.serve.resolve()?, args.broker, client_id, shutdown).await
+        }
+        Command::Simulate(args) => {
+            let fleet = FleetConfig {
+                broker: args.broker,
+                devices: args.devices,
+                interval: args.interval,
+                duration: args.duration,
+                client_prefix: args.client_prefix,
+                seed: args.seed,
+            };
+            roles::simulate(fleet, shutdown).await
+        }
+        Command::Config => Ok(()),
+    }
+}
+
+/// A client id unique to this process, so several instances can share a broker.
+fn default_client_id(role: &str) -> String {
+    format!("iotmon-{role}-{}", std::process::id())
+}
+
+/// Cancels `shutdown` on SIGINT or SIGTERM.
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down");
+    shutdown.cancel();
+}
