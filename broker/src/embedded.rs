@@ -21,7 +21,7 @@ use crate::config::BrokerConfig;
 
 /// Opens an in-process link to the router. rumqttd's router sender has a type we cannot
 /// name (its event enum is private), so the sender lives inside these two closures.
-type LinkFactory = Box<dyn Fn(&str) -> Result<(LinkTx, LinkRx), LinkError> + Send + Sync>;
+type LinkFactory = Box<dyn Fn(&str) -> Result<(LinkTx, LinkRx), BrokerError> + Send + Sync>;
 /// Builds an MQTT 3.1.1 server attached to the router.
 type ServerFactory = Box<dyn Fn(ServerSettings) -> Server<V4> + Send + Sync>;
 
@@ -30,10 +30,17 @@ type ServerFactory = Box<dyn Fn(ServerSettings) -> Server<V4> + Send + Sync>;
 pub enum BrokerError {
     #[error("cannot listen for MQTT on {addr}: {source}")]
     Listen { addr: SocketAddr, source: io::Error },
+    /// Boxed: rumqttd's link error is several hundred bytes.
     #[error("in-process link to the broker failed: {0}")]
-    Link(#[from] LinkError),
+    Link(Box<LinkError>),
     #[error("broker setting {0} must be greater than zero")]
     ZeroLimit(&'static str),
+}
+
+impl From<LinkError> for BrokerError {
+    fn from(error: LinkError) -> Self {
+        BrokerError::Link(Box::new(error))
+    }
 }
 
 /// A running embedded broker.
@@ -126,7 +133,7 @@ impl EmbeddedBroker {
     /// # Errors
     /// The router refused the link (connection limit) or has stopped.
     pub fn link(&self, client_id: &str) -> Result<(LinkTx, LinkRx), BrokerError> {
-        Ok((self.new_link)(client_id)?)
+        (self.new_link)(client_id)
     }
 
     /// Binds `addr` through rumqttd's server and starts its accept loop as a task. The first

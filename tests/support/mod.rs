@@ -1,0 +1,313 @@
+//! Helpers for the end-to-end tests: real `iotmon` processes, a real MQTT client (rumqttc)
+//! and a real WebSocket viewer (tokio-tungstenite). Nothing here sleeps to wait for
+//! readiness: every wait polls for its condition with a deadline.
+
+#![allow(dead_code)] // Each test file uses its own subset of these helpers.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc as std_mpsc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use rumqttc::{AsyncClient, MqttOptions, QoS};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+
+/// How long any single condition may take before a test fails.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A running `iotmon` process, killed when dropped.
+pub struct Iotmon {
+    child: Child,
+    lines: std_mpsc::Receiver<String>,
+    pub mqtt: Option<SocketAddr>,
+    pub http: Option<SocketAddr>,
+    _data_dir: Option<TempDir>,
+}
+
+impl Iotmon {
+    /// Starts `iotmon ARGS...` and waits until it has printed the listener lines named by
+    /// `wait_mqtt` / `wait_http`.
+    pub fn start(args: &[&str], wait_mqtt: bool, wait_http: bool) -> Iotmon {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_iotmon"))
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("iotmon starts");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, lines) = std_mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut iotmon = Iotmon {
+            child,
+            lines,
+            mqtt: None,
+            http: None,
+            _data_dir: None,
+        };
+        let deadline = Instant::now() + DEADLINE;
+        while (wait_mqtt && iotmon.mqtt.is_none()) || (wait_http && iotmon.http.is_none()) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = iotmon
+                .lines
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("iotmon {args:?} did not print its addresses in time"));
+            if let Some(addr) = line.strip_prefix("mqtt listening on ") {
+                iotmon.mqtt = Some(addr.parse().expect("an address"));
+            }
+            if let Some(addr) = line.strip_prefix("http listening on http://") {
+                iotmon.http = Some(addr.parse().expect("an address"));
+            }
+        }
+        iotmon
+    }
+
+    /// `iotmon serve` on free ports with a data directory of its own.
+    pub fn serve() -> Iotmon {
+        let data_dir = TempDir::new("serve");
+        let mut iotmon = Iotmon::start(
+            &[
+                "serve",
+                "--mqtt-listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
+                "--allow-anonymous",
+                "--data-dir",
+                data_dir.path(),
+            ],
+            true,
+            true,
+        );
+        iotmon._data_dir = Some(data_dir);
+        iotmon
+    }
+
+    pub fn mqtt_url(&self) -> String {
+        format!("mqtt://{}", self.mqtt.expect("an MQTT listener"))
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.http.expect("an HTTP listener"))
+    }
+
+    /// Sends SIGTERM and waits for the exit status, within `limit`.
+    pub fn terminate(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "SIGTERM delivered");
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait works") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "iotmon did not exit within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Iotmon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A directory removed when dropped.
+pub struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let unique = format!(
+            "iotmon-test-{tag}-{}-{}",
+            std::process::id(),
+            Instant::now().elapsed().as_nanos() ^ rand_suffix()
+        );
+        let path = std::env::temp_dir().join(unique);
+        std::fs::create_dir_all(&path).expect("temp dir");
+        TempDir(path)
+    }
+
+    pub fn path(&self) -> &str {
+        self.0.to_str().expect("utf-8 temp path")
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn rand_suffix() -> u128 {
+    use std::hash::{BuildHasher, RandomState};
+    u128::from(RandomState::new().hash_one(std::thread::current().id()))
+}
+
+/// A real MQTT device-side client.
+pub struct Publisher {
+    client: AsyncClient,
+    _eventloop: tokio::task::JoinHandle<()>,
+}
+
+impl Publisher {
+    pub async fn connect(addr: SocketAddr, client_id: &str) -> Publisher {
+        let options = MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
+        let (client, mut eventloop) = AsyncClient::new(options, 256);
+        let (connected_tx, connected) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let mut connected_tx = Some(connected_tx);
+            loop {
+                match eventloop.poll().await {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                        if let Some(tx) = connected_tx.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        tokio::time::timeout(DEADLINE, connected)
+            .await
+            .expect("MQTT connect in time")
+            .expect("connected");
+        Publisher {
+            client,
+            _eventloop: task,
+        }
+    }
+
+    pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload.into())
+            .await
+            .expect("publish queued");
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        self._eventloop.abort();
+    }
+}
+
+/// A real WebSocket viewer that records every device state it receives.
+pub struct Viewer {
+    socket: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
+    /// Latest state per device id, from snapshots and updates.
+    pub devices: BTreeMap<String, Value>,
+    /// Every device id ever received.
+    pub seen: BTreeSet<String>,
+    /// Every message received, in order.
+    pub messages: Vec<Value>,
+}
+
+impl Viewer {
+    pub async fn connect(url: &str) -> Viewer {
+        let (socket, _) = tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("WebSocket connect in time")
+            .expect("WebSocket connects");
+        Viewer {
+            socket,
+            devices: BTreeMap::new(),
+            seen: BTreeSet::new(),
+            messages: Vec::new(),
+        }
+    }
+
+    pub async fn send(&mut self, message: Value) {
+        self.socket
+            .send(Message::Text(message.to_string().into()))
+            .await
+            .expect("send to dashboard");
+    }
+
+    pub async fn view(&mut self, devices: &[&str]) {
+        self.send(serde_json::json!({"type": "view", "devices": devices}))
+            .await;
+    }
+
+    /// Reads messages for at most `wait`, recording them; returns early when `until` holds.
+    /// Returns whether `until` held.
+    pub async fn read_until(&mut self, wait: Duration, until: impl Fn(&Viewer) -> bool) -> bool {
+        let deadline = tokio::time::Instant::now() + wait;
+        while !until(self) {
+            let next = tokio::time::timeout_at(deadline, self.socket.next()).await;
+            let Ok(Some(Ok(message))) = next else {
+                return until(self);
+            };
+            self.record(message);
+        }
+        true
+    }
+
+    fn record(&mut self, message: Message) {
+        let Message::Text(text) = message else { return };
+        let value: Value = serde_json::from_str(&text).expect("dashboard sends JSON");
+        if let Some(devices) = value.get("devices").and_then(Value::as_array) {
+            for device in devices {
+                let id = device["id"].as_str().expect("device id").to_string();
+                self.seen.insert(id.clone());
+                self.devices.insert(id, device.clone());
+            }
+        }
+        self.messages.push(value);
+    }
+
+    /// The latest value of `metric` for `device`, if received.
+    pub fn metric(&self, device: &str, metric: &str) -> Option<f64> {
+        self.devices.get(device)?["metrics"][metric].as_f64()
+    }
+
+    /// Whether a message of `kind` has been received.
+    pub fn got(&self, kind: &str) -> bool {
+        self.messages.iter().any(|m| m["type"] == kind)
+    }
+}
+
+/// A plain HTTP GET; returns the status code and body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.expect("HTTP connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("HTTP request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .expect("HTTP response");
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .expect("status code");
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
