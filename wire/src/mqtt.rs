@@ -186,9 +186,28 @@ pub async fn drive_session(
             }
         }
     }
+    say_goodbye(&mut eventloop, &client).await;
+}
+
+/// How long a session keeps polling at shutdown for its DISCONNECT to go out.
+const GOODBYE_LIMIT: Duration = Duration::from_secs(1);
+
+/// Sends DISCONNECT and polls until it is written (or the limit passes), so the broker sees a
+/// clean goodbye rather than a dropped socket.
+async fn say_goodbye(eventloop: &mut EventLoop, client: &AsyncClient) {
     if let Err(error) = client.try_disconnect() {
         debug!(%error, "disconnect request not sent");
+        return;
     }
+    let _ = tokio::time::timeout(GOODBYE_LIMIT, async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
 }
 
 async fn establish(client: AsyncClient, plan: SessionPlan) {
