@@ -13,9 +13,10 @@ use tracing_subscriber::EnvFilter;
 use crate::cli::{Cli, Command};
 use crate::config::Config;
 
-/// Logging when `RUST_LOG` is unset. rumqttd logs every connect at info and every ordinary
-/// disconnect as an error from its router; iotmon's own lines say what matters.
-const DEFAULT_LOG_FILTER: &str = "info,rumqttd=warn,rumqttd::router::routing=off";
+/// Logging when `RUST_LOG` is unset. rumqttd is silenced: it logs every connect at info and
+/// every ordinary disconnect as an error, so a fleet's churn would drown iotmon's own lines.
+/// `RUST_LOG=info,rumqttd=info` brings them back when debugging the broker.
+const DEFAULT_LOG_FILTER: &str = "info,rumqttd=off";
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -70,8 +71,6 @@ async fn run_role(command: Command, shutdown: CancellationToken) -> anyhow::Resu
                 client_prefix: "demo".into(),
                 ..FleetConfig::default()
             };
-            let url = format!("http://{}", config.dashboard.http_listen);
-            tracing::info!("demo starting: open the dashboard at the http address below ({url} unless overridden)");
             roles::serve(config, Some(fleet), shutdown).await
         }
         Command::Broker(args) => roles::broker(args.resolve()?, shutdown).await,

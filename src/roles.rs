@@ -46,7 +46,15 @@ pub async fn serve(
     let mqtt_addr = broker.listen()?;
     let http = iotmon_dashboard::bind(&config.dashboard).await?;
     announce_mqtt(mqtt_addr);
-    announce_http(http.local_addr()?);
+    let http_addr = http.local_addr()?;
+    announce_http(http_addr);
+    if let Some(fleet) = &fleet {
+        println!(
+            "demo: {} simulated devices; open http://{} in a browser",
+            fleet.devices,
+            reachable(http_addr)
+        );
+    }
 
     let counters = Arc::new(BridgeCounters::default());
     let (to_bridge, from_broker) = mpsc::channel(INPUT_CAPACITY);
@@ -66,7 +74,10 @@ pub async fn serve(
     ));
     if let Some(fleet) = fleet {
         let fleet = FleetConfig {
-            broker: local_url(mqtt_addr),
+            broker: BrokerUrl {
+                host: reachable(mqtt_addr).ip().to_string(),
+                port: mqtt_addr.port(),
+            },
             ..fleet
         };
         tasks.spawn(run_fleet(fleet, shutdown.clone()));
@@ -170,16 +181,13 @@ fn warn_if_not_anonymous(config: &Config) {
     }
 }
 
-/// The broker address a client on this machine uses to reach a listener bound to `addr`.
-fn local_url(addr: SocketAddr) -> BrokerUrl {
-    let host = if addr.ip().is_unspecified() {
-        "127.0.0.1".to_string()
+/// The address a client on this machine uses to reach a listener bound to `addr`: a
+/// listener on every interface (0.0.0.0 or ::) is reached through loopback.
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], addr.port()))
     } else {
-        addr.ip().to_string()
-    };
-    BrokerUrl {
-        host,
-        port: addr.port(),
+        addr
     }
 }
 
