@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::{http_get, Iotmon, Publisher, Viewer, DEADLINE};
+use support::{http_get, metric_value, Iotmon, Publisher, Viewer, DEADLINE};
 
 /// A small fleet spread over several groups: (group path, device id).
 const FLEET: [(&str, &str); 6] = [
@@ -63,8 +63,8 @@ async fn publish_until(
 
 /// The core promise: each viewer gets a snapshot and then updates for its view, and nothing
 /// about any other device, also after it changes its view.
-async fn viewers_get_exactly_their_devices(mqtt: SocketAddr, ws_url: &str) {
-    let publisher = Publisher::connect(mqtt, "e2e-publisher").await;
+async fn viewers_get_exactly_their_devices(mqtt: SocketAddr, ws_url: &str, publisher_id: &str) {
+    let publisher = Publisher::connect(mqtt, publisher_id).await;
     let mut first = Viewer::connect(ws_url).await;
     let mut second = Viewer::connect(ws_url).await;
     first.view(&["dev-a1", "dev-p2", "dev-never-seen"]).await;
@@ -145,25 +145,25 @@ fn assert_seq_increases(messages: &[Value]) {
 #[tokio::test]
 async fn serve_sends_each_viewer_exactly_its_devices() {
     let iotmon = Iotmon::serve();
-    viewers_get_exactly_their_devices(iotmon.mqtt.expect("mqtt"), &iotmon.ws_url()).await;
+    viewers_get_exactly_their_devices(iotmon.mqtt.expect("mqtt"), &iotmon.ws_url(), "e2e").await;
 
     // The malformed messages published alongside were refused and counted, nothing else lost.
     let http = iotmon.http.expect("http");
     let (status, metrics) = http_get(http, "/metrics").await;
     assert_eq!(status, 200);
     assert!(
-        counter(
+        metric_value(
             &metrics,
             r#"iotmon_ingest_rejected_total{reason="not_json"}"#
         ) >= 1
     );
     assert!(
-        counter(
+        metric_value(
             &metrics,
             r#"iotmon_ingest_rejected_total{reason="bad_topic"}"#
         ) >= 1
     );
-    assert!(counter(&metrics, "iotmon_ingest_readings_total") >= 18);
+    assert!(metric_value(&metrics, "iotmon_ingest_readings_total") >= 18);
 
     let (status, body) = http_get(http, "/api/devices?limit=3&q=hq/building-a").await;
     assert_eq!(status, 200);
@@ -227,36 +227,33 @@ async fn serve_accepts_batches_and_tells_viewers_about_bad_messages() {
     assert_eq!(viewer.devices["dev-batch"]["ts"].as_i64(), Some(now_ms));
 }
 
+/// Also: several dashboards on one bridge each serve their own viewers.
 #[tokio::test]
 async fn split_roles_in_three_processes_behave_like_serve() {
     let broker = Iotmon::start(&["broker", "--mqtt-listen", "127.0.0.1:0"], true, false);
     let url = broker.mqtt_url();
     let _bridge = Iotmon::start(&["bridge", "--broker", &url], false, false);
-    let dashboard = Iotmon::start(
-        &[
+    let start_dashboard = || {
+        let args = [
             "dashboard",
             "--broker",
             &url,
             "--http-listen",
             "127.0.0.1:0",
-        ],
-        false,
-        true,
+        ];
+        Iotmon::start(&args, false, true)
+    };
+    // Two dashboards on the same bridge, each serving its own viewers at the same time.
+    let (first, second) = (start_dashboard(), start_dashboard());
+    let mqtt = broker.mqtt.expect("mqtt");
+    let (first_url, second_url) = (first.ws_url(), second.ws_url());
+    tokio::join!(
+        viewers_get_exactly_their_devices(mqtt, &first_url, "e2e-first"),
+        viewers_get_exactly_their_devices(mqtt, &second_url, "e2e-second"),
     );
-    viewers_get_exactly_their_devices(broker.mqtt.expect("mqtt"), &dashboard.ws_url()).await;
 
     // A dashboard started after the readings asks the bridge to resend, so it starts complete.
-    let late = Iotmon::start(
-        &[
-            "dashboard",
-            "--broker",
-            &url,
-            "--http-listen",
-            "127.0.0.1:0",
-        ],
-        false,
-        true,
-    );
+    let late = start_dashboard();
     let mut viewer = Viewer::connect(&late.ws_url()).await;
     let fleet: Vec<&str> = FLEET.iter().map(|(_, id)| *id).collect();
     let complete = |v: &Viewer| FLEET.iter().all(|(_, id)| v.devices.contains_key(*id));
@@ -291,7 +288,7 @@ async fn bridge_and_dashboard_work_against_mosquitto() {
         true,
     );
     let mqtt = SocketAddr::from(([127, 0, 0, 1], mosquitto.port));
-    viewers_get_exactly_their_devices(mqtt, &dashboard.ws_url()).await;
+    viewers_get_exactly_their_devices(mqtt, &dashboard.ws_url(), "e2e").await;
 }
 
 #[tokio::test]
@@ -304,11 +301,4 @@ async fn sigterm_tells_viewers_to_reconnect_and_exits_cleanly() {
     assert!(status.success(), "exit status {status}");
     viewer.read_until(DEADLINE, |v| v.got("reconnect")).await;
     assert!(viewer.got("reconnect"), "viewer was told to reconnect");
-}
-
-fn counter(metrics: &str, name: &str) -> u64 {
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name} not in /metrics:\n{metrics}"))
 }

@@ -2,13 +2,15 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Query, State, WebSocketUpgrade};
+use axum::extract::{Query, Request, State, WebSocketUpgrade};
 use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use iotmon_wire::metrics::MetricsSource;
+use iotmon_wire::metrics::{write_metric, Kind, MetricsSource};
 use serde::Deserialize;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -27,6 +29,10 @@ pub struct AppState {
     pub hub: HubHandle,
     pub limits: SessionLimits,
     pub max_message_bytes: usize,
+    /// One permit per viewer allowed at once (`max_viewers`).
+    pub viewer_slots: Arc<Semaphore>,
+    /// The token `/api/*` and `/ws` require, when configured.
+    pub token: Option<Arc<str>>,
     /// Viewer sessions, awaited on shutdown so each is told to reconnect.
     pub sessions: TaskTracker,
     pub shutdown: CancellationToken,
@@ -42,10 +48,13 @@ impl std::fmt::Debug for AppState {
 
 /// The dashboard's routes.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/", get(index))
+    let guarded = Router::new()
         .route("/ws", get(websocket))
         .route("/api/devices", get(devices))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .merge(guarded)
+        .route("/", get(index))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(not_found)
@@ -56,7 +65,11 @@ pub fn router(state: AppState) -> Router {
 #[derive(Debug)]
 pub enum ApiError {
     BadRequest(String),
+    /// The viewer token is missing or wrong.
+    Unauthorized,
     NotFound,
+    /// `max_viewers` are connected already.
+    TooManyViewers,
     /// The hub has stopped (the server is shutting down).
     Unavailable,
 }
@@ -65,7 +78,16 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, message) = match self {
             ApiError::BadRequest(message) => (StatusCode::BAD_REQUEST, message),
+            ApiError::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "a valid viewer token is required (Authorization: Bearer TOKEN, or ?token=TOKEN)"
+                    .to_string(),
+            ),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "no such route".to_string()),
+            ApiError::TooManyViewers => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many viewers are connected; try again later".to_string(),
+            ),
             ApiError::Unavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the server is shutting down".to_string(),
@@ -83,7 +105,15 @@ async fn not_found() -> ApiError {
     ApiError::NotFound
 }
 
-async fn websocket(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
+async fn websocket(
+    State(state): State<AppState>,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let slot = state
+        .viewer_slots
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError::TooManyViewers)?;
     let AppState {
         hub,
         limits,
@@ -92,12 +122,55 @@ async fn websocket(State(state): State<AppState>, upgrade: WebSocketUpgrade) -> 
         max_message_bytes,
         ..
     } = state;
-    upgrade
+    Ok(upgrade
         .max_message_size(max_message_bytes)
         .max_frame_size(max_message_bytes)
         .on_upgrade(move |socket| {
-            sessions.track_future(serve_viewer(socket, hub, limits, shutdown))
-        })
+            sessions.track_future(serve_viewer(socket, hub, limits, shutdown, slot))
+        }))
+}
+
+/// Lets a request through only with the configured token (when there is one).
+async fn require_token(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let Some(expected) = &state.token else {
+        return Ok(next.run(request).await);
+    };
+    let presented = bearer_token(&request).or_else(|| query_token(request.uri().query()));
+    match presented {
+        Some(token) if constant_time_eq(token.as_bytes(), expected.as_bytes()) => {
+            Ok(next.run(request).await)
+        }
+        _ => Err(ApiError::Unauthorized),
+    }
+}
+
+fn bearer_token(request: &Request) -> Option<String> {
+    let value = request
+        .headers()
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    value.strip_prefix("Bearer ").map(str::to_string)
+}
+
+/// The `token` query parameter, whatever other parameters the query holds.
+fn query_token(query: Option<&str>) -> Option<String> {
+    #[derive(Deserialize)]
+    struct TokenParam {
+        token: Option<String>,
+    }
+    let uri = format!("/?{}", query?).parse().ok()?;
+    let Query(params) = Query::<TokenParam>::try_from_uri(&uri).ok()?;
+    params.token
+}
+
+/// Compares secrets in time independent of where they differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 
 /// Query string of `/api/devices`.
@@ -108,6 +181,9 @@ struct DevicesParams {
     offset: usize,
     limit: Option<usize>,
     q: Option<String>,
+    /// The viewer token: checked by `require_token`, accepted here so it is not unknown.
+    #[serde(rename = "token")]
+    _token: Option<String>,
 }
 
 async fn devices(
@@ -141,6 +217,33 @@ async fn healthz() -> Json<serde_json::Value> {
 async fn metrics(State(state): State<AppState>) -> Response {
     let mut text = String::new();
     state.hub.stats.render_prometheus(&mut text);
+    if let Some(gauges) = state.hub.gauges().await {
+        let samples = [
+            (
+                "iotmon_viewed_devices",
+                "Devices in all viewers' views together.",
+                gauges.viewed_devices,
+            ),
+            (
+                "iotmon_viewer_queued_frames",
+                "Frames waiting in all viewers' queues.",
+                gauges.queued_frames,
+            ),
+            (
+                "iotmon_viewer_max_queued_frames",
+                "The longest viewer queue.",
+                gauges.max_queued_frames,
+            ),
+            (
+                "iotmon_viewers_lagging",
+                "Viewers behind, owed a resynchronising snapshot.",
+                gauges.lagging_viewers,
+            ),
+        ];
+        for (name, help, value) in samples {
+            write_metric(&mut text, name, help, Kind::Gauge, &[("", value as u64)]);
+        }
+    }
     for source in &state.metrics_sources {
         source.render_prometheus(&mut text);
     }
@@ -152,4 +255,24 @@ async fn metrics(State(state): State<AppState>) -> Response {
         text,
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compares_tokens_exactly() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"x"));
+    }
+
+    #[test]
+    fn finds_the_token_among_query_parameters() {
+        assert_eq!(query_token(Some("limit=5&token=abc")), Some("abc".into()));
+        assert_eq!(query_token(Some("limit=5")), None);
+        assert_eq!(query_token(Some("token=a%20b")), Some("a b".into()));
+    }
 }

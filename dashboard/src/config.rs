@@ -18,8 +18,30 @@ pub struct DashboardConfig {
     pub max_view_devices: usize,
     /// Frames queued for one viewer before the server coalesces instead of queueing more.
     pub viewer_queue: usize,
-    /// Largest message a viewer may send, in bytes.
+    /// Largest message a viewer may send, in bytes; a larger one closes the connection.
     pub max_message_bytes: usize,
+    /// Viewers connected at once; more are refused with 503.
+    pub max_viewers: usize,
+    /// Messages per second a viewer may send on average (bursts of twice as many pass);
+    /// a viewer flooding beyond that is disconnected.
+    pub max_messages_per_second: u32,
+    /// View or group changes per second a viewer may make on average (bursts of twice as
+    /// many pass); faster changes are refused with an `error` and the session goes on.
+    pub max_view_changes_per_second: u32,
+    /// How often the server pings each viewer.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Duration,
+    /// A viewer silent this long (not even answering pings) is disconnected.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// A viewer whose connection accepts nothing for this long is disconnected; until then,
+    /// it receives coalesced state and a fresh snapshot when it catches up.
+    #[serde(with = "humantime_serde")]
+    pub stall_limit: Duration,
+    /// When set, `/api/*` and `/ws` require this token, as `Authorization: Bearer TOKEN` or a
+    /// `token` query parameter (browsers cannot set headers on a WebSocket).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 impl Default for DashboardConfig {
@@ -30,6 +52,13 @@ impl Default for DashboardConfig {
             max_view_devices: 1000,
             viewer_queue: 16,
             max_message_bytes: 64 * 1024,
+            max_viewers: 20_000,
+            max_messages_per_second: 20,
+            max_view_changes_per_second: 5,
+            heartbeat: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(60),
+            stall_limit: Duration::from_secs(10),
+            token: None,
         }
     }
 }

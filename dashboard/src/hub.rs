@@ -32,17 +32,45 @@ pub enum HubCommand {
         outbound: mpsc::Sender<String>,
     },
     /// A viewer's new view, replacing the previous one.
-    View {
-        id: ViewerId,
-        devices: Vec<DeviceId>,
-    },
+    View { id: ViewerId, spec: ViewSpec },
     /// A viewer disconnected.
     Leave { id: ViewerId },
+    /// Gauges that need a walk over the viewers, for `/metrics`.
+    Gauges {
+        reply: oneshot::Sender<ViewerGauges>,
+    },
     /// A page of the device list, for `/api/devices`.
     ListDevices {
         query: DeviceQuery,
         reply: oneshot::Sender<DevicePage>,
     },
+}
+
+/// What a viewer has on screen.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ViewSpec {
+    /// Exactly these devices.
+    Devices(Vec<DeviceId>),
+    /// A page of a group: the devices under `group` (itself or any subgroup), in list order,
+    /// `limit` of them from `offset`. Resolved when the view is set.
+    GroupPage {
+        group: String,
+        offset: usize,
+        limit: usize,
+    },
+}
+
+/// Viewer gauges computed on demand.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ViewerGauges {
+    /// Devices in all views together.
+    pub viewed_devices: usize,
+    /// Frames waiting in all viewers' queues.
+    pub queued_frames: usize,
+    /// The longest single viewer queue.
+    pub max_queued_frames: usize,
+    /// Viewers currently behind (their queue was full; a snapshot is owed).
+    pub lagging_viewers: usize,
 }
 
 /// Which devices `/api/devices` returns.
@@ -73,6 +101,8 @@ pub struct HubStats {
     pub frames_sent: AtomicU64,
     /// Ticks at which a viewer's queue was full, so its changes were held and coalesced.
     pub frames_deferred: AtomicU64,
+    /// Viewers that fell behind and were owed a resynchronising snapshot.
+    pub resync_snapshots: AtomicU64,
 }
 
 impl MetricsSource for HubStats {
@@ -126,6 +156,15 @@ impl HubHandle {
     /// Sends a command, waiting while the hub's queue is full. `false` once the hub stopped.
     pub async fn send(&self, command: HubCommand) -> bool {
         self.commands.send(command).await.is_ok()
+    }
+
+    /// Viewer gauges, or `None` once the hub stopped.
+    pub async fn gauges(&self) -> Option<ViewerGauges> {
+        let (reply, answer) = oneshot::channel();
+        if !self.send(HubCommand::Gauges { reply }).await {
+            return None;
+        }
+        answer.await.ok()
     }
 
     /// A page of the device list, or `None` once the hub stopped.
@@ -190,8 +229,11 @@ struct Viewer {
     view: HashSet<DeviceId>,
     /// Devices in the view changed since the viewer's last frame.
     pending: HashSet<DeviceId>,
-    /// The last snapshot could not be queued: send one instead of an update.
+    /// A snapshot is owed instead of an update: after a new view, or after the viewer's queue
+    /// was full (it fell behind; once it catches up, a snapshot resynchronises it).
     needs_snapshot: bool,
+    /// For a group view, the group's size over all pages (sent in the snapshot).
+    group_total: Option<usize>,
     /// Sequence number of the next frame.
     seq: u64,
 }
@@ -232,8 +274,11 @@ impl Hub {
     fn handle_command(&mut self, command: HubCommand) {
         match command {
             HubCommand::Join { id, outbound } => self.join(id, outbound),
-            HubCommand::View { id, devices } => self.set_view(id, devices),
+            HubCommand::View { id, spec } => self.set_view(id, spec),
             HubCommand::Leave { id } => self.leave(id),
+            HubCommand::Gauges { reply } => {
+                let _ = reply.send(self.gauges());
+            }
             HubCommand::ListDevices { query, reply } => {
                 // The asker may have gone; nothing to do then.
                 let _ = reply.send(self.list(&query));
@@ -247,6 +292,7 @@ impl Hub {
             view: HashSet::new(),
             pending: HashSet::new(),
             needs_snapshot: false,
+            group_total: None,
             seq: 0,
         };
         self.viewers.insert(id, viewer);
@@ -265,7 +311,18 @@ impl Hub {
             .store(self.viewers.len(), Ordering::Relaxed);
     }
 
-    fn set_view(&mut self, id: ViewerId, devices: Vec<DeviceId>) {
+    fn set_view(&mut self, id: ViewerId, spec: ViewSpec) {
+        let (devices, group_total) = match spec {
+            ViewSpec::Devices(devices) => (devices, None),
+            ViewSpec::GroupPage {
+                group,
+                offset,
+                limit,
+            } => {
+                let (page, total) = self.group_page(&group, offset, limit);
+                (page, Some(total))
+            }
+        };
         let Some(viewer) = self.viewers.get_mut(&id) else {
             return;
         };
@@ -273,12 +330,46 @@ impl Hub {
         let old_view = std::mem::replace(&mut viewer.view, new_view.clone());
         viewer.pending.clear();
         viewer.needs_snapshot = true;
+        viewer.group_total = group_total;
         self.unwatch(id, old_view.difference(&new_view));
         for device in new_view.difference(&old_view) {
             self.watchers.entry(device.clone()).or_default().insert(id);
         }
         // A snapshot answers a view at once rather than at the next tick.
         self.push_to(id);
+    }
+
+    /// The ids of one page of `group`'s devices, and the group's size.
+    fn group_page(&self, group: &str, offset: usize, limit: usize) -> (Vec<DeviceId>, usize) {
+        let start: (GroupPath, DeviceId) = (group.into(), "".into());
+        // Subgroups sort after `group/`; siblings such as `group-2` may sit in between.
+        let end = format!("{group}/\u{10ffff}");
+        let members = self
+            .order
+            .range(start..)
+            .take_while(|(path, _)| **path <= *end)
+            .filter(|(path, _)| in_group(path, group));
+        let mut total = 0;
+        let mut page = Vec::new();
+        for (index, (_, id)) in members.enumerate() {
+            total += 1;
+            if index >= offset && page.len() < limit {
+                page.push(id.clone());
+            }
+        }
+        (page, total)
+    }
+
+    fn gauges(&self) -> ViewerGauges {
+        let mut gauges = ViewerGauges::default();
+        for viewer in self.viewers.values() {
+            let queued = viewer.outbound.max_capacity() - viewer.outbound.capacity();
+            gauges.viewed_devices += viewer.view.len();
+            gauges.queued_frames += queued;
+            gauges.max_queued_frames = gauges.max_queued_frames.max(queued);
+            gauges.lagging_viewers += usize::from(viewer.needs_snapshot && !viewer.view.is_empty());
+        }
+        gauges
     }
 
     fn unwatch<'a>(&mut self, id: ViewerId, devices: impl IntoIterator<Item = &'a DeviceId>) {
@@ -342,13 +433,13 @@ impl Hub {
         };
         let (frame, is_snapshot) = if viewer.needs_snapshot {
             let devices = states_of(&self.devices, viewer.view.iter());
-            (
-                ServerMessage::Snapshot {
-                    seq: viewer.seq,
-                    devices,
-                },
-                true,
-            )
+            let total = viewer.group_total;
+            let snapshot = ServerMessage::Snapshot {
+                seq: viewer.seq,
+                devices,
+                total,
+            };
+            (snapshot, true)
         } else if viewer.pending.is_empty() {
             return;
         } else {
@@ -371,7 +462,14 @@ impl Hub {
                 self.stats.frames_sent.fetch_add(1, Ordering::Relaxed);
             }
             Offer::Full => {
+                // The viewer fell behind. Rather than queue more, its pending changes give
+                // way to one snapshot of its whole view, sent once it has room again.
                 self.stats.frames_deferred.fetch_add(1, Ordering::Relaxed);
+                if !viewer.needs_snapshot {
+                    self.stats.resync_snapshots.fetch_add(1, Ordering::Relaxed);
+                }
+                viewer.needs_snapshot = true;
+                viewer.pending.clear();
                 self.dirty.insert(id);
             }
             Offer::Gone => self.leave(id),
@@ -402,6 +500,12 @@ impl Hub {
             devices,
         }
     }
+}
+
+/// Whether a device under `path` belongs to `group` (the group itself or a subgroup).
+fn in_group(path: &str, group: &str) -> bool {
+    path.strip_prefix(group)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 fn states_of<'a>(
@@ -464,9 +568,13 @@ mod tests {
         hub.apply(Derived::Devices(vec![state("a", 1.0), state("b", 1.0)]));
         let (tx, mut rx) = mpsc::channel(8);
         hub.join(1, tx);
-        hub.set_view(1, vec!["a".into(), "c".into()]);
+        hub.set_view(1, ViewSpec::Devices(vec!["a".into(), "c".into()]));
         match frames(&mut rx).as_slice() {
-            [ServerMessage::Snapshot { seq: 0, devices }] => assert_eq!(ids(devices), ["a"]),
+            [ServerMessage::Snapshot {
+                seq: 0,
+                devices,
+                total: None,
+            }] => assert_eq!(ids(devices), ["a"]),
             other => panic!("expected one snapshot, got {other:?}"),
         }
         hub.apply(Derived::Devices(vec![
@@ -484,24 +592,87 @@ mod tests {
     }
 
     #[test]
-    fn a_full_queue_coalesces_to_the_latest_values() {
+    fn a_viewer_that_falls_behind_gets_one_fresh_snapshot_when_it_catches_up() {
         let mut hub = Hub::new(Arc::default());
         let (tx, mut rx) = mpsc::channel(1);
         hub.join(1, tx);
-        hub.set_view(1, vec!["a".into()]);
-        // The snapshot fills the queue of one; the next updates must wait, coalesced.
+        hub.set_view(1, ViewSpec::Devices(vec!["a".into(), "b".into()]));
+        // The snapshot fills the queue of one; the updates that follow cannot be queued.
         for t in 1..=5 {
             hub.apply(Derived::Devices(vec![state("a", f64::from(t))]));
             hub.push_pending();
         }
-        assert_eq!(hub.stats.frames_deferred.load(Ordering::Relaxed), 5);
-        assert_eq!(frames(&mut rx).len(), 1);
+        hub.apply(Derived::Devices(vec![state("b", 9.0)]));
+        hub.push_pending();
+        assert_eq!(hub.stats.frames_deferred.load(Ordering::Relaxed), 6);
+        assert_eq!(hub.stats.resync_snapshots.load(Ordering::Relaxed), 1);
+        assert_eq!(hub.gauges().lagging_viewers, 1);
+        assert_eq!(
+            frames(&mut rx).len(),
+            1,
+            "only the first snapshot was queued"
+        );
         hub.push_pending();
         match frames(&mut rx).as_slice() {
-            [ServerMessage::Update { devices, .. }] => {
-                assert_eq!(devices[0].metrics.get("t"), Some(&MetricValue::Number(5.0)));
+            [ServerMessage::Snapshot {
+                seq: 1, devices, ..
+            }] => {
+                let a = devices
+                    .iter()
+                    .find(|d| &*d.id == "a")
+                    .expect("a in snapshot");
+                assert_eq!(a.metrics.get("t"), Some(&MetricValue::Number(5.0)));
+                assert_eq!(ids(devices), ["a", "b"]);
             }
-            other => panic!("expected one coalesced update, got {other:?}"),
+            other => panic!("expected one resynchronising snapshot, got {other:?}"),
+        }
+        assert_eq!(hub.gauges().lagging_viewers, 0);
+    }
+
+    #[test]
+    fn a_group_view_is_a_page_of_the_group_and_its_subgroups() {
+        let mut hub = Hub::new(Arc::default());
+        let placed = |id: &str, group: &str| {
+            let mut device = state(id, 1.0);
+            device.group = group.into();
+            device
+        };
+        hub.apply(Derived::Devices(vec![
+            placed("d1", "hq"),
+            placed("d2", "hq/a"),
+            placed("d3", "hq/a/1"),
+            placed("d4", "hq-annex"),
+            placed("d5", "other"),
+            placed("d6", "hq/b"),
+        ]));
+        assert_eq!(hub.group_page("hq", 0, 10).1, 4);
+        let (page, total) = hub.group_page("hq", 1, 2);
+        assert_eq!((page, total), (vec!["d2".into(), "d3".into()], 4));
+        assert_eq!(
+            hub.group_page("hq/a", 0, 10).0,
+            vec![DeviceId::from("d2"), "d3".into()]
+        );
+        assert_eq!(hub.group_page("nowhere", 0, 10), (vec![], 0));
+
+        let (tx, mut rx) = mpsc::channel(8);
+        hub.join(1, tx);
+        hub.set_view(
+            1,
+            ViewSpec::GroupPage {
+                group: "hq".into(),
+                offset: 2,
+                limit: 5,
+            },
+        );
+        match frames(&mut rx).as_slice() {
+            [ServerMessage::Snapshot {
+                devices,
+                total: Some(4),
+                ..
+            }] => {
+                assert_eq!(ids(devices), ["d3", "d6"]);
+            }
+            other => panic!("expected a group snapshot, got {other:?}"),
         }
     }
 
@@ -510,8 +681,8 @@ mod tests {
         let mut hub = Hub::new(Arc::default());
         let (tx, _rx) = mpsc::channel(8);
         hub.join(1, tx);
-        hub.set_view(1, vec!["a".into()]);
-        hub.set_view(1, vec!["b".into()]);
+        hub.set_view(1, ViewSpec::Devices(vec!["a".into()]));
+        hub.set_view(1, ViewSpec::Devices(vec!["b".into()]));
         assert!(!hub.watchers.contains_key("a"));
         assert!(hub.watchers["b"].contains(&1));
         hub.leave(1);

@@ -2,13 +2,14 @@
 //!
 //! - [`config`]: settings and defaults.
 //! - [`hub`]: the latest state of every device and every viewer's view; builds the frames.
-//! - [`session`]: one viewer's WebSocket.
+//! - [`session`]: one viewer's WebSocket, and the limits enforced on it ([`rate`]).
 //! - [`api`]: HTTP routes (web UI, REST, `/ws`, `/healthz`, `/metrics`).
 //! - [`source`]: device states from MQTT when the dashboard runs apart from the bridge.
 
 pub mod api;
 pub mod config;
 pub mod hub;
+pub mod rate;
 pub mod session;
 pub mod source;
 
@@ -78,8 +79,15 @@ pub async fn run(
         limits: session::SessionLimits {
             max_view_devices: config.max_view_devices,
             queue: config.viewer_queue,
+            max_messages_per_second: config.max_messages_per_second,
+            max_view_changes_per_second: config.max_view_changes_per_second,
+            heartbeat: config.heartbeat,
+            idle_timeout: config.idle_timeout,
+            stall_limit: config.stall_limit,
         },
         max_message_bytes: config.max_message_bytes,
+        viewer_slots: Arc::new(tokio::sync::Semaphore::new(config.max_viewers)),
+        token: config.token.as_deref().map(Arc::from),
         sessions: sessions.clone(),
         shutdown: shutdown.clone(),
         metrics_sources,

@@ -1,106 +1,315 @@
 //! One viewer's WebSocket session: reads the viewer's messages, relays them to the hub, and
-//! writes the frames the hub queued for it.
+//! writes the frames the hub queued for it. Every limit on a viewer is enforced here: message
+//! size and rate, view-change rate, view size, heartbeat and idle timeout, and the stall limit
+//! for a viewer that stops reading.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use axum::extract::ws::{Message as WsMessage, WebSocket};
+use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
 use iotmon_wire::viewer::{ClientMessage, ServerMessage};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::time::MissedTickBehavior;
+use tokio_tungstenite::tungstenite;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::hub::{HubCommand, HubHandle, ViewerId};
+use crate::hub::{HubCommand, HubHandle, ViewSpec, ViewerId};
+use crate::rate::TokenBucket;
 
-/// What a session enforces on its viewer.
+/// What a session enforces on its viewer (see `DashboardConfig` for each).
 #[derive(Debug, Clone)]
 pub struct SessionLimits {
     pub max_view_devices: usize,
     pub queue: usize,
+    pub max_messages_per_second: u32,
+    pub max_view_changes_per_second: u32,
+    pub heartbeat: Duration,
+    pub idle_timeout: Duration,
+    pub stall_limit: Duration,
 }
 
-/// How long a write to a viewer may take during shutdown before it is abandoned.
+/// WebSocket close codes (RFC 6455, section 7.4.1).
+mod close_code {
+    pub const GOING_AWAY: u16 = 1001;
+    pub const PROTOCOL_ERROR: u16 = 1002;
+    pub const POLICY_VIOLATION: u16 = 1008;
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
+}
+
+/// How long a goodbye (close frame, `reconnect`) may take before the socket is abandoned.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Serves one viewer until it leaves, its socket fails, or `shutdown` (then it is told to
-/// reconnect).
+/// Why a session ended.
+#[derive(Debug)]
+enum Ending {
+    /// The viewer closed the connection or it dropped.
+    Left,
+    /// The viewer's connection accepted nothing for the stall limit.
+    Stalled,
+    /// The server closes the connection, telling the viewer why.
+    Close(u16, String),
+    /// The server is shutting down: the viewer is told to reconnect.
+    Shutdown,
+}
+
+/// Serves one viewer until it leaves, breaks a limit, or `shutdown`. `_slot` is the
+/// viewer's place under `max_viewers`, released when the session ends.
 pub async fn serve_viewer(
-    mut socket: WebSocket,
+    socket: WebSocket,
     hub: HubHandle,
     limits: SessionLimits,
     shutdown: CancellationToken,
+    _slot: OwnedSemaphorePermit,
 ) {
     let id = hub.next_viewer_id();
-    let (outbound, mut frames) = mpsc::channel(limits.queue);
+    let (outbound, frames) = mpsc::channel(limits.queue);
     if !hub.send(HubCommand::Join { id, outbound }).await {
         return;
     }
-    debug!(viewer = id, "viewer joined");
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => {
-                say_goodbye(&mut socket).await;
-                break;
-            }
-            frame = frames.recv() => {
-                let Some(frame) = frame else { break };
-                if socket.send(WsMessage::Text(frame.into())).await.is_err() {
-                    break;
-                }
-            }
-            incoming = socket.recv() => {
-                let Some(Ok(message)) = incoming else { break };
-                if !handle_incoming(id, message, &hub, &limits, &mut socket).await {
-                    break;
-                }
-            }
-        }
-    }
-    hub.send(HubCommand::Leave { id }).await;
-    debug!(viewer = id, "viewer left");
+    let now = Instant::now();
+    let mut session = Session {
+        id,
+        messages: TokenBucket::new(
+            limits.max_messages_per_second,
+            limits.max_messages_per_second * 2,
+            now,
+        ),
+        view_changes: TokenBucket::new(
+            limits.max_view_changes_per_second,
+            limits.max_view_changes_per_second * 2,
+            now,
+        ),
+        last_heard: now,
+        hub,
+        limits,
+        socket,
+    };
+    let ending = session.run(frames, shutdown).await;
+    debug!(viewer = id, ?ending, "viewer session ended");
+    session.finish(ending).await;
+    session.hub.send(HubCommand::Leave { id }).await;
 }
 
-/// Handles one message from the viewer; `false` ends the session.
-async fn handle_incoming(
+/// The state of one session.
+struct Session {
     id: ViewerId,
-    message: WsMessage,
-    hub: &HubHandle,
-    limits: &SessionLimits,
-    socket: &mut WebSocket,
-) -> bool {
-    let text = match message {
-        WsMessage::Text(text) => text,
-        WsMessage::Close(_) => return false,
-        // Pings are answered by the WebSocket layer itself.
-        WsMessage::Ping(_) | WsMessage::Pong(_) => return true,
-        WsMessage::Binary(_) => {
-            return reply(
-                socket,
-                error("binary frames are not supported: send JSON text"),
-            )
-            .await
+    hub: HubHandle,
+    limits: SessionLimits,
+    socket: WebSocket,
+    /// Rate of all messages from the viewer.
+    messages: TokenBucket,
+    /// Rate of view changes.
+    view_changes: TokenBucket,
+    /// When the viewer last sent anything (a message, a pong).
+    last_heard: Instant,
+}
+
+impl Session {
+    async fn run(
+        &mut self,
+        mut frames: mpsc::Receiver<String>,
+        shutdown: CancellationToken,
+    ) -> Ending {
+        let mut heartbeat = tokio::time::interval(self.limits.heartbeat);
+        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        heartbeat.tick().await;
+        loop {
+            let ending = tokio::select! {
+                () = shutdown.cancelled() => Some(Ending::Shutdown),
+                frame = frames.recv() => match frame {
+                    Some(frame) => self.send(WsMessage::Text(frame.into())).await,
+                    // The hub dropped this viewer.
+                    None => Some(Ending::Left),
+                },
+                _ = heartbeat.tick() => self.heartbeat().await,
+                incoming = self.socket.recv() => self.receive(incoming).await,
+            };
+            if let Some(ending) = ending {
+                return ending;
+            }
         }
-    };
-    match parse_client_message(&text, limits) {
-        Ok(ClientMessage::View { devices }) => hub.send(HubCommand::View { id, devices }).await,
-        Ok(ClientMessage::Ping) => reply(socket, ServerMessage::Pong).await,
-        Err(message) => reply(socket, error(message)).await,
     }
+
+    /// Writes one message, giving up after the stall limit.
+    async fn send(&mut self, message: WsMessage) -> Option<Ending> {
+        match tokio::time::timeout(self.limits.stall_limit, self.socket.send(message)).await {
+            Ok(Ok(())) => None,
+            Ok(Err(_)) => Some(Ending::Left),
+            Err(_) => Some(Ending::Stalled),
+        }
+    }
+
+    async fn reply(&mut self, message: &ServerMessage) -> Option<Ending> {
+        match serde_json::to_string(message) {
+            Ok(text) => self.send(WsMessage::Text(text.into())).await,
+            Err(_) => None,
+        }
+    }
+
+    async fn heartbeat(&mut self) -> Option<Ending> {
+        if self.last_heard.elapsed() > self.limits.idle_timeout {
+            let reason = format!("idle for more than {:?}", self.limits.idle_timeout);
+            return Some(Ending::Close(close_code::GOING_AWAY, reason));
+        }
+        self.send(WsMessage::Ping(Default::default())).await
+    }
+
+    async fn receive(
+        &mut self,
+        incoming: Option<Result<WsMessage, axum::Error>>,
+    ) -> Option<Ending> {
+        let message = match incoming {
+            None => return Some(Ending::Left),
+            Some(Ok(message)) => message,
+            Some(Err(error)) => return Some(ending_for(error)),
+        };
+        let now = Instant::now();
+        self.last_heard = now;
+        if !self.messages.try_take(now) {
+            let reason = format!(
+                "more than {} messages per second",
+                self.limits.max_messages_per_second
+            );
+            return Some(Ending::Close(close_code::POLICY_VIOLATION, reason));
+        }
+        match message {
+            WsMessage::Text(text) => self.handle_text(&text, now).await,
+            WsMessage::Binary(_) => {
+                self.reply(&error("binary frames are not supported: send JSON text"))
+                    .await
+            }
+            WsMessage::Close(_) => Some(Ending::Left),
+            // Pings are answered by the WebSocket layer; pongs only prove liveness.
+            WsMessage::Ping(_) | WsMessage::Pong(_) => None,
+        }
+    }
+
+    async fn handle_text(&mut self, text: &str, now: Instant) -> Option<Ending> {
+        match parse_client_message(text, &self.limits) {
+            Ok(Request::View(spec)) => {
+                if !self.view_changes.try_take(now) {
+                    let message = format!(
+                        "too many view changes: at most {} per second; retry in {} ms",
+                        self.limits.max_view_changes_per_second,
+                        self.view_changes.wait_hint().as_millis()
+                    );
+                    return self.reply(&error(message)).await;
+                }
+                let id = self.id;
+                if self.hub.send(HubCommand::View { id, spec }).await {
+                    None
+                } else {
+                    Some(Ending::Shutdown)
+                }
+            }
+            Ok(Request::Ping) => self.reply(&ServerMessage::Pong).await,
+            Err(message) => self.reply(&error(message)).await,
+        }
+    }
+
+    /// Says goodbye as `ending` requires, within [`GOODBYE_TIMEOUT`].
+    async fn finish(&mut self, ending: Ending) {
+        let goodbye = async {
+            match ending {
+                Ending::Left | Ending::Stalled => {}
+                Ending::Shutdown => {
+                    let reason = "server shutting down".to_string();
+                    self.reply(&ServerMessage::Reconnect {
+                        reason: reason.clone(),
+                    })
+                    .await;
+                    self.close(close_code::GOING_AWAY, reason).await;
+                }
+                Ending::Close(code, reason) => self.close(code, reason).await,
+            }
+        };
+        let _ = tokio::time::timeout(GOODBYE_TIMEOUT, goodbye).await;
+    }
+
+    async fn close(&mut self, code: u16, reason: String) {
+        let frame = CloseFrame {
+            code,
+            reason: close_reason(reason).into(),
+        };
+        let _ = self.socket.send(WsMessage::Close(Some(frame))).await;
+    }
+}
+
+/// A viewer's request, checked.
+#[derive(Debug, PartialEq)]
+enum Request {
+    View(ViewSpec),
+    Ping,
 }
 
 /// Parses and checks a viewer's message; the error says what was wrong, for the viewer.
-fn parse_client_message(text: &str, limits: &SessionLimits) -> Result<ClientMessage, String> {
+fn parse_client_message(text: &str, limits: &SessionLimits) -> Result<Request, String> {
     let message: ClientMessage =
         serde_json::from_str(text).map_err(|e| format!("invalid message: {e}"))?;
-    if let ClientMessage::View { devices } = &message {
-        if devices.len() > limits.max_view_devices {
-            return Err(format!(
-                "a view may hold at most {} devices, this one has {}",
-                limits.max_view_devices,
-                devices.len()
-            ));
-        }
+    match message {
+        ClientMessage::Ping => Ok(Request::Ping),
+        ClientMessage::View {
+            devices,
+            group,
+            offset,
+            limit,
+        } => view_spec(devices, group, offset, limit, limits.max_view_devices).map(Request::View),
     }
-    Ok(message)
+}
+
+fn view_spec(
+    devices: Option<Vec<iotmon_wire::DeviceId>>,
+    group: Option<String>,
+    offset: usize,
+    limit: Option<usize>,
+    max: usize,
+) -> Result<ViewSpec, String> {
+    match (devices, group) {
+        (Some(devices), None) if devices.len() > max => Err(format!(
+            "a view may hold at most {max} devices, this one has {}",
+            devices.len()
+        )),
+        (Some(devices), None) => Ok(ViewSpec::Devices(devices)),
+        (None, Some(group)) => {
+            let limit = limit.ok_or("a group view needs a \"limit\" (devices per page)")?;
+            if limit == 0 || limit > max {
+                return Err(format!("\"limit\" must be between 1 and {max}"));
+            }
+            Ok(ViewSpec::GroupPage {
+                group,
+                offset,
+                limit,
+            })
+        }
+        _ => Err("a view names either \"devices\" or a \"group\", not both or neither".into()),
+    }
+}
+
+/// How a failed read ends the session: an oversize message gets its own close code.
+fn ending_for(error: axum::Error) -> Ending {
+    let inner = error.into_inner();
+    match inner.downcast_ref::<tungstenite::Error>() {
+        Some(tungstenite::Error::Capacity(capacity)) => {
+            Ending::Close(close_code::MESSAGE_TOO_BIG, capacity.to_string())
+        }
+        Some(tungstenite::Error::Protocol(protocol)) => {
+            Ending::Close(close_code::PROTOCOL_ERROR, protocol.to_string())
+        }
+        _ => Ending::Left,
+    }
+}
+
+/// Close reasons are limited to 123 bytes by the protocol.
+fn close_reason(reason: String) -> String {
+    const MAX: usize = 123;
+    if reason.len() <= MAX {
+        return reason;
+    }
+    let mut end = MAX;
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    reason[..end].to_string()
 }
 
 fn error(message: impl Into<String>) -> ServerMessage {
@@ -109,42 +318,75 @@ fn error(message: impl Into<String>) -> ServerMessage {
     }
 }
 
-async fn reply(socket: &mut WebSocket, message: ServerMessage) -> bool {
-    match serde_json::to_string(&message) {
-        Ok(text) => socket.send(WsMessage::Text(text.into())).await.is_ok(),
-        Err(_) => true,
-    }
-}
-
-async fn say_goodbye(socket: &mut WebSocket) {
-    let goodbye = ServerMessage::Reconnect {
-        reason: "server shutting down".into(),
-    };
-    let _ = tokio::time::timeout(GOODBYE_TIMEOUT, async {
-        reply(socket, goodbye).await;
-        let _ = socket.send(WsMessage::Close(None)).await;
-    })
-    .await;
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const LIMITS: SessionLimits = SessionLimits {
-        max_view_devices: 2,
-        queue: 4,
-    };
+    fn limits() -> SessionLimits {
+        SessionLimits {
+            max_view_devices: 2,
+            queue: 4,
+            max_messages_per_second: 10,
+            max_view_changes_per_second: 5,
+            heartbeat: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(60),
+            stall_limit: Duration::from_secs(10),
+        }
+    }
 
     #[test]
     fn explains_what_is_wrong_with_a_message() {
-        let err = parse_client_message("{oops", &LIMITS).expect_err("not JSON");
+        let limits = limits();
+        let err = parse_client_message("{oops", &limits).expect_err("not JSON");
         assert!(err.starts_with("invalid message"), "{err}");
-        let err = parse_client_message(r#"{"type":"fly"}"#, &LIMITS).expect_err("unknown");
+        let err = parse_client_message(r#"{"type":"fly"}"#, &limits).expect_err("unknown");
         assert!(err.contains("fly"), "{err}");
-        let err = parse_client_message(r#"{"type":"view","devices":["a","b","c"]}"#, &LIMITS)
+        let err = parse_client_message(r#"{"type":"view","devices":["a","b","c"]}"#, &limits)
             .expect_err("too many");
         assert!(err.contains("at most 2"), "{err}");
-        assert!(parse_client_message(r#"{"type":"view","devices":["a"]}"#, &LIMITS).is_ok());
+        let err = parse_client_message(r#"{"type":"view"}"#, &limits).expect_err("empty");
+        assert!(err.contains("either"), "{err}");
+        let err = parse_client_message(r#"{"type":"view","devices":[],"group":"g"}"#, &limits)
+            .expect_err("both");
+        assert!(err.contains("not both"), "{err}");
+        let err =
+            parse_client_message(r#"{"type":"view","group":"g"}"#, &limits).expect_err("no limit");
+        assert!(err.contains("limit"), "{err}");
+        let err = parse_client_message(r#"{"type":"view","group":"g","limit":3}"#, &limits)
+            .expect_err("limit too big");
+        assert!(err.contains("between 1 and 2"), "{err}");
+    }
+
+    #[test]
+    fn accepts_device_and_group_views() {
+        let limits = limits();
+        assert_eq!(
+            parse_client_message(r#"{"type":"view","devices":["a"]}"#, &limits),
+            Ok(Request::View(ViewSpec::Devices(vec!["a".into()])))
+        );
+        assert_eq!(
+            parse_client_message(
+                r#"{"type":"view","group":"hq","offset":4,"limit":2}"#,
+                &limits
+            ),
+            Ok(Request::View(ViewSpec::GroupPage {
+                group: "hq".into(),
+                offset: 4,
+                limit: 2
+            }))
+        );
+        assert_eq!(
+            parse_client_message(r#"{"type":"ping"}"#, &limits),
+            Ok(Request::Ping)
+        );
+    }
+
+    #[test]
+    fn close_reasons_fit_the_protocol_limit() {
+        assert_eq!(close_reason("short".into()), "short");
+        let long = "é".repeat(100);
+        let cut = close_reason(long);
+        assert!(cut.len() <= 123);
+        assert!(cut.chars().all(|c| c == 'é'));
     }
 }

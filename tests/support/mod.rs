@@ -17,6 +17,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// How long any single condition may take before a test fails.
 pub const DEADLINE: Duration = Duration::from_secs(20);
@@ -76,10 +77,19 @@ impl Iotmon {
 
     /// `iotmon serve` on free ports with a data directory of its own.
     pub fn serve() -> Iotmon {
+        Iotmon::serve_with_config("")
+    }
+
+    /// `iotmon serve` on free ports, with `config` (TOML) as its configuration file.
+    pub fn serve_with_config(config: &str) -> Iotmon {
         let data_dir = TempDir::new("serve");
+        let config_path = format!("{}/iotmon.toml", data_dir.path());
+        std::fs::write(&config_path, config).expect("config file written");
         let mut iotmon = Iotmon::start(
             &[
                 "serve",
+                "--config",
+                &config_path,
                 "--mqtt-listen",
                 "127.0.0.1:0",
                 "--http-listen",
@@ -214,7 +224,7 @@ impl Drop for Publisher {
 
 /// A real WebSocket viewer that records every device state it receives.
 pub struct Viewer {
-    socket: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
+    socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
     /// Latest state per device id, from snapshots and updates.
     pub devices: BTreeMap<String, Value>,
     /// Every device id ever received.
@@ -229,11 +239,45 @@ impl Viewer {
             .await
             .expect("WebSocket connect in time")
             .expect("WebSocket connects");
+        Viewer::over(socket)
+    }
+
+    /// A viewer whose TCP receive buffer is tiny, so that when it stops reading the server's
+    /// writes back up within a few frames.
+    pub async fn connect_with_small_buffer(url: &str, addr: SocketAddr) -> Viewer {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .set_recv_buffer_size(4096)
+            .expect("small receive buffer");
+        let stream = socket.connect(addr).await.expect("TCP connect");
+        let (socket, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream))
+            .await
+            .expect("WebSocket handshake");
+        Viewer::over(socket)
+    }
+
+    fn over(socket: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Viewer {
         Viewer {
             socket,
             devices: BTreeMap::new(),
             seen: BTreeSet::new(),
             messages: Vec::new(),
+        }
+    }
+
+    /// Reads until the server closes the connection (or `wait` passes); returns the close
+    /// frame's code and reason, if the server sent one.
+    pub async fn read_until_closed(&mut self, wait: Duration) -> Option<(u16, String)> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, self.socket.next()).await {
+                Ok(Some(Ok(Message::Close(frame)))) => {
+                    return frame.map(|f| (u16::from(f.code), f.reason.to_string()));
+                }
+                Ok(Some(Ok(message))) => self.record(message),
+                Ok(Some(Err(_)) | None) => return None,
+                Err(_) => panic!("the server did not close the connection within {wait:?}"),
+            }
         }
     }
 
@@ -289,8 +333,14 @@ impl Viewer {
 
 /// A plain HTTP GET; returns the status code and body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http_get_with(addr, path, "").await
+}
+
+/// A plain HTTP GET with extra header lines (each ending in `\r\n`).
+pub async fn http_get_with(addr: SocketAddr, path: &str, headers: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).await.expect("HTTP connect");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Connection: close\r\n\r\n");
     stream
         .write_all(request.as_bytes())
         .await
@@ -310,4 +360,18 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .map(|(_, body)| body.to_string())
         .unwrap_or_default();
     (status, body)
+}
+
+/// The value of the unlabelled sample `name` in a `/metrics` text.
+pub fn metric_value(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("{name} not in /metrics:\n{metrics}"))
 }

@@ -12,19 +12,49 @@ use crate::device::{DeviceId, DeviceState};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ClientMessage {
-    /// The devices now on screen; replaces the previous view entirely.
-    View { devices: Vec<DeviceId> },
+    /// What is now on screen, replacing the previous view entirely: either a list of device
+    /// ids, or a page of a group (the devices under `group`, sorted by group path then id,
+    /// `limit` of them from `offset`), as a paged grid shows them.
+    View {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        devices: Option<Vec<DeviceId>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        group: Option<String>,
+        #[serde(default)]
+        offset: usize,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<usize>,
+    },
     /// Liveness check; answered with `pong`.
     Ping,
+}
+
+impl ClientMessage {
+    /// A view of exactly these devices.
+    pub fn view_devices(devices: Vec<DeviceId>) -> Self {
+        ClientMessage::View {
+            devices: Some(devices),
+            group: None,
+            offset: 0,
+            limit: None,
+        }
+    }
 }
 
 /// Messages the dashboard sends to a viewer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMessage {
-    /// The full state of every known device in the view, sent after each `view`.
-    /// Devices in the view that have never reported are absent until their first update.
-    Snapshot { seq: u64, devices: Vec<DeviceState> },
+    /// The full state of every known device in the view: sent after each `view`, and again
+    /// when a viewer that fell behind has caught up. Devices in the view that have never
+    /// reported are absent until their first update.
+    Snapshot {
+        seq: u64,
+        devices: Vec<DeviceState>,
+        /// For a group view: how many devices the group holds, over all pages.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        total: Option<usize>,
+    },
     /// Devices in the view whose state changed since the previous message.
     Update { seq: u64, devices: Vec<DeviceState> },
     /// Answer to `ping`.
@@ -45,13 +75,25 @@ mod tests {
             serde_json::from_str(r#"{"type":"view","devices":["a","b"]}"#).expect("view");
         assert_eq!(
             view,
+            ClientMessage::view_devices(vec!["a".into(), "b".into()])
+        );
+        let page: ClientMessage =
+            serde_json::from_str(r#"{"type":"view","group":"hq/a","offset":50,"limit":50}"#)
+                .expect("group view");
+        assert_eq!(
+            page,
             ClientMessage::View {
-                devices: vec!["a".into(), "b".into()]
+                devices: None,
+                group: Some("hq/a".into()),
+                offset: 50,
+                limit: Some(50)
             }
+        );
+        assert!(
+            serde_json::from_str::<ClientMessage>(r#"{"type":"view","devices":[],"x":1}"#).is_err()
         );
         let ping: ClientMessage = serde_json::from_str(r#"{"type":"ping"}"#).expect("ping");
         assert_eq!(ping, ClientMessage::Ping);
-        assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"view"}"#).is_err());
         assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"dance"}"#).is_err());
     }
 
