@@ -1,0 +1,233 @@
+//! The dashboard's defences and promises, end to end against `iotmon serve`: a viewer that
+//! stops reading, floods, oversize messages, view-change rate, the viewer token, group views.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::json;
+use support::{http_get, http_get_with, metric_value, Iotmon, Publisher, Viewer, DEADLINE};
+
+/// Publishes rounds of wide readings (40 metrics each) for `devices` devices until `done`
+/// returns true, checking it between rounds.
+async fn publish_rounds_until<F, Fut>(publisher: &Publisher, devices: usize, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let mut round = 0u32;
+    while !done().await {
+        round += 1;
+        for device in 0..devices {
+            let mut reading = serde_json::Map::new();
+            for metric in 0..40 {
+                reading.insert(format!("metric_{metric:02}"), json!(round));
+            }
+            let topic = format!("sensors/load/dev-{device:04}");
+            publisher
+                .publish(&topic, serde_json::Value::Object(reading).to_string())
+                .await;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not reached in time"
+        );
+    }
+}
+
+async fn metrics(iotmon: &Iotmon) -> String {
+    http_get(iotmon.http.expect("http"), "/metrics").await.1
+}
+
+/// A viewer that stops reading gets no growing queue: its frames are held back, then one
+/// fresh snapshot resynchronises it when it reads again; stalled past the limit, it is
+/// disconnected.
+#[tokio::test]
+async fn a_viewer_that_stops_reading_is_resynced_then_disconnected() {
+    let iotmon = Iotmon::serve_with_config(
+        "[bridge]\nlive_interval = \"20ms\"\n\
+         [dashboard]\ntick = \"20ms\"\nviewer_queue = 2\nstall_limit = \"3s\"\n",
+    );
+    let http = iotmon.http.expect("http");
+    let publisher = Publisher::connect(iotmon.mqtt.expect("mqtt"), "load").await;
+    let devices: Vec<String> = (0..300).map(|d| format!("dev-{d:04}")).collect();
+    let ids: Vec<&str> = devices.iter().map(String::as_str).collect();
+
+    let mut slow = Viewer::connect_with_small_buffer(&iotmon.ws_url(), http).await;
+    slow.view(&ids).await;
+    slow.read_until(DEADLINE, |v| v.got("snapshot")).await;
+
+    // Phase 1: stop reading until the server has had to hold frames back.
+    publish_rounds_until(&publisher, ids.len(), || async {
+        metric_value(
+            &metrics(&iotmon).await,
+            "iotmon_viewer_frames_deferred_total",
+        ) > 0
+    })
+    .await;
+    assert!(metric_value(&metrics(&iotmon).await, "iotmon_viewer_max_queued_frames") <= 2);
+
+    // Read again: after the backlog comes a fresh snapshot, and updates follow it.
+    let snapshots = |v: &Viewer| {
+        v.messages
+            .iter()
+            .filter(|m| m["type"] == "snapshot")
+            .count()
+    };
+    let resynced = |v: &Viewer| {
+        let resync = v.messages.iter().rposition(|m| m["type"] == "snapshot");
+        snapshots(v) >= 2 && resync.is_some_and(|at| at + 1 < v.messages.len())
+    };
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !slow.read_until(Duration::from_millis(200), resynced).await {
+        publisher
+            .publish("sensors/load/dev-0000", r#"{"metric_00":-1}"#)
+            .await;
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no resynchronising snapshot"
+        );
+    }
+    let seqs: Vec<u64> = slow
+        .messages
+        .iter()
+        .filter_map(|m| m["seq"].as_u64())
+        .collect();
+    assert!(
+        seqs.windows(2).all(|p| p[1] == p[0] + 1),
+        "no gap in seq: {seqs:?}"
+    );
+
+    // Phase 2: stop reading for good; past the stall limit the server lets the viewer go.
+    publish_rounds_until(&publisher, ids.len(), || async {
+        metric_value(&metrics(&iotmon).await, "iotmon_viewers") == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn abusive_viewers_are_refused_with_a_reason() {
+    let iotmon = Iotmon::serve();
+
+    // A flood of messages closes the connection with a policy-violation reason.
+    let mut flooder = Viewer::connect(&iotmon.ws_url()).await;
+    for _ in 0..200 {
+        flooder.send(json!({"type": "ping"})).await;
+    }
+    let (code, reason) = flooder
+        .read_until_closed(DEADLINE)
+        .await
+        .expect("a close frame");
+    assert_eq!(code, 1008, "{reason}");
+    assert!(reason.contains("messages per second"), "{reason}");
+
+    // An oversize message closes it with "message too big".
+    let mut big = Viewer::connect(&iotmon.ws_url()).await;
+    let huge: Vec<String> = (0..20_000).map(|i| format!("device-{i}")).collect();
+    big.send(json!({"type": "view", "devices": huge})).await;
+    let (code, reason) = big
+        .read_until_closed(DEADLINE)
+        .await
+        .expect("a close frame");
+    assert_eq!(code, 1009, "{reason}");
+
+    // Changing the view too fast is refused with an error, and the session goes on.
+    let mut fidget = Viewer::connect(&iotmon.ws_url()).await;
+    for i in 0..15 {
+        fidget.view(&[&format!("dev-{i}")]).await;
+    }
+    fidget.send(json!({"type": "ping"})).await;
+    fidget
+        .read_until(DEADLINE, |v| v.got("error") && v.got("pong"))
+        .await;
+    let error = fidget
+        .messages
+        .iter()
+        .find(|m| m["type"] == "error")
+        .expect("an error");
+    assert!(error["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("too many view changes")));
+}
+
+#[tokio::test]
+async fn the_viewer_token_guards_the_api_and_the_websocket() {
+    let iotmon = Iotmon::serve_with_config("[dashboard]\ntoken = \"s3cret\"\n");
+    let http = iotmon.http.expect("http");
+    let (status, body) = http_get(http, "/api/devices").await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("token"), "{body}");
+    let (status, _) = http_get_with(http, "/api/devices", "Authorization: Bearer wrong\r\n").await;
+    assert_eq!(status, 401);
+    let (status, _) = http_get_with(http, "/api/devices", "Authorization: Bearer s3cret\r\n").await;
+    assert_eq!(status, 200);
+    let (status, _) = http_get(http, "/api/devices?token=s3cret&limit=5").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        http_get(http, "/").await.0,
+        200,
+        "the page itself loads and asks"
+    );
+    assert_eq!(http_get(http, "/healthz").await.0, 200);
+
+    let refused = tokio_tungstenite::connect_async(iotmon.ws_url()).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 401);
+        }
+        other => panic!("expected 401, got {other:?}"),
+    }
+    let mut viewer = Viewer::connect(&format!("{}?token=s3cret", iotmon.ws_url())).await;
+    viewer.send(json!({"type": "ping"})).await;
+    viewer.read_until(DEADLINE, |v| v.got("pong")).await;
+    assert!(viewer.got("pong"));
+}
+
+#[tokio::test]
+async fn a_group_view_shows_a_page_of_the_group() {
+    let iotmon = Iotmon::serve();
+    let publisher = Publisher::connect(iotmon.mqtt.expect("mqtt"), "groups").await;
+    let placed = [
+        ("site/a/1", "g-01"),
+        ("site/a/1", "g-02"),
+        ("site/a/2", "g-03"),
+        ("site/b", "g-04"),
+        ("site-b", "g-05"),
+    ];
+    let http = iotmon.http.expect("http");
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        for (group, id) in placed {
+            publisher
+                .publish(&format!("sensors/{group}/{id}"), r#"{"t":1}"#)
+                .await;
+        }
+        let (_, body) = http_get(http, "/api/devices").await;
+        if body.contains("\"total\":5") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "devices never listed: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut viewer = Viewer::connect(&iotmon.ws_url()).await;
+    viewer
+        .send(json!({"type": "view", "group": "site/a", "offset": 1, "limit": 5}))
+        .await;
+    viewer.read_until(DEADLINE, |v| v.got("snapshot")).await;
+    let snapshot = &viewer.messages[0];
+    assert_eq!(snapshot["type"], "snapshot");
+    assert_eq!(snapshot["total"], 3, "{snapshot}");
+    let ids: Vec<&str> = snapshot["devices"]
+        .as_array()
+        .expect("devices")
+        .iter()
+        .filter_map(|d| d["id"].as_str())
+        .collect();
+    let mut ids = ids;
+    ids.sort_unstable();
+    assert_eq!(ids, ["g-02", "g-03"]);
+}
