@@ -245,9 +245,10 @@ enum Offer {
     Gone,
 }
 
-/// The hub's state; every method is synchronous and runs on the hub task.
+/// The hub's state; every method is synchronous and runs on the hub task. Public so its cost
+/// can be benchmarked without sockets (`dashboard/benches/hub.rs`).
 #[derive(Debug)]
-struct Hub {
+pub struct Hub {
     devices: HashMap<DeviceId, DeviceState>,
     /// Devices in list order (group path, then id), for paging.
     order: BTreeSet<(GroupPath, DeviceId)>,
@@ -260,7 +261,8 @@ struct Hub {
 }
 
 impl Hub {
-    fn new(stats: Arc<HubStats>) -> Self {
+    /// An empty hub reporting into `stats`.
+    pub fn new(stats: Arc<HubStats>) -> Self {
         Hub {
             devices: HashMap::new(),
             order: BTreeSet::new(),
@@ -286,7 +288,8 @@ impl Hub {
         }
     }
 
-    fn join(&mut self, id: ViewerId, outbound: mpsc::Sender<String>) {
+    /// Registers viewer `id`; its frames go to `outbound`.
+    pub fn join(&mut self, id: ViewerId, outbound: mpsc::Sender<String>) {
         let viewer = Viewer {
             outbound,
             view: HashSet::new(),
@@ -301,7 +304,8 @@ impl Hub {
             .store(self.viewers.len(), Ordering::Relaxed);
     }
 
-    fn leave(&mut self, id: ViewerId) {
+    /// Forgets viewer `id` and its view.
+    pub fn leave(&mut self, id: ViewerId) {
         if let Some(viewer) = self.viewers.remove(&id) {
             self.unwatch(id, &viewer.view);
         }
@@ -311,7 +315,8 @@ impl Hub {
             .store(self.viewers.len(), Ordering::Relaxed);
     }
 
-    fn set_view(&mut self, id: ViewerId, spec: ViewSpec) {
+    /// Replaces viewer `id`'s view and sends it a snapshot at once.
+    pub fn set_view(&mut self, id: ViewerId, spec: ViewSpec) {
         let (devices, group_total) = match spec {
             ViewSpec::Devices(devices) => (devices, None),
             ViewSpec::GroupPage {
@@ -384,7 +389,7 @@ impl Hub {
     }
 
     /// Records new device states and marks the viewers that see them.
-    fn apply(&mut self, batch: Derived) {
+    pub fn apply(&mut self, batch: Derived) {
         let Derived::Devices(states) = batch;
         for state in states {
             if let Some(watchers) = self.watchers.get(&state.id) {
@@ -418,7 +423,7 @@ impl Hub {
     }
 
     /// Sends every viewer with pending changes its frame (called once per tick).
-    fn push_pending(&mut self) {
+    pub fn push_pending(&mut self) {
         let dirty: Vec<ViewerId> = self.dirty.drain().collect();
         for id in dirty {
             self.push_to(id);
