@@ -19,14 +19,23 @@ pub enum LinkError {
 }
 
 pub struct AlertsLink {
+    /// iotmon patch: kept to ask the router for a report (see `request`).
+    router_tx: Sender<(ConnectionId, Event)>,
     pub router_rx: Receiver<Vec<Alert>>,
 }
 
 impl AlertsLink {
+    /// iotmon patch: asks the router to send its report to every link now. Upstream only
+    /// sends reports when its own timer thread (started by `Broker::start`) asks.
+    pub fn request(&self) -> Result<(), LinkError> {
+        self.router_tx.try_send((0, Event::SendAlerts))?;
+        Ok(())
+    }
+
     pub fn new(router_tx: Sender<(ConnectionId, Event)>) -> Result<AlertsLink, LinkError> {
         let (tx, rx) = flume::bounded(100);
         router_tx.send((0, Event::NewAlert(tx)))?;
-        let link = AlertsLink { router_rx: rx };
+        let link = AlertsLink { router_tx, router_rx: rx };
         Ok(link)
     }
 

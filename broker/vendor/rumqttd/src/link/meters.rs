@@ -19,15 +19,24 @@ pub enum LinkError {
 }
 
 pub struct MetersLink {
+    /// iotmon patch: kept to ask the router for a report (see `request`).
+    router_tx: Sender<(ConnectionId, Event)>,
     router_rx: Receiver<Vec<Meter>>,
 }
 
 impl MetersLink {
+    /// iotmon patch: asks the router to send its report to every link now. Upstream only
+    /// sends reports when its own timer thread (started by `Broker::start`) asks.
+    pub fn request(&self) -> Result<(), LinkError> {
+        self.router_tx.try_send((0, Event::SendMeters))?;
+        Ok(())
+    }
+
     pub fn new(router_tx: Sender<(ConnectionId, Event)>) -> Result<MetersLink, LinkError> {
         let (tx, rx) = flume::bounded(100);
 
         router_tx.send((0, Event::NewMeter(tx)))?;
-        let link = MetersLink { router_rx: rx };
+        let link = MetersLink { router_tx, router_rx: rx };
         Ok(link)
     }
 
@@ -35,7 +44,7 @@ impl MetersLink {
         let (tx, rx) = flume::bounded(100);
 
         router_tx.send_async((0, Event::NewMeter(tx))).await?;
-        let link = MetersLink { router_rx: rx };
+        let link = MetersLink { router_tx, router_rx: rx };
         Ok(link)
     }
 
