@@ -13,7 +13,7 @@ use rumqttd::alerts::AlertsLink;
 use rumqttd::meters::MetersLink;
 use rumqttd::{AlertKind, Meter};
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::debug;
 
 /// How often the router is asked for its meters and alerts.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -236,11 +236,13 @@ pub async fn poll_router(
                 .iter()
                 .for_each(|alert| metrics.record_alert(&alert.kind));
         }
+        // The router's inbox is bounded; when it is full the request is skipped and the
+        // next tick asks again, so a loaded router is never made to wait for metrics.
         if let Err(error) = meters.request() {
-            warn!(%error, "cannot ask the broker router for its meters");
+            debug!(%error, "broker router busy: meters not requested this tick");
         }
         if let Err(error) = alerts.request() {
-            warn!(%error, "cannot ask the broker router for its alerts");
+            debug!(%error, "broker router busy: alerts not requested this tick");
         }
     }
 }

@@ -350,12 +350,11 @@ pub struct IncomingMeter {
 
 impl IncomingMeter {
     pub fn register_publish(&mut self, publish: &Publish) -> Result<(), std::str::Utf8Error> {
-        let meter = {
-            let topic = std::str::from_utf8(&publish.topic)?.to_string();
-            self.publishes.entry(topic).or_default()
-        };
-        meter.count += 1;
-        meter.size += publish.len();
+        // iotmon patch: no per-topic entry. Upstream keeps a map entry for every distinct
+        // topic a connection ever published (allocating the topic string on every publish),
+        // freed only at disconnect: for a gateway connection carrying many devices it grows
+        // with the fleet, and nothing reads it.
+        std::str::from_utf8(&publish.topic)?;
 
         self.total_publishes.count += 1;
         self.total_publishes.size += publish.len();
