@@ -305,6 +305,7 @@ async fn registered_devices_connect_and_everyone_else_gets_connack_refused() {
         &["-h", "127.0.0.1", "-i", "dev-1", "-t", "a", "-m", "1"],
     );
     assert!(!out.status.success(), "an anonymous device was accepted");
+    assert!(text(&out.stderr).contains("bad user name or password"));
 
     let metrics = broker.metrics().await;
     let refused = |reason: &str| {
@@ -316,7 +317,25 @@ async fn registered_devices_connect_and_everyone_else_gets_connack_refused() {
     assert_eq!(refused("wrong_password"), 1);
     assert_eq!(refused("client_id_mismatch"), 1);
     assert_eq!(refused("unknown_device"), 1);
+    assert_eq!(refused("no_credentials"), 1);
     assert_eq!(sample(&metrics, "iotmon_broker_connects_accepted_total"), 1);
+}
+
+#[tokio::test]
+async fn connections_beyond_the_limit_get_connack_server_unavailable() {
+    let broker = BrokerProcess::start("allow_anonymous = true\nmax_connections = 2", &[], &[]);
+    let port = broker.port("mqtt");
+    let _first = MosquittoSub::start(port, &["-h", "127.0.0.1", "-t", "a/1"]);
+    let _second = MosquittoSub::start(port, &["-h", "127.0.0.1", "-t", "a/2"]);
+    let out = mosquitto_pub(port, &["-h", "127.0.0.1", "-t", "a/1", "-m", "x"]);
+    assert!(!out.status.success(), "a third connection was accepted");
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("unavailable"), "{stderr}");
+    // The router reports its connections (refreshed every second, traffic or not).
+    eventually("connections gauge shows 2", || async {
+        sample(&broker.metrics().await, "iotmon_broker_connections") == 2
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -106,6 +106,11 @@ impl DeviceAuth {
     }
 
     async fn decide(&self, client_id: &str, username: &str, password: &str) -> Verdict {
+        // rumqttd (patched) calls the handler with an empty user name for a CONNECT without
+        // credentials; no device id is empty, so this can never be accepted.
+        if username.is_empty() {
+            return Verdict::Refused(Refusal::NoCredentials);
+        }
         if username != client_id {
             return Verdict::Refused(Refusal::ClientIdMismatch);
         }
@@ -221,6 +226,10 @@ mod tests {
         assert_eq!(
             auth.check("dev-2", "dev-2", "pw").await,
             refused(Refusal::UnknownDevice)
+        );
+        assert_eq!(
+            auth.check("dev-1", "", "").await,
+            refused(Refusal::NoCredentials)
         );
         // A second good connect is answered from the cache; a wrong password is not.
         assert_eq!(auth.check("dev-1", "dev-1", "pw").await, Verdict::Accepted);

@@ -21,6 +21,8 @@ pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// Why a connect was refused by iotmon's authentication handler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
+    /// The CONNECT carried no user name and password.
+    NoCredentials,
     /// No such device in the credential registry.
     UnknownDevice,
     /// The device exists but the password does not match.
@@ -34,6 +36,7 @@ pub enum Refusal {
 impl Refusal {
     fn label(self) -> &'static str {
         match self {
+            Refusal::NoCredentials => "no_credentials",
             Refusal::UnknownDevice => "unknown_device",
             Refusal::WrongPassword => "wrong_password",
             Refusal::ClientIdMismatch => "client_id_mismatch",
@@ -48,6 +51,7 @@ pub struct BrokerMetrics {
     /// Connects whose credentials were accepted.
     connects_accepted: AtomicU64,
     /// Connects refused, one counter per [`Refusal`].
+    refused_no_credentials: AtomicU64,
     refused_unknown_device: AtomicU64,
     refused_wrong_password: AtomicU64,
     refused_client_id_mismatch: AtomicU64,
@@ -78,6 +82,7 @@ impl BrokerMetrics {
     /// Counts a refused connect.
     pub fn refused(&self, why: Refusal) {
         let counter = match why {
+            Refusal::NoCredentials => &self.refused_no_credentials,
             Refusal::UnknownDevice => &self.refused_unknown_device,
             Refusal::WrongPassword => &self.refused_wrong_password,
             Refusal::ClientIdMismatch => &self.refused_client_id_mismatch,
@@ -94,6 +99,7 @@ impl BrokerMetrics {
     /// Connects refused for `why` so far.
     pub fn refused_count(&self, why: Refusal) -> u64 {
         match why {
+            Refusal::NoCredentials => &self.refused_no_credentials,
             Refusal::UnknownDevice => &self.refused_unknown_device,
             Refusal::WrongPassword => &self.refused_wrong_password,
             Refusal::ClientIdMismatch => &self.refused_client_id_mismatch,
@@ -134,6 +140,7 @@ impl MetricsSource for BrokerMetrics {
     fn render_prometheus(&self, out: &mut String) {
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         let refusals = [
+            Refusal::NoCredentials,
             Refusal::UnknownDevice,
             Refusal::WrongPassword,
             Refusal::ClientIdMismatch,

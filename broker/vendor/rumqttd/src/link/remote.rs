@@ -93,14 +93,28 @@ impl<P: Protocol> RemoteLink<P> {
         // the Will Delay Interval has passed or the Session ends, whichever happens first
         let will_delay_interval = min(session_expiry, delay_interval);
 
-        let (link_tx, link_rx, notification) = LinkBuilder::new(client_id, router_tx)
+        let built = LinkBuilder::new(client_id, router_tx)
             .tenant_id(tenant_id)
             .clean_session(clean_session)
             .last_will(lastwill)
             .last_will_properties(lastwill_props)
             .dynamic_filters(dynamic_filters)
             .topic_alias_max(topic_alias_max.unwrap_or(0))
-            .build()?;
+            .build();
+        // iotmon patch: when the router refuses the connection (max_connections reached),
+        // say so with CONNACK "server unavailable" (3.1.1 code 3, MQTT 5 0x88) instead of a
+        // silent close.
+        let (link_tx, link_rx, notification) = match built {
+            Ok(built) => built,
+            Err(e) => {
+                let ack = ConnAck {
+                    session_present: false,
+                    code: ConnectReturnCode::ServiceUnavailable,
+                };
+                network.write(Packet::ConnAck(ack, None)).await.ok();
+                return Err(e.into());
+            }
+        };
 
         let id = link_rx.id();
         Span::current().record("connection_id", id);
@@ -243,6 +257,11 @@ async fn handle_auth(
     // if authentication is configured and connect packet doesn't have login details
     // return an error
     let Some(login) = login else {
+        // iotmon patch: the handler hears of a CONNECT without credentials too (empty user
+        // name and password), so it can count it; it is refused whatever the handler says.
+        if let Some(auth) = &config.external_auth {
+            auth(client_id.to_owned(), String::new(), String::new()).await;
+        }
         return Err(Error::InvalidAuth);
     };
 

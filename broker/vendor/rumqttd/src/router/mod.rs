@@ -281,20 +281,17 @@ pub struct RouterMeter {
 
 impl RouterMeter {
     pub fn get(&mut self) -> Option<Self> {
-        if self.total_publishes > 0 || self.failed_publishes > 0 {
-            self.timestamp = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_millis();
-            self.sequence += 1;
+        // iotmon patch: report on every request, so the connection count stays current
+        // when there is no traffic (upstream reported only after publishes).
+        self.timestamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        self.sequence += 1;
 
-            let meter = self.clone();
-            self.reset();
+        let meter = self.clone();
+        self.reset();
 
-            Some(meter)
-        } else {
-            None
-        }
+        Some(meter)
     }
 
     fn reset(&mut self) {

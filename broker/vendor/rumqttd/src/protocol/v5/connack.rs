@@ -405,6 +405,9 @@ fn connect_code(return_code: ConnectReturnCode) -> u8 {
         ConnectReturnCode::BadUserNamePassword => 134,
         ConnectReturnCode::NotAuthorized => 135,
         ConnectReturnCode::ServerUnavailable => 136,
+        // iotmon patch: the MQTT 3.1.1 name of the same refusal, so code shared by both
+        // protocols can use it (upstream hit `unreachable!` here).
+        ConnectReturnCode::ServiceUnavailable => 136,
         ConnectReturnCode::ServerBusy => 137,
         ConnectReturnCode::Banned => 138,
         ConnectReturnCode::BadAuthenticationMethod => 140,
