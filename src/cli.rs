@@ -51,11 +51,11 @@ pub enum Command {
 pub struct DevicesArgs {
     /// Configuration file (TOML): its `data_dir` and `broker.credentials_file` locate the
     /// registry.
-    #[arg(long, env = "IOTMON_CONFIG")]
+    #[arg(long, env = "IOTMON_CONFIG", global = true)]
     pub config: Option<PathBuf>,
     /// Where iotmon keeps its data; the registry is `devices.credentials` inside it unless
     /// the config names another file.
-    #[arg(long, env = "IOTMON_DATA_DIR")]
+    #[arg(long, env = "IOTMON_DATA_DIR", global = true)]
     pub data_dir: Option<PathBuf>,
     #[command(subcommand)]
     pub action: DeviceAction,
@@ -168,6 +168,29 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn devices_options_go_before_or_after_the_action() {
+        for args in [
+            &["iotmon", "devices", "--data-dir", "d", "add", "dev-1"][..],
+            &[
+                "iotmon",
+                "devices",
+                "add",
+                "dev-1",
+                "--data-dir",
+                "d",
+                "--password-stdin",
+            ],
+        ] {
+            let cli = Cli::try_parse_from(args).expect("valid");
+            let Command::Devices(devices) = cli.command else {
+                panic!("expected devices");
+            };
+            assert_eq!(devices.data_dir, Some(PathBuf::from("d")));
+            assert!(matches!(devices.action, DeviceAction::Add { .. }));
+        }
     }
 
     #[test]
