@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::{collections::HashMap, path::Path};
 
 use serde::{Deserialize, Serialize};
+// iotmon patch: the console's log-filter handle only with the `standalone` feature.
+#[cfg(feature = "standalone")]
 use tracing_subscriber::{
     filter::EnvFilter,
     fmt::{
@@ -210,15 +212,18 @@ pub struct SegmentConfig {
     pub max_segment_count: usize,
 }
 
+#[cfg(feature = "standalone")]
 type ReloadHandle = Handle<EnvFilter, Layered<Layer<Registry, Pretty, Format<Pretty>>, Registry>>;
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct ConsoleSettings {
     pub listen: String,
+    #[cfg(feature = "standalone")]
     #[serde(skip)]
     filter_handle: Option<ReloadHandle>,
 }
 
+#[cfg(feature = "standalone")]
 impl ConsoleSettings {
     pub fn set_filter_reload_handle(&mut self, handle: ReloadHandle) {
         self.filter_handle.replace(handle);

@@ -1,5 +1,6 @@
 pub mod alerts;
 pub mod bridge;
+#[cfg(feature = "standalone")] // iotmon patch: the console needs axum 0.7
 pub mod console;
 pub mod local;
 pub mod meters;

@@ -1,4 +1,5 @@
 use crate::link::alerts::{self};
+#[cfg(feature = "standalone")] // iotmon patch: console and exporter only when standalone
 use crate::link::console::ConsoleLink;
 use crate::link::network::{self, Network, N};
 use crate::link::remote::{self, mqtt_connect, RemoteLink};
@@ -28,11 +29,14 @@ use async_tungstenite::tungstenite::http::HeaderValue;
 #[cfg(feature = "websocket")]
 use ws_stream_tungstenite::WsStream;
 
+#[cfg(feature = "standalone")]
 use metrics::gauge;
+#[cfg(feature = "standalone")]
 use metrics_exporter_prometheus::PrometheusBuilder;
 use std::time::Duration;
 use std::{io, thread};
 
+#[cfg(feature = "standalone")]
 use crate::link::console;
 use crate::link::local::{self, LinkRx, LinkTx};
 use crate::router::{Event, Router};
@@ -263,6 +267,7 @@ impl Broker {
             }
         }
 
+        #[cfg(feature = "standalone")]
         if let Some(prometheus_setting) = &self.config.prometheus {
             let timeout = prometheus_setting.interval;
             // If port is specified use it instead of listen.
@@ -306,6 +311,7 @@ impl Broker {
             })?;
         }
 
+        #[cfg(feature = "standalone")]
         if let Some(console) = self.config.console.clone() {
             let console_link = ConsoleLink::new(console, self.router_tx.clone());
 
