@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Runs every iotmon check: formatting, lints, the Rust test suite (unit, integration and
-# end-to-end tests against real MQTT clients and Debian's mosquitto) and the browser test
-# (headless Chromium). Installs the system packages the tests need when run as root on a
-# Debian-like machine; otherwise names what is missing and stops.
+# end-to-end tests against real MQTT clients, Debian's mosquitto and mosquitto-clients, and
+# Python's paho-mqtt) and the browser test (headless Chromium). Installs the system packages
+# and the Python package the tests need when run as root on a Debian-like machine; otherwise
+# names what is missing and stops.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_packages=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_packages+=(mosquitto)
+command -v mosquitto_pub >/dev/null 2>&1 || need_packages+=(mosquitto-clients)
+command -v openssl >/dev/null 2>&1 || need_packages+=(openssl)
+command -v python3 >/dev/null 2>&1 || need_packages+=(python3 python3-pip)
 command -v chromium >/dev/null 2>&1 || need_packages+=(chromium)
 command -v node >/dev/null 2>&1 || need_packages+=(nodejs npm)
 
@@ -19,6 +23,19 @@ if [ ${#need_packages[@]} -gt 0 ]; then
   else
     echo "missing test dependencies: ${need_packages[*]}" >&2
     echo "install them (Debian: sudo apt-get install ${need_packages[*]}) and run again" >&2
+    exit 1
+  fi
+fi
+# The broker interoperability tests drive Eclipse paho-mqtt; pinned so a release cannot
+# change what the tests check.
+PAHO_VERSION=2.1.0
+if ! python3 -c "import paho.mqtt, sys; sys.exit(paho.mqtt.__version__ != '$PAHO_VERSION')" 2>/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "installing paho-mqtt==$PAHO_VERSION"
+    python3 -m pip install -q "paho-mqtt==$PAHO_VERSION" 2>/dev/null \
+      || python3 -m pip install -q --break-system-packages "paho-mqtt==$PAHO_VERSION"
+  else
+    echo "missing test dependency: paho-mqtt==$PAHO_VERSION (python3 -m pip install --user paho-mqtt==$PAHO_VERSION)" >&2
     exit 1
   fi
 fi

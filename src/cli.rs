@@ -42,6 +42,43 @@ pub enum Command {
     Simulate(SimulateArgs),
     /// Prints the default configuration file.
     Config,
+    /// Device credentials for the embedded broker: add, remove, list.
+    Devices(DevicesArgs),
+}
+
+/// Which credential registry to edit, and how.
+#[derive(Debug, Args)]
+pub struct DevicesArgs {
+    /// Configuration file (TOML): its `data_dir` and `broker.credentials_file` locate the
+    /// registry.
+    #[arg(long, env = "IOTMON_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Where iotmon keeps its data; the registry is `devices.credentials` inside it unless
+    /// the config names another file.
+    #[arg(long, env = "IOTMON_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    pub action: DeviceAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeviceAction {
+    /// Registers a device, or replaces its password. Without --password-stdin, a random
+    /// password is generated and printed once.
+    Add {
+        /// The device id: its MQTT client id and user name.
+        device_id: String,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Forgets a device; it can no longer connect.
+    Remove {
+        /// The device id.
+        device_id: String,
+    },
+    /// Lists the registered device ids.
+    List,
 }
 
 /// Settings shared by the commands that run roles; each flag overrides the config file.
@@ -131,6 +168,29 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn devices_options_go_before_or_after_the_action() {
+        for args in [
+            &["iotmon", "devices", "--data-dir", "d", "add", "dev-1"][..],
+            &[
+                "iotmon",
+                "devices",
+                "add",
+                "dev-1",
+                "--data-dir",
+                "d",
+                "--password-stdin",
+            ],
+        ] {
+            let cli = Cli::try_parse_from(args).expect("valid");
+            let Command::Devices(devices) = cli.command else {
+                panic!("expected devices");
+            };
+            assert_eq!(devices.data_dir, Some(PathBuf::from("d")));
+            assert!(matches!(devices.action, DeviceAction::Add { .. }));
+        }
     }
 
     #[test]

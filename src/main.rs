@@ -2,6 +2,7 @@
 
 mod cli;
 mod config;
+mod devices;
 mod roles;
 
 use anyhow::Context;
@@ -27,9 +28,13 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    if let Command::Config = cli.command {
-        print!("{}", Config::defaults_toml()?);
-        return Ok(());
+    match cli.command {
+        Command::Config => {
+            print!("{}", Config::defaults_toml()?);
+            return Ok(());
+        }
+        Command::Devices(args) => return devices::run(args),
+        _ => {}
     }
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(run(cli.command))
@@ -73,7 +78,7 @@ async fn run_role(command: Command, shutdown: CancellationToken) -> anyhow::Resu
             };
             roles::serve(config, Some(fleet), shutdown).await
         }
-        Command::Broker(args) => roles::broker(args.resolve()?, shutdown).await,
+        Command::Broker(args) => roles::broker(args.resolve()?, args.http_listen, shutdown).await,
         Command::Bridge(args) => {
             let client_id = args
                 .client_id
@@ -99,7 +104,7 @@ async fn run_role(command: Command, shutdown: CancellationToken) -> anyhow::Resu
             };
             roles::simulate(fleet, shutdown).await
         }
-        Command::Config => Ok(()),
+        Command::Config | Command::Devices(_) => Ok(()),
     }
 }
 

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use iotmon_bridge::{source, BridgeCounters, INPUT_CAPACITY, LIVE_CAPACITY};
-use iotmon_broker::{EmbeddedBroker, LocalSubscription};
+use iotmon_broker::credentials::registry_path;
+use iotmon_broker::{EmbeddedBroker, ListenerKind, LocalSubscription};
 use iotmon_dashboard::DERIVED_CAPACITY;
 use iotmon_simulator::FleetConfig;
 use iotmon_wire::metrics::MetricsSource;
@@ -15,7 +16,7 @@ use iotmon_wire::mqtt::BrokerUrl;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 use crate::config::Config;
 
@@ -34,8 +35,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
-    warn_if_not_anonymous(&config);
-    let broker = EmbeddedBroker::start(config.broker.clone())?;
+    let broker = start_broker(&config)?;
     // The bridge subscribes before the listener opens, so no early reading is lost.
     let (mut broker, subscription) = tokio::task::spawn_blocking(move || {
         let subscription = LocalSubscription::open(&broker, BRIDGE_LINK_ID, &source::FILTERS);
@@ -43,9 +43,10 @@ pub async fn serve(
     })
     .await?;
     let subscription = subscription?;
-    let mqtt_addr = broker.listen()?;
+    let listeners = broker.listen()?;
+    let mqtt_addr = broker.mqtt_addr().context("the MQTT listener is open")?;
     let http = iotmon_dashboard::bind(&config.dashboard).await?;
-    announce_mqtt(mqtt_addr);
+    announce_listeners(&listeners);
     let http_addr = http.local_addr()?;
     announce_http(http_addr);
     if let Some(fleet) = &fleet {
@@ -83,7 +84,7 @@ pub async fn serve(
         tasks.spawn(run_fleet(fleet, shutdown.clone()));
     }
     tasks.close();
-    let sources: Vec<Arc<dyn MetricsSource>> = vec![counters];
+    let sources: Vec<Arc<dyn MetricsSource>> = vec![counters, broker.metrics()];
     let served =
         iotmon_dashboard::run(config.dashboard, http, derived, sources, shutdown.clone()).await;
     shutdown.cancel();
@@ -92,16 +93,38 @@ pub async fn serve(
     Ok(served?)
 }
 
-/// Runs the embedded broker alone until `shutdown`.
+/// Runs the embedded broker alone until `shutdown`; with `http_listen`, also serves its
+/// `/metrics` and `/healthz` there.
 ///
 /// # Errors
-/// The listener cannot be bound.
-pub async fn broker(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    warn_if_not_anonymous(&config);
-    let mut broker = EmbeddedBroker::start(config.broker)?;
-    announce_mqtt(broker.listen()?);
-    shutdown.cancelled().await;
+/// A listener cannot be bound, or the device credentials cannot be read.
+pub async fn broker(
+    config: Config,
+    http_listen: Option<SocketAddr>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut broker = start_broker(&config)?;
+    announce_listeners(&broker.listen()?);
+    let Some(http_listen) = http_listen else {
+        shutdown.cancelled().await;
+        return Ok(());
+    };
+    let http = tokio::net::TcpListener::bind(http_listen)
+        .await
+        .with_context(|| format!("cannot listen for HTTP on {http_listen}"))?;
+    announce_http(http.local_addr()?);
+    iotmon_broker::http::serve(http, broker.metrics(), shutdown).await?;
     Ok(())
+}
+
+/// Starts the embedded broker with the device credentials in the data directory (or the
+/// configured file).
+fn start_broker(config: &Config) -> anyhow::Result<EmbeddedBroker> {
+    let credentials = registry_path(config.broker.credentials_file.as_deref(), &config.data_dir);
+    if config.broker.allow_anonymous {
+        info!("anonymous devices allowed: MQTT credentials are not checked");
+    }
+    Ok(EmbeddedBroker::start(config.broker.clone(), &credentials)?)
 }
 
 /// Runs the bridge alone against `broker_url` until `shutdown`.
@@ -172,15 +195,6 @@ async fn run_fleet(fleet: FleetConfig, shutdown: CancellationToken) {
     }
 }
 
-fn warn_if_not_anonymous(config: &Config) {
-    if !config.broker.allow_anonymous {
-        warn!(
-            "device credentials are not implemented yet: every device is accepted \
-             (pass --allow-anonymous to acknowledge)"
-        );
-    }
-}
-
 /// The address a client on this machine uses to reach a listener bound to `addr`: a
 /// listener on every interface (0.0.0.0 or ::) is reached through loopback.
 fn reachable(addr: SocketAddr) -> SocketAddr {
@@ -191,9 +205,12 @@ fn reachable(addr: SocketAddr) -> SocketAddr {
     }
 }
 
-/// Start-up lines that scripts read: keep their wording stable.
-fn announce_mqtt(addr: SocketAddr) {
-    println!("mqtt listening on {addr}");
+/// Start-up lines that scripts read: keep their wording stable (`mqtt listening on ADDR`,
+/// then `mqtt5`, `mqtt-ws` and `mqtts` for the listeners that are configured).
+fn announce_listeners(listeners: &[(ListenerKind, SocketAddr)]) {
+    for (kind, addr) in listeners {
+        println!("{kind} listening on {addr}");
+    }
 }
 
 fn announce_http(addr: SocketAddr) {

@@ -230,7 +230,16 @@ async fn serve_accepts_batches_and_tells_viewers_about_bad_messages() {
 /// Also: several dashboards on one bridge each serve their own viewers.
 #[tokio::test]
 async fn split_roles_in_three_processes_behave_like_serve() {
-    let broker = Iotmon::start(&["broker", "--mqtt-listen", "127.0.0.1:0"], true, false);
+    let broker = Iotmon::start(
+        &[
+            "broker",
+            "--mqtt-listen",
+            "127.0.0.1:0",
+            "--allow-anonymous",
+        ],
+        true,
+        false,
+    );
     let url = broker.mqtt_url();
     let _bridge = Iotmon::start(&["bridge", "--broker", &url], false, false);
     let start_dashboard = || {

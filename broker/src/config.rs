@@ -1,6 +1,8 @@
-//! Broker settings: the listener address and the limits that protect the process.
+//! Broker settings: the listeners, device authentication, and the limits that protect the
+//! process.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -10,9 +12,19 @@ use serde::{Deserialize, Serialize};
 pub struct BrokerConfig {
     /// Address of the MQTT 3.1.1 listener; port 0 picks a free port.
     pub mqtt_listen: SocketAddr,
-    /// Let devices connect without credentials. Device credentials arrive with the broker's
-    /// authentication work; until then this is the only mode and `false` is reported at start.
+    /// Address of an MQTT 5 listener, if any.
+    pub mqtt5_listen: Option<SocketAddr>,
+    /// Address of an MQTT 3.1.1 over WebSocket listener, if any (rumqttd has no MQTT 5 over
+    /// WebSocket).
+    pub ws_listen: Option<SocketAddr>,
+    /// An MQTT 3.1.1 over TLS listener, if any.
+    pub tls: Option<TlsListenerConfig>,
+    /// Let devices connect without credentials. When false, every device needs an entry in
+    /// the credential registry (`iotmon devices add`).
     pub allow_anonymous: bool,
+    /// The device credential registry; by default `devices.credentials` in the data
+    /// directory.
+    pub credentials_file: Option<PathBuf>,
     /// Connections the broker accepts at once; more are refused.
     pub max_connections: usize,
     /// Largest MQTT packet a client may send, in bytes.
@@ -25,11 +37,27 @@ pub struct BrokerConfig {
     pub segment_count: usize,
 }
 
+/// An MQTT over TLS listener: where it listens and its certificate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsListenerConfig {
+    /// Address of the listener; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// PEM file with the server certificate chain.
+    pub cert: PathBuf,
+    /// PEM file with the server's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
 impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
             mqtt_listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            mqtt5_listen: None,
+            ws_listen: None,
+            tls: None,
             allow_anonymous: false,
+            credentials_file: None,
             max_connections: 20_000,
             max_packet_size: 16 * 1024,
             segment_size: 16 * 1024 * 1024,

@@ -7,39 +7,92 @@
 use std::future::Future;
 use std::io;
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
+use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::Poll;
 
 use rumqttd::local::{LinkBuilder, LinkError, LinkRx, LinkTx};
 use rumqttd::protocol::v4::V4;
-use rumqttd::{ConnectionSettings, LinkType, Router, RouterConfig, Server, ServerSettings};
+use rumqttd::protocol::v5::V5;
+use rumqttd::{
+    ConnectionSettings, LinkType, Router, RouterConfig, Server, ServerSettings, TlsConfig,
+};
 use thiserror::Error;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+use crate::auth::{DeviceAuth, Verdict};
 use crate::config::BrokerConfig;
+use crate::metrics::{poll_router, BrokerMetrics};
 
 /// Opens an in-process link to the router. rumqttd's router sender has a type we cannot
-/// name (its event enum is private), so the sender lives inside these two closures.
+/// name (its event enum is private), so the sender lives inside these closures.
 type LinkFactory = Box<dyn Fn(&str) -> Result<(LinkTx, LinkRx), BrokerError> + Send + Sync>;
-/// Builds an MQTT 3.1.1 server attached to the router.
-type ServerFactory = Box<dyn Fn(ServerSettings) -> Server<V4> + Send + Sync>;
+/// A listener's accept loop, as rumqttd's `Server::start` returns it.
+type AcceptLoop = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+/// Builds a listener of one kind attached to the router.
+type ServerFactory = Box<dyn Fn(ServerSettings, ListenerKind) -> AcceptLoop + Send + Sync>;
+/// Starts the task that polls the router's meters and alerts into [`BrokerMetrics`].
+type MeterPoller = Box<dyn FnOnce(CancellationToken) -> Result<JoinHandle<()>, BrokerError> + Send>;
 
 /// Why the broker could not start or serve a request.
 #[derive(Debug, Error)]
 pub enum BrokerError {
-    #[error("cannot listen for MQTT on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: io::Error },
+    #[error("cannot listen for {kind} on {addr}: {source}")]
+    Listen {
+        kind: ListenerKind,
+        addr: SocketAddr,
+        source: io::Error,
+    },
     /// Boxed: rumqttd's link error is several hundred bytes.
     #[error("in-process link to the broker failed: {0}")]
     Link(Box<LinkError>),
+    #[error("cannot read the broker's meters: {0}")]
+    Meters(String),
     #[error("broker setting {0} must be greater than zero")]
     ZeroLimit(&'static str),
+    #[error("TLS {what} file {path} does not exist")]
+    TlsFile { what: &'static str, path: PathBuf },
+    #[error("device credentials file {path}: {reason}")]
+    Credentials { path: PathBuf, reason: String },
+    #[error("device credentials file {path}: {source}")]
+    CredentialsIo { path: PathBuf, source: io::Error },
+    #[error("{0}")]
+    DeviceId(String),
+    #[error("cannot hash the password: {0}")]
+    Hash(String),
 }
 
 impl From<LinkError> for BrokerError {
     fn from(error: LinkError) -> Self {
         BrokerError::Link(Box::new(error))
+    }
+}
+
+/// The kinds of listener the broker can open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerKind {
+    /// MQTT 3.1.1 over TCP.
+    Mqtt,
+    /// MQTT 5 over TCP.
+    Mqtt5,
+    /// MQTT 3.1.1 over WebSocket.
+    MqttWs,
+    /// MQTT 3.1.1 over TLS.
+    Mqtts,
+}
+
+impl std::fmt::Display for ListenerKind {
+    /// The name used in start-up lines (`mqtt5 listening on ...`) and errors.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ListenerKind::Mqtt => "mqtt",
+            ListenerKind::Mqtt5 => "mqtt5",
+            ListenerKind::MqttWs => "mqtt-ws",
+            ListenerKind::Mqtts => "mqtts",
+        })
     }
 }
 
@@ -51,20 +104,38 @@ pub struct EmbeddedBroker {
     new_link: LinkFactory,
     /// Creates listeners attached to the router thread.
     new_server: ServerFactory,
-    /// The address the MQTT listener actually bound (the real port when 0 was asked).
-    mqtt_addr: Option<SocketAddr>,
-    /// The listener's accept loop; aborted on drop because rumqttd has no shutdown API.
-    listener: Option<JoinHandle<()>>,
+    /// Checks device credentials; `None` when anonymous devices are allowed.
+    auth: Option<Arc<DeviceAuth>>,
+    /// The broker's counters, for `/metrics`.
+    metrics: Arc<BrokerMetrics>,
+    /// Starts the meter poller; taken by [`EmbeddedBroker::listen`].
+    meter_poller: Option<MeterPoller>,
+    /// Stops the meter poller when the broker is dropped.
+    stop_polling: CancellationToken,
+    /// The addresses the listeners actually bound (the real port when 0 was asked).
+    bound: Vec<(ListenerKind, SocketAddr)>,
+    /// The listeners' accept loops and the meter poller; aborted on drop because rumqttd
+    /// has no shutdown API.
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl EmbeddedBroker {
     /// Starts the router. No listener is open yet: call [`EmbeddedBroker::listen`] once the
     /// in-process subscribers are in place, so no early reading is published into a void.
+    /// `credentials` is the device registry file; it is read unless anonymous devices are
+    /// allowed.
     ///
     /// # Errors
-    /// A limit that rumqttd cannot work with (zero connections, zero-sized segments).
-    pub fn start(config: BrokerConfig) -> Result<Self, BrokerError> {
+    /// A limit that rumqttd cannot work with (zero connections, zero-sized segments), a TLS
+    /// file that does not exist, or an unreadable credentials file.
+    pub fn start(config: BrokerConfig, credentials: &std::path::Path) -> Result<Self, BrokerError> {
         validate(&config)?;
+        let metrics = Arc::new(BrokerMetrics::default());
+        let auth = if config.allow_anonymous {
+            None
+        } else {
+            Some(Arc::new(DeviceAuth::load(credentials, metrics.clone())?))
+        };
         let router = Router::new(0, router_config(&config));
         let router_tx = router.spawn();
         let link_router = router_tx.clone();
@@ -74,57 +145,98 @@ impl EmbeddedBroker {
                 .build()?;
             Ok((link_tx, link_rx))
         });
-        let new_server: ServerFactory =
-            Box::new(move |settings| Server::new(settings, router_tx.clone(), V4));
+        let meter_router = router_tx.clone();
+        let poller_metrics = metrics.clone();
+        let meter_poller: MeterPoller = Box::new(move |shutdown| {
+            let meters = rumqttd::meters::MetersLink::new(meter_router.clone())
+                .map_err(|e| BrokerError::Meters(e.to_string()))?;
+            let alerts = rumqttd::alerts::AlertsLink::new(meter_router)
+                .map_err(|e| BrokerError::Meters(e.to_string()))?;
+            Ok(tokio::spawn(poll_router(
+                meters,
+                alerts,
+                poller_metrics,
+                shutdown,
+            )))
+        });
+        let new_server: ServerFactory = Box::new(move |settings, kind| {
+            let router_tx = router_tx.clone();
+            match kind {
+                ListenerKind::Mqtt5 => {
+                    let mut server = Server::new(settings, router_tx, V5);
+                    Box::pin(async move {
+                        server
+                            .start(LinkType::Remote)
+                            .await
+                            .map_err(|e| e.to_string())
+                    })
+                }
+                ListenerKind::Mqtt | ListenerKind::Mqtts | ListenerKind::MqttWs => {
+                    let link_type = if kind == ListenerKind::MqttWs {
+                        LinkType::Websocket
+                    } else {
+                        LinkType::Remote
+                    };
+                    let mut server = Server::new(settings, router_tx, V4);
+                    Box::pin(
+                        async move { server.start(link_type).await.map_err(|e| e.to_string()) },
+                    )
+                }
+            }
+        });
         Ok(EmbeddedBroker {
             config,
             new_link,
             new_server,
-            mqtt_addr: None,
-            listener: None,
+            auth,
+            metrics,
+            meter_poller: Some(meter_poller),
+            stop_polling: CancellationToken::new(),
+            bound: Vec::new(),
+            tasks: Vec::new(),
         })
     }
 
-    /// Opens the MQTT 3.1.1 listener on `config.mqtt_listen` and returns the bound address.
-    /// Must be called from within the tokio runtime that will serve the connections.
+    /// Opens every configured listener and returns their bound addresses, the MQTT 3.1.1
+    /// listener first. Must be called from within the tokio runtime that will serve the
+    /// connections.
     ///
     /// # Errors
-    /// The address cannot be bound (in use, not local, no permission).
-    pub fn listen(&mut self) -> Result<SocketAddr, BrokerError> {
-        let wanted = self.config.mqtt_listen;
-        // rumqttd binds the address itself and cannot report a kernel-chosen port, so for port
-        // 0 we ask the kernel for a free port first. Another process could take it in between;
-        // rumqttd's bind then fails at once and we try another.
-        let attempts = if wanted.port() == 0 { 8 } else { 1 };
-        let mut last_error = None;
-        for _ in 0..attempts {
-            let addr = match pick_port(wanted) {
-                Ok(addr) => addr,
-                Err(source) => {
-                    return Err(BrokerError::Listen {
-                        addr: wanted,
-                        source,
-                    })
-                }
-            };
-            match self.spawn_listener(addr) {
-                Ok(handle) => {
-                    self.listener = Some(handle);
-                    self.mqtt_addr = Some(addr);
-                    return Ok(addr);
-                }
-                Err(source) => last_error = Some(BrokerError::Listen { addr, source }),
-            }
+    /// An address cannot be bound (in use, not local, no permission), or the TLS
+    /// certificate or key cannot be loaded.
+    pub fn listen(&mut self) -> Result<Vec<(ListenerKind, SocketAddr)>, BrokerError> {
+        if let Some(start_poller) = self.meter_poller.take() {
+            self.tasks.push(start_poller(self.stop_polling.clone())?);
         }
-        Err(last_error.unwrap_or(BrokerError::Listen {
-            addr: wanted,
-            source: io::Error::from(io::ErrorKind::AddrInUse),
-        }))
+        let mut wanted = vec![(ListenerKind::Mqtt, self.config.mqtt_listen)];
+        wanted.extend(self.config.mqtt5_listen.map(|a| (ListenerKind::Mqtt5, a)));
+        wanted.extend(self.config.ws_listen.map(|a| (ListenerKind::MqttWs, a)));
+        wanted.extend(
+            self.config
+                .tls
+                .as_ref()
+                .map(|t| (ListenerKind::Mqtts, t.listen)),
+        );
+        for (kind, addr) in wanted {
+            let bound = self.open(kind, addr)?;
+            self.bound.push((kind, bound));
+        }
+        Ok(self.bound.clone())
     }
 
-    /// The bound MQTT address, once [`EmbeddedBroker::listen`] succeeded.
+    /// The bound MQTT 3.1.1 address, once [`EmbeddedBroker::listen`] succeeded.
     pub fn mqtt_addr(&self) -> Option<SocketAddr> {
-        self.mqtt_addr
+        self.bound_addr(ListenerKind::Mqtt)
+    }
+
+    /// The bound address of the listener of `kind`, if it is open.
+    pub fn bound_addr(&self, kind: ListenerKind) -> Option<SocketAddr> {
+        self.bound.iter().find(|(k, _)| *k == kind).map(|(_, a)| *a)
+    }
+
+    /// The broker's counters, to show on `/metrics`.
+    pub fn metrics(&self) -> Arc<BrokerMetrics> {
+        self.metrics.clone()
     }
 
     /// Opens an in-process client link to the router: no socket, no MQTT encoding. Blocks
@@ -136,21 +248,42 @@ impl EmbeddedBroker {
         (self.new_link)(client_id)
     }
 
+    /// Binds one listener, retrying with another free port when port 0 was asked and the
+    /// kernel's choice was taken in between.
+    fn open(&mut self, kind: ListenerKind, wanted: SocketAddr) -> Result<SocketAddr, BrokerError> {
+        // rumqttd binds the address itself and cannot report a kernel-chosen port, so for port
+        // 0 we ask the kernel for a free port first. Another process could take it in between;
+        // rumqttd's bind then fails at once and we try another.
+        let attempts = if wanted.port() == 0 { 8 } else { 1 };
+        let listen_error = |addr, source| BrokerError::Listen { kind, addr, source };
+        let mut last_error = None;
+        for _ in 0..attempts {
+            let addr = pick_port(wanted).map_err(|source| listen_error(wanted, source))?;
+            match self.spawn_listener(kind, addr) {
+                Ok(handle) => {
+                    self.tasks.push(handle);
+                    return Ok(addr);
+                }
+                Err(source) => last_error = Some(listen_error(addr, source)),
+            }
+        }
+        Err(last_error
+            .unwrap_or_else(|| listen_error(wanted, io::Error::from(io::ErrorKind::AddrInUse))))
+    }
+
     /// Binds `addr` through rumqttd's server and starts its accept loop as a task. The first
-    /// poll of rumqttd's `Server::start` binds synchronously, so polling it once tells us at
-    /// once whether the bind worked.
-    fn spawn_listener(&self, addr: SocketAddr) -> io::Result<JoinHandle<()>> {
-        let settings = server_settings(&self.config, addr);
-        let mut server = (self.new_server)(settings);
-        let mut accept_loop: Pin<Box<dyn Future<Output = _> + Send>> =
-            Box::pin(async move { server.start(LinkType::Remote).await });
+    /// poll of rumqttd's `Server::start` binds synchronously (and loads the TLS certificate),
+    /// so polling it once tells us at once whether the listener works.
+    fn spawn_listener(&self, kind: ListenerKind, addr: SocketAddr) -> io::Result<JoinHandle<()>> {
+        let settings = server_settings(&self.config, kind, addr, self.auth.clone());
+        let mut accept_loop = (self.new_server)(settings, kind);
         let mut context = std::task::Context::from_waker(std::task::Waker::noop());
         match accept_loop.as_mut().poll(&mut context) {
-            Poll::Ready(Err(error)) => Err(io::Error::other(error.to_string())),
+            Poll::Ready(Err(error)) => Err(io::Error::other(error)),
             Poll::Ready(Ok(())) => Err(io::Error::other("listener ended at once")),
             Poll::Pending => Ok(tokio::spawn(async move {
                 if let Err(error) = accept_loop.await {
-                    warn!(%error, "MQTT listener stopped");
+                    warn!(%error, %kind, "MQTT listener stopped");
                 }
             })),
         }
@@ -161,15 +294,16 @@ impl std::fmt::Debug for EmbeddedBroker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EmbeddedBroker")
             .field("config", &self.config)
-            .field("mqtt_addr", &self.mqtt_addr)
+            .field("bound", &self.bound)
             .finish_non_exhaustive()
     }
 }
 
 impl Drop for EmbeddedBroker {
     fn drop(&mut self) {
-        if let Some(listener) = self.listener.take() {
-            listener.abort();
+        self.stop_polling.cancel();
+        for task in self.tasks.drain(..) {
+            task.abort();
         }
     }
 }
@@ -189,10 +323,20 @@ fn validate(config: &BrokerConfig) -> Result<(), BrokerError> {
         ("segment_size", config.segment_size),
         ("segment_count", config.segment_count),
     ];
-    match limits.iter().find(|(_, value)| *value == 0) {
-        Some((name, _)) => Err(BrokerError::ZeroLimit(name)),
-        None => Ok(()),
+    if let Some((name, _)) = limits.iter().find(|(_, value)| *value == 0) {
+        return Err(BrokerError::ZeroLimit(name));
     }
+    if let Some(tls) = &config.tls {
+        for (what, path) in [("certificate", &tls.cert), ("key", &tls.key)] {
+            if !path.exists() {
+                return Err(BrokerError::TlsFile {
+                    what,
+                    path: path.clone(),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Every router field set explicitly: rumqttd's defaults refuse all clients (zero
@@ -210,15 +354,29 @@ fn router_config(config: &BrokerConfig) -> RouterConfig {
     }
 }
 
-fn server_settings(config: &BrokerConfig, listen: SocketAddr) -> ServerSettings {
-    ServerSettings {
-        name: format!("mqtt-{listen}"),
+fn server_settings(
+    config: &BrokerConfig,
+    kind: ListenerKind,
+    listen: SocketAddr,
+    auth: Option<Arc<DeviceAuth>>,
+) -> ServerSettings {
+    let tls = match (kind, &config.tls) {
+        (ListenerKind::Mqtts, Some(tls)) => Some(TlsConfig::Rustls {
+            capath: None,
+            certpath: tls.cert.display().to_string(),
+            keypath: tls.key.display().to_string(),
+        }),
+        _ => None,
+    };
+    let mut settings = ServerSettings {
+        name: format!("{kind}-{listen}"),
         listen,
-        tls: None,
+        tls,
         // rumqttd sleeps this long after every accept; 0 keeps accepts unthrottled.
         next_connection_delay_ms: 0,
         connections: ConnectionSettings {
-            // A client that opens a socket but never sends CONNECT is dropped after this.
+            // A client that opens a socket but never completes its TLS or WebSocket
+            // handshake or sends CONNECT is dropped after this.
             connection_timeout_ms: 5_000,
             max_payload_size: config.max_packet_size,
             max_inflight_count: 100,
@@ -228,5 +386,12 @@ fn server_settings(config: &BrokerConfig, listen: SocketAddr) -> ServerSettings 
             // grow router memory with every distinct device topic.
             dynamic_filters: false,
         },
+    };
+    if let Some(auth) = auth {
+        settings.set_auth_handler(move |client_id, username, password| {
+            let auth = auth.clone();
+            async move { auth.check(&client_id, &username, &password).await == Verdict::Accepted }
+        });
     }
+    settings
 }

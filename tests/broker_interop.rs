@@ -1,0 +1,475 @@
+//! The embedded broker against MQTT clients nobody here wrote: Debian's `mosquitto_pub` and
+//! `mosquitto_sub`, and Eclipse paho-mqtt for Python; device authentication, presence with
+//! last will, and TLS, all over real sockets against `iotmon broker` on port 0.
+
+mod support;
+
+#[path = "support/broker.rs"]
+mod broker_support;
+
+use broker_support::{eventually, mosquitto_pub, paho_check, sample, BrokerProcess, MosquittoSub};
+use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
+
+/// Anonymous broker with every listener but TLS.
+const OPEN: &str =
+    "allow_anonymous = true\nmqtt5_listen = \"127.0.0.1:0\"\nws_listen = \"127.0.0.1:0\"";
+
+fn open_broker() -> BrokerProcess {
+    BrokerProcess::start(OPEN, &["mqtt5", "mqtt-ws"], &[])
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+// --- paho-mqtt ---------------------------------------------------------------------------
+
+#[test]
+fn paho_publishes_and_subscribes_at_qos_0_1_and_2() {
+    paho_check("qos", open_broker().port("mqtt"), None);
+}
+
+#[test]
+fn paho_gets_retained_messages() {
+    paho_check("retained", open_broker().port("mqtt"), None);
+}
+
+#[test]
+fn paho_last_will_fires_on_abrupt_disconnect() {
+    paho_check("will", open_broker().port("mqtt"), None);
+}
+
+#[test]
+fn paho_persistent_session_resumes_with_queued_messages() {
+    paho_check("session", open_broker().port("mqtt"), None);
+}
+
+#[test]
+fn paho_mqtt5_connects_and_publishes() {
+    paho_check("mqtt5", open_broker().port("mqtt5"), None);
+}
+
+#[test]
+fn paho_over_websocket() {
+    paho_check("websocket", open_broker().port("mqtt-ws"), None);
+}
+
+#[test]
+fn paho_oversize_packet_is_refused() {
+    paho_check("oversize", open_broker().port("mqtt"), None);
+}
+
+#[tokio::test]
+async fn paho_wrong_password_is_refused_with_connack_and_counted() {
+    let broker = BrokerProcess::start("", &[], &[("dev-7", "right-pw")]);
+    paho_check(
+        "good-password",
+        broker.port("mqtt"),
+        Some(("dev-7", "right-pw")),
+    );
+    paho_check(
+        "bad-password",
+        broker.port("mqtt"),
+        Some(("dev-7", "right-pw")),
+    );
+    let metrics = broker.metrics().await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "iotmon_broker_connects_refused_total{reason=\"wrong_password\"}"
+        ),
+        1
+    );
+    assert_eq!(sample(&metrics, "iotmon_broker_connects_accepted_total"), 1);
+}
+
+// --- mosquitto_pub / mosquitto_sub ------------------------------------------------------
+
+#[test]
+fn mosquitto_clients_publish_and_subscribe_at_qos_0_1_and_2() {
+    let broker = open_broker();
+    let port = broker.port("mqtt");
+    for qos in ["0", "1", "2"] {
+        let topic = format!("interop/qos{qos}");
+        let mut sub =
+            MosquittoSub::start(port, &["-h", "127.0.0.1", "-t", &topic, "-q", qos, "-v"]);
+        let out = mosquitto_pub(
+            port,
+            &[
+                "-h",
+                "127.0.0.1",
+                "-t",
+                &topic,
+                "-q",
+                qos,
+                "-m",
+                "payload-x",
+            ],
+        );
+        assert!(out.status.success(), "qos {qos}: {}", text(&out.stderr));
+        let header = sub.wait_for(|line| line.contains("received PUBLISH"));
+        assert!(header.contains(&format!("q{qos}")), "qos {qos}: {header}");
+        sub.wait_for(|line| line == format!("{topic} payload-x"));
+    }
+}
+
+#[test]
+fn mosquitto_sub_gets_retained_message() {
+    let broker = open_broker();
+    let port = broker.port("mqtt");
+    let out = mosquitto_pub(
+        port,
+        &[
+            "-h",
+            "127.0.0.1",
+            "-t",
+            "interop/kept",
+            "-q",
+            "1",
+            "-r",
+            "-m",
+            "kept",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut sub = MosquittoSub::start(
+        port,
+        &["-h", "127.0.0.1", "-t", "interop/kept", "-q", "1", "-v"],
+    );
+    let header = sub.wait_for(|line| line.contains("received PUBLISH"));
+    assert!(header.contains("r1"), "retained flag set: {header}");
+    sub.wait_for(|line| line == "interop/kept kept");
+}
+
+#[test]
+fn mosquitto_last_will_fires_when_the_client_is_killed() {
+    let broker = open_broker();
+    let port = broker.port("mqtt");
+    let mut watcher = MosquittoSub::start(
+        port,
+        &["-h", "127.0.0.1", "-t", "status/#", "-q", "1", "-v"],
+    );
+    let mut device = MosquittoSub::start(
+        port,
+        &[
+            "-h",
+            "127.0.0.1",
+            "-i",
+            "dev-will",
+            "-t",
+            "commands/dev-will",
+            "--will-topic",
+            "status/plant/dev-will",
+            "--will-payload",
+            "offline",
+            "--will-qos",
+            "1",
+            "--will-retain",
+        ],
+    );
+    device.kill();
+    watcher.wait_for(|line| line == "status/plant/dev-will offline");
+}
+
+#[test]
+fn mosquitto_persistent_session_resumes_with_queued_message() {
+    let broker = open_broker();
+    let port = broker.port("mqtt");
+    let session = [
+        "-i",
+        "persist-1",
+        "-c",
+        "-t",
+        "interop/session",
+        "-q",
+        "1",
+        "-v",
+    ];
+    let mut sub = MosquittoSub::start(port, &session);
+    sub.kill();
+    let out = mosquitto_pub(
+        port,
+        &["-t", "interop/session", "-q", "1", "-m", "while-away"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut back = MosquittoSub::start(port, &session);
+    back.wait_for(|line| line == "interop/session while-away");
+}
+
+#[test]
+fn mosquitto_mqtt5_connects_publishes_and_subscribes() {
+    let broker = open_broker();
+    let port = broker.port("mqtt5");
+    let mut sub = MosquittoSub::start(
+        port,
+        &[
+            "-h",
+            "127.0.0.1",
+            "-V",
+            "5",
+            "-t",
+            "interop/v5",
+            "-q",
+            "1",
+            "-v",
+        ],
+    );
+    let out = mosquitto_pub(
+        port,
+        &["-V", "5", "-t", "interop/v5", "-q", "1", "-m", "five"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    sub.wait_for(|line| line == "interop/v5 five");
+}
+
+#[test]
+fn mosquitto_oversize_packet_is_refused_and_not_delivered() {
+    let broker = open_broker();
+    let port = broker.port("mqtt");
+    let mut sub = MosquittoSub::start(
+        port,
+        &["-h", "127.0.0.1", "-t", "interop/big", "-q", "1", "-v"],
+    );
+    let big = "x".repeat(32 * 1024);
+    let out = mosquitto_pub(
+        port,
+        &[
+            "-h",
+            "127.0.0.1",
+            "-t",
+            "interop/big",
+            "-q",
+            "1",
+            "-m",
+            &big,
+        ],
+    );
+    assert!(
+        !out.status.success(),
+        "a 32 KiB publish must fail (limit 16 KiB)"
+    );
+    // The broker is still serving, and the oversize message never reached the subscriber.
+    let out = mosquitto_pub(
+        port,
+        &[
+            "-h",
+            "127.0.0.1",
+            "-t",
+            "interop/big",
+            "-q",
+            "1",
+            "-m",
+            "small",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    sub.wait_for(|line| line == "interop/big small");
+    assert!(!sub.seen.iter().any(|line| line.contains(&big)));
+}
+
+#[tokio::test]
+async fn registered_devices_connect_and_everyone_else_gets_connack_refused() {
+    let broker = BrokerProcess::start("", &[], &[("dev-1", "s3cret")]);
+    let port = broker.port("mqtt");
+    let good = [
+        "-i", "dev-1", "-u", "dev-1", "-P", "s3cret", "-t", "a", "-m", "1",
+    ];
+    let out = mosquitto_pub(port, &good);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let refused = [
+        ["-i", "dev-1", "-u", "dev-1", "-P", "wrong"],
+        ["-i", "dev-2", "-u", "dev-1", "-P", "s3cret"],
+        ["-i", "dev-9", "-u", "dev-9", "-P", "s3cret"],
+    ];
+    for credentials in refused {
+        let out = mosquitto_pub(
+            port,
+            &[
+                &["-h", "127.0.0.1"],
+                &credentials[..],
+                &["-t", "a", "-m", "1"],
+            ]
+            .concat(),
+        );
+        assert!(!out.status.success(), "{credentials:?} accepted");
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.contains("bad user name or password"),
+            "{credentials:?}: {stderr}"
+        );
+    }
+    // No credentials at all: refused too.
+    let out = mosquitto_pub(
+        port,
+        &["-h", "127.0.0.1", "-i", "dev-1", "-t", "a", "-m", "1"],
+    );
+    assert!(!out.status.success(), "an anonymous device was accepted");
+    assert!(text(&out.stderr).contains("bad user name or password"));
+
+    let metrics = broker.metrics().await;
+    let refused = |reason: &str| {
+        sample(
+            &metrics,
+            &format!("iotmon_broker_connects_refused_total{{reason=\"{reason}\"}}"),
+        )
+    };
+    assert_eq!(refused("wrong_password"), 1);
+    assert_eq!(refused("client_id_mismatch"), 1);
+    assert_eq!(refused("unknown_device"), 1);
+    assert_eq!(refused("no_credentials"), 1);
+    assert_eq!(sample(&metrics, "iotmon_broker_connects_accepted_total"), 1);
+}
+
+#[tokio::test]
+async fn connections_beyond_the_limit_get_connack_server_unavailable() {
+    let broker = BrokerProcess::start("allow_anonymous = true\nmax_connections = 2", &[], &[]);
+    let port = broker.port("mqtt");
+    let _first = MosquittoSub::start(port, &["-h", "127.0.0.1", "-t", "a/1"]);
+    let _second = MosquittoSub::start(port, &["-h", "127.0.0.1", "-t", "a/2"]);
+    let out = mosquitto_pub(port, &["-h", "127.0.0.1", "-t", "a/1", "-m", "x"]);
+    assert!(!out.status.success(), "a third connection was accepted");
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("unavailable"), "{stderr}");
+    // The router reports its connections (refreshed every second, traffic or not).
+    eventually("connections gauge shows 2", || async {
+        sample(&broker.metrics().await, "iotmon_broker_connections") == 2
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn devices_removed_while_running_are_refused() {
+    let broker = BrokerProcess::start("", &[], &[("dev-1", "pw-1"), ("dev-2", "pw-2")]);
+    let port = broker.port("mqtt");
+    let login = [
+        "-i", "dev-1", "-u", "dev-1", "-P", "pw-1", "-t", "a", "-m", "1",
+    ];
+    assert!(mosquitto_pub(port, &login).status.success());
+    let removed = std::process::Command::new(env!("CARGO_BIN_EXE_iotmon"))
+        .args([
+            "devices",
+            "--data-dir",
+            broker.data_dir.path(),
+            "remove",
+            "dev-1",
+        ])
+        .output()
+        .expect("iotmon devices runs");
+    assert!(removed.status.success());
+    eventually("dev-1 refused after removal", || async {
+        !mosquitto_pub(port, &login).status.success()
+    })
+    .await;
+}
+
+// --- presence ----------------------------------------------------------------------------
+
+/// A device as the presence convention wants it: last will `offline` retained on
+/// `status/<group>/<id>`, then `online` retained once connected.
+async fn presence_device(port: u16, group: &str, id: &str) -> tokio::task::JoinHandle<()> {
+    let topic = format!("status/{group}/{id}");
+    let mut options = MqttOptions::new(id, "127.0.0.1", port);
+    options.set_last_will(LastWill::new(&topic, "offline", QoS::AtLeastOnce, true));
+    let (client, mut eventloop) = AsyncClient::new(options, 16);
+    client
+        .publish(&topic, QoS::AtLeastOnce, true, "online")
+        .await
+        .expect("queued");
+    let (acked_tx, acked) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
+        let _client = client;
+        let mut acked_tx = Some(acked_tx);
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(_))) => {
+                    if let Some(tx) = acked_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                Ok(_) => {}
+                Err(error) => panic!("device connection failed: {error}"),
+            }
+        }
+    });
+    tokio::time::timeout(support::DEADLINE, acked)
+        .await
+        .expect("online acknowledged in time")
+        .expect("device alive");
+    task
+}
+
+#[tokio::test]
+async fn presence_is_retained_and_the_last_will_says_offline() {
+    let broker = open_broker();
+    let port = broker.port("mqtt");
+    let device = presence_device(port, "hq/building-a", "dev-p1").await;
+    // A subscriber arriving later gets the retained `online`.
+    let mut watcher = MosquittoSub::start(
+        port,
+        &["-h", "127.0.0.1", "-t", "status/#", "-q", "1", "-v"],
+    );
+    watcher.wait_for(|line| line == "status/hq/building-a/dev-p1 online");
+    // Abrupt loss: the socket closes without DISCONNECT.
+    device.abort();
+    let _ = device.await;
+    watcher.wait_for(|line| line == "status/hq/building-a/dev-p1 offline");
+    // And the retained state is now `offline` for anyone who asks.
+    let mut late = MosquittoSub::start(
+        port,
+        &["-h", "127.0.0.1", "-t", "status/hq/#", "-q", "1", "-v"],
+    );
+    late.wait_for(|line| line == "status/hq/building-a/dev-p1 offline");
+}
+
+// --- TLS ---------------------------------------------------------------------------------
+
+#[test]
+fn mosquitto_clients_over_tls() {
+    let dir = support::TempDir::new("tls");
+    let (cert, key) = (
+        format!("{}/cert.pem", dir.path()),
+        format!("{}/key.pem", dir.path()),
+    );
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
+        .args(["-keyout", &key, "-out", &cert])
+        .output()
+        .expect("openssl runs");
+    assert!(made.status.success(), "{}", text(&made.stderr));
+    let settings = format!(
+        "allow_anonymous = true\n[broker.tls]\nlisten = \"127.0.0.1:0\"\ncert = \"{cert}\"\nkey = \"{key}\""
+    );
+    let broker = BrokerProcess::start(&settings, &["mqtts"], &[]);
+    let port = broker.port("mqtts");
+    // A host name, not an IP: rustls refuses an IP address sent as TLS server name (SNI),
+    // which is what mosquitto clients send when given an IP.
+    let tls = ["-h", "localhost", "--cafile", cert.as_str()];
+    let mut sub = MosquittoSub::start(
+        port,
+        &[&tls[..], &["-t", "tls/t", "-q", "1", "-v"]].concat(),
+    );
+    let out = mosquitto_pub(
+        port,
+        &[&tls[..], &["-t", "tls/t", "-q", "1", "-m", "sealed"]].concat(),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    sub.wait_for(|line| line == "tls/t sealed");
+    // A client that opens a socket and never speaks TLS does not block the next accept.
+    let _silent = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connects");
+    let out = mosquitto_pub(
+        port,
+        &[&tls[..], &["-t", "tls/t", "-q", "1", "-m", "again"]].concat(),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    sub.wait_for(|line| line == "tls/t again");
+}
