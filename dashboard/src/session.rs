@@ -231,7 +231,22 @@ impl Session {
             code,
             reason: close_reason(reason).into(),
         };
-        let _ = self.socket.send(WsMessage::Close(Some(frame))).await;
+        if self
+            .socket
+            .send(WsMessage::Close(Some(frame)))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        // Complete the closing handshake: read (and discard) until the viewer's close. Closing
+        // the TCP socket with unread input would reset it and could destroy our close frame
+        // before the viewer reads it.
+        while let Some(Ok(message)) = self.socket.recv().await {
+            if matches!(message, WsMessage::Close(_)) {
+                break;
+            }
+        }
     }
 }
 

@@ -282,10 +282,18 @@ impl Viewer {
     }
 
     pub async fn send(&mut self, message: Value) {
+        self.try_send(message).await.expect("send to dashboard");
+    }
+
+    /// Sends, reporting failure (the server may have closed the connection) instead of
+    /// panicking.
+    pub async fn try_send(
+        &mut self,
+        message: Value,
+    ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
         self.socket
             .send(Message::Text(message.to_string().into()))
             .await
-            .expect("send to dashboard");
     }
 
     pub async fn view(&mut self, devices: &[&str]) {
