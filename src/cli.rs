@@ -100,12 +100,85 @@ pub struct RemoteArgs {
     pub serve: ServeArgs,
 }
 
+/// `iotmon simulate`: a fleet of devices, or (`simulate viewers`) fake dashboard viewers.
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct SimulateArgs {
+    #[command(subcommand)]
+    pub what: Option<SimulateCommand>,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
+}
+
+/// What `iotmon simulate` can simulate besides devices.
+#[derive(Debug, Subcommand)]
+pub enum SimulateCommand {
+    /// Fake dashboard viewers: WebSocket sessions that view devices and measure how long a
+    /// reading takes from its device to the screen.
+    Viewers(ViewerArgs),
+}
+
+/// `iotmon simulate viewers`: fake dashboard viewers.
+#[derive(Debug, Args)]
+pub struct ViewerArgs {
+    /// The dashboard's WebSocket: ws://HOST:PORT/ws.
+    #[arg(long)]
+    pub url: String,
+    /// Concurrent viewer sessions.
+    #[arg(long, default_value_t = 10)]
+    pub viewers: usize,
+    /// Devices on each viewer's screen.
+    #[arg(long, default_value_t = 100)]
+    pub visible: usize,
+    /// View the ids of a simulated fleet of this many devices (as `simulate --devices N`
+    /// lays them out) instead of asking the dashboard's /api/devices.
+    #[arg(long)]
+    pub fleet_devices: Option<usize>,
+    /// Mean time between scrolls (a new view); 0 never scrolls.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub scroll_every: Duration,
+    /// Stop after this long (default: until interrupted).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+    /// Open the sessions spread over this long.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub ramp: Duration,
+    /// Seed of the windows and scroll times.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Print the summary as JSON on standard output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl ViewerArgs {
+    /// The crowd these flags describe.
+    pub fn viewers(&self) -> iotmon_simulator::viewers::ViewerConfig {
+        iotmon_simulator::viewers::ViewerConfig {
+            url: self.url.clone(),
+            viewers: self.viewers,
+            visible: self.visible,
+            devices: self.fleet_devices.map(|devices| {
+                iotmon_simulator::layout(devices)
+                    .into_iter()
+                    .map(|device| device.id)
+                    .collect()
+            }),
+            scroll_every: Some(self.scroll_every).filter(|every| !every.is_zero()),
+            duration: self.duration,
+            ramp: self.ramp,
+            seed: self.seed,
+        }
+    }
+}
+
+/// A simulated fleet of devices.
+#[derive(Debug, Args)]
+pub struct FleetArgs {
     /// The broker: mqtt://HOST:PORT.
-    #[arg(long, env = "IOTMON_BROKER")]
-    pub broker: BrokerUrl,
-    /// Simulated devices, each with its own MQTT connection.
+    #[arg(long, env = "IOTMON_BROKER", required = true)]
+    pub broker: Option<BrokerUrl>,
+    /// Simulated devices.
     #[arg(long, default_value_t = 1000)]
     pub devices: usize,
     /// Each device publishes once per interval.
@@ -114,12 +187,96 @@ pub struct SimulateArgs {
     /// Stop after this long (default: until interrupted).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,
-    /// Prefix of the devices' MQTT client ids, so two fleets on one broker do not collide.
+    /// Devices per floor in the layout (site-N/building-X/floor-N/sensor-NNNNNN).
+    #[arg(long, default_value_t = 20)]
+    pub devices_per_floor: usize,
+    /// Floors per building in the layout.
+    #[arg(long, default_value_t = 5)]
+    pub floors_per_building: usize,
+    /// Buildings per site in the layout; sites are added as needed.
+    #[arg(long, default_value_t = 4)]
+    pub buildings_per_site: usize,
+    /// Metrics each device reports: temperature, humidity, pressure, co2, battery.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "temperature,humidity,pressure"
+    )]
+    pub metrics: Vec<iotmon_simulator::Metric>,
+    /// MQTT QoS of readings: 0 or 1.
+    #[arg(long, default_value_t = 0)]
+    pub qos: u8,
+    /// Chance per reading that a device starts an anomaly (values far past alert
+    /// thresholds for 3 readings), 0 to 1.
+    #[arg(long, default_value_t = 0.0)]
+    pub anomaly_rate: f64,
+    /// Chance per reading that a device goes offline, 0 to 1.
+    #[arg(long, default_value_t = 0.0)]
+    pub offline_rate: f64,
+    /// How long an offline device stays away.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub offline_for: Duration,
+    /// Publish presence: retained `online`/`offline` on status/<group>/<id>, with a last will.
+    #[arg(long)]
+    pub presence: bool,
+    /// Devices sharing one MQTT connection (gateway mode), so a fleet larger than the
+    /// process's ~19,500 sockets fits.
+    #[arg(long, default_value_t = 1)]
+    pub devices_per_connection: usize,
+    /// Prefix of the MQTT client ids (`<prefix>-<device id>`); empty for the bare device id.
     #[arg(long, default_value = "sim")]
     pub client_prefix: String,
-    /// Seed of the sensor models, for reproducible readings.
+    /// Password of every connection (the username is the client id).
+    #[arg(long, env = "IOTMON_DEVICE_PASSWORD", conflicts_with = "password_file")]
+    pub password: Option<String>,
+    /// File holding the password (first line).
+    #[arg(long)]
+    pub password_file: Option<PathBuf>,
+    /// Seed of the sensor models and behaviour, for reproducible fleets.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Print the summary as JSON on standard output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl FleetArgs {
+    /// The fleet these flags describe.
+    ///
+    /// # Errors
+    /// No broker, a QoS other than 0 or 1, or an unreadable password file.
+    pub fn fleet(&self) -> anyhow::Result<iotmon_simulator::FleetConfig> {
+        let broker = self
+            .broker
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("--broker is required"))?;
+        let password = match (&self.password, &self.password_file) {
+            (Some(password), _) => Some(password.clone()),
+            (None, Some(path)) => Some(iotmon_simulator::config::read_password_file(path)?),
+            (None, None) => None,
+        };
+        Ok(iotmon_simulator::FleetConfig {
+            broker,
+            devices: self.devices,
+            shape: iotmon_simulator::Shape {
+                devices_per_floor: self.devices_per_floor,
+                floors_per_building: self.floors_per_building,
+                buildings_per_site: self.buildings_per_site,
+            },
+            interval: self.interval,
+            duration: self.duration,
+            client_prefix: self.client_prefix.clone(),
+            seed: self.seed,
+            metrics: self.metrics.clone(),
+            qos: iotmon_simulator::Qos::from_level(self.qos)?,
+            anomaly_rate: self.anomaly_rate,
+            offline_rate: self.offline_rate,
+            offline_for: self.offline_for,
+            presence: self.presence,
+            devices_per_connection: self.devices_per_connection,
+            password,
+        })
+    }
 }
 
 #[cfg(test)]
