@@ -38,8 +38,11 @@ pub enum Command {
     Bridge(RemoteArgs),
     /// A dashboard alone, fed by a bridge through any MQTT broker.
     Dashboard(RemoteArgs),
-    /// Simulated devices publishing readings to a broker.
+    /// Simulated devices publishing readings to a broker (or `simulate viewers`).
     Simulate(SimulateArgs),
+    /// A whole scenario on this machine (iotmon as a child process, fleet and viewers), with
+    /// a report: reference, stress, fanout or broker.
+    Bench(BenchArgs),
     /// Prints the default configuration file.
     Config,
 }
@@ -235,6 +238,10 @@ pub struct FleetArgs {
     /// Seed of the sensor models and behaviour, for reproducible fleets.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Open the connections spread over this long (default: the interval or 1 s, whichever
+    /// is shorter).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub ramp: Option<Duration>,
     /// Print the summary as JSON on standard output.
     #[arg(long)]
     pub json: bool,
@@ -275,6 +282,86 @@ impl FleetArgs {
             presence: self.presence,
             devices_per_connection: self.devices_per_connection,
             password,
+            ramp: self.ramp,
+        })
+    }
+}
+
+/// `iotmon bench <scenario>`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// reference, stress, fanout or broker.
+    pub scenario: iotmon_simulator::bench::Scenario,
+    /// Devices in the fleet (default: the scenario's).
+    #[arg(long)]
+    pub devices: Option<usize>,
+    /// Each device publishes once per interval (default: the scenario's).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub interval: Option<Duration>,
+    /// Devices per MQTT connection (gateway mode).
+    #[arg(long)]
+    pub devices_per_connection: Option<usize>,
+    /// Fake viewers (fanout: the first step).
+    #[arg(long)]
+    pub viewers: Option<usize>,
+    /// Devices on each viewer's screen.
+    #[arg(long)]
+    pub visible: Option<usize>,
+    /// Load before each measurement window.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub warmup: Duration,
+    /// Length of each measurement window.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    pub measure: Duration,
+    /// Config file for the `iotmon serve` under test.
+    #[arg(long)]
+    pub serve_config: Option<PathBuf>,
+    /// broker: connection counts to compare at.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+    pub connections: Vec<usize>,
+    /// broker: QoS levels to compare at.
+    #[arg(long, value_delimiter = ',', default_value = "0,1")]
+    pub qos: Vec<u8>,
+    /// broker: offered messages/s; stress: the first step's readings/s.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// stress: highest readings/s tried; fanout: most viewers tried.
+    #[arg(long)]
+    pub max: Option<f64>,
+    /// stress and fanout: each step multiplies the load by this.
+    #[arg(long, default_value_t = 1.5)]
+    pub step_factor: f64,
+    /// Print the report as JSON on standard output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl BenchArgs {
+    /// The benchmark these flags describe, testing the `iotmon` binary at `iotmon`.
+    ///
+    /// # Errors
+    /// A QoS other than 0 or 1.
+    pub fn bench(&self, iotmon: PathBuf) -> anyhow::Result<iotmon_simulator::bench::BenchConfig> {
+        let qos = self
+            .qos
+            .iter()
+            .map(|level| iotmon_simulator::Qos::from_level(*level))
+            .collect::<Result<_, _>>()?;
+        Ok(iotmon_simulator::bench::BenchConfig {
+            devices: self.devices,
+            interval: self.interval,
+            devices_per_connection: self.devices_per_connection,
+            viewers: self.viewers,
+            visible: self.visible,
+            warmup: self.warmup,
+            measure: self.measure,
+            serve_config: self.serve_config.clone(),
+            connections: self.connections.clone(),
+            qos,
+            rate: self.rate,
+            max: self.max,
+            step_factor: self.step_factor,
+            ..iotmon_simulator::bench::BenchConfig::new(iotmon, self.scenario)
         })
     }
 }

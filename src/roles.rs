@@ -182,6 +182,16 @@ pub async fn simulate_viewers(
     print_summary(&summary, json)
 }
 
+/// Runs a benchmark scenario and prints its report.
+pub async fn bench(
+    bench: iotmon_simulator::bench::BenchConfig,
+    json: bool,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let report = iotmon_simulator::bench::run(bench, shutdown).await?;
+    print_summary(&report, json)
+}
+
 fn print_summary<S: std::fmt::Display + serde::Serialize>(
     summary: &S,
     json: bool,

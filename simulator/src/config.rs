@@ -93,6 +93,10 @@ pub struct FleetConfig {
     /// Password sent with every connection (the username is the client id); `None` connects
     /// without credentials.
     pub password: Option<String>,
+    /// Connections open spread evenly over this; `None` spreads them over the interval or a
+    /// second, whichever is shorter. Large fleets with short intervals set it so the broker
+    /// is not asked to accept thousands of connections at once.
+    pub ramp: Option<Duration>,
 }
 
 impl Default for FleetConfig {
@@ -116,6 +120,7 @@ impl Default for FleetConfig {
             presence: false,
             devices_per_connection: 1,
             password: None,
+            ramp: None,
         }
     }
 }

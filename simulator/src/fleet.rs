@@ -12,7 +12,7 @@ use tracing::info;
 
 use crate::device::{Connection, Device, FleetShared};
 use crate::layout::SimulatedDevice;
-use crate::schedule::offsets;
+use crate::schedule::{offsets, offsets_over, Offsets};
 use crate::sensor::SensorModel;
 use crate::stats::{report_progress, Counters, FleetSize, Progress};
 use crate::{FleetConfig, SimulatorError, Summary};
@@ -154,7 +154,7 @@ fn plan_connections(config: &FleetConfig, started: Instant) -> Vec<Connection> {
         connections.push(Connection {
             client_id,
             devices: members,
-            connect_at: started + offsets(first, count, config.interval).connect,
+            connect_at: started + turn(config, first).connect,
             seed: device_seed(config.seed ^ 0xA5A5_A5A5, first),
         });
     }
@@ -167,7 +167,7 @@ fn plan_device(
     index: usize,
     device: SimulatedDevice,
 ) -> Device {
-    let at = offsets(index, config.devices, config.interval);
+    let at = turn(config, index);
     Device {
         topic: sensor_topic(&device.group, &device.id),
         status_topic: format!("status/{}/{}", device.group, device.id),
@@ -175,6 +175,14 @@ fn plan_device(
         first_publish_at: started + at.first_publish,
         offline_until: None,
         id: device.id,
+    }
+}
+
+/// When device `index` connects and first publishes.
+fn turn(config: &FleetConfig, index: usize) -> Offsets {
+    match config.ramp {
+        Some(ramp) => offsets_over(index, config.devices, config.interval, ramp),
+        None => offsets(index, config.devices, config.interval),
     }
 }
 

@@ -10,7 +10,10 @@
 //!   session (backoff, offline spells, presence, goodbye).
 //! - [`stats`]: counters, the progress display and the [`Summary`].
 //! - `fleet`: [`run`] and [`Fleet`], which tie them together.
+//! - [`viewers`]: fake dashboard viewers and the reading→viewer delay.
+//! - [`bench`]: `iotmon bench` scenarios and their reports.
 
+pub mod bench;
 pub mod config;
 mod connection;
 mod device;
