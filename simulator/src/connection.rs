@@ -154,13 +154,20 @@ async fn disconnect(session: Session) {
         // The queue is full, so the broker is not reading: it will see the socket close.
         return;
     }
+    // After the DISCONNECT is written, keep reading until the broker closes the socket: the
+    // PUBACKs of the last QoS 1 readings arrive then.
     let written = timeout(DISCONNECT_GRACE, async {
+        let mut disconnect_sent = false;
         loop {
             match eventloop.poll().await {
-                Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
+                Err(_) => break,
+                Ok(Event::Outgoing(Outgoing::Disconnect)) => disconnect_sent = true,
                 Ok(event) => {
                     on_event(&event, &counters, &mut Backoff::new());
                 }
+            }
+            if disconnect_sent && eventloop.state.inflight() == 0 {
+                break;
             }
         }
     })
