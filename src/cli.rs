@@ -238,6 +238,9 @@ pub struct FleetArgs {
     /// Seed of the sensor models and behaviour, for reproducible fleets.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Readings per message: more than 1 sends batches (JSON arrays) sampled over the interval.
+    #[arg(long, default_value_t = 1)]
+    pub readings_per_message: usize,
     /// Open the connections spread over this long (default: the interval or 1 s, whichever
     /// is shorter).
     #[arg(long, value_parser = humantime::parse_duration)]
@@ -283,6 +286,7 @@ impl FleetArgs {
             devices_per_connection: self.devices_per_connection,
             password,
             ramp: self.ramp,
+            readings_per_message: self.readings_per_message,
         })
     }
 }
@@ -301,6 +305,9 @@ pub struct BenchArgs {
     /// Devices per MQTT connection (gateway mode).
     #[arg(long)]
     pub devices_per_connection: Option<usize>,
+    /// Readings per message (batches of readings as JSON arrays).
+    #[arg(long)]
+    pub readings_per_message: Option<usize>,
     /// Fake viewers (fanout: the first step).
     #[arg(long)]
     pub viewers: Option<usize>,
@@ -351,6 +358,7 @@ impl BenchArgs {
             devices: self.devices,
             interval: self.interval,
             devices_per_connection: self.devices_per_connection,
+            readings_per_message: self.readings_per_message,
             viewers: self.viewers,
             visible: self.visible,
             warmup: self.warmup,

@@ -13,6 +13,9 @@ use crate::SimulatorError;
 /// ([`FleetConfig::devices_per_connection`]) or several processes.
 pub const MAX_CONNECTIONS: usize = 19_500;
 
+/// Most readings in one message: a batch of readings stays well under the 16 KiB packet limit.
+pub const MAX_BATCH: usize = 100;
+
 /// MQTT quality of service for readings: the simulator offers the two that sensors use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Qos {
@@ -97,6 +100,10 @@ pub struct FleetConfig {
     /// second, whichever is shorter. Large fleets with short intervals set it so the broker
     /// is not asked to accept thousands of connections at once.
     pub ramp: Option<Duration>,
+    /// Readings in each message: 1 sends one JSON object per interval; more sends a batch
+    /// (a JSON array) of that many readings sampled evenly over the interval, as a device
+    /// that buffers between uploads does.
+    pub readings_per_message: usize,
 }
 
 impl Default for FleetConfig {
@@ -121,6 +128,7 @@ impl Default for FleetConfig {
             devices_per_connection: 1,
             password: None,
             ramp: None,
+            readings_per_message: 1,
         }
     }
 }
@@ -155,6 +163,9 @@ impl FleetConfig {
         {
             return Err(SimulatorError::EmptyShape);
         }
+        if self.readings_per_message == 0 || self.readings_per_message > MAX_BATCH {
+            return Err(SimulatorError::Batch(MAX_BATCH));
+        }
         if self.devices_per_connection == 0 {
             return Err(SimulatorError::NoDevicesPerConnection);
         }
@@ -175,7 +186,7 @@ impl FleetConfig {
 
     /// Readings the fleet offers per second.
     pub fn offered_rate(&self) -> f64 {
-        self.devices as f64 / self.interval.as_secs_f64()
+        (self.devices * self.readings_per_message) as f64 / self.interval.as_secs_f64()
     }
 }
 

@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{FleetConfig, Qos};
 use crate::connection::{keep_connected, Session};
-use crate::sensor::SensorModel;
+use crate::sensor::{batch_payload, SensorModel};
 use crate::stats::Counters;
 
 /// Largest MQTT packet a device sends or accepts; a reading is under 200 bytes.
@@ -200,7 +200,11 @@ impl Turns {
             device.sensor.start_anomaly();
             self.shared.counters.anomaly();
         }
-        let payload = device.sensor.next_reading(unix_millis()).to_payload();
+        let payload = next_payload(
+            &mut device.sensor,
+            config.readings_per_message,
+            config.interval,
+        );
         let qos = config.qos;
         self.publish(slot, payload, qos);
     }
@@ -261,6 +265,20 @@ impl Turns {
             }
         }
     }
+}
+
+/// The next message of a device: one reading now, or a batch of `batch` readings sampled
+/// evenly over the last `interval`, the newest now.
+fn next_payload(sensor: &mut SensorModel, batch: usize, interval: Duration) -> Vec<u8> {
+    let now = unix_millis();
+    if batch <= 1 {
+        return sensor.next_reading(now).to_payload();
+    }
+    let step = i64::try_from(interval.as_millis() / batch as u128).unwrap_or(0);
+    let readings: Vec<_> = (0..batch)
+        .map(|index| sensor.next_reading(now - step * (batch - 1 - index) as i64))
+        .collect();
+    batch_payload(&readings)
 }
 
 /// Wall-clock time in milliseconds since the Unix epoch, for a reading's `ts`.

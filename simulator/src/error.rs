@@ -21,6 +21,9 @@ pub enum SimulatorError {
     /// A level of the layout holds nothing.
     #[error("every level of the layout must hold at least one")]
     EmptyShape,
+    /// A batch size out of range.
+    #[error("readings per message must be between 1 and {0}")]
+    Batch(usize),
     /// Gateway mode needs at least one device per connection.
     #[error("devices per connection must be at least 1")]
     NoDevicesPerConnection,

@@ -61,7 +61,7 @@ impl Fleet {
         config.validate()?;
         let started = Instant::now();
         let stop = shutdown.child_token();
-        let counters = Arc::new(Counters::default());
+        let counters = Arc::new(Counters::new(config.readings_per_message));
         let tracker = TaskTracker::new();
         let size = FleetSize {
             devices: config.devices,

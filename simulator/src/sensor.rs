@@ -152,6 +152,24 @@ impl Reading {
     }
 }
 
+/// The MQTT payload of a batch: a JSON array of readings (one reading alone is sent as an
+/// object).
+pub fn batch_payload(readings: &[Reading]) -> Vec<u8> {
+    if let [reading] = readings {
+        return reading.to_payload();
+    }
+    let mut payload = Vec::with_capacity(readings.len() * 80 + 2);
+    payload.push(b'[');
+    for (index, reading) in readings.iter().enumerate() {
+        if index > 0 {
+            payload.push(b',');
+        }
+        payload.extend_from_slice(&reading.to_payload());
+    }
+    payload.push(b']');
+    payload
+}
+
 /// One device's sensors: a base temperature and humidity of its own, a daily cycle, noise,
 /// drift, a pressure that wanders, a room's occupancy and a battery.
 #[derive(Debug, Clone)]
@@ -406,6 +424,20 @@ mod tests {
                 .map_or(0, |(_, fraction)| fraction.len());
             assert!(decimals <= 2, "{metric} = {text}");
         }
+    }
+
+    #[test]
+    fn a_batch_is_an_array_of_readings_and_one_reading_an_object() {
+        let mut sensor = SensorModel::new(9);
+        let readings: Vec<_> = (0..3)
+            .map(|i| sensor.next_reading(MIDNIGHT + i * 1000))
+            .collect();
+        let json: serde_json::Value =
+            serde_json::from_slice(&batch_payload(&readings)).expect("JSON");
+        let array = json.as_array().expect("an array");
+        assert_eq!(array.len(), 3);
+        assert_eq!(array[2]["ts"].as_i64(), Some(MIDNIGHT + 2000));
+        assert_eq!(batch_payload(&readings[..1]), readings[0].to_payload());
     }
 
     #[test]

@@ -49,6 +49,8 @@ pub struct Counters {
     missed_turns: AtomicU64,
     /// Connections up right now (a gauge, for the progress display).
     connected: AtomicU64,
+    /// Readings in each reading message (1, or the batch size).
+    readings_per_message: u64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -56,6 +58,14 @@ fn bump(counter: &AtomicU64) {
 }
 
 impl Counters {
+    /// Counters for a fleet whose reading messages each carry `readings_per_message`.
+    pub(crate) fn new(readings_per_message: usize) -> Self {
+        Counters {
+            readings_per_message: readings_per_message.max(1) as u64,
+            ..Counters::default()
+        }
+    }
+
     /// A publish (reading or presence) was written to a broker connection.
     pub(crate) fn written(&self) {
         bump(&self.written);
@@ -115,10 +125,25 @@ impl Counters {
         }
     }
 
-    /// Readings written so far.
-    pub fn readings_written(&self) -> u64 {
+    /// Reading messages written so far.
+    pub fn messages_written(&self) -> u64 {
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         load(&self.written).saturating_sub(load(&self.presence))
+    }
+
+    /// Readings written so far (messages × readings per message).
+    pub fn readings_written(&self) -> u64 {
+        self.messages_written() * self.readings_per_message.max(1)
+    }
+
+    /// Turns missed so far (the generator fell behind).
+    pub fn missed_turns_so_far(&self) -> u64 {
+        self.missed_turns.load(Ordering::Relaxed)
+    }
+
+    /// Readings dropped so far because a connection's queue was full.
+    pub fn publish_errors_so_far(&self) -> u64 {
+        self.publish_errors.load(Ordering::Relaxed)
     }
 
     /// Connections up right now.
@@ -134,7 +159,8 @@ impl Counters {
             connections: fleet.connections,
             offered_per_second: fleet.offered_per_second,
             readings_published: self.readings_written(),
-            readings_acked: load(&self.acked),
+            messages_published: self.messages_written(),
+            readings_acked: load(&self.acked) * self.readings_per_message.max(1),
             publish_errors: load(&self.publish_errors),
             presence_messages: load(&self.presence),
             connections_lost: load(&self.connections_lost),
@@ -168,6 +194,8 @@ pub struct Summary {
     pub offered_per_second: f64,
     /// Readings written to a broker connection.
     pub readings_published: u64,
+    /// Messages carrying them (fewer than readings when devices send batches).
+    pub messages_published: u64,
     /// Readings the broker acknowledged (QoS 1 only; 0 at QoS 0).
     pub readings_acked: u64,
     /// Readings dropped because a connection's request queue was full, i.e. its broker was
@@ -395,6 +423,7 @@ mod tests {
             connections: 3,
             offered_per_second: 150.0,
             readings_published: 210,
+            messages_published: 210,
             readings_acked: 0,
             publish_errors: 2,
             presence_messages: 0,

@@ -68,6 +68,8 @@ pub struct BenchConfig {
     pub interval: Option<Duration>,
     /// Devices per MQTT connection (gateway mode).
     pub devices_per_connection: Option<usize>,
+    /// Readings per message (batches); 1 sends one reading per message.
+    pub readings_per_message: Option<usize>,
     /// Fake viewers (in `fanout`: the first step).
     pub viewers: Option<usize>,
     /// Devices on each viewer's screen.
@@ -100,6 +102,7 @@ impl BenchConfig {
             devices: None,
             interval: None,
             devices_per_connection: None,
+            readings_per_message: None,
             viewers: None,
             visible: None,
             warmup: Duration::from_secs(10),

@@ -43,6 +43,7 @@ pub(crate) struct Load {
     pub devices: usize,
     pub interval: Duration,
     pub devices_per_connection: usize,
+    pub readings_per_message: usize,
     pub viewers: usize,
     pub visible: usize,
 }
@@ -57,6 +58,7 @@ pub(crate) async fn reference(
         devices: config.devices.unwrap_or(REFERENCE_DEVICES),
         interval: config.interval.unwrap_or(REFERENCE_INTERVAL),
         devices_per_connection: config.devices_per_connection.unwrap_or(1),
+        readings_per_message: config.readings_per_message.unwrap_or(1),
         viewers: config.viewers.unwrap_or(REFERENCE_VIEWERS),
         visible: config.visible.unwrap_or(REFERENCE_VISIBLE),
     };
@@ -110,10 +112,12 @@ pub(crate) async fn stress(
         if shutdown.is_cancelled() {
             break "interrupted".to_string();
         }
+        let batch = config.readings_per_message.unwrap_or(1);
         let load = Load {
             devices,
-            interval: Duration::from_secs_f64(devices as f64 / rate),
+            interval: Duration::from_secs_f64((devices * batch) as f64 / rate),
             devices_per_connection: config.devices_per_connection.unwrap_or(1),
+            readings_per_message: batch,
             viewers: config.viewers.unwrap_or(0),
             visible: config.visible.unwrap_or(REFERENCE_VISIBLE),
         };
@@ -165,6 +169,7 @@ pub(crate) async fn fanout(
             interval: config.interval.unwrap_or(REFERENCE_INTERVAL),
             // Gateways leave the server's sockets to the viewers.
             devices_per_connection: config.devices_per_connection.unwrap_or(10),
+            readings_per_message: config.readings_per_message.unwrap_or(1),
             viewers,
             visible: config.visible.unwrap_or(REFERENCE_VISIBLE),
         };
@@ -211,7 +216,9 @@ fn stop_reason(step: &LoadPoint) -> String {
             "{} readings lost at {:.0}/s offered",
             step.lost, step.offered_per_second
         )
-    } else if step.missed_turns > 0 || step.publish_errors > 0 {
+    } else if step.publish_errors > 0
+        || step.ingested_per_second < 0.95 * step.offered_per_second && step.missed_turns > 0
+    {
         format!(
             "the generator could not keep up at {:.0}/s offered ({} missed turns, {} dropped)",
             step.offered_per_second, step.missed_turns, step.publish_errors
@@ -255,6 +262,7 @@ pub(crate) async fn measure(
         devices: load.devices,
         interval: load.interval,
         devices_per_connection: load.devices_per_connection,
+        readings_per_message: load.readings_per_message,
         client_prefix: "bench".into(),
         ramp: Some(ramp_for(load.devices.div_ceil(load.devices_per_connection))),
         ..FleetConfig::default()
@@ -312,8 +320,9 @@ pub(crate) async fn measure(
         published_total: summary.readings_published,
         ingested_total,
         lost: summary.readings_published as i64 - ingested_total as i64,
-        missed_turns: summary.missed_turns,
-        publish_errors: summary.publish_errors,
+        readings_per_message: load.readings_per_message,
+        missed_turns: end.missed - start.missed,
+        publish_errors: end.dropped - start.dropped,
         viewers_connected: seen.as_ref().map_or(0, |seen| seen.connected_at_end),
         viewer_disconnects: seen.as_ref().map_or(0, |seen| seen.disconnects),
         latency: seen.as_ref().map(|seen| seen.latency).unwrap_or_default(),
@@ -371,6 +380,8 @@ struct WindowEdge {
     at: Instant,
     ingested: u64,
     published: u64,
+    missed: u64,
+    dropped: u64,
     serve: Usage,
     own: Usage,
 }
@@ -386,6 +397,8 @@ impl WindowEdge {
             at: Instant::now(),
             ingested,
             published: counters.readings_written(),
+            missed: counters.missed_turns_so_far(),
+            dropped: counters.publish_errors_so_far(),
             serve: serve.usage()?,
             own: own_usage()?,
         })
