@@ -38,8 +38,11 @@ pub enum Command {
     Bridge(RemoteArgs),
     /// A dashboard alone, fed by a bridge through any MQTT broker.
     Dashboard(RemoteArgs),
-    /// Simulated devices publishing readings to a broker.
+    /// Simulated devices publishing readings to a broker (or `simulate viewers`).
     Simulate(SimulateArgs),
+    /// A whole scenario on this machine (iotmon as a child process, fleet and viewers), with
+    /// a report: reference, stress, fanout or broker.
+    Bench(BenchArgs),
     /// Prints the default configuration file.
     Config,
     /// Device credentials for the embedded broker: add, remove, list.
@@ -137,12 +140,85 @@ pub struct RemoteArgs {
     pub serve: ServeArgs,
 }
 
+/// `iotmon simulate`: a fleet of devices, or (`simulate viewers`) fake dashboard viewers.
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct SimulateArgs {
+    #[command(subcommand)]
+    pub what: Option<SimulateCommand>,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
+}
+
+/// What `iotmon simulate` can simulate besides devices.
+#[derive(Debug, Subcommand)]
+pub enum SimulateCommand {
+    /// Fake dashboard viewers: WebSocket sessions that view devices and measure how long a
+    /// reading takes from its device to the screen.
+    Viewers(ViewerArgs),
+}
+
+/// `iotmon simulate viewers`: fake dashboard viewers.
+#[derive(Debug, Args)]
+pub struct ViewerArgs {
+    /// The dashboard's WebSocket: ws://HOST:PORT/ws.
+    #[arg(long)]
+    pub url: String,
+    /// Concurrent viewer sessions.
+    #[arg(long, default_value_t = 10)]
+    pub viewers: usize,
+    /// Devices on each viewer's screen.
+    #[arg(long, default_value_t = 100)]
+    pub visible: usize,
+    /// View the ids of a simulated fleet of this many devices (as `simulate --devices N`
+    /// lays them out) instead of asking the dashboard's /api/devices.
+    #[arg(long)]
+    pub fleet_devices: Option<usize>,
+    /// Mean time between scrolls (a new view); 0 never scrolls.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub scroll_every: Duration,
+    /// Stop after this long (default: until interrupted).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+    /// Open the sessions spread over this long.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub ramp: Duration,
+    /// Seed of the windows and scroll times.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Print the summary as JSON on standard output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl ViewerArgs {
+    /// The crowd these flags describe.
+    pub fn viewers(&self) -> iotmon_simulator::viewers::ViewerConfig {
+        iotmon_simulator::viewers::ViewerConfig {
+            url: self.url.clone(),
+            viewers: self.viewers,
+            visible: self.visible,
+            devices: self.fleet_devices.map(|devices| {
+                iotmon_simulator::layout(devices)
+                    .into_iter()
+                    .map(|device| device.id)
+                    .collect()
+            }),
+            scroll_every: Some(self.scroll_every).filter(|every| !every.is_zero()),
+            duration: self.duration,
+            ramp: self.ramp,
+            seed: self.seed,
+        }
+    }
+}
+
+/// A simulated fleet of devices.
+#[derive(Debug, Args)]
+pub struct FleetArgs {
     /// The broker: mqtt://HOST:PORT.
-    #[arg(long, env = "IOTMON_BROKER")]
-    pub broker: BrokerUrl,
-    /// Simulated devices, each with its own MQTT connection.
+    #[arg(long, env = "IOTMON_BROKER", required = true)]
+    pub broker: Option<BrokerUrl>,
+    /// Simulated devices.
     #[arg(long, default_value_t = 1000)]
     pub devices: usize,
     /// Each device publishes once per interval.
@@ -151,12 +227,188 @@ pub struct SimulateArgs {
     /// Stop after this long (default: until interrupted).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,
-    /// Prefix of the devices' MQTT client ids, so two fleets on one broker do not collide.
+    /// Devices per floor in the layout (site-N/building-X/floor-N/sensor-NNNNNN).
+    #[arg(long, default_value_t = 20)]
+    pub devices_per_floor: usize,
+    /// Floors per building in the layout.
+    #[arg(long, default_value_t = 5)]
+    pub floors_per_building: usize,
+    /// Buildings per site in the layout; sites are added as needed.
+    #[arg(long, default_value_t = 4)]
+    pub buildings_per_site: usize,
+    /// Metrics each device reports: temperature, humidity, pressure, co2, battery.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "temperature,humidity,pressure"
+    )]
+    pub metrics: Vec<iotmon_simulator::Metric>,
+    /// MQTT QoS of readings: 0 or 1.
+    #[arg(long, default_value_t = 0)]
+    pub qos: u8,
+    /// Chance per reading that a device starts an anomaly (values far past alert
+    /// thresholds for 3 readings), 0 to 1.
+    #[arg(long, default_value_t = 0.0)]
+    pub anomaly_rate: f64,
+    /// Chance per reading that a device goes offline, 0 to 1.
+    #[arg(long, default_value_t = 0.0)]
+    pub offline_rate: f64,
+    /// How long an offline device stays away.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub offline_for: Duration,
+    /// Publish presence: retained `online`/`offline` on status/<group>/<id>, with a last will.
+    #[arg(long)]
+    pub presence: bool,
+    /// Devices sharing one MQTT connection (gateway mode), so a fleet larger than the
+    /// process's ~19,500 sockets fits.
+    #[arg(long, default_value_t = 1)]
+    pub devices_per_connection: usize,
+    /// Prefix of the MQTT client ids (`<prefix>-<device id>`); empty for the bare device id.
     #[arg(long, default_value = "sim")]
     pub client_prefix: String,
-    /// Seed of the sensor models, for reproducible readings.
+    /// Password of every connection (the username is the client id).
+    #[arg(long, env = "IOTMON_DEVICE_PASSWORD", conflicts_with = "password_file")]
+    pub password: Option<String>,
+    /// File holding the password (first line).
+    #[arg(long)]
+    pub password_file: Option<PathBuf>,
+    /// Seed of the sensor models and behaviour, for reproducible fleets.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Readings per message: more than 1 sends batches (JSON arrays) sampled over the interval.
+    #[arg(long, default_value_t = 1)]
+    pub readings_per_message: usize,
+    /// Open the connections spread over this long (default: the interval or 1 s, whichever
+    /// is shorter).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub ramp: Option<Duration>,
+    /// Print the summary as JSON on standard output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl FleetArgs {
+    /// The fleet these flags describe.
+    ///
+    /// # Errors
+    /// No broker, a QoS other than 0 or 1, or an unreadable password file.
+    pub fn fleet(&self) -> anyhow::Result<iotmon_simulator::FleetConfig> {
+        let broker = self
+            .broker
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("--broker is required"))?;
+        let password = match (&self.password, &self.password_file) {
+            (Some(password), _) => Some(password.clone()),
+            (None, Some(path)) => Some(iotmon_simulator::config::read_password_file(path)?),
+            (None, None) => None,
+        };
+        Ok(iotmon_simulator::FleetConfig {
+            broker,
+            devices: self.devices,
+            shape: iotmon_simulator::Shape {
+                devices_per_floor: self.devices_per_floor,
+                floors_per_building: self.floors_per_building,
+                buildings_per_site: self.buildings_per_site,
+            },
+            interval: self.interval,
+            duration: self.duration,
+            client_prefix: self.client_prefix.clone(),
+            seed: self.seed,
+            metrics: self.metrics.clone(),
+            qos: iotmon_simulator::Qos::from_level(self.qos)?,
+            anomaly_rate: self.anomaly_rate,
+            offline_rate: self.offline_rate,
+            offline_for: self.offline_for,
+            presence: self.presence,
+            devices_per_connection: self.devices_per_connection,
+            password,
+            ramp: self.ramp,
+            readings_per_message: self.readings_per_message,
+        })
+    }
+}
+
+/// `iotmon bench <scenario>`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// reference, stress, fanout or broker.
+    pub scenario: iotmon_simulator::bench::Scenario,
+    /// Devices in the fleet (default: the scenario's).
+    #[arg(long)]
+    pub devices: Option<usize>,
+    /// Each device publishes once per interval (default: the scenario's).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub interval: Option<Duration>,
+    /// Devices per MQTT connection (gateway mode).
+    #[arg(long)]
+    pub devices_per_connection: Option<usize>,
+    /// Readings per message (batches of readings as JSON arrays).
+    #[arg(long)]
+    pub readings_per_message: Option<usize>,
+    /// Fake viewers (fanout: the first step).
+    #[arg(long)]
+    pub viewers: Option<usize>,
+    /// Devices on each viewer's screen.
+    #[arg(long)]
+    pub visible: Option<usize>,
+    /// Load before each measurement window.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub warmup: Duration,
+    /// Length of each measurement window.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    pub measure: Duration,
+    /// Config file for the `iotmon serve` under test.
+    #[arg(long)]
+    pub serve_config: Option<PathBuf>,
+    /// broker: connection counts to compare at.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+    pub connections: Vec<usize>,
+    /// broker: QoS levels to compare at.
+    #[arg(long, value_delimiter = ',', default_value = "0,1")]
+    pub qos: Vec<u8>,
+    /// broker: offered messages/s; stress: the first step's readings/s.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// stress: highest readings/s tried; fanout: most viewers tried.
+    #[arg(long)]
+    pub max: Option<f64>,
+    /// stress and fanout: each step multiplies the load by this.
+    #[arg(long, default_value_t = 1.5)]
+    pub step_factor: f64,
+    /// Print the report as JSON on standard output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl BenchArgs {
+    /// The benchmark these flags describe, testing the `iotmon` binary at `iotmon`.
+    ///
+    /// # Errors
+    /// A QoS other than 0 or 1.
+    pub fn bench(&self, iotmon: PathBuf) -> anyhow::Result<iotmon_simulator::bench::BenchConfig> {
+        let qos = self
+            .qos
+            .iter()
+            .map(|level| iotmon_simulator::Qos::from_level(*level))
+            .collect::<Result<_, _>>()?;
+        Ok(iotmon_simulator::bench::BenchConfig {
+            devices: self.devices,
+            interval: self.interval,
+            devices_per_connection: self.devices_per_connection,
+            readings_per_message: self.readings_per_message,
+            viewers: self.viewers,
+            visible: self.visible,
+            warmup: self.warmup,
+            measure: self.measure,
+            serve_config: self.serve_config.clone(),
+            connections: self.connections.clone(),
+            qos,
+            rate: self.rate,
+            max: self.max,
+            step_factor: self.step_factor,
+            ..iotmon_simulator::bench::BenchConfig::new(iotmon, self.scenario)
+        })
+    }
 }
 
 #[cfg(test)]

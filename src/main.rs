@@ -11,7 +11,7 @@ use iotmon_simulator::FleetConfig;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, SimulateCommand};
 use crate::config::Config;
 
 /// Logging when `RUST_LOG` is unset. rumqttd is silenced: it logs every connect at info and
@@ -93,16 +93,15 @@ async fn run_role(command: Command, shutdown: CancellationToken) -> anyhow::Resu
                 .unwrap_or_else(|| default_client_id("dashboard"));
             roles::dashboard(args.serve.resolve()?, args.broker, client_id, shutdown).await
         }
-        Command::Simulate(args) => {
-            let fleet = FleetConfig {
-                broker: args.broker,
-                devices: args.devices,
-                interval: args.interval,
-                duration: args.duration,
-                client_prefix: args.client_prefix,
-                seed: args.seed,
-            };
-            roles::simulate(fleet, shutdown).await
+        Command::Simulate(args) => match args.what {
+            Some(SimulateCommand::Viewers(viewers)) => {
+                roles::simulate_viewers(viewers.viewers(), viewers.json, shutdown).await
+            }
+            None => roles::simulate(args.fleet.fleet()?, args.fleet.json, shutdown).await,
+        },
+        Command::Bench(args) => {
+            let iotmon = std::env::current_exe().context("cannot find the iotmon binary")?;
+            roles::bench(args.bench(iotmon)?, args.json, shutdown).await
         }
         Command::Config | Command::Devices(_) => Ok(()),
     }

@@ -10,7 +10,8 @@ use iotmon_bridge::{source, BridgeCounters, INPUT_CAPACITY, LIVE_CAPACITY};
 use iotmon_broker::credentials::registry_path;
 use iotmon_broker::{EmbeddedBroker, ListenerKind, LocalSubscription};
 use iotmon_dashboard::DERIVED_CAPACITY;
-use iotmon_simulator::FleetConfig;
+use iotmon_simulator::viewers::ViewerConfig;
+use iotmon_simulator::{FleetConfig, Progress};
 use iotmon_wire::metrics::MetricsSource;
 use iotmon_wire::mqtt::BrokerUrl;
 use tokio::sync::mpsc;
@@ -181,10 +182,48 @@ pub async fn dashboard(
     Ok(served?)
 }
 
-/// Runs a simulated fleet until its duration ends or `shutdown`, then prints its summary.
-pub async fn simulate(fleet: FleetConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let summary = iotmon_simulator::run(fleet, shutdown).await?;
-    println!("{summary}");
+/// Runs a simulated fleet until its duration ends or `shutdown`, showing its progress, then
+/// prints its summary (as JSON with `json`).
+pub async fn simulate(
+    fleet: FleetConfig,
+    json: bool,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let duration = fleet.duration;
+    let fleet = iotmon_simulator::Fleet::start(fleet, Progress::Auto, &shutdown)?;
+    fleet.run_for(duration).await;
+    print_summary(&fleet.stop().await, json)
+}
+
+/// Runs fake viewers until their duration ends or `shutdown`, then prints their summary.
+pub async fn simulate_viewers(
+    viewers: ViewerConfig,
+    json: bool,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let summary = iotmon_simulator::viewers::run(viewers, Progress::Lines, shutdown).await?;
+    print_summary(&summary, json)
+}
+
+/// Runs a benchmark scenario and prints its report.
+pub async fn bench(
+    bench: iotmon_simulator::bench::BenchConfig,
+    json: bool,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let report = iotmon_simulator::bench::run(bench, shutdown).await?;
+    print_summary(&report, json)
+}
+
+fn print_summary<S: std::fmt::Display + serde::Serialize>(
+    summary: &S,
+    json: bool,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(summary)?);
+    } else {
+        println!("{summary}");
+    }
     Ok(())
 }
 

@@ -4,24 +4,106 @@ use std::time::Duration;
 
 use iotmon_wire::mqtt::{BrokerUrl, DEFAULT_PORT};
 
+use crate::layout::Shape;
+use crate::sensor::Metric;
 use crate::SimulatorError;
 
-/// A simulated fleet: how many devices, how often they publish, to which broker, for how long.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Most MQTT connections one simulator process opens: the machine allows 20,000 open files
+/// per process and a few are needed for everything else. Larger fleets use gateway mode
+/// ([`FleetConfig::devices_per_connection`]) or several processes.
+pub const MAX_CONNECTIONS: usize = 19_500;
+
+/// Most readings in one message: a batch of readings stays well under the 16 KiB packet limit.
+pub const MAX_BATCH: usize = 100;
+
+/// MQTT quality of service for readings: the simulator offers the two that sensors use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Qos {
+    /// Fire and forget: the cheapest, what most telemetry uses.
+    #[default]
+    AtMostOnce,
+    /// Acknowledged by the broker (PUBACK), retransmitted on a persistent session.
+    AtLeastOnce,
+}
+
+impl Qos {
+    /// The number MQTT uses for it (0 or 1).
+    pub fn level(self) -> u8 {
+        match self {
+            Qos::AtMostOnce => 0,
+            Qos::AtLeastOnce => 1,
+        }
+    }
+
+    /// From the number MQTT uses; QoS 2 is not offered.
+    ///
+    /// # Errors
+    /// Anything but 0 or 1.
+    pub fn from_level(level: u8) -> Result<Qos, SimulatorError> {
+        match level {
+            0 => Ok(Qos::AtMostOnce),
+            1 => Ok(Qos::AtLeastOnce),
+            other => Err(SimulatorError::Qos(other)),
+        }
+    }
+
+    pub(crate) fn to_rumqttc(self) -> rumqttc::QoS {
+        match self {
+            Qos::AtMostOnce => rumqttc::QoS::AtMostOnce,
+            Qos::AtLeastOnce => rumqttc::QoS::AtLeastOnce,
+        }
+    }
+}
+
+/// A simulated fleet: how many devices, how they are laid out and behave, how often they
+/// publish, to which broker, for how long.
+#[derive(Debug, Clone, PartialEq)]
 pub struct FleetConfig {
     /// The broker every device connects to.
     pub broker: BrokerUrl,
-    /// How many devices, each with an MQTT connection of its own.
+    /// How many devices.
     pub devices: usize,
+    /// How devices fill floors, floors fill buildings and buildings fill sites (sites are
+    /// added as needed).
+    pub shape: Shape,
     /// Each device publishes one reading per interval.
     pub interval: Duration,
     /// Stop after this long; `None` runs until shutdown.
     pub duration: Option<Duration>,
-    /// Prefix of the devices' MQTT client ids (`<prefix>-<device id>`), so two fleets on one
-    /// broker do not take over each other's sessions.
+    /// Prefix of the MQTT client ids (`<prefix>-<device id>`, or the bare id when empty), so
+    /// two fleets on one broker do not take over each other's sessions.
     pub client_prefix: String,
-    /// Seed of every device's sensor model, so a fleet's readings are reproducible.
+    /// Seed of every device's sensor model and behaviour, so a fleet is reproducible.
     pub seed: u64,
+    /// The metrics every device reports, in payload order.
+    pub metrics: Vec<Metric>,
+    /// QoS of readings.
+    pub qos: Qos,
+    /// Chance per reading that a device starts an anomaly (readings far past alert
+    /// thresholds for a few readings), 0 to 1.
+    pub anomaly_rate: f64,
+    /// Chance per reading that a device goes offline, 0 to 1. A device with a connection of
+    /// its own drops it abruptly (the broker publishes its last will); one behind a gateway
+    /// is reported `offline` by the gateway.
+    pub offline_rate: f64,
+    /// How long a device stays offline before it comes back.
+    pub offline_for: Duration,
+    /// Publish presence: `status/<group>/<id>` retained `online` on connect, `offline` on
+    /// leaving, and a last will of `offline`.
+    pub presence: bool,
+    /// Devices sharing one MQTT connection (gateway mode); 1 gives each device its own.
+    pub devices_per_connection: usize,
+    /// Password sent with every connection (the username is the client id); `None` connects
+    /// without credentials.
+    pub password: Option<String>,
+    /// Connections open spread evenly over this; `None` spreads them over the interval or a
+    /// second, whichever is shorter. Large fleets with short intervals set it so the broker
+    /// is not asked to accept thousands of connections at once.
+    pub ramp: Option<Duration>,
+    /// Readings in each message: 1 sends one JSON object per interval; more sends a batch
+    /// (a JSON array) of that many readings sampled evenly over the interval, as a device
+    /// that buffers between uploads does.
+    pub readings_per_message: usize,
 }
 
 impl Default for FleetConfig {
@@ -32,10 +114,21 @@ impl Default for FleetConfig {
                 port: DEFAULT_PORT,
             },
             devices: 1000,
+            shape: Shape::default(),
             interval: Duration::from_secs(5),
             duration: None,
             client_prefix: "sim".to_string(),
             seed: 1,
+            metrics: Metric::DEFAULT.to_vec(),
+            qos: Qos::AtMostOnce,
+            anomaly_rate: 0.0,
+            offline_rate: 0.0,
+            offline_for: Duration::from_secs(30),
+            presence: false,
+            devices_per_connection: 1,
+            password: None,
+            ramp: None,
+            readings_per_message: 1,
         }
     }
 }
@@ -44,7 +137,8 @@ impl FleetConfig {
     /// Checks the config before anything connects.
     ///
     /// # Errors
-    /// No devices, or a zero interval.
+    /// No devices, a zero interval, no metrics, a rate outside 0..=1, an empty shape level,
+    /// zero devices per connection, or more connections than one process can open.
     pub fn validate(&self) -> Result<(), SimulatorError> {
         if self.devices == 0 {
             return Err(SimulatorError::NoDevices);
@@ -52,8 +146,58 @@ impl FleetConfig {
         if self.interval.is_zero() {
             return Err(SimulatorError::ZeroInterval);
         }
+        if self.metrics.is_empty() {
+            return Err(SimulatorError::NoMetrics);
+        }
+        for (name, rate) in [
+            ("anomaly rate", self.anomaly_rate),
+            ("offline rate", self.offline_rate),
+        ] {
+            if !(0.0..=1.0).contains(&rate) {
+                return Err(SimulatorError::Rate(name));
+            }
+        }
+        if self.shape.devices_per_floor == 0
+            || self.shape.floors_per_building == 0
+            || self.shape.buildings_per_site == 0
+        {
+            return Err(SimulatorError::EmptyShape);
+        }
+        if self.readings_per_message == 0 || self.readings_per_message > MAX_BATCH {
+            return Err(SimulatorError::Batch(MAX_BATCH));
+        }
+        if self.devices_per_connection == 0 {
+            return Err(SimulatorError::NoDevicesPerConnection);
+        }
+        let connections = self.connections();
+        if connections > MAX_CONNECTIONS {
+            return Err(SimulatorError::TooManyConnections {
+                connections,
+                max: MAX_CONNECTIONS,
+            });
+        }
         Ok(())
     }
+
+    /// How many MQTT connections the fleet opens.
+    pub fn connections(&self) -> usize {
+        self.devices.div_ceil(self.devices_per_connection.max(1))
+    }
+
+    /// Readings the fleet offers per second.
+    pub fn offered_rate(&self) -> f64 {
+        (self.devices * self.readings_per_message) as f64 / self.interval.as_secs_f64()
+    }
+}
+
+/// The password in `path`: its first line, without the line ending.
+///
+/// # Errors
+/// The file cannot be read.
+pub fn read_password_file(path: &std::path::Path) -> Result<String, SimulatorError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|error| SimulatorError::PasswordFile(format!("{}: {error}", path.display())))?;
+    Ok(text.lines().next().unwrap_or_default().to_string())
 }
 
 #[cfg(test)]
@@ -70,19 +214,96 @@ mod tests {
             (1000, Duration::from_secs(5), None)
         );
         assert_eq!((config.client_prefix.as_str(), config.seed), ("sim", 1));
+        assert_eq!(config.connections(), 1000);
+        assert!((config.offered_rate() - 200.0).abs() < 1e-9);
     }
 
     #[test]
-    fn rejects_an_empty_fleet_and_a_zero_interval() {
-        let empty = FleetConfig {
-            devices: 0,
+    fn rejects_what_cannot_run() {
+        let cases = [
+            (
+                FleetConfig {
+                    devices: 0,
+                    ..FleetConfig::default()
+                },
+                SimulatorError::NoDevices,
+            ),
+            (
+                FleetConfig {
+                    interval: Duration::ZERO,
+                    ..FleetConfig::default()
+                },
+                SimulatorError::ZeroInterval,
+            ),
+            (
+                FleetConfig {
+                    metrics: Vec::new(),
+                    ..FleetConfig::default()
+                },
+                SimulatorError::NoMetrics,
+            ),
+            (
+                FleetConfig {
+                    anomaly_rate: 1.5,
+                    ..FleetConfig::default()
+                },
+                SimulatorError::Rate("anomaly rate"),
+            ),
+            (
+                FleetConfig {
+                    offline_rate: -0.1,
+                    ..FleetConfig::default()
+                },
+                SimulatorError::Rate("offline rate"),
+            ),
+            (
+                FleetConfig {
+                    devices_per_connection: 0,
+                    ..FleetConfig::default()
+                },
+                SimulatorError::NoDevicesPerConnection,
+            ),
+            (
+                FleetConfig {
+                    shape: Shape {
+                        devices_per_floor: 0,
+                        ..Shape::default()
+                    },
+                    ..FleetConfig::default()
+                },
+                SimulatorError::EmptyShape,
+            ),
+        ];
+        for (config, error) in cases {
+            assert_eq!(config.validate(), Err(error));
+        }
+    }
+
+    #[test]
+    fn a_hundred_thousand_devices_need_gateway_mode() {
+        let alone = FleetConfig {
+            devices: 100_000,
             ..FleetConfig::default()
         };
-        assert_eq!(empty.validate(), Err(SimulatorError::NoDevices));
-        let frantic = FleetConfig {
-            interval: Duration::ZERO,
-            ..FleetConfig::default()
+        assert_eq!(
+            alone.validate(),
+            Err(SimulatorError::TooManyConnections {
+                connections: 100_000,
+                max: MAX_CONNECTIONS
+            })
+        );
+        let gateways = FleetConfig {
+            devices_per_connection: 10,
+            ..alone
         };
-        assert_eq!(frantic.validate(), Err(SimulatorError::ZeroInterval));
+        assert_eq!(gateways.validate(), Ok(()));
+        assert_eq!(gateways.connections(), 10_000);
+    }
+
+    #[test]
+    fn qos_levels_round_trip() {
+        assert_eq!(Qos::from_level(0), Ok(Qos::AtMostOnce));
+        assert_eq!(Qos::from_level(1).map(Qos::level), Ok(1));
+        assert_eq!(Qos::from_level(2), Err(SimulatorError::Qos(2)));
     }
 }

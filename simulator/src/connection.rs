@@ -1,54 +1,83 @@
-//! A device's MQTT connection: opened at the device's turn, re-opened with backoff when it
-//! fails, counted, and closed with a real DISCONNECT at shutdown.
+//! A simulated MQTT connection: opened at its turn, re-opened with backoff when it fails,
+//! dropped on purpose for an offline spell, counted, and closed with a real DISCONNECT (after
+//! a farewell `offline` per device when presence is on) at shutdown.
 //!
 //! This is a loop of its own rather than `iotmon_wire::mqtt::drive_session`, which a device
-//! would otherwise use, for two reasons: the fleet's summary counts lost connections and
-//! written readings, and `drive_session` reports neither; and at shutdown `drive_session`
-//! queues a DISCONNECT but stops polling, so the packet is never sent and the broker sees the
-//! socket drop instead (which would fire a last will). The backoff is the shared one.
+//! would otherwise use, because the fleet's summary counts lost connections, written and
+//! acknowledged publishes, and offline spells drop the socket without a goodbye so that the
+//! broker publishes the last will. The backoff is the shared one.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use iotmon_wire::mqtt::Backoff;
-use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, Outgoing, Packet};
+use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, Outgoing, Packet, QoS};
+use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep, sleep_until, timeout, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use crate::device::OFFLINE;
 use crate::stats::Counters;
 
-/// How long shutdown waits for queued readings and the DISCONNECT to be written.
+/// How long shutdown waits for queued messages and the DISCONNECT to be written.
 const DISCONNECT_GRACE: Duration = Duration::from_secs(1);
 
-/// Keeps `eventloop` connected from `start_at` until `shutdown`, then disconnects cleanly.
-/// `client` must be a handle on the same event loop.
-pub(crate) async fn keep_connected(
-    mut eventloop: EventLoop,
-    client: AsyncClient,
-    start_at: Instant,
-    counters: Arc<Counters>,
-    shutdown: CancellationToken,
-) {
+/// Everything a connection's session loop owns. (No `Debug`: rumqttc's `EventLoop` has none.)
+pub(crate) struct Session {
+    pub eventloop: EventLoop,
+    /// A handle on `eventloop`, for the farewell and the DISCONNECT.
+    pub client: AsyncClient,
+    /// When to open the connection.
+    pub start_at: Instant,
+    /// Status topics to publish `offline` on before disconnecting at shutdown (empty without
+    /// presence).
+    pub farewell: Vec<String>,
+    /// Requests to drop the connection for a while (an offline spell).
+    pub offline_requests: mpsc::Receiver<Duration>,
+    /// Bumped on every accepted connection, so the publisher announces presence.
+    pub epoch: watch::Sender<u64>,
+    pub counters: Arc<Counters>,
+}
+
+/// Keeps the session connected from its start until `shutdown`, then says goodbye.
+pub(crate) async fn keep_connected(mut session: Session, shutdown: CancellationToken) {
     tokio::select! {
         () = shutdown.cancelled() => return,
-        () = sleep_until(start_at) => {}
+        () = sleep_until(session.start_at) => {}
     }
     let mut backoff = Backoff::new();
     let mut connected = false;
     loop {
         let event = tokio::select! {
             () = shutdown.cancelled() => break,
-            event = eventloop.poll() => event,
+            Some(spell) = session.offline_requests.recv() => {
+                if std::mem::take(&mut connected) {
+                    session.counters.disconnected(false);
+                }
+                drop_connection(&mut session.eventloop);
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = sleep(spell) => continue,
+                }
+            }
+            event = session.eventloop.poll() => event,
         };
         match event {
-            Ok(event) => connected |= on_event(&event, &counters, &mut backoff),
+            Ok(event) => {
+                if on_event(&event, &session.counters, &mut backoff) {
+                    connected = true;
+                    session.epoch.send_modify(|epoch| *epoch += 1);
+                }
+            }
             Err(error) => {
                 if std::mem::take(&mut connected) {
-                    counters.disconnected(true);
+                    session.counters.disconnected(true);
+                } else {
+                    session.counters.connect_failed();
                 }
                 let delay = backoff.next_delay();
-                log_failure(&eventloop, &error, delay);
+                log_failure(&session.eventloop, &error, delay);
                 tokio::select! {
                     () = shutdown.cancelled() => break,
                     () = sleep(delay) => {}
@@ -57,9 +86,18 @@ pub(crate) async fn keep_connected(
         }
     }
     if connected {
-        counters.disconnected(false);
-        disconnect(eventloop, &client, &counters).await;
+        session.counters.disconnected(false);
+        disconnect(session).await;
     }
+}
+
+/// Closes the socket without a DISCONNECT, as a device losing power would: the broker then
+/// publishes the last will. Whatever was in flight is forgotten, so the device does not
+/// replay stale readings when it comes back.
+fn drop_connection(eventloop: &mut EventLoop) {
+    eventloop.network = None;
+    eventloop.clean();
+    eventloop.pending.clear();
 }
 
 /// Counts what one event means; true when it is the broker accepting the connection.
@@ -70,16 +108,20 @@ fn on_event(event: &Event, counters: &Counters, backoff: &mut Backoff) -> bool {
             counters.connected();
             true
         }
+        Event::Incoming(Packet::PubAck(_)) => {
+            counters.acked();
+            false
+        }
         Event::Outgoing(Outgoing::Publish(_)) => {
-            counters.published();
+            counters.written();
             false
         }
         _ => false,
     }
 }
 
-/// Per device at debug level: with a thousand devices one broker outage would otherwise log a
-/// thousand warnings; the progress line shows how many are connected.
+/// Per connection at debug level: with a thousand devices one broker outage would otherwise
+/// log a thousand warnings; the progress display shows how many are connected.
 fn log_failure(eventloop: &EventLoop, error: &ConnectionError, retry_in: Duration) {
     debug!(
         client_id = eventloop.mqtt_options.client_id(),
@@ -89,20 +131,43 @@ fn log_failure(eventloop: &EventLoop, error: &ConnectionError, retry_in: Duratio
     );
 }
 
-/// Queues a DISCONNECT and polls until it has been written (after any readings queued before
-/// it), the connection fails, or [`DISCONNECT_GRACE`] passes. rumqttc sends nothing unless its
-/// event loop is polled.
-async fn disconnect(mut eventloop: EventLoop, client: &AsyncClient, counters: &Counters) {
+/// Queues the farewell and a DISCONNECT, and polls until the DISCONNECT has been written
+/// (after everything queued before it), the connection fails, or [`DISCONNECT_GRACE`] passes.
+/// rumqttc sends nothing unless its event loop is polled.
+async fn disconnect(session: Session) {
+    let Session {
+        mut eventloop,
+        client,
+        farewell,
+        counters,
+        ..
+    } = session;
+    for topic in &farewell {
+        if client
+            .try_publish(topic.as_str(), QoS::AtMostOnce, true, OFFLINE)
+            .is_ok()
+        {
+            counters.presence_queued();
+        }
+    }
     if client.try_disconnect().is_err() {
         // The queue is full, so the broker is not reading: it will see the socket close.
         return;
     }
+    // After the DISCONNECT is written, keep reading until the broker closes the socket: the
+    // PUBACKs of the last QoS 1 readings arrive then.
     let written = timeout(DISCONNECT_GRACE, async {
+        let mut disconnect_sent = false;
         loop {
             match eventloop.poll().await {
-                Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => break,
-                Ok(Event::Outgoing(Outgoing::Publish(_))) => counters.published(),
-                Ok(_) => {}
+                Err(_) => break,
+                Ok(Event::Outgoing(Outgoing::Disconnect)) => disconnect_sent = true,
+                Ok(event) => {
+                    on_event(&event, &counters, &mut Backoff::new());
+                }
+            }
+            if disconnect_sent && eventloop.state.inflight() == 0 {
+                break;
             }
         }
     })

@@ -1,9 +1,9 @@
-//! Why a simulated fleet could not run.
+//! Why the simulator could not run.
 
 use thiserror::Error;
 
-/// Everything [`crate::run`] can fail with. Connection trouble is not here: a fleet keeps
-/// running through it and reports it in its [`crate::Summary`].
+/// Everything the simulator's entry points can fail with. Connection trouble during a run is
+/// not here: fleets and viewers keep running through it and report it in their summaries.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum SimulatorError {
     /// A fleet needs at least one device.
@@ -12,4 +12,42 @@ pub enum SimulatorError {
     /// Devices publish once per interval, so it cannot be zero.
     #[error("the publish interval must be greater than zero")]
     ZeroInterval,
+    /// A reading with no metric is refused by the bridge.
+    #[error("devices must report at least one metric")]
+    NoMetrics,
+    /// A per-reading chance outside 0..=1.
+    #[error("the {0} must be between 0 and 1")]
+    Rate(&'static str),
+    /// A level of the layout holds nothing.
+    #[error("every level of the layout must hold at least one")]
+    EmptyShape,
+    /// A batch size out of range.
+    #[error("readings per message must be between 1 and {0}")]
+    Batch(usize),
+    /// Gateway mode needs at least one device per connection.
+    #[error("devices per connection must be at least 1")]
+    NoDevicesPerConnection,
+    /// One process cannot open that many sockets.
+    #[error(
+        "{connections} connections exceed the {max} one process may open: \
+         use --devices-per-connection (gateway mode) or several processes"
+    )]
+    TooManyConnections {
+        /// Connections the fleet would open.
+        connections: usize,
+        /// The most allowed.
+        max: usize,
+    },
+    /// Only QoS 0 and 1 are offered.
+    #[error("QoS {0} is not offered: use 0 or 1")]
+    Qos(u8),
+    /// A password file could not be read.
+    #[error("cannot read the password file: {0}")]
+    PasswordFile(String),
+    /// A viewer run was asked for nothing.
+    #[error("viewers: {0}")]
+    Viewers(String),
+    /// A benchmark could not run.
+    #[error("bench: {0}")]
+    Bench(String),
 }

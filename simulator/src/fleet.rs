@@ -1,5 +1,5 @@
-//! Running a fleet: lay it out, start every device at its turn, stop them all when the
-//! duration ends or shutdown is requested, and sum up.
+//! Running a fleet: lay it out, group devices into connections, start every connection at
+//! its turn, stop them all when the duration ends or shutdown is requested, and sum up.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,15 +10,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::info;
 
-use crate::device::Device;
-use crate::layout::layout;
-use crate::schedule::offsets;
+use crate::device::{Connection, Device, FleetShared};
+use crate::layout::SimulatedDevice;
+use crate::schedule::{offsets, offsets_over, Offsets};
 use crate::sensor::SensorModel;
-use crate::stats::{report_progress, Counters};
+use crate::stats::{report_progress, Counters, FleetSize, Progress};
 use crate::{FleetConfig, SimulatorError, Summary};
 
 /// Runs a simulated fleet until `config.duration` elapses or `shutdown` is cancelled,
-/// whichever comes first; returns once every device has disconnected.
+/// whichever comes first, logging progress lines; returns once every device has
+/// disconnected.
 ///
 /// Devices keep running through broker outages (reconnecting with backoff); what was lost is
 /// counted in the [`Summary`].
@@ -29,63 +30,170 @@ pub async fn run(
     config: FleetConfig,
     shutdown: CancellationToken,
 ) -> Result<Summary, SimulatorError> {
-    config.validate()?;
-    let started = Instant::now();
-    let fleet = shutdown.child_token();
-    let counters = Arc::new(Counters::default());
-    let tracker = TaskTracker::new();
-    for device in plan_devices(&config, started) {
-        device.spawn(&config.broker, &counters, &tracker, &fleet);
-    }
-    tracker.spawn(report_progress(
-        Arc::clone(&counters),
-        config.devices,
-        fleet.clone(),
-    ));
-    tracker.close();
-    info!(
-        devices = config.devices,
-        interval = ?config.interval,
-        broker = %config.broker,
-        "simulated fleet started"
-    );
-    wait_for_end(config.duration, &fleet).await;
-    fleet.cancel();
-    tracker.wait().await;
-    let summary = counters.summary(config.devices, started.elapsed());
-    info!(%summary, "simulated fleet stopped");
-    Ok(summary)
+    let duration = config.duration;
+    let fleet = Fleet::start(config, Progress::Lines, &shutdown)?;
+    fleet.run_for(duration).await;
+    Ok(fleet.stop().await)
 }
 
-/// Waits for `duration` to pass (when there is one) or for `fleet` to be cancelled.
-async fn wait_for_end(duration: Option<Duration>, fleet: &CancellationToken) {
-    match duration {
-        Some(duration) => tokio::select! {
-            () = fleet.cancelled() => {}
-            () = sleep(duration) => {}
-        },
-        None => fleet.cancelled().await,
-    }
+/// A running fleet, for callers that watch its counters while it runs (benchmarks).
+#[derive(Debug)]
+pub struct Fleet {
+    size: FleetSize,
+    counters: Arc<Counters>,
+    tracker: TaskTracker,
+    /// A child of the caller's shutdown: cancelled to stop this fleet alone.
+    stop: CancellationToken,
+    started: Instant,
 }
 
-/// Every device of the fleet with its ids, topic, sensors and turn, for a fleet starting at
-/// `started`.
-fn plan_devices(config: &FleetConfig, started: Instant) -> impl Iterator<Item = Device> + '_ {
-    let count = config.devices;
-    layout(count)
-        .into_iter()
-        .enumerate()
-        .map(move |(index, device)| {
-            let at = offsets(index, count, config.interval);
-            Device {
-                client_id: format!("{}-{}", config.client_prefix, device.id),
-                topic: sensor_topic(&device.group, &device.id),
-                sensor: SensorModel::new(device_seed(config.seed, index)),
-                connect_at: started + at.connect,
-                first_publish_at: started + at.first_publish,
-                interval: config.interval,
-            }
+impl Fleet {
+    /// Validates `config` and starts every connection at its turn, showing progress per
+    /// `progress`.
+    ///
+    /// # Errors
+    /// The config is invalid (see [`FleetConfig::validate`]); nothing has connected then.
+    pub fn start(
+        config: FleetConfig,
+        progress: Progress,
+        shutdown: &CancellationToken,
+    ) -> Result<Fleet, SimulatorError> {
+        config.validate()?;
+        let started = Instant::now();
+        let stop = shutdown.child_token();
+        let counters = Arc::new(Counters::new(config.readings_per_message));
+        let tracker = TaskTracker::new();
+        let size = FleetSize {
+            devices: config.devices,
+            connections: config.connections(),
+            offered_per_second: config.offered_rate(),
+        };
+        info!(
+            devices = config.devices,
+            connections = size.connections,
+            interval = ?config.interval,
+            broker = %config.broker,
+            "simulated fleet starting"
+        );
+        let duration = config.duration;
+        let connections = plan_connections(&config, started);
+        let shared = Arc::new(FleetShared {
+            config,
+            counters: Arc::clone(&counters),
+        });
+        for connection in connections {
+            connection.spawn(&shared, &tracker, &stop);
+        }
+        tracker.spawn(report_progress(
+            Arc::clone(&counters),
+            size,
+            duration,
+            progress,
+            stop.clone(),
+        ));
+        tracker.close();
+        Ok(Fleet {
+            size,
+            counters,
+            tracker,
+            stop,
+            started,
         })
+    }
+
+    /// The live counters.
+    pub fn counters(&self) -> &Arc<Counters> {
+        &self.counters
+    }
+
+    /// Waits for `duration` to pass (when there is one) or for the fleet to be stopped.
+    pub async fn run_for(&self, duration: Option<Duration>) {
+        match duration {
+            Some(duration) => tokio::select! {
+                () = self.stop.cancelled() => {}
+                () = sleep(duration) => {}
+            },
+            None => self.stop.cancelled().await,
+        }
+    }
+
+    /// Disconnects every device and sums up.
+    pub async fn stop(self) -> Summary {
+        self.stop.cancel();
+        self.tracker.wait().await;
+        let summary = self.counters.summary(self.size, self.started.elapsed());
+        info!(%summary, "simulated fleet stopped");
+        summary
+    }
+}
+
+/// Every connection of the fleet with its devices (ids, topics, sensors, turns), for a fleet
+/// starting at `started`. Devices fill connections in fleet order, so a gateway serves
+/// neighbouring devices, as one on a floor would.
+fn plan_connections(config: &FleetConfig, started: Instant) -> Vec<Connection> {
+    let count = config.devices;
+    let per_connection = config.devices_per_connection.max(1);
+    let mut devices = config.shape.layout(count).into_iter().enumerate();
+    let mut connections = Vec::with_capacity(config.connections());
+    for number in 0..config.connections() {
+        let members: Vec<Device> = devices
+            .by_ref()
+            .take(per_connection)
+            .map(|(index, device)| plan_device(config, started, index, device))
+            .collect();
+        let first = number * per_connection;
+        let client_id = if per_connection == 1 {
+            client_id(&config.client_prefix, &members[0].id)
+        } else {
+            let width = 6.max(config.connections().to_string().len());
+            client_id(
+                &config.client_prefix,
+                &format!("gateway-{:0width$}", number + 1),
+            )
+        };
+        connections.push(Connection {
+            client_id,
+            devices: members,
+            connect_at: started + turn(config, first).connect,
+            seed: device_seed(config.seed ^ 0xA5A5_A5A5, first),
+        });
+    }
+    connections
+}
+
+fn plan_device(
+    config: &FleetConfig,
+    started: Instant,
+    index: usize,
+    device: SimulatedDevice,
+) -> Device {
+    let at = turn(config, index);
+    Device {
+        topic: sensor_topic(&device.group, &device.id),
+        status_topic: format!("status/{}/{}", device.group, device.id),
+        sensor: SensorModel::with_metrics(device_seed(config.seed, index), &config.metrics),
+        first_publish_at: started + at.first_publish,
+        offline_until: None,
+        id: device.id,
+    }
+}
+
+/// When device `index` connects and first publishes.
+fn turn(config: &FleetConfig, index: usize) -> Offsets {
+    match config.ramp {
+        Some(ramp) => offsets_over(index, config.devices, config.interval, ramp),
+        None => offsets(index, config.devices, config.interval),
+    }
+}
+
+/// `<prefix>-<name>`, or the bare name without a prefix (credentials whose username is the
+/// device id).
+fn client_id(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_string()
+    } else {
+        format!("{prefix}-{name}")
+    }
 }
 
 /// A device's sensor seed: distinct per device, and not shifted copies of another fleet's
@@ -110,25 +218,55 @@ mod tests {
             ..FleetConfig::default()
         };
         let started = Instant::now();
-        let devices: Vec<_> = plan_devices(&config, started).collect();
-        assert_eq!(devices.len(), 30);
-        assert_eq!(devices[0].client_id, "demo-sensor-000001");
+        let connections = plan_connections(&config, started);
+        assert_eq!(connections.len(), 30);
+        assert_eq!(connections[0].client_id, "demo-sensor-000001");
         assert_eq!(
-            devices[0].topic,
+            connections[0].devices[0].topic,
             "sensors/site-1/building-a/floor-1/sensor-000001"
         );
         assert_eq!(
-            devices[29].topic,
+            connections[0].devices[0].status_topic,
+            "status/site-1/building-a/floor-1/sensor-000001"
+        );
+        assert_eq!(
+            connections[29].devices[0].topic,
             "sensors/site-1/building-a/floor-2/sensor-000030"
         );
-        assert!(devices
+        assert!(connections
             .iter()
-            .all(|device| device.connect_at <= device.first_publish_at));
-        assert!(devices
+            .all(|c| c.connect_at <= c.devices[0].first_publish_at));
+        assert!(connections
             .iter()
-            .all(|device| device.first_publish_at < started + config.interval));
-        let client_ids: HashSet<_> = devices.iter().map(|device| &device.client_id).collect();
+            .all(|c| c.devices[0].first_publish_at < started + config.interval));
+        let client_ids: HashSet<_> = connections.iter().map(|c| &c.client_id).collect();
         assert_eq!(client_ids.len(), 30);
+    }
+
+    #[test]
+    fn gateways_carry_neighbouring_devices() {
+        let config = FleetConfig {
+            devices: 25,
+            devices_per_connection: 10,
+            client_prefix: String::new(),
+            ..FleetConfig::default()
+        };
+        let connections = plan_connections(&config, Instant::now());
+        let sizes: Vec<_> = connections.iter().map(|c| c.devices.len()).collect();
+        assert_eq!(sizes, [10, 10, 5]);
+        assert_eq!(connections[0].client_id, "gateway-000001");
+        assert_eq!(connections[2].devices[4].id, "sensor-000025");
+        let ids: HashSet<_> = connections
+            .iter()
+            .flat_map(|c| c.devices.iter().map(|d| d.id.clone()))
+            .collect();
+        assert_eq!(ids.len(), 25);
+        for connection in &connections {
+            assert!(connection
+                .devices
+                .windows(2)
+                .all(|pair| pair[0].first_publish_at < pair[1].first_publish_at));
+        }
     }
 
     #[test]
@@ -173,5 +311,6 @@ mod tests {
         assert_eq!(summary.devices, 5);
         assert_eq!(summary.readings_published, 0);
         assert_eq!(summary.connections_lost, 0);
+        assert!(summary.connect_failures > 0, "{summary}");
     }
 }

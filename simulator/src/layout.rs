@@ -12,8 +12,11 @@ pub struct SimulatedDevice {
 /// How many of each level the next level up holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Shape {
+    /// Devices on one floor.
     pub devices_per_floor: usize,
+    /// Floors in one building.
     pub floors_per_building: usize,
+    /// Buildings on one site; sites are added until every device has a place.
     pub buildings_per_site: usize,
 }
 

@@ -1,14 +1,19 @@
-//! The device simulator: a fleet of simulated IoT sensors, each with its own MQTT connection,
-//! publishing plausible readings to a broker on the `sensors/...` topics.
+//! The simulator: fleets of simulated IoT sensors publishing plausible readings over MQTT,
+//! fake dashboard viewers measuring how fast readings reach a screen, and the benchmarks
+//! built from both.
 //!
 //! - [`config`]: what a fleet looks like ([`FleetConfig`]) and its validation.
 //! - [`mod@layout`]: where each device sits (sites, buildings, floors) and its id.
-//! - [`sensor`]: seeded, plausible temperature, humidity and pressure readings.
+//! - [`sensor`]: seeded, plausible readings for a configurable set of metrics, and anomalies.
 //! - `schedule`: when each device connects and publishes, spread over the interval.
-//! - `device`: one device's publishing loop; `connection`: its MQTT connection.
-//! - `stats`: counters, the progress line and the [`Summary`].
-//! - `fleet`: [`run`], which ties them together.
+//! - `device`: the devices behind one connection and their turns; `connection`: the MQTT
+//!   session (backoff, offline spells, presence, goodbye).
+//! - [`stats`]: counters, the progress display and the [`Summary`].
+//! - `fleet`: [`run`] and [`Fleet`], which tie them together.
+//! - [`viewers`]: fake dashboard viewers and the reading→viewer delay.
+//! - [`bench`]: `iotmon bench` scenarios and their reports.
 
+pub mod bench;
 pub mod config;
 mod connection;
 mod device;
@@ -17,11 +22,12 @@ mod fleet;
 pub mod layout;
 mod schedule;
 pub mod sensor;
-mod stats;
+pub mod stats;
+pub mod viewers;
 
-pub use config::FleetConfig;
+pub use config::{FleetConfig, Qos};
 pub use error::SimulatorError;
-pub use fleet::run;
-pub use layout::{layout, SimulatedDevice};
-pub use sensor::{Reading, SensorModel};
-pub use stats::Summary;
+pub use fleet::{run, Fleet};
+pub use layout::{layout, Shape, SimulatedDevice};
+pub use sensor::{Metric, Reading, SensorModel};
+pub use stats::{Progress, Summary};

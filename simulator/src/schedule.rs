@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-/// Connection starts are spread over the interval or this, whichever is shorter, so a fleet is
-/// up quickly without every device opening its socket at the same instant.
+/// Connection starts are spread over this unless the fleet says otherwise, so a fleet is up
+/// quickly without every device opening its socket at the same instant.
 pub const MAX_CONNECT_SPREAD: Duration = Duration::from_secs(1);
 
 /// Offsets from the fleet's start at which one device begins.
@@ -16,13 +16,27 @@ pub struct Offsets {
     pub first_publish: Duration,
 }
 
-/// Offsets of device `index` of `devices`: its first publish is `index / devices` of the way
-/// through the interval, and its connection the same fraction of the connect spread (so it
-/// never comes after the first publish).
+/// Offsets of device `index` of `devices` with the default connect spread: the interval or
+/// [`MAX_CONNECT_SPREAD`], whichever is shorter.
 pub fn offsets(index: usize, devices: usize, interval: Duration) -> Offsets {
+    offsets_over(index, devices, interval, interval.min(MAX_CONNECT_SPREAD))
+}
+
+/// Offsets of device `index` of `devices`: its connection opens `index / devices` of the way
+/// through `ramp`, and its first publish is the same fraction
+/// through the interval, moved on by whole intervals until it is not before the connection.
+/// So publishes stay evenly spread and none is due before its device connects.
+pub fn offsets_over(index: usize, devices: usize, interval: Duration, ramp: Duration) -> Offsets {
+    let connect = fraction_of(ramp, index, devices);
+    let mut first_publish = fraction_of(interval, index, devices);
+    if first_publish < connect && !interval.is_zero() {
+        let behind = (connect - first_publish).as_nanos();
+        let rounds = behind.div_ceil(interval.as_nanos());
+        first_publish += interval * u32::try_from(rounds).unwrap_or(u32::MAX);
+    }
     Offsets {
-        connect: fraction_of(interval.min(MAX_CONNECT_SPREAD), index, devices),
-        first_publish: fraction_of(interval, index, devices),
+        connect,
+        first_publish,
     }
 }
 
@@ -61,6 +75,23 @@ mod tests {
         }
         let last = offsets(99, 100, Duration::from_secs(5));
         assert_eq!(last.connect, Duration::from_millis(990));
+    }
+
+    #[test]
+    fn a_ramp_longer_than_the_interval_defers_first_publishes_past_the_connection() {
+        let interval = Duration::from_millis(10);
+        let ramp = Duration::from_secs(2);
+        for index in [0, 1, 500, 999] {
+            let at = offsets_over(index, 1000, interval, ramp);
+            assert_eq!(at.connect, ramp * index as u32 / 1000);
+            assert!(at.first_publish >= at.connect, "{at:?}");
+            assert!(at.first_publish < at.connect + interval, "{at:?}");
+            // Still on the device's own slot within the interval.
+            assert_eq!(
+                at.first_publish.as_nanos() % interval.as_nanos(),
+                (interval * index as u32 / 1000).as_nanos()
+            );
+        }
     }
 
     #[test]

@@ -1,33 +1,51 @@
-//! End to end: a simulated fleet publishing through a real broker (mosquitto) to a real
-//! subscriber.
+//! End to end: simulated fleets publishing through a real broker (mosquitto) to a real
+//! subscriber: one connection per device, gateways with credentials and QoS 1, presence with
+//! last wills and offline spells.
 
 mod support;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
-use iotmon_simulator::{layout, run, FleetConfig};
+use iotmon_simulator::{layout, run, FleetConfig, Metric, Qos};
 use iotmon_wire::mqtt::BrokerUrl;
 use iotmon_wire::topics::{parse_sensor_topic, SENSORS_FILTER};
-use rumqttc::{AsyncClient, Event, EventLoop, Packet, QoS};
-use tokio::sync::mpsc;
-use tokio::time::{timeout, Instant};
 use tokio_util::sync::CancellationToken;
 
 use support::mosquitto::Mosquitto;
+use support::subscriber::{collect_until, subscribe, Received};
 
-const DEVICES: usize = 30;
-/// How long the subscriber may take to see every device once the fleet has stopped.
+/// How long the subscriber may take to see what it waits for once the fleet has stopped.
 const RECEIVE_DEADLINE: Duration = Duration::from_secs(5);
+
+fn broker_of(mosquitto: &Mosquitto) -> BrokerUrl {
+    format!("mqtt://127.0.0.1:{}", mosquitto.port)
+        .parse()
+        .expect("broker address")
+}
+
+fn devices_heard(messages: &[Received]) -> HashSet<String> {
+    messages
+        .iter()
+        .filter_map(|(topic, _, _)| parse_sensor_topic(topic).ok())
+        .map(|parsed| parsed.device.to_string())
+        .collect()
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_device_publishes_readings_on_its_own_topic() {
+    const DEVICES: usize = 30;
     let mosquitto = Mosquitto::start();
-    let broker: BrokerUrl = format!("mqtt://127.0.0.1:{}", mosquitto.port)
-        .parse()
-        .expect("broker address");
+    let broker = broker_of(&mosquitto);
     let stop_subscriber = CancellationToken::new();
-    let mut received = subscribe(&broker, stop_subscriber.clone()).await;
+    let mut received = subscribe(
+        &broker,
+        "fleet-test-subscriber",
+        None,
+        &[SENSORS_FILTER],
+        stop_subscriber.clone(),
+    )
+    .await;
 
     let config = FleetConfig {
         broker,
@@ -36,12 +54,16 @@ async fn every_device_publishes_readings_on_its_own_topic() {
         duration: Some(Duration::from_millis(1500)),
         client_prefix: "fleet-test".to_string(),
         seed: 7,
+        ..FleetConfig::default()
     };
     let summary = run(config, CancellationToken::new())
         .await
         .expect("a valid config");
 
-    let messages = collect_until_every_device_seen(&mut received).await;
+    let messages = collect_until(&mut received, RECEIVE_DEADLINE, |m| {
+        devices_heard(m).len() == DEVICES
+    })
+    .await;
     stop_subscriber.cancel();
 
     let groups: HashMap<String, String> = layout(DEVICES)
@@ -49,7 +71,7 @@ async fn every_device_publishes_readings_on_its_own_topic() {
         .map(|device| (device.id, device.group))
         .collect();
     let mut per_device: BTreeMap<String, usize> = BTreeMap::new();
-    for (topic, payload) in &messages {
+    for (topic, payload, _) in &messages {
         let parsed = parse_sensor_topic(topic).expect("a sensor topic");
         assert_eq!(
             groups.get(parsed.device).map(String::as_str),
@@ -57,7 +79,7 @@ async fn every_device_publishes_readings_on_its_own_topic() {
             "device {} published under {topic}",
             parsed.device
         );
-        assert_reading(payload);
+        assert_reading(payload, &["temperature", "humidity", "pressure"]);
         *per_device.entry(parsed.device.to_string()).or_default() += 1;
     }
     assert_eq!(
@@ -75,82 +97,207 @@ async fn every_device_publishes_readings_on_its_own_topic() {
     assert_eq!(summary.connections_lost, 0, "{summary}");
 }
 
-/// Connects a subscriber to `sensors/#`, waits for the broker to confirm the subscription, and
-/// forwards every message (topic, payload) until `stop`.
-async fn subscribe(
-    broker: &BrokerUrl,
-    stop: CancellationToken,
-) -> mpsc::UnboundedReceiver<(String, Vec<u8>)> {
-    let (client, mut eventloop) =
-        AsyncClient::new(broker.options("fleet-test-subscriber", 64 * 1024), 16);
-    client
-        .subscribe(SENSORS_FILTER, QoS::AtMostOnce)
+/// Gateway mode with credentials, QoS 1 and presence: 25 devices on 3 connections to a
+/// mosquitto that refuses anonymous clients; every device is heard on its own topic, every
+/// QoS 1 reading is acknowledged, and each device is announced `online` (retained) and says
+/// `offline` when the fleet stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateways_authenticate_and_publish_each_device_on_its_own_topic_at_qos_1() {
+    const DEVICES: usize = 25;
+    let dir = tempdir("gateway");
+    let passwords = dir.join("passwords");
+    for user in [
+        "gateway-000001",
+        "gateway-000002",
+        "gateway-000003",
+        "watcher",
+    ] {
+        add_password(&passwords, user, "s3cret");
+    }
+    let mosquitto = Mosquitto::start_with(
+        &dir,
+        &format!(
+            "allow_anonymous false\npassword_file {}",
+            passwords.display()
+        ),
+    );
+    let broker = broker_of(&mosquitto);
+    let stop_subscriber = CancellationToken::new();
+    let mut received = subscribe(
+        &broker,
+        "watcher",
+        Some(("watcher", "s3cret")),
+        &[SENSORS_FILTER, "status/#"],
+        stop_subscriber.clone(),
+    )
+    .await;
+
+    let config = FleetConfig {
+        broker: broker.clone(),
+        devices: DEVICES,
+        devices_per_connection: 10,
+        interval: Duration::from_millis(250),
+        duration: Some(Duration::from_millis(1500)),
+        client_prefix: String::new(),
+        metrics: vec![Metric::Co2, Metric::Battery],
+        qos: Qos::AtLeastOnce,
+        presence: true,
+        password: Some("s3cret".into()),
+        ..FleetConfig::default()
+    };
+    let summary = run(config, CancellationToken::new())
         .await
-        .expect("queue the subscription");
-    timeout(Duration::from_secs(5), wait_for_suback(&mut eventloop))
-        .await
-        .expect("subscribed in time");
-    let (to_test, received) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let _client = client; // the event loop ends when every client handle is dropped
-        loop {
-            let event = tokio::select! {
-                () = stop.cancelled() => break,
-                event = eventloop.poll() => event.expect("subscriber stays connected"),
-            };
-            if let Event::Incoming(Packet::Publish(publish)) = event {
-                if to_test
-                    .send((publish.topic, publish.payload.to_vec()))
-                    .is_err()
-                {
-                    break;
-                }
-            }
+        .expect("a valid config");
+    let messages = collect_until(&mut received, RECEIVE_DEADLINE, |m| {
+        offline_devices(m).len() == DEVICES && devices_heard(m).len() == DEVICES
+    })
+    .await;
+    stop_subscriber.cancel();
+
+    assert_eq!(summary.connections, 3, "{summary}");
+    assert_eq!(summary.connect_failures, 0, "{summary}");
+    assert_eq!(devices_heard(&messages).len(), DEVICES);
+    for (topic, payload, _) in &messages {
+        if topic.starts_with("sensors/") {
+            assert_reading(payload, &["co2", "battery"]);
         }
-    });
-    received
+    }
+    assert!(summary.readings_published > 0, "{summary}");
+    assert_eq!(
+        summary.readings_acked, summary.readings_published,
+        "every QoS 1 reading acknowledged: {summary}"
+    );
+    let online: HashSet<_> = presence(&messages, "online").into_iter().collect();
+    assert_eq!(online.len(), DEVICES, "announced online: {online:?}");
+    assert_eq!(offline_devices(&messages).len(), DEVICES);
+
+    // Wrong password: the broker refuses, the fleet counts it and publishes nothing.
+    let refused = FleetConfig {
+        broker,
+        devices: 1,
+        interval: Duration::from_millis(100),
+        duration: Some(Duration::from_millis(600)),
+        client_prefix: String::new(),
+        password: Some("wrong".into()),
+        ..FleetConfig::default()
+    };
+    let summary = run(refused, CancellationToken::new())
+        .await
+        .expect("a valid config");
+    assert_eq!(summary.readings_published, 0, "{summary}");
+    assert!(summary.connect_failures > 0, "{summary}");
 }
 
-async fn wait_for_suback(eventloop: &mut EventLoop) {
-    loop {
-        let event = eventloop.poll().await.expect("subscriber connects");
-        if matches!(event, Event::Incoming(Packet::SubAck(_))) {
-            return;
-        }
-    }
+/// Devices with connections of their own go offline by dropping the socket: the broker
+/// publishes their last will (`offline`, retained) while the fleet still runs, and they
+/// announce `online` again when they come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_devices_trigger_their_last_will_and_come_back_online() {
+    const DEVICES: usize = 4;
+    let mosquitto = Mosquitto::start();
+    let broker = broker_of(&mosquitto);
+    let stop_subscriber = CancellationToken::new();
+    let mut received = subscribe(
+        &broker,
+        "presence-watcher",
+        None,
+        &["status/#"],
+        stop_subscriber.clone(),
+    )
+    .await;
+    let config = FleetConfig {
+        broker,
+        devices: DEVICES,
+        interval: Duration::from_millis(100),
+        client_prefix: "presence-test".into(),
+        offline_rate: 0.2,
+        offline_for: Duration::from_millis(300),
+        presence: true,
+        ..FleetConfig::default()
+    };
+    let stop_fleet = CancellationToken::new();
+    let fleet = tokio::spawn(run(config, stop_fleet.clone()));
+    // While the fleet runs, some device must go online → offline (its will) → online.
+    let messages = collect_until(&mut received, Duration::from_secs(10), |m| {
+        came_back(m).is_some()
+    })
+    .await;
+    stop_fleet.cancel();
+    let summary = fleet.await.expect("fleet task").expect("a valid config");
+    stop_subscriber.cancel();
+    assert!(
+        came_back(&messages).is_some(),
+        "no device went offline and came back: {:?}",
+        presence_log(&messages)
+    );
+    assert!(summary.offline_spells > 0, "{summary}");
+    assert!(summary.turns_skipped_offline > 0, "{summary}");
 }
 
-/// Everything received so far, reading on until every device has been heard from or the
-/// deadline passes (the assertions then say which devices are missing).
-async fn collect_until_every_device_seen(
-    received: &mut mpsc::UnboundedReceiver<(String, Vec<u8>)>,
-) -> Vec<(String, Vec<u8>)> {
-    let deadline = Instant::now() + RECEIVE_DEADLINE;
-    let mut messages = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    while seen.len() < DEVICES {
-        match tokio::time::timeout_at(deadline, received.recv()).await {
-            Ok(Some(message)) => {
-                seen.insert(message.0.clone());
-                messages.push(message);
-            }
-            Ok(None) | Err(_) => break,
-        }
+/// Devices whose presence went online, offline, online in that order.
+fn came_back(messages: &[Received]) -> Option<String> {
+    let mut states: HashMap<String, Vec<String>> = HashMap::new();
+    for (topic, payload) in presence_log(messages) {
+        states.entry(topic).or_default().push(payload);
     }
-    while let Ok(message) = received.try_recv() {
-        messages.push(message);
-    }
+    states.into_iter().find_map(|(topic, log)| {
+        let joined = log.join(",");
+        joined.contains("online,offline,online").then_some(topic)
+    })
+}
+
+fn presence_log(messages: &[Received]) -> Vec<(String, String)> {
     messages
+        .iter()
+        .filter(|(topic, _, _)| topic.starts_with("status/"))
+        .map(|(topic, payload, _)| (topic.clone(), String::from_utf8_lossy(payload).into_owned()))
+        .collect()
 }
 
-/// The payload is the documented JSON object with a timestamp and the three metrics.
-fn assert_reading(payload: &[u8]) {
+/// Devices that said `state` (the last level of their status topic).
+fn presence(messages: &[Received], state: &str) -> Vec<String> {
+    presence_log(messages)
+        .into_iter()
+        .filter(|(_, payload)| payload == state)
+        .filter_map(|(topic, _)| topic.rsplit('/').next().map(str::to_string))
+        .collect()
+}
+
+fn offline_devices(messages: &[Received]) -> HashSet<String> {
+    presence(messages, "offline").into_iter().collect()
+}
+
+/// The payload is a JSON object with a timestamp and exactly `metrics` as numbers.
+fn assert_reading(payload: &[u8], metrics: &[&str]) {
     let json: serde_json::Value = serde_json::from_slice(payload).expect("JSON payload");
     assert!(json["ts"].as_i64().is_some_and(|ts| ts > 0), "{json}");
-    for metric in ["temperature", "humidity", "pressure"] {
+    let object = json.as_object().expect("an object");
+    assert_eq!(object.len(), metrics.len() + 1, "{json}");
+    for metric in metrics {
         assert!(
-            json[metric].as_f64().is_some(),
+            json[*metric].as_f64().is_some(),
             "{metric} missing in {json}"
         );
     }
+}
+
+fn tempdir(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("iotmon-sim-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+/// Adds `user` to a mosquitto password file with Debian's `mosquitto_passwd`.
+fn add_password(file: &std::path::Path, user: &str, password: &str) {
+    let mut command = std::process::Command::new("mosquitto_passwd");
+    if !file.exists() {
+        command.arg("-c");
+    }
+    let status = command
+        .arg("-b")
+        .arg(file)
+        .args([user, password])
+        .status()
+        .expect("mosquitto_passwd runs (apt-get install mosquitto)");
+    assert!(status.success(), "mosquitto_passwd {user}");
 }

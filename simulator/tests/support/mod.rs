@@ -1,3 +1,6 @@
 //! Helpers shared by the simulator's integration tests.
 
+#![allow(dead_code)] // Each test file uses its own subset of these helpers.
+
 pub mod mosquitto;
+pub mod subscriber;

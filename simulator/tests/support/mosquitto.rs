@@ -1,6 +1,9 @@
 //! A real third-party MQTT broker for tests: Debian's `mosquitto`, started on a free loopback
 //! port and killed when the guard is dropped.
 
+// Shared with the workspace's end-to-end tests (by path), which use only part of it.
+#![allow(dead_code)]
+
 use std::io::ErrorKind;
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -27,8 +30,26 @@ impl Mosquitto {
     /// The `mosquitto` binary is not installed, it exits, or it is not listening in time.
     pub fn start() -> Mosquitto {
         let port = free_port();
+        Mosquitto::spawn(port, &["-p", &port.to_string()])
+    }
+
+    /// Starts mosquitto with a configuration file holding `settings` after a loopback
+    /// listener line (e.g. `allow_anonymous false`, `password_file ...`). The file is written
+    /// under `dir`.
+    ///
+    /// # Panics
+    /// As [`Mosquitto::start`], or the file cannot be written.
+    pub fn start_with(dir: &std::path::Path, settings: &str) -> Mosquitto {
+        let port = free_port();
+        let config = dir.join("mosquitto.conf");
+        std::fs::write(&config, format!("listener {port} 127.0.0.1\n{settings}\n"))
+            .expect("write mosquitto.conf");
+        Mosquitto::spawn(port, &["-c", config.to_str().expect("UTF-8 path")])
+    }
+
+    fn spawn(port: u16, args: &[&str]) -> Mosquitto {
         let child = Command::new("mosquitto")
-            .args(["-p", &port.to_string()])
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -1,0 +1,212 @@
+//! `iotmon bench <scenario>`: whole scenarios on this machine, with a report.
+//!
+//! The system under test runs as a child process (`iotmon serve`, `iotmon broker` or
+//! Debian's `mosquitto`) so its CPU time and peak memory can be read from `/proc/<pid>`;
+//! the fleet and the viewers run in the bench process, whose own CPU is reported too (on a
+//! small machine the load generator competes with what it measures).
+//!
+//! - `process`: the measured children and `/proc` readings.
+//! - `serve`: one load point against `iotmon serve` (fleet + viewers), and the `reference`,
+//!   `stress` and `fanout` scenarios built from load points.
+//! - `broker`: the broker comparison, `iotmon broker` against mosquitto.
+//! - `report`: what a scenario prints.
+
+mod broker;
+pub mod process;
+pub mod report;
+mod serve;
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Qos;
+use crate::SimulatorError;
+pub use report::BenchReport;
+
+/// A benchmark scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    /// 10K devices every 5 s, 1K viewers × 100 visible devices.
+    Reference,
+    /// The highest ingest sustained with zero loss, searched upward in steps.
+    Stress,
+    /// The most viewers at the reference ingest, searched upward in steps.
+    Fanout,
+    /// Broker throughput, `iotmon broker` against mosquitto, at QoS 0 and 1 with 1K and 10K
+    /// connections.
+    Broker,
+}
+
+impl FromStr for Scenario {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "reference" => Ok(Scenario::Reference),
+            "stress" => Ok(Scenario::Stress),
+            "fanout" => Ok(Scenario::Fanout),
+            "broker" => Ok(Scenario::Broker),
+            other => Err(format!(
+                "unknown scenario {other:?}: use reference, stress, fanout or broker"
+            )),
+        }
+    }
+}
+
+/// How to run a scenario. `None` fields take the scenario's own defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BenchConfig {
+    /// The `iotmon` binary to start as the system under test.
+    pub iotmon: PathBuf,
+    pub scenario: Scenario,
+    /// Devices in the fleet.
+    pub devices: Option<usize>,
+    /// Each device publishes once per interval.
+    pub interval: Option<Duration>,
+    /// Devices per MQTT connection (gateway mode).
+    pub devices_per_connection: Option<usize>,
+    /// Readings per message (batches); 1 sends one reading per message.
+    pub readings_per_message: Option<usize>,
+    /// Fake viewers (in `fanout`: the first step).
+    pub viewers: Option<usize>,
+    /// Devices on each viewer's screen.
+    pub visible: Option<usize>,
+    /// Load before the measurement window starts (connections settle, the dashboard learns
+    /// every device).
+    pub warmup: Duration,
+    /// Length of each measurement window.
+    pub measure: Duration,
+    /// A config file passed to `iotmon serve` (e.g. to change `bridge.live_interval`).
+    pub serve_config: Option<PathBuf>,
+    /// `broker`: connection counts to compare at.
+    pub connections: Vec<usize>,
+    /// `broker`: QoS levels to compare at.
+    pub qos: Vec<Qos>,
+    /// `broker`: offered messages per second; `stress`: the first step's readings per second.
+    pub rate: Option<f64>,
+    /// `stress`: highest rate tried; `fanout`: most viewers tried.
+    pub max: Option<f64>,
+    /// `stress` and `fanout`: each step multiplies the load by this.
+    pub step_factor: f64,
+}
+
+impl BenchConfig {
+    /// A scenario with its defaults: 10 s of warm-up and 20 s windows.
+    pub fn new(iotmon: PathBuf, scenario: Scenario) -> Self {
+        BenchConfig {
+            iotmon,
+            scenario,
+            devices: None,
+            interval: None,
+            devices_per_connection: None,
+            readings_per_message: None,
+            viewers: None,
+            visible: None,
+            warmup: Duration::from_secs(10),
+            measure: Duration::from_secs(20),
+            serve_config: None,
+            connections: vec![1_000, 10_000],
+            qos: vec![Qos::AtMostOnce, Qos::AtLeastOnce],
+            rate: None,
+            max: None,
+            step_factor: 1.5,
+        }
+    }
+
+    fn validate(&self) -> Result<(), SimulatorError> {
+        if self.measure.is_zero() {
+            return Err(SimulatorError::Bench("--measure must be positive".into()));
+        }
+        if self.step_factor <= 1.0 {
+            return Err(SimulatorError::Bench("--step-factor must exceed 1".into()));
+        }
+        if self.connections.is_empty() || self.qos.is_empty() {
+            return Err(SimulatorError::Bench(
+                "--connections and --qos need at least one value".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Runs the scenario and returns its report.
+///
+/// # Errors
+/// The config is invalid, or the system under test could not be started or measured.
+pub async fn run(
+    config: BenchConfig,
+    shutdown: CancellationToken,
+) -> Result<BenchReport, SimulatorError> {
+    config.validate()?;
+    match config.scenario {
+        Scenario::Reference => serve::reference(&config, &shutdown).await,
+        Scenario::Stress => serve::stress(&config, &shutdown).await,
+        Scenario::Fanout => serve::fanout(&config, &shutdown).await,
+        Scenario::Broker => broker::compare(&config, &shutdown).await,
+    }
+}
+
+/// Polls `condition` every 50 ms until it holds or `limit` passes; whether it held.
+pub(crate) async fn poll_until(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if condition() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Connections opened per second while a bench ramps up. iotmon's embedded broker (rumqttd's
+/// accept loop) accepts about 1,000 connections a second at best on this machine, and
+/// clients whose CONNACK takes longer than rumqttc's 5 s time out and retry, so benches ramp
+/// well below that, and at the same pace for every broker compared.
+pub(crate) const CONNECTS_PER_SECOND: f64 = 400.0;
+
+/// How long to spread `count` connections over: [`CONNECTS_PER_SECOND`], at least a second.
+pub(crate) fn ramp_for(count: usize) -> Duration {
+    Duration::from_secs_f64((count as f64 / CONNECTS_PER_SECOND).max(1.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scenarios_parse_and_defaults_validate() {
+        for (name, scenario) in [
+            ("reference", Scenario::Reference),
+            ("stress", Scenario::Stress),
+            ("fanout", Scenario::Fanout),
+            ("broker", Scenario::Broker),
+        ] {
+            assert_eq!(name.parse(), Ok(scenario));
+            let config = BenchConfig::new("iotmon".into(), scenario);
+            assert_eq!(config.validate(), Ok(()));
+        }
+        assert!("fast".parse::<Scenario>().is_err());
+        let bad = BenchConfig {
+            step_factor: 1.0,
+            ..BenchConfig::new("iotmon".into(), Scenario::Stress)
+        };
+        assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn ramps_grow_with_the_connection_count() {
+        assert_eq!(ramp_for(10), Duration::from_secs(1));
+        assert_eq!(ramp_for(10_000), Duration::from_secs(25));
+    }
+
+    #[tokio::test]
+    async fn polling_gives_up_at_the_limit() {
+        assert!(poll_until(Duration::from_millis(100), || true).await);
+        assert!(!poll_until(Duration::from_millis(100), || false).await);
+    }
+}

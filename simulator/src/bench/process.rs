@@ -1,0 +1,273 @@
+//! The processes a benchmark measures: `iotmon serve`, `iotmon broker` or Debian's
+//! `mosquitto`, started as children on loopback ports, with their CPU time and resident
+//! memory read from `/proc/<pid>`.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc as std_mpsc;
+use std::time::{Duration, Instant};
+
+use crate::SimulatorError;
+
+/// How long a child may take to print its addresses or start listening.
+const START_DEADLINE: Duration = Duration::from_secs(20);
+/// Clock ticks per second in `/proc/<pid>/stat` (`getconf CLK_TCK`; 100 on Linux).
+const CLOCK_TICKS: f64 = 100.0;
+
+/// A child process under measurement; killed when dropped.
+#[derive(Debug)]
+pub struct Measured {
+    child: Child,
+    /// What it is, for the report (`iotmon serve`, `mosquitto`).
+    pub name: String,
+    /// Its MQTT listener.
+    pub mqtt: SocketAddr,
+    /// Its HTTP listener, when it has one.
+    pub http: Option<SocketAddr>,
+    /// A directory of its own (data dir or config), removed on drop.
+    dir: PathBuf,
+}
+
+/// CPU time and memory of a process at one moment.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Usage {
+    /// User + system CPU seconds since the process started.
+    pub cpu_seconds: f64,
+    /// Peak resident set size so far, bytes (`VmHWM`).
+    pub peak_rss_bytes: u64,
+}
+
+impl Measured {
+    /// Starts `iotmon <role> ARGS` (`serve` or `broker`) on free loopback ports and waits for
+    /// its start-up lines.
+    ///
+    /// # Errors
+    /// It cannot start, exits, or does not print its addresses in time.
+    pub fn iotmon(exe: &Path, role: &str, extra: &[String]) -> Result<Measured, SimulatorError> {
+        let dir = scratch_dir(role)?;
+        let mut args: Vec<String> = [
+            role,
+            "--mqtt-listen",
+            "127.0.0.1:0",
+            "--allow-anonymous",
+            "--data-dir",
+        ]
+        .iter()
+        .map(|arg| (*arg).to_string())
+        .collect();
+        args.push(dir.display().to_string());
+        if role == "serve" {
+            args.extend(["--http-listen".into(), "127.0.0.1:0".into()]);
+        }
+        args.extend(extra.iter().cloned());
+        let mut child = Command::new(exe)
+            .args(&args)
+            .env("RUST_LOG", "warn,rumqttd=off")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|error| fail(format!("cannot start {}: {error}", exe.display())))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| fail("no stdout".into()))?;
+        let (lines_tx, lines) = std_mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if lines_tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut measured = Measured {
+            child,
+            name: format!("iotmon {role}"),
+            mqtt: SocketAddr::from(([127, 0, 0, 1], 0)),
+            http: None,
+            dir,
+        };
+        let wants_http = role == "serve";
+        let deadline = Instant::now() + START_DEADLINE;
+        while measured.mqtt.port() == 0 || (wants_http && measured.http.is_none()) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = lines
+                .recv_timeout(left)
+                .map_err(|_| fail(format!("iotmon {role} did not print its addresses in time")))?;
+            if let Some(addr) = line.strip_prefix("mqtt listening on ") {
+                measured.mqtt = parse_addr(addr)?;
+            }
+            if let Some(addr) = line.strip_prefix("http listening on http://") {
+                measured.http = Some(parse_addr(addr)?);
+            }
+        }
+        Ok(measured)
+    }
+
+    /// Starts Debian's mosquitto on a free loopback port with anonymous access (its other
+    /// settings at their defaults) and waits until it accepts connections.
+    ///
+    /// # Errors
+    /// mosquitto is not installed, exits, or does not listen in time.
+    pub fn mosquitto() -> Result<Measured, SimulatorError> {
+        let dir = scratch_dir("mosquitto")?;
+        let port = free_port()?;
+        let config = dir.join("mosquitto.conf");
+        std::fs::write(
+            &config,
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\n"),
+        )
+        .map_err(|error| fail(format!("cannot write {}: {error}", config.display())))?;
+        let exe = ["/usr/sbin/mosquitto", "mosquitto"]
+            .into_iter()
+            .find(|exe| !exe.starts_with('/') || Path::new(exe).exists())
+            .unwrap_or("mosquitto");
+        let child = Command::new(exe)
+            .arg("-c")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|error| {
+                fail(format!(
+                    "cannot start mosquitto ({error}): apt-get install mosquitto"
+                ))
+            })?;
+        let mut measured = Measured {
+            child,
+            name: "mosquitto".into(),
+            mqtt: SocketAddr::from(([127, 0, 0, 1], port)),
+            http: None,
+            dir,
+        };
+        let deadline = Instant::now() + START_DEADLINE;
+        while TcpStream::connect(measured.mqtt).is_err() {
+            if let Ok(Some(status)) = measured.child.try_wait() {
+                return Err(fail(format!("mosquitto exited: {status}")));
+            }
+            if Instant::now() > deadline {
+                return Err(fail("mosquitto did not listen in time".into()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(measured)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its CPU time and peak memory now.
+    ///
+    /// # Errors
+    /// `/proc/<pid>` cannot be read (the process has exited).
+    pub fn usage(&self) -> Result<Usage, SimulatorError> {
+        usage_of(&self.pid().to_string())
+    }
+}
+
+impl Drop for Measured {
+    fn drop(&mut self) {
+        // Errors mean it has already exited, which is what we want.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// CPU time and peak memory of this process (the load generator).
+///
+/// # Errors
+/// `/proc/self` cannot be read.
+pub fn own_usage() -> Result<Usage, SimulatorError> {
+    usage_of("self")
+}
+
+/// CPU seconds and peak RSS of process `pid` (a number or `self`) from `/proc`.
+fn usage_of(pid: &str) -> Result<Usage, SimulatorError> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|error| fail(format!("/proc/{pid}/stat: {error}")))?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|error| fail(format!("/proc/{pid}/status: {error}")))?;
+    Ok(Usage {
+        cpu_seconds: cpu_seconds(&stat).ok_or_else(|| fail(format!("bad /proc/{pid}/stat")))?,
+        peak_rss_bytes: peak_rss(&status).unwrap_or(0),
+    })
+}
+
+/// utime + stime (fields 14 and 15) of a `/proc/<pid>/stat` line, in seconds. The command
+/// name (field 2) may hold spaces, so fields are counted after its closing parenthesis.
+fn cpu_seconds(stat: &str) -> Option<f64> {
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // After the name, field 3 (state) is index 0, so field N is index N - 3.
+    let utime: f64 = fields.get(14 - 3)?.parse().ok()?;
+    let stime: f64 = fields.get(15 - 3)?.parse().ok()?;
+    Some((utime + stime) / CLOCK_TICKS)
+}
+
+/// `VmHWM` of a `/proc/<pid>/status`, bytes.
+fn peak_rss(status: &str) -> Option<u64> {
+    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+fn parse_addr(text: &str) -> Result<SocketAddr, SimulatorError> {
+    text.trim()
+        .parse()
+        .map_err(|_| fail(format!("bad address {text:?}")))
+}
+
+/// A loopback port nothing listens on right now: bound by the OS, then released.
+fn free_port() -> Result<u16, SimulatorError> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .map_err(|error| fail(format!("no free port: {error}")))
+}
+
+fn scratch_dir(tag: &str) -> Result<PathBuf, SimulatorError> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.subsec_nanos());
+    let dir =
+        std::env::temp_dir().join(format!("iotmon-bench-{tag}-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&dir)
+        .map_err(|error| fail(format!("cannot create {}: {error}", dir.display())))?;
+    Ok(dir)
+}
+
+fn fail(message: String) -> SimulatorError {
+    SimulatorError::Bench(message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_cpu_time_even_with_spaces_in_the_name() {
+        let stat =
+            "1234 (iotmon serve) S 1 1234 1234 0 -1 4194560 500 0 0 0 250 50 0 0 20 0 9 0 100 0 0";
+        assert_eq!(cpu_seconds(stat), Some(3.0));
+        assert_eq!(cpu_seconds("garbage"), None);
+    }
+
+    #[test]
+    fn reads_peak_rss() {
+        let status = "Name:\tiotmon\nVmHWM:\t  204800 kB\nVmRSS:\t 1024 kB\n";
+        assert_eq!(peak_rss(status), Some(200 * 1024 * 1024));
+    }
+
+    #[test]
+    fn measures_this_process() {
+        let usage = own_usage().expect("/proc/self");
+        assert!(usage.cpu_seconds >= 0.0);
+        assert!(usage.peak_rss_bytes > 0);
+    }
+}

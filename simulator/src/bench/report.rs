@@ -1,0 +1,370 @@
+//! What a benchmark reports: per load point, per broker run, and per scenario, as text for
+//! people and as JSON (`--json`) for machines.
+
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::viewers::Percentiles;
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// The machine a benchmark ran on, at its start.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Machine {
+    /// Cores the process may use.
+    pub cores: usize,
+    /// `/proc/loadavg` at the start (the machine is shared: others' load shows here).
+    pub load_average: String,
+    /// Seconds since the Unix epoch at the start.
+    pub started_unix: u64,
+}
+
+impl Machine {
+    pub(crate) fn now() -> Machine {
+        Machine {
+            cores: std::thread::available_parallelism().map_or(1, usize::from),
+            load_average: std::fs::read_to_string("/proc/loadavg")
+                .map(|text| {
+                    text.split_whitespace()
+                        .take(3)
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .unwrap_or_default(),
+            started_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| since.as_secs()),
+        }
+    }
+}
+
+/// One load point against `iotmon serve`: a fleet and (perhaps) viewers for a measurement
+/// window.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LoadPoint {
+    pub devices: usize,
+    pub connections: usize,
+    pub interval_ms: u64,
+    /// Readings per message (batch size; 1 for single readings).
+    pub readings_per_message: usize,
+    pub viewers: usize,
+    pub visible: usize,
+    /// Readings per second the fleet's schedule offers.
+    pub offered_per_second: f64,
+    /// Readings per second the fleet wrote to its sockets in the window.
+    pub published_per_second: f64,
+    /// Readings per second iotmon accepted in the window (`iotmon_ingest_readings_total`).
+    pub ingested_per_second: f64,
+    /// Readings published over the whole run (warm-up included).
+    pub published_total: u64,
+    /// Readings iotmon accepted over the whole run, once it had drained.
+    pub ingested_total: u64,
+    /// `published_total - ingested_total` (negative would mean double counting).
+    pub lost: i64,
+    /// Turns the fleet skipped in the window because it fell behind (the generator could not
+    /// keep up).
+    pub missed_turns: u64,
+    /// Readings the fleet dropped in the window because a connection's queue was full.
+    pub publish_errors: u64,
+    /// Viewers connected at the end of the window; fewer than asked means refusals.
+    pub viewers_connected: u64,
+    /// Viewer sessions lost during the run.
+    pub viewer_disconnects: u64,
+    /// Reading→viewer delay over the window (includes bridge coalescing and the tick).
+    pub latency: Percentiles,
+    /// Bytes per second each viewer received over the window.
+    pub bytes_per_second_per_viewer: f64,
+    /// iotmon's CPU over the window, percent of one core.
+    pub iotmon_cpu_percent: f64,
+    /// iotmon's CPU seconds per 1,000 readings ingested in the window.
+    pub cpu_seconds_per_1000_readings: f64,
+    /// iotmon's peak resident memory, MiB.
+    pub iotmon_peak_rss_mib: f64,
+    /// The bench process's (fleet + viewers) CPU over the window, percent of one core.
+    pub generator_cpu_percent: f64,
+    pub window_seconds: f64,
+}
+
+impl LoadPoint {
+    /// Zero loss, nothing dropped by the generator, all viewers up. Missed turns (the
+    /// generator briefly descheduled on this shared machine) are reported, not disqualifying:
+    /// a step must still ingest 95 % of its offered load to count.
+    pub fn clean(&self) -> bool {
+        self.lost == 0
+            && self.publish_errors == 0
+            && self.viewers_connected == self.viewers as u64
+            && self.viewer_disconnects == 0
+    }
+}
+
+impl fmt::Display for LoadPoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "  fleet: {} devices on {} connections every {} ms, {} readings per message; viewers: {} × {} devices ({} connected, {} lost)",
+            self.devices,
+            self.connections,
+            self.interval_ms,
+            self.readings_per_message,
+            self.viewers,
+            self.visible,
+            self.viewers_connected,
+            self.viewer_disconnects
+        )?;
+        writeln!(
+            f,
+            "  ingest: offered {:.0}/s, published {:.0}/s, ingested {:.0}/s over {:.1} s",
+            self.offered_per_second,
+            self.published_per_second,
+            self.ingested_per_second,
+            self.window_seconds
+        )?;
+        writeln!(
+            f,
+            "  lost readings: {} ({} published, {} ingested; {} missed turns, {} dropped by the generator)",
+            self.lost, self.published_total, self.ingested_total, self.missed_turns, self.publish_errors
+        )?;
+        if self.viewers > 0 {
+            writeln!(
+                f,
+                "  reading→viewer: {}; {:.0} B/s per viewer",
+                self.latency, self.bytes_per_second_per_viewer
+            )?;
+        }
+        write!(
+            f,
+            "  iotmon: {:.1} % of a core, {:.4} CPU-s per 1,000 readings, peak RSS {:.0} MiB; generator {:.1} % of a core",
+            self.iotmon_cpu_percent,
+            self.cpu_seconds_per_1000_readings,
+            self.iotmon_peak_rss_mib,
+            self.generator_cpu_percent
+        )
+    }
+}
+
+/// A target of issue 6 and where the run stands.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Target {
+    pub what: String,
+    pub target: String,
+    pub measured: String,
+    pub met: bool,
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "  [{}] {}: target {}, measured {}",
+            if self.met { "met" } else { "MISSED" },
+            self.what,
+            self.target,
+            self.measured
+        )
+    }
+}
+
+/// One broker under one load.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BrokerRun {
+    /// `iotmon broker` or `mosquitto`.
+    pub broker: String,
+    pub connections: usize,
+    pub qos: u8,
+    /// Messages per second the fleet's schedule offers.
+    pub offered_per_second: f64,
+    /// Messages per second the fleet wrote in the window.
+    pub published_per_second: f64,
+    /// Messages per second the subscriber received in the window: the throughput.
+    pub delivered_per_second: f64,
+    pub published_total: u64,
+    pub delivered_total: u64,
+    /// Published but never delivered, over the whole run.
+    pub lost: i64,
+    pub missed_turns: u64,
+    pub publish_errors: u64,
+    /// The broker's CPU seconds per million messages delivered.
+    pub cpu_seconds_per_million: f64,
+    /// The broker's CPU over the window, percent of one core.
+    pub broker_cpu_percent: f64,
+    pub broker_peak_rss_mib: f64,
+    /// The bench process's CPU (fleet + subscriber), percent of one core.
+    pub generator_cpu_percent: f64,
+    pub window_seconds: f64,
+}
+
+impl fmt::Display for BrokerRun {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "  {:<14} {:>6} conns QoS {}: offered {:>7.0}/s, published {:>7.0}/s, delivered {:>7.0}/s, lost {:>7}, \
+             {:>5.2} CPU-s/M msgs, {:>5.1} % CPU, {:>5.0} MiB; generator {:.0} % CPU",
+            self.broker,
+            self.connections,
+            self.qos,
+            self.offered_per_second,
+            self.published_per_second,
+            self.delivered_per_second,
+            self.lost,
+            self.cpu_seconds_per_million,
+            self.broker_cpu_percent,
+            self.broker_peak_rss_mib,
+            self.generator_cpu_percent
+        )
+    }
+}
+
+/// iotmon against mosquitto under one load.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BrokerRatio {
+    pub connections: usize,
+    pub qos: u8,
+    /// iotmon's delivered messages/s over mosquitto's, in the same run.
+    pub throughput_ratio: f64,
+    /// mosquitto's CPU per message over iotmon's (above 1: iotmon is cheaper).
+    pub efficiency_ratio: f64,
+}
+
+/// What a scenario reports.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "scenario", rename_all = "snake_case")]
+pub enum BenchReport {
+    Reference {
+        machine: Machine,
+        run: LoadPoint,
+        targets: Vec<Target>,
+    },
+    Stress {
+        machine: Machine,
+        steps: Vec<LoadPoint>,
+        /// The highest step's ingest with zero loss and the offered load generated.
+        sustained_per_second: Option<f64>,
+        /// Why the search stopped.
+        stopped: String,
+        targets: Vec<Target>,
+    },
+    Fanout {
+        machine: Machine,
+        steps: Vec<LoadPoint>,
+        /// The most viewers of a clean step.
+        most_viewers: Option<usize>,
+        stopped: String,
+        targets: Vec<Target>,
+    },
+    Broker {
+        machine: Machine,
+        runs: Vec<BrokerRun>,
+        ratios: Vec<BrokerRatio>,
+        targets: Vec<Target>,
+    },
+}
+
+impl BenchReport {
+    /// The targets the run was judged against.
+    pub fn targets(&self) -> &[Target] {
+        match self {
+            BenchReport::Reference { targets, .. }
+            | BenchReport::Stress { targets, .. }
+            | BenchReport::Fanout { targets, .. }
+            | BenchReport::Broker { targets, .. } => targets,
+        }
+    }
+}
+
+impl fmt::Display for BenchReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let machine = match self {
+            BenchReport::Reference { machine, run, .. } => {
+                writeln!(f, "bench reference")?;
+                writeln!(f, "{run}")?;
+                machine
+            }
+            BenchReport::Stress {
+                machine,
+                steps,
+                sustained_per_second,
+                stopped,
+                ..
+            } => {
+                writeln!(
+                    f,
+                    "bench stress: search upward for the highest zero-loss ingest"
+                )?;
+                for (number, step) in steps.iter().enumerate() {
+                    writeln!(f, "step {} ({}):", number + 1, verdict(step.clean()))?;
+                    writeln!(f, "{step}")?;
+                }
+                match sustained_per_second {
+                    Some(rate) => writeln!(f, "sustained with zero loss: {rate:.0} readings/s")?,
+                    None => writeln!(f, "no step was sustained with zero loss")?,
+                }
+                writeln!(f, "search stopped: {stopped}")?;
+                machine
+            }
+            BenchReport::Fanout {
+                machine,
+                steps,
+                most_viewers,
+                stopped,
+                ..
+            } => {
+                writeln!(
+                    f,
+                    "bench fanout: search upward for the most viewers at the reference ingest"
+                )?;
+                for (number, step) in steps.iter().enumerate() {
+                    writeln!(f, "step {} ({}):", number + 1, verdict(step.clean()))?;
+                    writeln!(f, "{step}")?;
+                }
+                match most_viewers {
+                    Some(viewers) => writeln!(f, "most viewers served cleanly: {viewers}")?,
+                    None => writeln!(f, "no step served every viewer cleanly")?,
+                }
+                writeln!(f, "search stopped: {stopped}")?;
+                machine
+            }
+            BenchReport::Broker {
+                machine,
+                runs,
+                ratios,
+                ..
+            } => {
+                writeln!(f, "bench broker: the same fleet against iotmon broker and mosquitto, side by side")?;
+                for run in runs {
+                    writeln!(f, "{run}")?;
+                }
+                for ratio in ratios {
+                    writeln!(
+                        f,
+                        "  ratio at {} conns QoS {}: throughput iotmon/mosquitto {:.2}×, CPU efficiency {:.2}×",
+                        ratio.connections, ratio.qos, ratio.throughput_ratio, ratio.efficiency_ratio
+                    )?;
+                }
+                machine
+            }
+        };
+        writeln!(f, "targets:")?;
+        for target in self.targets() {
+            writeln!(f, "{target}")?;
+        }
+        write!(
+            f,
+            "machine: {} cores, load average at start {}",
+            machine.cores, machine.load_average
+        )
+    }
+}
+
+fn verdict(clean: bool) -> &'static str {
+    if clean {
+        "clean"
+    } else {
+        "NOT clean"
+    }
+}
+
+/// Bytes as MiB.
+pub(crate) fn mib(bytes: u64) -> f64 {
+    bytes as f64 / MIB
+}

@@ -1,0 +1,469 @@
+//! Load points against `iotmon serve` (a fleet, and viewers, for a measurement window) and
+//! the scenarios built from them: `reference`, `stress` and `fanout`.
+
+use std::time::Duration;
+
+use tokio::time::{sleep, Instant};
+use tokio_util::sync::CancellationToken;
+
+use super::process::{own_usage, Measured, Usage};
+use super::report::{mib, BenchReport, LoadPoint, Machine, Target};
+use super::{poll_until, ramp_for, BenchConfig};
+use crate::stats::Progress;
+use crate::viewers::{http_get, ViewerConfig, Viewers};
+use crate::{layout, Fleet, FleetConfig, SimulatorError};
+
+/// The reference load: 10K devices every 5 s.
+const REFERENCE_DEVICES: usize = 10_000;
+const REFERENCE_INTERVAL: Duration = Duration::from_secs(5);
+const REFERENCE_VIEWERS: usize = 1_000;
+const REFERENCE_VISIBLE: usize = 100;
+/// Targets of issue 6.
+const TARGET_P99_MS: u64 = 150;
+const TARGET_CPU_PERCENT: f64 = 30.0;
+const TARGET_RSS_MIB: f64 = 1024.0;
+const TARGET_STRESS_PER_SECOND: f64 = 100_000.0;
+const TARGET_FANOUT_VIEWERS: usize = 10_000;
+/// `fanout` counts a step clean only if p99 stays under this, besides zero loss and every
+/// viewer served.
+const FANOUT_P99_LIMIT_MS: u64 = 1_000;
+/// `stress`: devices of the fleet (the rate is set by the interval), on their own
+/// connections.
+const STRESS_DEVICES: usize = 2_000;
+/// How long connections, viewers and draining may take before the bench gives up.
+const SETTLE_LIMIT: Duration = Duration::from_secs(60);
+/// Once the fleet stops, iotmon has this long to ingest what was published.
+const DRAIN_LIMIT: Duration = Duration::from_secs(15);
+/// Mean time between a bench viewer's scrolls.
+const SCROLL_EVERY: Duration = Duration::from_secs(20);
+
+/// One load point to measure.
+#[derive(Debug, Clone)]
+pub(crate) struct Load {
+    pub devices: usize,
+    pub interval: Duration,
+    pub devices_per_connection: usize,
+    pub readings_per_message: usize,
+    pub viewers: usize,
+    pub visible: usize,
+}
+
+/// `reference`: the reference load once, judged against the targets.
+pub(crate) async fn reference(
+    config: &BenchConfig,
+    shutdown: &CancellationToken,
+) -> Result<BenchReport, SimulatorError> {
+    let machine = Machine::now();
+    let load = Load {
+        devices: config.devices.unwrap_or(REFERENCE_DEVICES),
+        interval: config.interval.unwrap_or(REFERENCE_INTERVAL),
+        devices_per_connection: config.devices_per_connection.unwrap_or(1),
+        readings_per_message: config.readings_per_message.unwrap_or(1),
+        viewers: config.viewers.unwrap_or(REFERENCE_VIEWERS),
+        visible: config.visible.unwrap_or(REFERENCE_VISIBLE),
+    };
+    let run = measure(config, &load, shutdown).await?;
+    let targets = vec![
+        Target {
+            what: "p99 reading→viewer".into(),
+            target: format!("≤ {TARGET_P99_MS} ms"),
+            measured: format!("{} ms", run.latency.p99_ms),
+            met: run.latency.count > 0 && run.latency.p99_ms <= TARGET_P99_MS,
+        },
+        Target {
+            what: "iotmon CPU".into(),
+            target: format!("≤ {TARGET_CPU_PERCENT:.0} % of one core"),
+            measured: format!("{:.1} %", run.iotmon_cpu_percent),
+            met: run.iotmon_cpu_percent <= TARGET_CPU_PERCENT,
+        },
+        Target {
+            what: "iotmon peak RSS".into(),
+            target: format!("≤ {TARGET_RSS_MIB:.0} MiB"),
+            measured: format!("{:.0} MiB", run.iotmon_peak_rss_mib),
+            met: run.iotmon_peak_rss_mib <= TARGET_RSS_MIB,
+        },
+        Target {
+            what: "lost readings".into(),
+            target: "0".into(),
+            measured: run.lost.to_string(),
+            met: run.lost == 0,
+        },
+    ];
+    Ok(BenchReport::Reference {
+        machine,
+        run,
+        targets,
+    })
+}
+
+/// `stress`: raise the offered ingest step by step (no viewers) until a step loses readings
+/// or the generator cannot produce the offered load; report the highest clean step.
+pub(crate) async fn stress(
+    config: &BenchConfig,
+    shutdown: &CancellationToken,
+) -> Result<BenchReport, SimulatorError> {
+    let machine = Machine::now();
+    let devices = config.devices.unwrap_or(STRESS_DEVICES);
+    let mut rate = config.rate.unwrap_or(20_000.0);
+    let max = config.max.unwrap_or(200_000.0);
+    let mut steps = Vec::new();
+    let mut sustained = None;
+    let stopped = loop {
+        if shutdown.is_cancelled() {
+            break "interrupted".to_string();
+        }
+        let batch = config.readings_per_message.unwrap_or(1);
+        let load = Load {
+            devices,
+            interval: Duration::from_secs_f64((devices * batch) as f64 / rate),
+            devices_per_connection: config.devices_per_connection.unwrap_or(1),
+            readings_per_message: batch,
+            viewers: config.viewers.unwrap_or(0),
+            visible: config.visible.unwrap_or(REFERENCE_VISIBLE),
+        };
+        let step = measure(config, &load, shutdown).await?;
+        let clean = step.clean() && step.ingested_per_second >= 0.95 * step.offered_per_second;
+        let why = stop_reason(&step);
+        steps.push(step);
+        if !clean {
+            break why;
+        }
+        sustained = steps.last().map(|step| step.ingested_per_second);
+        rate *= config.step_factor;
+        if rate > max {
+            break format!("reached the highest rate tried ({max:.0}/s)");
+        }
+    };
+    let targets = vec![Target {
+        what: "stress ingest with zero loss".into(),
+        target: format!("≥ {TARGET_STRESS_PER_SECOND:.0} readings/s"),
+        measured: sustained.map_or("none".into(), |rate| format!("{rate:.0} readings/s")),
+        met: sustained.is_some_and(|rate| rate >= TARGET_STRESS_PER_SECOND),
+    }];
+    Ok(BenchReport::Stress {
+        machine,
+        steps,
+        sustained_per_second: sustained,
+        stopped,
+        targets,
+    })
+}
+
+/// `fanout`: at the reference ingest, raise the number of viewers step by step until a
+/// step is not clean (a viewer refused or lost, a reading lost, or p99 above a second).
+pub(crate) async fn fanout(
+    config: &BenchConfig,
+    shutdown: &CancellationToken,
+) -> Result<BenchReport, SimulatorError> {
+    let machine = Machine::now();
+    let mut viewers = config.viewers.unwrap_or(REFERENCE_VIEWERS);
+    let max = config.max.map_or(20_000, |max| max as usize);
+    let mut steps = Vec::new();
+    let mut most = None;
+    let stopped = loop {
+        if shutdown.is_cancelled() {
+            break "interrupted".to_string();
+        }
+        let load = Load {
+            devices: config.devices.unwrap_or(REFERENCE_DEVICES),
+            interval: config.interval.unwrap_or(REFERENCE_INTERVAL),
+            // Gateways leave the server's sockets to the viewers.
+            devices_per_connection: config.devices_per_connection.unwrap_or(10),
+            readings_per_message: config.readings_per_message.unwrap_or(1),
+            viewers,
+            visible: config.visible.unwrap_or(REFERENCE_VISIBLE),
+        };
+        let step = measure(config, &load, shutdown).await?;
+        let clean = step.clean() && step.latency.p99_ms <= FANOUT_P99_LIMIT_MS;
+        let why = if step.latency.p99_ms > FANOUT_P99_LIMIT_MS {
+            format!(
+                "p99 {} ms above {FANOUT_P99_LIMIT_MS} ms at {viewers} viewers",
+                step.latency.p99_ms
+            )
+        } else {
+            stop_reason(&step)
+        };
+        steps.push(step);
+        if !clean {
+            break why;
+        }
+        most = Some(viewers);
+        let next = (viewers as f64 * config.step_factor).round() as usize;
+        if next > max {
+            break format!("reached the most viewers tried ({max})");
+        }
+        viewers = next;
+    };
+    let targets = vec![Target {
+        what: "concurrent viewers at the reference ingest".into(),
+        target: format!("≥ {TARGET_FANOUT_VIEWERS}"),
+        measured: most.map_or("none".into(), |viewers| viewers.to_string()),
+        met: most.is_some_and(|viewers| viewers >= TARGET_FANOUT_VIEWERS),
+    }];
+    Ok(BenchReport::Fanout {
+        machine,
+        steps,
+        most_viewers: most,
+        stopped,
+        targets,
+    })
+}
+
+/// Why a step is not clean, in words.
+fn stop_reason(step: &LoadPoint) -> String {
+    if step.lost != 0 {
+        format!(
+            "{} readings lost at {:.0}/s offered",
+            step.lost, step.offered_per_second
+        )
+    } else if step.publish_errors > 0
+        || step.ingested_per_second < 0.95 * step.offered_per_second && step.missed_turns > 0
+    {
+        format!(
+            "the generator could not keep up at {:.0}/s offered ({} missed turns, {} dropped)",
+            step.offered_per_second, step.missed_turns, step.publish_errors
+        )
+    } else if step.viewers_connected < step.viewers as u64 || step.viewer_disconnects > 0 {
+        format!(
+            "{} of {} viewers connected, {} lost",
+            step.viewers_connected, step.viewers, step.viewer_disconnects
+        )
+    } else if step.ingested_per_second < 0.95 * step.offered_per_second {
+        format!(
+            "ingested {:.0}/s of {:.0}/s offered",
+            step.ingested_per_second, step.offered_per_second
+        )
+    } else {
+        "clean".into()
+    }
+}
+
+/// Starts `iotmon serve`, the fleet and the viewers; warms up; measures one window; stops
+/// the fleet and lets iotmon drain; reports.
+pub(crate) async fn measure(
+    config: &BenchConfig,
+    load: &Load,
+    shutdown: &CancellationToken,
+) -> Result<LoadPoint, SimulatorError> {
+    let extra: Vec<String> = config
+        .serve_config
+        .iter()
+        .flat_map(|path| ["--config".to_string(), path.display().to_string()])
+        .collect();
+    let serve = Measured::iotmon(&config.iotmon, "serve", &extra)?;
+    let http = serve
+        .http
+        .ok_or_else(|| SimulatorError::Bench("serve printed no HTTP address".into()))?
+        .to_string();
+    let fleet_config = FleetConfig {
+        broker: format!("mqtt://{}", serve.mqtt)
+            .parse()
+            .map_err(|error| SimulatorError::Bench(format!("broker address: {error}")))?,
+        devices: load.devices,
+        interval: load.interval,
+        devices_per_connection: load.devices_per_connection,
+        readings_per_message: load.readings_per_message,
+        client_prefix: "bench".into(),
+        ramp: Some(ramp_for(load.devices.div_ceil(load.devices_per_connection))),
+        ..FleetConfig::default()
+    };
+    let connections = fleet_config.connections();
+    let fleet = Fleet::start(fleet_config, Progress::Off, shutdown)?;
+    let counters = fleet.counters().clone();
+    if !poll_until(SETTLE_LIMIT, || {
+        counters.connected_now() == connections as u64
+    })
+    .await
+    {
+        return Err(SimulatorError::Bench(format!(
+            "only {} of {connections} fleet connections came up",
+            counters.connected_now()
+        )));
+    }
+    // Every device reports once before viewers look, so their views are complete.
+    wait_for_ingest(&http, load.devices as u64).await?;
+    let mut viewers = if load.viewers > 0 {
+        Some(start_viewers(&http, load, shutdown).await?)
+    } else {
+        None
+    };
+    sleep(config.warmup).await;
+
+    let start = WindowEdge::take(&serve, &http, &counters).await?;
+    if let Some(viewers) = &mut viewers {
+        viewers.start_window();
+    }
+    tokio::select! {
+        () = shutdown.cancelled() => {}
+        () = sleep(config.measure) => {}
+    }
+    let end = WindowEdge::take(&serve, &http, &counters).await?;
+    let seen = viewers.as_ref().map(Viewers::summary);
+    if let Some(viewers) = viewers {
+        viewers.stop().await;
+    }
+    let summary = fleet.stop().await;
+    let ingested_total = drain(&http, summary.readings_published).await?;
+    let window = end.at - start.at;
+    let seconds = window.as_secs_f64();
+    let ingested = end.ingested.saturating_sub(start.ingested);
+    let cpu = end.serve.cpu_seconds - start.serve.cpu_seconds;
+    Ok(LoadPoint {
+        devices: load.devices,
+        connections,
+        interval_ms: u64::try_from(load.interval.as_millis()).unwrap_or(u64::MAX),
+        viewers: load.viewers,
+        visible: load.visible,
+        offered_per_second: summary.offered_per_second,
+        published_per_second: (end.published - start.published) as f64 / seconds,
+        ingested_per_second: ingested as f64 / seconds,
+        published_total: summary.readings_published,
+        ingested_total,
+        lost: summary.readings_published as i64 - ingested_total as i64,
+        readings_per_message: load.readings_per_message,
+        missed_turns: end.missed - start.missed,
+        publish_errors: end.dropped - start.dropped,
+        viewers_connected: seen.as_ref().map_or(0, |seen| seen.connected_at_end),
+        viewer_disconnects: seen.as_ref().map_or(0, |seen| seen.disconnects),
+        latency: seen.as_ref().map(|seen| seen.latency).unwrap_or_default(),
+        bytes_per_second_per_viewer: seen
+            .as_ref()
+            .map_or(0.0, |seen| seen.bytes_per_second_per_viewer),
+        iotmon_cpu_percent: 100.0 * cpu / seconds,
+        cpu_seconds_per_1000_readings: if ingested > 0 {
+            cpu / (ingested as f64 / 1000.0)
+        } else {
+            0.0
+        },
+        iotmon_peak_rss_mib: mib(serve.usage()?.peak_rss_bytes),
+        generator_cpu_percent: 100.0 * (end.own.cpu_seconds - start.own.cpu_seconds) / seconds,
+        window_seconds: seconds,
+    })
+}
+
+/// Opens the viewers on the fleet's device ids and waits until all are connected (or the
+/// limit passes: the report then shows how many were).
+async fn start_viewers(
+    http: &str,
+    load: &Load,
+    shutdown: &CancellationToken,
+) -> Result<Viewers, SimulatorError> {
+    let ids = layout(load.devices)
+        .into_iter()
+        .map(|device| device.id)
+        .collect();
+    let config = ViewerConfig {
+        url: format!("ws://{http}/ws"),
+        viewers: load.viewers,
+        visible: load.visible,
+        devices: Some(ids),
+        scroll_every: Some(SCROLL_EVERY),
+        duration: None,
+        ramp: ramp_for(load.viewers),
+        seed: 7,
+    };
+    let viewers = Viewers::start(config, Progress::Off, shutdown).await?;
+    let counters = viewers.counters().clone();
+    let wanted = load.viewers as u64;
+    poll_until(SETTLE_LIMIT, || {
+        counters
+            .connected
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= wanted
+    })
+    .await;
+    Ok(viewers)
+}
+
+/// The counters at one edge of the measurement window.
+struct WindowEdge {
+    at: Instant,
+    ingested: u64,
+    published: u64,
+    missed: u64,
+    dropped: u64,
+    serve: Usage,
+    own: Usage,
+}
+
+impl WindowEdge {
+    async fn take(
+        serve: &Measured,
+        http: &str,
+        counters: &crate::stats::Counters,
+    ) -> Result<WindowEdge, SimulatorError> {
+        let ingested = ingested(http).await?;
+        Ok(WindowEdge {
+            at: Instant::now(),
+            ingested,
+            published: counters.readings_written(),
+            missed: counters.missed_turns_so_far(),
+            dropped: counters.publish_errors_so_far(),
+            serve: serve.usage()?,
+            own: own_usage()?,
+        })
+    }
+}
+
+/// Polls `/metrics` until iotmon has ingested `count` readings, or [`SETTLE_LIMIT`] passes
+/// (then the run goes on: the report shows what was lost).
+async fn wait_for_ingest(http: &str, count: u64) -> Result<(), SimulatorError> {
+    let deadline = Instant::now() + SETTLE_LIMIT;
+    while ingested(http).await? < count && Instant::now() < deadline {
+        sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// Waits until iotmon has ingested `published` readings, or its count stops moving for two
+/// seconds, or [`DRAIN_LIMIT`] passes; returns the final count.
+async fn drain(http: &str, published: u64) -> Result<u64, SimulatorError> {
+    let deadline = Instant::now() + DRAIN_LIMIT;
+    let mut last = (ingested(http).await?, Instant::now());
+    loop {
+        if last.0 >= published || Instant::now() >= deadline {
+            return Ok(last.0);
+        }
+        sleep(Duration::from_millis(200)).await;
+        let now = ingested(http).await?;
+        if now != last.0 {
+            last = (now, Instant::now());
+        } else if last.1.elapsed() >= Duration::from_secs(2) {
+            return Ok(now);
+        }
+    }
+}
+
+/// `iotmon_ingest_readings_total` from `/metrics`.
+async fn ingested(http: &str) -> Result<u64, SimulatorError> {
+    let text = http_get(http, "/metrics").await?;
+    metric_value(&text, "iotmon_ingest_readings_total")
+        .ok_or_else(|| SimulatorError::Bench("no iotmon_ingest_readings_total in /metrics".into()))
+}
+
+/// The value of an unlabelled metric in Prometheus text.
+pub(crate) fn metric_value(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let (metric, value) = line.split_once(' ')?;
+            (metric == name).then(|| value.trim().parse::<f64>().ok())?
+        })
+        .map(|value| value as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_an_unlabelled_metric() {
+        let text = "# HELP iotmon_ingest_readings_total x\n# TYPE iotmon_ingest_readings_total counter\n\
+                    iotmon_ingest_readings_total 1234\niotmon_ingest_rejected_total{reason=\"x\"} 5\n";
+        assert_eq!(
+            metric_value(text, "iotmon_ingest_readings_total"),
+            Some(1234)
+        );
+        assert_eq!(metric_value(text, "iotmon_missing"), None);
+    }
+}

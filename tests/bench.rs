@@ -1,0 +1,145 @@
+//! Smoke tests of `iotmon bench`: tiny scenarios that finish in seconds. They check that a
+//! report is produced and adds up (published = ingested + lost, percentiles in order, every
+//! viewer served), never how fast anything was: timing belongs to the benchmarks themselves
+//! (docs/benchmarks.md).
+
+use std::process::Command;
+
+use serde_json::Value;
+
+/// Runs `iotmon bench ARGS --json` and parses the report.
+fn bench(args: &[&str]) -> Value {
+    let output = Command::new(env!("CARGO_BIN_EXE_iotmon"))
+        .arg("bench")
+        .args(args)
+        .arg("--json")
+        .env("RUST_LOG", "warn")
+        // Debian installs mosquitto in /usr/sbin, not always on a user's PATH.
+        .env(
+            "PATH",
+            format!("{}:/usr/sbin", std::env::var("PATH").unwrap_or_default()),
+        )
+        .output()
+        .expect("iotmon bench runs");
+    assert!(
+        output.status.success(),
+        "iotmon bench {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
+        panic!(
+            "the report is not JSON ({error}): {}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })
+}
+
+fn u64_of(value: &Value, key: &str) -> u64 {
+    value[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} in {value}"))
+}
+
+fn f64_of(value: &Value, key: &str) -> f64 {
+    value[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{key} in {value}"))
+}
+
+#[test]
+fn a_tiny_reference_run_reports_consistent_figures() {
+    let report = bench(&[
+        "reference",
+        "--devices",
+        "40",
+        "--interval",
+        "400ms",
+        "--viewers",
+        "4",
+        "--visible",
+        "10",
+        "--warmup",
+        "500ms",
+        "--measure",
+        "2s",
+    ]);
+    assert_eq!(report["scenario"], "reference");
+    let run = &report["run"];
+    assert_eq!(u64_of(run, "devices"), 40);
+    assert_eq!(u64_of(run, "viewers"), 4);
+    assert_eq!(u64_of(run, "viewers_connected"), 4, "{run}");
+    let published = u64_of(run, "published_total");
+    let ingested = u64_of(run, "ingested_total");
+    assert!(published > 0, "{run}");
+    assert_eq!(
+        run["lost"].as_i64(),
+        Some(published as i64 - ingested as i64)
+    );
+    assert_eq!(
+        run["lost"].as_i64(),
+        Some(0),
+        "a tiny run loses nothing: {run}"
+    );
+    assert!((f64_of(run, "offered_per_second") - 100.0).abs() < 1e-6);
+    assert!(f64_of(run, "window_seconds") >= 2.0);
+    assert!(f64_of(run, "ingested_per_second") > 0.0);
+    assert!(f64_of(run, "iotmon_peak_rss_mib") > 0.0);
+    assert!(f64_of(run, "bytes_per_second_per_viewer") > 0.0);
+    let latency = &run["latency"];
+    assert!(u64_of(latency, "count") > 0, "{latency}");
+    let order: Vec<u64> = ["p50_ms", "p90_ms", "p99_ms", "max_ms"]
+        .iter()
+        .map(|key| u64_of(latency, key))
+        .collect();
+    assert!(order.windows(2).all(|pair| pair[0] <= pair[1]), "{latency}");
+    let targets = report["targets"].as_array().expect("targets");
+    assert_eq!(targets.len(), 4);
+    assert!(targets.iter().all(|target| target["met"].is_boolean()));
+}
+
+#[test]
+fn a_tiny_broker_comparison_runs_both_brokers_side_by_side() {
+    let report = bench(&[
+        "broker",
+        "--connections",
+        "20",
+        "--qos",
+        "0,1",
+        "--rate",
+        "400",
+        "--warmup",
+        "300ms",
+        "--measure",
+        "1s",
+    ]);
+    assert_eq!(report["scenario"], "broker");
+    let runs = report["runs"].as_array().expect("runs");
+    let names: Vec<&str> = runs
+        .iter()
+        .map(|run| run["broker"].as_str().expect("broker name"))
+        .collect();
+    assert_eq!(
+        names,
+        ["iotmon broker", "mosquitto", "iotmon broker", "mosquitto"]
+    );
+    for run in runs {
+        let published = u64_of(run, "published_total");
+        let delivered = u64_of(run, "delivered_total");
+        assert!(published > 0, "{run}");
+        assert_eq!(
+            run["lost"].as_i64(),
+            Some(published as i64 - delivered as i64)
+        );
+        assert!(f64_of(run, "delivered_per_second") > 0.0, "{run}");
+    }
+    let qos_one: Vec<&Value> = runs.iter().filter(|run| run["qos"] == 1).collect();
+    assert_eq!(qos_one.len(), 2);
+    for run in qos_one {
+        assert_eq!(run["lost"].as_i64(), Some(0), "QoS 1 on loopback: {run}");
+    }
+    let ratios = report["ratios"].as_array().expect("ratios");
+    assert_eq!(ratios.len(), 2);
+    for ratio in ratios {
+        assert!(f64_of(ratio, "throughput_ratio") > 0.0, "{ratio}");
+    }
+}
