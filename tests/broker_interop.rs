@@ -363,6 +363,72 @@ async fn devices_removed_while_running_are_refused() {
     .await;
 }
 
+#[test]
+fn a_silent_client_is_dropped_after_its_keep_alive_and_its_will_fires() {
+    let broker = open_broker();
+    let port = broker.port("mqtt");
+    let mut watcher = MosquittoSub::start(port, &["-h", "127.0.0.1", "-t", "status/#", "-v"]);
+    let mut device = MosquittoSub::start(
+        port,
+        &[
+            "-h",
+            "127.0.0.1",
+            "-i",
+            "dev-silent",
+            "-k",
+            "5",
+            "-t",
+            "commands/dev-silent",
+            "--will-topic",
+            "status/plant/dev-silent",
+            "--will-payload",
+            "offline",
+        ],
+    );
+    // Socket open, nothing sent: rumqttd gives up after 1.5 × 5 s, within the deadline.
+    device.freeze();
+    watcher.wait_for(|line| line == "status/plant/dev-silent offline");
+}
+
+#[test]
+fn hostile_bytes_do_not_take_the_broker_down() {
+    use std::io::{Read, Write};
+    let broker = open_broker();
+    let garbage: [&[u8]; 4] = [
+        b"\xff\xff\xff\xff\xff\xff\xff\xff",
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        // CONNECT claiming protocol level 9 with a truncated body.
+        b"\x10\x0c\x00\x04MQTT\x09\x02\x00",
+        // PUBLISH before CONNECT.
+        b"\x30\x07\x00\x01a hello",
+    ];
+    // All at once: a truncated CONNECT is only dropped at the 5 s connect timeout.
+    std::thread::scope(|scope| {
+        for kind in ["mqtt", "mqtt5", "mqtt-ws"] {
+            for bytes in garbage {
+                let port = broker.port(kind);
+                scope.spawn(move || {
+                    let mut stream =
+                        std::net::TcpStream::connect(("127.0.0.1", port)).expect("connects");
+                    stream.write_all(bytes).expect("sent");
+                    stream
+                        .set_read_timeout(Some(support::DEADLINE))
+                        .expect("timeout set");
+                    // The broker closes the connection (or resets it) rather than answering.
+                    let mut answer = Vec::new();
+                    let _ = stream.read_to_end(&mut answer);
+                    assert!(
+                        !answer.starts_with(&[0x20]),
+                        "{kind}: garbage {bytes:?} got a CONNACK"
+                    );
+                });
+            }
+        }
+    });
+    // Still serving.
+    paho_check("qos", broker.port("mqtt"), None);
+}
+
 // --- presence ----------------------------------------------------------------------------
 
 /// A device as the presence convention wants it: last will `offline` retained on

@@ -395,3 +395,55 @@ fn server_settings(
     }
     settings
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TlsListenerConfig;
+
+    #[test]
+    fn zero_limits_and_missing_tls_files_are_refused_before_start() {
+        let zero = BrokerConfig {
+            segment_count: 0,
+            ..BrokerConfig::default()
+        };
+        assert!(matches!(
+            validate(&zero),
+            Err(BrokerError::ZeroLimit("segment_count"))
+        ));
+        let tls = BrokerConfig {
+            tls: Some(TlsListenerConfig {
+                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+                cert: PathBuf::from("/nonexistent/iotmon/cert.pem"),
+                key: PathBuf::from("/nonexistent/iotmon/key.pem"),
+            }),
+            ..BrokerConfig::default()
+        };
+        let error = validate(&tls).expect_err("missing certificate");
+        assert!(error.to_string().contains("cert.pem"), "{error}");
+        assert!(validate(&BrokerConfig::default()).is_ok());
+    }
+
+    #[test]
+    fn listener_names_are_the_stable_start_up_words() {
+        let names = [
+            ListenerKind::Mqtt,
+            ListenerKind::Mqtt5,
+            ListenerKind::MqttWs,
+            ListenerKind::Mqtts,
+        ]
+        .map(|kind| kind.to_string());
+        assert_eq!(names, ["mqtt", "mqtt5", "mqtt-ws", "mqtts"]);
+    }
+
+    #[test]
+    fn anonymous_listeners_have_no_auth_handler_and_others_do() {
+        let config = BrokerConfig::default();
+        let addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        let open = server_settings(&config, ListenerKind::Mqtt, addr, None);
+        assert!(open.connections.external_auth.is_none());
+        assert_eq!(open.next_connection_delay_ms, 0);
+        assert!(!open.connections.dynamic_filters);
+        assert!(open.tls.is_none());
+    }
+}

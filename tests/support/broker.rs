@@ -189,6 +189,16 @@ impl MosquittoSub {
         }
     }
 
+    /// Freezes the client (SIGSTOP): its socket stays open but it sends nothing, not even
+    /// keep-alive pings.
+    pub fn freeze(&mut self) {
+        let status = Command::new("kill")
+            .args(["-STOP", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "SIGSTOP delivered");
+    }
+
     /// Kills the client abruptly (no DISCONNECT).
     pub fn kill(&mut self) {
         let _ = self.child.kill();
