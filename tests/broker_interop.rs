@@ -429,6 +429,125 @@ fn hostile_bytes_do_not_take_the_broker_down() {
     paho_check("qos", broker.port("mqtt"), None);
 }
 
+/// Connects with credentials and returns whether the broker accepted them.
+async fn try_login(port: u16, id: &str, password: &str) -> bool {
+    let mut options = MqttOptions::new(id, "127.0.0.1", port);
+    options.set_credentials(id, password);
+    let (_client, mut eventloop) = AsyncClient::new(options, 4);
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => return true,
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_of_bad_logins_does_not_stall_connected_devices() {
+    let broker = BrokerProcess::start("", &[], &[("dev-a", "pw-a"), ("dev-b", "pw-b")]);
+    let port = broker.port("mqtt");
+    // A subscriber and a publisher, both logged in (and so in the verification cache).
+    let mut watch = MqttOptions::new("dev-a", "127.0.0.1", port);
+    watch.set_credentials("dev-a", "pw-a");
+    let (watcher, mut watch_loop) = AsyncClient::new(watch, 64);
+    watcher
+        .subscribe("storm/echo", QoS::AtLeastOnce)
+        .await
+        .expect("queued");
+    let (echoes_tx, mut echoes) = tokio::sync::mpsc::channel(64);
+    let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut subscribed_tx = Some(subscribed_tx);
+        while let Ok(event) = watch_loop.poll().await {
+            match event {
+                Event::Incoming(Packet::SubAck(_)) => {
+                    if let Some(tx) = subscribed_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                Event::Incoming(Packet::Publish(publish)) => {
+                    let _ = echoes_tx.send(publish.payload).await;
+                }
+                _ => {}
+            }
+        }
+    });
+    tokio::time::timeout(support::DEADLINE, subscribed)
+        .await
+        .expect("subscribed in time")
+        .expect("watcher alive");
+    assert!(try_login(port, "dev-b", "pw-b").await, "dev-b logs in");
+
+    // 40 logins with wrong passwords at once: each needs a full argon2 run.
+    let storm: Vec<_> = (0..40)
+        .map(|_| tokio::spawn(try_login(port, "dev-b", "wrong")))
+        .collect();
+    // Meanwhile a connected device's messages keep flowing and a known device logs in again
+    // from the cache, without queueing behind the storm.
+    let mut probe = MqttOptions::new("dev-b", "127.0.0.1", port);
+    probe.set_credentials("dev-b", "pw-b");
+    let started = std::time::Instant::now();
+    let (prober, mut probe_loop) = AsyncClient::new(probe, 64);
+    tokio::spawn(async move { while probe_loop.poll().await.is_ok() {} });
+    let mut slowest = std::time::Duration::ZERO;
+    for round in 0..10u32 {
+        let sent = std::time::Instant::now();
+        prober
+            .publish("storm/echo", QoS::AtLeastOnce, false, round.to_string())
+            .await
+            .expect("queued");
+        loop {
+            let echo = tokio::time::timeout(support::DEADLINE, echoes.recv())
+                .await
+                .expect("echo in time")
+                .expect("watcher alive");
+            if echo == round.to_string().as_bytes() {
+                break;
+            }
+        }
+        slowest = slowest.max(sent.elapsed());
+    }
+    let mut refused = 0;
+    for attempt in storm {
+        refused += u64::from(!attempt.await.expect("login task"));
+    }
+    println!(
+        "40 concurrent bad logins all refused after {:?}; meanwhile the slowest of 10 echoes \
+         between connected devices took {slowest:?}",
+        started.elapsed()
+    );
+    assert_eq!(refused, 40, "every wrong password refused");
+    // A liveness bound, not a speed test: generous for a shared 2-core machine.
+    assert!(
+        slowest < std::time::Duration::from_secs(2),
+        "a connected device stalled for {slowest:?} during the storm"
+    );
+    let metrics = broker.metrics().await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "iotmon_broker_connects_refused_total{reason=\"wrong_password\"}"
+        ),
+        40
+    );
+    assert!(sample(&metrics, "iotmon_broker_auth_cache_hits_total") >= 1);
+}
+
+#[tokio::test]
+async fn serve_shows_the_broker_counters_on_its_metrics() {
+    let iotmon = support::Iotmon::serve();
+    let (status, body) = support::http_get(iotmon.http.expect("http listener"), "/metrics").await;
+    assert_eq!(status, 200);
+    for name in [
+        "iotmon_broker_connects_refused_total",
+        "iotmon_broker_publishes_received_total",
+        "iotmon_broker_messages_skipped_total",
+    ] {
+        assert!(body.contains(name), "{name} missing from serve's /metrics");
+    }
+}
+
 // --- presence ----------------------------------------------------------------------------
 
 /// A device as the presence convention wants it: last will `offline` retained on
