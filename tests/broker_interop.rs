@@ -390,6 +390,48 @@ fn a_silent_client_is_dropped_after_its_keep_alive_and_its_will_fires() {
     watcher.wait_for(|line| line == "status/plant/dev-silent offline");
 }
 
+#[tokio::test]
+async fn a_slow_subscriber_skips_messages_and_the_skip_is_counted() {
+    // A tiny log window: 1 KiB × (1 + 1) per filter.
+    let broker = BrokerProcess::start(
+        "allow_anonymous = true\nsegment_size = 1024\nsegment_count = 1",
+        &[],
+        &[],
+    );
+    let port = broker.port("mqtt");
+    let mut slow = MosquittoSub::start(port, &["-h", "127.0.0.1", "-t", "slow/#"]);
+    slow.freeze();
+    // Far more than the window and the socket buffers hold, from one publisher.
+    let lines = format!("{}\n", "x".repeat(200)).repeat(50_000);
+    let mut publisher = std::process::Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-t",
+            "slow/t",
+            "-l",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("mosquitto_pub runs");
+    {
+        use std::io::Write;
+        let mut stdin = publisher.stdin.take().expect("stdin is piped");
+        stdin.write_all(lines.as_bytes()).expect("lines sent");
+    }
+    assert!(publisher.wait().expect("mosquitto_pub ends").success());
+    // The subscriber comes back: the router moves its cursor past what it overwrote.
+    slow.thaw();
+    eventually("skipped messages counted", || async {
+        let metrics = broker.metrics().await;
+        sample(&metrics, "iotmon_broker_messages_skipped_total") > 0
+            && sample(&metrics, "iotmon_broker_cursor_jumps_total") > 0
+    })
+    .await;
+}
+
 #[test]
 fn hostile_bytes_do_not_take_the_broker_down() {
     use std::io::{Read, Write};

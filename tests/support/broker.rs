@@ -189,14 +189,23 @@ impl MosquittoSub {
         }
     }
 
-    /// Freezes the client (SIGSTOP): its socket stays open but it sends nothing, not even
-    /// keep-alive pings.
+    /// Freezes the client (SIGSTOP): its socket stays open but it sends and reads nothing,
+    /// not even keep-alive pings.
     pub fn freeze(&mut self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a frozen client run again (SIGCONT).
+    pub fn thaw(&mut self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
         let status = Command::new("kill")
-            .args(["-STOP", &self.child.id().to_string()])
+            .args([signal, &self.child.id().to_string()])
             .status()
             .expect("kill runs");
-        assert!(status.success(), "SIGSTOP delivered");
+        assert!(status.success(), "{signal} delivered");
     }
 
     /// Kills the client abruptly (no DISCONNECT).
