@@ -61,24 +61,22 @@ fn paho_oversize_packet_is_refused() {
 
 #[tokio::test]
 async fn paho_wrong_password_is_refused_with_connack_and_counted() {
-    let broker = BrokerProcess::start("", &[], &[("dev-7", "right-pw")]);
-    paho_check(
-        "good-password",
-        broker.port("mqtt"),
-        Some(("dev-7", "right-pw")),
+    let broker = BrokerProcess::start(
+        "mqtt5_listen = \"127.0.0.1:0\"",
+        &["mqtt5"],
+        &[("dev-7", "right-pw")],
     );
-    paho_check(
-        "bad-password",
-        broker.port("mqtt"),
-        Some(("dev-7", "right-pw")),
-    );
+    let credentials = Some(("dev-7", "right-pw"));
+    paho_check("good-password", broker.port("mqtt"), credentials);
+    paho_check("bad-password", broker.port("mqtt"), credentials);
+    paho_check("bad-password-v5", broker.port("mqtt5"), credentials);
     let metrics = broker.metrics().await;
     assert_eq!(
         sample(
             &metrics,
             "iotmon_broker_connects_refused_total{reason=\"wrong_password\"}"
         ),
-        1
+        2
     );
     assert_eq!(sample(&metrics, "iotmon_broker_connects_accepted_total"), 1);
 }
