@@ -414,12 +414,15 @@ async fn a_slow_subscriber_skips_messages_and_the_skip_is_counted() {
         .stdin(std::process::Stdio::piped())
         .spawn()
         .expect("mosquitto_pub runs");
-    {
+    let mut stdin = publisher.stdin.take().expect("stdin is piped");
+    // Written from a thread, so a broker that stops reading fails the deadline below
+    // instead of hanging the test.
+    std::thread::spawn(move || {
         use std::io::Write;
-        let mut stdin = publisher.stdin.take().expect("stdin is piped");
-        stdin.write_all(lines.as_bytes()).expect("lines sent");
-    }
-    assert!(publisher.wait().expect("mosquitto_pub ends").success());
+        let _ = stdin.write_all(lines.as_bytes());
+    });
+    let published = broker_support::wait_with_deadline(publisher, "mosquitto_pub -l");
+    assert!(published.status.success());
     // The subscriber comes back: the router moves its cursor past what it overwrote.
     slow.thaw();
     eventually("skipped messages counted", || async {
