@@ -61,24 +61,22 @@ fn paho_oversize_packet_is_refused() {
 
 #[tokio::test]
 async fn paho_wrong_password_is_refused_with_connack_and_counted() {
-    let broker = BrokerProcess::start("", &[], &[("dev-7", "right-pw")]);
-    paho_check(
-        "good-password",
-        broker.port("mqtt"),
-        Some(("dev-7", "right-pw")),
+    let broker = BrokerProcess::start(
+        "mqtt5_listen = \"127.0.0.1:0\"",
+        &["mqtt5"],
+        &[("dev-7", "right-pw")],
     );
-    paho_check(
-        "bad-password",
-        broker.port("mqtt"),
-        Some(("dev-7", "right-pw")),
-    );
+    let credentials = Some(("dev-7", "right-pw"));
+    paho_check("good-password", broker.port("mqtt"), credentials);
+    paho_check("bad-password", broker.port("mqtt"), credentials);
+    paho_check("bad-password-v5", broker.port("mqtt5"), credentials);
     let metrics = broker.metrics().await;
     assert_eq!(
         sample(
             &metrics,
             "iotmon_broker_connects_refused_total{reason=\"wrong_password\"}"
         ),
-        1
+        2
     );
     assert_eq!(sample(&metrics, "iotmon_broker_connects_accepted_total"), 1);
 }
@@ -361,6 +359,236 @@ async fn devices_removed_while_running_are_refused() {
         !mosquitto_pub(port, &login).status.success()
     })
     .await;
+}
+
+#[test]
+fn a_silent_client_is_dropped_after_its_keep_alive_and_its_will_fires() {
+    let broker = open_broker();
+    let port = broker.port("mqtt");
+    let mut watcher = MosquittoSub::start(port, &["-h", "127.0.0.1", "-t", "status/#", "-v"]);
+    let mut device = MosquittoSub::start(
+        port,
+        &[
+            "-h",
+            "127.0.0.1",
+            "-i",
+            "dev-silent",
+            "-k",
+            "5",
+            "-t",
+            "commands/dev-silent",
+            "--will-topic",
+            "status/plant/dev-silent",
+            "--will-payload",
+            "offline",
+        ],
+    );
+    // Socket open, nothing sent: rumqttd gives up after 1.5 × 5 s, within the deadline.
+    device.freeze();
+    watcher.wait_for(|line| line == "status/plant/dev-silent offline");
+}
+
+#[tokio::test]
+async fn a_slow_subscriber_skips_messages_and_the_skip_is_counted() {
+    // A tiny log window: 1 KiB × (1 + 1) per filter.
+    let broker = BrokerProcess::start(
+        "allow_anonymous = true\nsegment_size = 1024\nsegment_count = 1",
+        &[],
+        &[],
+    );
+    let port = broker.port("mqtt");
+    let mut slow = MosquittoSub::start(port, &["-h", "127.0.0.1", "-t", "slow/#"]);
+    slow.freeze();
+    // Far more than the window and the socket buffers hold, from one publisher.
+    let lines = format!("{}\n", "x".repeat(200)).repeat(50_000);
+    let mut publisher = std::process::Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-t",
+            "slow/t",
+            "-l",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("mosquitto_pub runs");
+    let mut stdin = publisher.stdin.take().expect("stdin is piped");
+    // Written from a thread, so a broker that stops reading fails the deadline below
+    // instead of hanging the test.
+    std::thread::spawn(move || {
+        use std::io::Write;
+        let _ = stdin.write_all(lines.as_bytes());
+    });
+    let published = broker_support::wait_with_deadline(publisher, "mosquitto_pub -l");
+    assert!(published.status.success());
+    // The subscriber comes back: the router moves its cursor past what it overwrote.
+    slow.thaw();
+    eventually("skipped messages counted", || async {
+        let metrics = broker.metrics().await;
+        sample(&metrics, "iotmon_broker_messages_skipped_total") > 0
+            && sample(&metrics, "iotmon_broker_cursor_jumps_total") > 0
+    })
+    .await;
+}
+
+#[test]
+fn hostile_bytes_do_not_take_the_broker_down() {
+    use std::io::{Read, Write};
+    let broker = open_broker();
+    let garbage: [&[u8]; 4] = [
+        b"\xff\xff\xff\xff\xff\xff\xff\xff",
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        // CONNECT claiming protocol level 9 with a truncated body.
+        b"\x10\x0c\x00\x04MQTT\x09\x02\x00",
+        // PUBLISH before CONNECT.
+        b"\x30\x07\x00\x01a hello",
+    ];
+    // All at once: a truncated CONNECT is only dropped at the 5 s connect timeout.
+    std::thread::scope(|scope| {
+        for kind in ["mqtt", "mqtt5", "mqtt-ws"] {
+            for bytes in garbage {
+                let port = broker.port(kind);
+                scope.spawn(move || {
+                    let mut stream =
+                        std::net::TcpStream::connect(("127.0.0.1", port)).expect("connects");
+                    stream.write_all(bytes).expect("sent");
+                    stream
+                        .set_read_timeout(Some(support::DEADLINE))
+                        .expect("timeout set");
+                    // The broker closes the connection (or resets it) rather than answering.
+                    let mut answer = Vec::new();
+                    let _ = stream.read_to_end(&mut answer);
+                    assert!(
+                        !answer.starts_with(&[0x20]),
+                        "{kind}: garbage {bytes:?} got a CONNACK"
+                    );
+                });
+            }
+        }
+    });
+    // Still serving.
+    paho_check("qos", broker.port("mqtt"), None);
+}
+
+/// Connects with credentials and returns whether the broker accepted them.
+async fn try_login(port: u16, id: &str, password: &str) -> bool {
+    let mut options = MqttOptions::new(id, "127.0.0.1", port);
+    options.set_credentials(id, password);
+    let (_client, mut eventloop) = AsyncClient::new(options, 4);
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => return true,
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_of_bad_logins_does_not_stall_connected_devices() {
+    let broker = BrokerProcess::start("", &[], &[("dev-a", "pw-a"), ("dev-b", "pw-b")]);
+    let port = broker.port("mqtt");
+    // A subscriber and a publisher, both logged in (and so in the verification cache).
+    let mut watch = MqttOptions::new("dev-a", "127.0.0.1", port);
+    watch.set_credentials("dev-a", "pw-a");
+    let (watcher, mut watch_loop) = AsyncClient::new(watch, 64);
+    watcher
+        .subscribe("storm/echo", QoS::AtLeastOnce)
+        .await
+        .expect("queued");
+    let (echoes_tx, mut echoes) = tokio::sync::mpsc::channel(64);
+    let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut subscribed_tx = Some(subscribed_tx);
+        while let Ok(event) = watch_loop.poll().await {
+            match event {
+                Event::Incoming(Packet::SubAck(_)) => {
+                    if let Some(tx) = subscribed_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                Event::Incoming(Packet::Publish(publish)) => {
+                    let _ = echoes_tx.send(publish.payload).await;
+                }
+                _ => {}
+            }
+        }
+    });
+    tokio::time::timeout(support::DEADLINE, subscribed)
+        .await
+        .expect("subscribed in time")
+        .expect("watcher alive");
+    assert!(try_login(port, "dev-b", "pw-b").await, "dev-b logs in");
+
+    // 40 logins with wrong passwords at once: each needs a full argon2 run.
+    let storm: Vec<_> = (0..40)
+        .map(|_| tokio::spawn(try_login(port, "dev-b", "wrong")))
+        .collect();
+    // Meanwhile a connected device's messages keep flowing and a known device logs in again
+    // from the cache, without queueing behind the storm.
+    let mut probe = MqttOptions::new("dev-b", "127.0.0.1", port);
+    probe.set_credentials("dev-b", "pw-b");
+    let started = std::time::Instant::now();
+    let (prober, mut probe_loop) = AsyncClient::new(probe, 64);
+    tokio::spawn(async move { while probe_loop.poll().await.is_ok() {} });
+    let mut slowest = std::time::Duration::ZERO;
+    for round in 0..10u32 {
+        let sent = std::time::Instant::now();
+        prober
+            .publish("storm/echo", QoS::AtLeastOnce, false, round.to_string())
+            .await
+            .expect("queued");
+        loop {
+            let echo = tokio::time::timeout(support::DEADLINE, echoes.recv())
+                .await
+                .expect("echo in time")
+                .expect("watcher alive");
+            if echo == round.to_string().as_bytes() {
+                break;
+            }
+        }
+        slowest = slowest.max(sent.elapsed());
+    }
+    let mut refused = 0;
+    for attempt in storm {
+        refused += u64::from(!attempt.await.expect("login task"));
+    }
+    println!(
+        "40 concurrent bad logins all refused after {:?}; meanwhile the slowest of 10 echoes \
+         between connected devices took {slowest:?}",
+        started.elapsed()
+    );
+    assert_eq!(refused, 40, "every wrong password refused");
+    // A liveness bound, not a speed test: generous for a shared 2-core machine.
+    assert!(
+        slowest < std::time::Duration::from_secs(2),
+        "a connected device stalled for {slowest:?} during the storm"
+    );
+    let metrics = broker.metrics().await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "iotmon_broker_connects_refused_total{reason=\"wrong_password\"}"
+        ),
+        40
+    );
+    assert!(sample(&metrics, "iotmon_broker_auth_cache_hits_total") >= 1);
+}
+
+#[tokio::test]
+async fn serve_shows_the_broker_counters_on_its_metrics() {
+    let iotmon = support::Iotmon::serve();
+    let (status, body) = support::http_get(iotmon.http.expect("http listener"), "/metrics").await;
+    assert_eq!(status, 200);
+    for name in [
+        "iotmon_broker_connects_refused_total",
+        "iotmon_broker_publishes_received_total",
+        "iotmon_broker_messages_skipped_total",
+    ] {
+        assert!(body.contains(name), "{name} missing from serve's /metrics");
+    }
 }
 
 // --- presence ----------------------------------------------------------------------------

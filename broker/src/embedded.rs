@@ -12,9 +12,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 
+use rumqttd::alerts::AlertsLink;
 use rumqttd::local::{LinkBuilder, LinkError, LinkRx, LinkTx};
+use rumqttd::meters::MetersLink;
 use rumqttd::protocol::v4::V4;
 use rumqttd::protocol::v5::V5;
+use rumqttd::protocol::Protocol;
 use rumqttd::{
     ConnectionSettings, LinkType, Router, RouterConfig, Server, ServerSettings, TlsConfig,
 };
@@ -148,10 +151,9 @@ impl EmbeddedBroker {
         let meter_router = router_tx.clone();
         let poller_metrics = metrics.clone();
         let meter_poller: MeterPoller = Box::new(move |shutdown| {
-            let meters = rumqttd::meters::MetersLink::new(meter_router.clone())
-                .map_err(|e| BrokerError::Meters(e.to_string()))?;
-            let alerts = rumqttd::alerts::AlertsLink::new(meter_router)
-                .map_err(|e| BrokerError::Meters(e.to_string()))?;
+            let meters_error = |e: &dyn std::fmt::Display| BrokerError::Meters(e.to_string());
+            let meters = MetersLink::new(meter_router.clone()).map_err(|e| meters_error(&e))?;
+            let alerts = AlertsLink::new(meter_router).map_err(|e| meters_error(&e))?;
             Ok(tokio::spawn(poll_router(
                 meters,
                 alerts,
@@ -159,30 +161,15 @@ impl EmbeddedBroker {
                 shutdown,
             )))
         });
-        let new_server: ServerFactory = Box::new(move |settings, kind| {
-            let router_tx = router_tx.clone();
-            match kind {
-                ListenerKind::Mqtt5 => {
-                    let mut server = Server::new(settings, router_tx, V5);
-                    Box::pin(async move {
-                        server
-                            .start(LinkType::Remote)
-                            .await
-                            .map_err(|e| e.to_string())
-                    })
-                }
-                ListenerKind::Mqtt | ListenerKind::Mqtts | ListenerKind::MqttWs => {
-                    let link_type = if kind == ListenerKind::MqttWs {
-                        LinkType::Websocket
-                    } else {
-                        LinkType::Remote
-                    };
-                    let mut server = Server::new(settings, router_tx, V4);
-                    Box::pin(
-                        async move { server.start(link_type).await.map_err(|e| e.to_string()) },
-                    )
-                }
-            }
+        let new_server: ServerFactory = Box::new(move |settings, kind| match kind {
+            ListenerKind::Mqtt5 => accept_loop(
+                Server::new(settings, router_tx.clone(), V5),
+                LinkType::Remote,
+            ),
+            ListenerKind::Mqtt | ListenerKind::Mqtts | ListenerKind::MqttWs => accept_loop(
+                Server::new(settings, router_tx.clone(), V4),
+                link_type(kind),
+            ),
         });
         Ok(EmbeddedBroker {
             config,
@@ -308,6 +295,23 @@ impl Drop for EmbeddedBroker {
     }
 }
 
+/// rumqttd's accept loop for `server`, boxed so listeners of every protocol look alike.
+fn accept_loop<P: Protocol + Clone + Send + 'static>(
+    mut server: Server<P>,
+    link_type: LinkType,
+) -> AcceptLoop {
+    Box::pin(async move { server.start(link_type).await.map_err(|e| e.to_string()) })
+}
+
+/// How a listener of `kind` carries MQTT: over WebSocket frames or straight on the stream
+/// (TCP or TLS).
+fn link_type(kind: ListenerKind) -> LinkType {
+    match kind {
+        ListenerKind::MqttWs => LinkType::Websocket,
+        ListenerKind::Mqtt | ListenerKind::Mqtt5 | ListenerKind::Mqtts => LinkType::Remote,
+    }
+}
+
 /// For port 0, a free port chosen by the kernel; otherwise `wanted` itself.
 fn pick_port(wanted: SocketAddr) -> io::Result<SocketAddr> {
     if wanted.port() != 0 {
@@ -394,4 +398,56 @@ fn server_settings(
         });
     }
     settings
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TlsListenerConfig;
+
+    #[test]
+    fn zero_limits_and_missing_tls_files_are_refused_before_start() {
+        let zero = BrokerConfig {
+            segment_count: 0,
+            ..BrokerConfig::default()
+        };
+        assert!(matches!(
+            validate(&zero),
+            Err(BrokerError::ZeroLimit("segment_count"))
+        ));
+        let tls = BrokerConfig {
+            tls: Some(TlsListenerConfig {
+                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+                cert: PathBuf::from("/nonexistent/iotmon/cert.pem"),
+                key: PathBuf::from("/nonexistent/iotmon/key.pem"),
+            }),
+            ..BrokerConfig::default()
+        };
+        let error = validate(&tls).expect_err("missing certificate");
+        assert!(error.to_string().contains("cert.pem"), "{error}");
+        assert!(validate(&BrokerConfig::default()).is_ok());
+    }
+
+    #[test]
+    fn listener_names_are_the_stable_start_up_words() {
+        let names = [
+            ListenerKind::Mqtt,
+            ListenerKind::Mqtt5,
+            ListenerKind::MqttWs,
+            ListenerKind::Mqtts,
+        ]
+        .map(|kind| kind.to_string());
+        assert_eq!(names, ["mqtt", "mqtt5", "mqtt-ws", "mqtts"]);
+    }
+
+    #[test]
+    fn anonymous_listeners_have_no_auth_handler_and_others_do() {
+        let config = BrokerConfig::default();
+        let addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        let open = server_settings(&config, ListenerKind::Mqtt, addr, None);
+        assert!(open.connections.external_auth.is_none());
+        assert_eq!(open.next_connection_delay_ms, 0);
+        assert!(!open.connections.dynamic_filters);
+        assert!(open.tls.is_none());
+    }
 }

@@ -203,15 +203,19 @@ def check_websocket(host, port, _creds):
     print("MQTT over WebSocket: ok")
 
 
-def check_bad_password(host, port, creds):
+def check_bad_password(host, port, creds, protocol=mqtt.MQTTv311):
     user, _ = creds
-    c = client(user, user, "not-the-password")
+    c = client(user, user, "not-the-password", protocol=protocol)
     _, reason = connect(c, host, port, expect_success=False)
     if not reason.is_failure:
         raise Failure("a wrong password was accepted")
     if reason.value not in (4, 134):
         raise Failure(f"refused with {reason} ({reason.value}), expected bad user name or password")
     print(f"wrong password refused with CONNACK {reason.value} ({reason}): ok")
+
+
+def check_bad_password_v5(host, port, creds):
+    check_bad_password(host, port, creds, protocol=mqtt.MQTTv5)
 
 
 def check_good_password(host, port, creds):
@@ -252,6 +256,7 @@ CHECKS = {
     "mqtt5": check_mqtt5,
     "websocket": check_websocket,
     "bad-password": check_bad_password,
+    "bad-password-v5": check_bad_password_v5,
     "good-password": check_good_password,
     "oversize": check_oversize,
 }

@@ -189,6 +189,25 @@ impl MosquittoSub {
         }
     }
 
+    /// Freezes the client (SIGSTOP): its socket stays open but it sends and reads nothing,
+    /// not even keep-alive pings.
+    pub fn freeze(&mut self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a frozen client run again (SIGCONT).
+    pub fn thaw(&mut self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "{signal} delivered");
+    }
+
     /// Kills the client abruptly (no DISCONNECT).
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -202,13 +221,35 @@ impl Drop for MosquittoSub {
     }
 }
 
-/// Runs `mosquitto_pub -p PORT ARGS...` to completion. ARGS name the host (`-h`).
+/// Runs `mosquitto_pub -p PORT ARGS...` to completion. ARGS name the host (`-h`). A client
+/// that hangs (a broker that never answers) fails the test at the deadline.
 pub fn mosquitto_pub(port: u16, args: &[&str]) -> Output {
-    Command::new("mosquitto_pub")
-        .args(["-p", &port.to_string()])
-        .args(args)
-        .output()
-        .expect("mosquitto_pub runs (Debian package mosquitto-clients)")
+    let mut command = Command::new("mosquitto_pub");
+    command.args(["-p", &port.to_string()]).args(args);
+    run_with_deadline(command, "mosquitto_pub (Debian package mosquitto-clients)")
+}
+
+/// Runs `command` with its output captured, killing it and failing at the deadline.
+fn run_with_deadline(mut command: Command, what: &str) -> Output {
+    let child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|error| panic!("{what} cannot run: {error}"));
+    wait_with_deadline(child, what)
+}
+
+/// Waits for `child` to exit and returns its output; kills it and fails at the deadline.
+pub fn wait_with_deadline(mut child: Child, what: &str) -> Output {
+    let deadline = Instant::now() + DEADLINE;
+    while child.try_wait().expect("child status").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{what} did not finish within {DEADLINE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("child output")
 }
 
 /// Runs one check of `tests/interop/paho_check.py` (paho-mqtt, pinned in scripts/test.sh)
@@ -220,9 +261,10 @@ pub fn paho_check(check: &str, port: u16, credentials: Option<(&str, &str)>) {
     if let Some((user, password)) = credentials {
         command.args([user, password]);
     }
-    let output = command
-        .output()
-        .expect("python3 runs (with paho-mqtt: pip install paho-mqtt==2.1.0)");
+    let output = run_with_deadline(
+        command,
+        "python3 with paho-mqtt (pip install paho-mqtt==2.1.0)",
+    );
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(

@@ -1519,7 +1519,10 @@ fn forward_device_data(
             error
         );
 
-        let alert = alert::cursorjump(&outgoing.client_id, &request.filter, 0);
+        // iotmon patch: report how many messages were skipped (upstream always said 0). The
+        // second part of a cursor is the message's absolute offset in the filter's log.
+        let lost = start.1.saturating_sub(request.cursor.1) as usize;
+        let alert = alert::cursorjump(&outgoing.client_id, &request.filter, lost);
         alertlog.log(alert);
     }
 
