@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every iotmon check: formatting, lints, the Rust test suite (unit, integration and
-# end-to-end tests against real MQTT clients and Debian's mosquitto) and the browser test
+# end-to-end tests against real MQTT clients and Debian's mosquitto, the InfluxDB sink against
+# Debian's victoria-metrics) and the browser test
 # (headless Chromium). Installs the system packages the tests need when run as root on a
 # Debian-like machine; otherwise names what is missing and stops.
 set -euo pipefail
@@ -8,6 +9,7 @@ cd "$(dirname "$0")/.."
 
 need_packages=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_packages+=(mosquitto)
+command -v victoria-metrics >/dev/null 2>&1 || need_packages+=(victoria-metrics)
 command -v chromium >/dev/null 2>&1 || need_packages+=(chromium)
 command -v node >/dev/null 2>&1 || need_packages+=(nodejs npm)
 

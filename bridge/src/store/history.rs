@@ -144,6 +144,18 @@ impl HistoryReader {
     }
 }
 
+impl HistoryReader {
+    /// Every device in the registry (id, group, first and last seen, latest state with the
+    /// metrics seen), e.g. for listing devices before any has reported since a restart.
+    ///
+    /// # Errors
+    /// The database cannot be opened or read.
+    pub fn devices(&self) -> Result<Vec<crate::shard::RegistryEntry>, StoreError> {
+        let connection = schema::open_read_only(&self.path)?;
+        crate::store::registry::load(&connection)
+    }
+}
+
 /// The tier to read for `[from, to)` with at most `max_points` points at `now`: among the
 /// tiers whose retention still covers `from`, the coarsest no wider than the ideal bucket
 /// (`span / max_points`), so buckets are never coarser than needed and each reads as few rows
