@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Runs every iotmon check: formatting, lints, the Rust test suite (unit, integration and
 # end-to-end tests against real MQTT clients, Debian's mosquitto and mosquitto-clients, and
-# Python's paho-mqtt) and the browser test (headless Chromium). Installs the system packages
-# and the Python package the tests need when run as root on a Debian-like machine; otherwise
-# names what is missing and stops.
+# Python's paho-mqtt; the InfluxDB sink against Debian's victoria-metrics) and the browser test
+# (headless Chromium). Installs the system packages and the Python package the tests need when
+# run as root on a Debian-like machine; otherwise names what is missing and stops.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +12,7 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_packa
 command -v mosquitto_pub >/dev/null 2>&1 || need_packages+=(mosquitto-clients)
 command -v openssl >/dev/null 2>&1 || need_packages+=(openssl)
 command -v python3 >/dev/null 2>&1 || need_packages+=(python3 python3-pip)
+command -v victoria-metrics >/dev/null 2>&1 || need_packages+=(victoria-metrics)
 command -v chromium >/dev/null 2>&1 || need_packages+=(chromium)
 command -v node >/dev/null 2>&1 || need_packages+=(nodejs npm)
 

@@ -34,8 +34,8 @@ pub async fn serve(
     fleet: Option<FleetConfig>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    let counters = Arc::new(BridgeCounters::default());
+    let store = open_store(&config, counters.clone())?;
     let broker = start_broker(&config)?;
     // The bridge subscribes before the listener opens, so no early reading is lost.
     let (mut broker, subscription) = tokio::task::spawn_blocking(move || {
@@ -58,7 +58,6 @@ pub async fn serve(
         );
     }
 
-    let counters = Arc::new(BridgeCounters::default());
     let (to_bridge, from_broker) = mpsc::channel(INPUT_CAPACITY);
     let (live_updates, derived) = mpsc::channel(LIVE_CAPACITY.max(DERIVED_CAPACITY));
     let tasks = TaskTracker::new();
@@ -72,6 +71,7 @@ pub async fn serve(
         from_broker,
         live_updates,
         counters.clone(),
+        store,
         shutdown.clone(),
     ));
     if let Some(fleet) = fleet {
@@ -137,16 +137,39 @@ pub async fn bridge(
 ) -> anyhow::Result<()> {
     info!(broker = %broker_url, client_id, "bridge starting");
     let counters = Arc::new(BridgeCounters::default());
+    let store = open_store(&config, counters.clone())?;
     iotmon_bridge::standalone::run(
         config.bridge,
         broker_url,
         &client_id,
         config.broker.max_packet_size,
         counters,
+        store,
         shutdown,
     )
     .await;
     Ok(())
+}
+
+/// Creates the data directory and opens the bridge's store in it (unless disabled), after
+/// checking the bridge's settings.
+///
+/// # Errors
+/// Invalid bridge settings, or the directory or database cannot be created.
+fn open_store(
+    config: &Config,
+    counters: Arc<BridgeCounters>,
+) -> anyhow::Result<Option<iotmon_bridge::store::OpenStore>> {
+    config.bridge.validate()?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    if !config.bridge.store.enabled {
+        return Ok(None);
+    }
+    let now = iotmon_bridge::pipeline::unix_millis();
+    let store = iotmon_bridge::store::open(&config.data_dir, &config.bridge, counters, now)
+        .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
+    Ok(Some(store))
 }
 
 /// Runs a dashboard alone, fed from `broker_url`, until `shutdown`.

@@ -3,25 +3,89 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use thiserror::Error;
 
-/// How the bridge ingests and how often it publishes device states.
+/// How the bridge ingests, derives and stores.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BridgeConfig {
     /// How often changed device states are handed to dashboards. A device that reports more
-    /// often is coalesced to its latest state, so this caps the live rate per device.
+    /// often is coalesced to its latest state, so this caps the live rate per device at one
+    /// update per interval.
     #[serde(with = "humantime_serde")]
     pub live_interval: Duration,
+    /// How often group aggregates are emitted (the aggregation window).
+    #[serde(with = "humantime_serde")]
+    pub aggregate_interval: Duration,
+    /// Worker tasks the devices are sharded across, by a hash of the device id; 0 means one
+    /// per available core.
+    pub shards: usize,
     /// What a device payload may contain.
     pub limits: IngestLimits,
+    /// When a device counts as offline.
+    pub presence: PresenceConfig,
+    /// Downsampling tiers.
+    pub rollups: RollupConfig,
+    /// The embedded SQLite store.
+    pub store: StoreConfig,
+    /// The optional InfluxDB sink.
+    pub influx: InfluxConfig,
 }
 
 impl Default for BridgeConfig {
     fn default() -> Self {
         BridgeConfig {
             live_interval: Duration::from_millis(250),
+            aggregate_interval: Duration::from_secs(1),
+            shards: 0,
             limits: IngestLimits::default(),
+            presence: PresenceConfig::default(),
+            rollups: RollupConfig::default(),
+            store: StoreConfig::default(),
+            influx: InfluxConfig::default(),
         }
+    }
+}
+
+/// Why a configuration cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ConfigError {
+    #[error("bridge.rollups.tiers must not be empty")]
+    NoTiers,
+    #[error("rollup tier widths must be whole seconds and each a multiple of the previous one ({0:?} is not)")]
+    TierWidth(Duration),
+    #[error("bridge.{0} must be greater than zero")]
+    Zero(&'static str),
+    #[error("bridge.influx is enabled but {0} is empty")]
+    InfluxField(&'static str),
+}
+
+impl BridgeConfig {
+    /// Checks what serde cannot: tiers that nest, non-zero intervals, a complete InfluxDB
+    /// section when it is enabled.
+    ///
+    /// # Errors
+    /// The first problem found.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (name, value) in [
+            ("live_interval", self.live_interval),
+            ("aggregate_interval", self.aggregate_interval),
+            ("store.flush_interval", self.store.flush_interval),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::Zero(name));
+            }
+        }
+        self.rollups.validate()?;
+        self.influx.validate()
+    }
+
+    /// The number of shards to run: `shards`, or one per available core.
+    pub fn shard_count(&self) -> usize {
+        if self.shards > 0 {
+            return self.shards;
+        }
+        std::thread::available_parallelism().map_or(1, usize::from)
     }
 }
 
@@ -55,5 +119,198 @@ impl Default for IngestLimits {
             max_past: Duration::from_secs(7 * 24 * 3600),
             max_future: Duration::from_secs(5 * 60),
         }
+    }
+}
+
+/// Presence: a device is offline after `offline` on its status topic, or after a silence of
+/// `silence_factor` times its observed reporting interval (`default_silence` until an interval
+/// is known), never less than `min_silence`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PresenceConfig {
+    pub silence_factor: f64,
+    #[serde(with = "humantime_serde")]
+    pub min_silence: Duration,
+    #[serde(with = "humantime_serde")]
+    pub default_silence: Duration,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        PresenceConfig {
+            silence_factor: 3.0,
+            min_silence: Duration::from_secs(10),
+            default_silence: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Downsampling: tiers of wall-clock-aligned windows, finest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RollupConfig {
+    /// How long after a window of the finest tier ends a late reading is still counted in it.
+    /// Readings later than that are left out of the rollups (counted as
+    /// `iotmon_rollup_late_readings_total`) but still update the device's live state.
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+    /// The tiers, finest first; each width a whole number of seconds and a multiple of the
+    /// previous tier's.
+    pub tiers: Vec<TierConfig>,
+}
+
+impl Default for RollupConfig {
+    fn default() -> Self {
+        let day = 24 * 3600;
+        RollupConfig {
+            grace: Duration::from_secs(5),
+            tiers: vec![
+                TierConfig::new(10, 2 * day),
+                TierConfig::new(60, 30 * day),
+                TierConfig::new(3600, 730 * day),
+            ],
+        }
+    }
+}
+
+impl RollupConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.tiers.is_empty() {
+            return Err(ConfigError::NoTiers);
+        }
+        let mut previous = 0;
+        for tier in &self.tiers {
+            let ms = tier.width_ms();
+            let nests = previous == 0 || (ms > previous && ms % previous == 0);
+            if ms == 0 || tier.width.subsec_nanos() != 0 || !nests {
+                return Err(ConfigError::TierWidth(tier.width));
+            }
+            previous = ms;
+        }
+        Ok(())
+    }
+}
+
+/// One downsampling tier.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierConfig {
+    /// Window width; windows are aligned to multiples of it since the Unix epoch.
+    #[serde(with = "humantime_serde")]
+    pub width: Duration,
+    /// How long its rows are kept.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+}
+
+impl TierConfig {
+    fn new(width_secs: u64, retention_secs: u64) -> Self {
+        TierConfig {
+            width: Duration::from_secs(width_secs),
+            retention: Duration::from_secs(retention_secs),
+        }
+    }
+
+    /// The width in milliseconds.
+    pub fn width_ms(&self) -> i64 {
+        i64::try_from(self.width.as_millis()).unwrap_or(i64::MAX)
+    }
+
+    /// The retention in milliseconds.
+    pub fn retention_ms(&self) -> i64 {
+        i64::try_from(self.retention.as_millis()).unwrap_or(i64::MAX)
+    }
+}
+
+/// The embedded store (SQLite under the data directory).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Keep rollups and the device registry in SQLite.
+    pub enabled: bool,
+    /// How often the shards hand their rollup deltas and registry changes to the store; a
+    /// `kill -9` loses at most this much.
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+    /// Batches queued for the store thread. When full, a batch is dropped and counted
+    /// (`iotmon_store_batches_dropped_total`): ingest never waits for the disk.
+    pub queue: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            enabled: true,
+            flush_interval: Duration::from_secs(1),
+            queue: 64,
+        }
+    }
+}
+
+/// The InfluxDB v2 sink: closed rollup windows written through a durable outbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InfluxConfig {
+    pub enabled: bool,
+    /// Base URL, e.g. `http://127.0.0.1:8086`.
+    pub url: String,
+    pub org: String,
+    pub bucket: String,
+    pub token: String,
+    /// Largest the on-disk outbox may grow while the server is unreachable, in bytes. Beyond
+    /// it the oldest batches are dropped and counted (`iotmon_influx_points_dropped_total`).
+    pub max_outbox_bytes: u64,
+}
+
+impl Default for InfluxConfig {
+    fn default() -> Self {
+        InfluxConfig {
+            enabled: false,
+            url: String::new(),
+            org: String::new(),
+            bucket: String::new(),
+            token: String::new(),
+            max_outbox_bytes: 1 << 30,
+        }
+    }
+}
+
+impl InfluxConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        for (name, value) in [("url", &self.url), ("bucket", &self.bucket)] {
+            if value.is_empty() {
+                return Err(ConfigError::InfluxField(name));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(BridgeConfig::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn tiers_must_nest() {
+        let mut config = BridgeConfig::default();
+        config.rollups.tiers[1].width = Duration::from_secs(25);
+        assert!(matches!(config.validate(), Err(ConfigError::TierWidth(_))));
+        config.rollups.tiers.clear();
+        assert_eq!(config.validate(), Err(ConfigError::NoTiers));
+    }
+
+    #[test]
+    fn enabled_influx_needs_a_url() {
+        let mut config = BridgeConfig::default();
+        config.influx.enabled = true;
+        assert_eq!(config.validate(), Err(ConfigError::InfluxField("url")));
     }
 }

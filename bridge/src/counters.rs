@@ -6,7 +6,7 @@ use iotmon_wire::metrics::{write_metric, Kind, MetricsSource};
 
 use crate::ingest::RejectReason;
 
-/// Monotonic counters, updated by the bridge and read by exporters.
+/// Monotonic counters (and a few gauges), updated by the bridge and read by exporters.
 #[derive(Debug, Default)]
 pub struct BridgeCounters {
     /// Messages received from the broker on device topics.
@@ -18,6 +18,25 @@ pub struct BridgeCounters {
     /// Live batches held back because the consumer was still busy with earlier ones; their
     /// devices go out, coalesced, in the next batch.
     pub live_batches_deferred: AtomicU64,
+    /// Aggregate batches held back because the consumer was busy; the groups go out next window.
+    pub aggregates_deferred: AtomicU64,
+    /// Readings that came after their rollup window closed (window end + grace): left out of
+    /// the rollups, still applied to the live state.
+    pub late_readings: AtomicU64,
+    /// Store batches dropped because the store's queue was full.
+    pub store_batches_dropped: AtomicU64,
+    /// Store transactions that failed (disk full, I/O error, ...); their batch is lost.
+    pub store_errors: AtomicU64,
+    /// Rollup rows (finest tier deltas) written to the store.
+    pub store_rollup_rows: AtomicU64,
+    /// Points written to InfluxDB.
+    pub influx_points_written: AtomicU64,
+    /// Failed InfluxDB writes (each retried later from the outbox).
+    pub influx_write_errors: AtomicU64,
+    /// Points dropped from the InfluxDB outbox because it reached its size bound.
+    pub influx_points_dropped: AtomicU64,
+    /// Bytes waiting in the InfluxDB outbox (gauge).
+    pub influx_outbox_bytes: AtomicU64,
 }
 
 impl BridgeCounters {
@@ -28,25 +47,38 @@ impl BridgeCounters {
     pub fn rejected(&self, reason: RejectReason) -> u64 {
         self.rejected[reason.index()].load(Ordering::Relaxed)
     }
+
+    /// Every unlabelled counter with its metric name and help.
+    fn plain(&self) -> [(&'static str, &'static str, Kind, &AtomicU64); 12] {
+        use Kind::{Counter, Gauge};
+        [
+            ("iotmon_ingest_messages_total", "Messages received on device topics.", Counter, &self.messages),
+            ("iotmon_ingest_readings_total", "Device readings accepted.", Counter, &self.readings),
+            ("iotmon_live_batches_deferred_total", "Live batches held back because the consumer was busy; their devices went out coalesced later.", Counter, &self.live_batches_deferred),
+            ("iotmon_aggregates_deferred_total", "Aggregate batches held back because the consumer was busy; their groups went out next window.", Counter, &self.aggregates_deferred),
+            ("iotmon_rollup_late_readings_total", "Readings later than their rollup window plus grace, left out of the rollups.", Counter, &self.late_readings),
+            ("iotmon_store_batches_dropped_total", "Store batches dropped because the store queue was full.", Counter, &self.store_batches_dropped),
+            ("iotmon_store_errors_total", "Store transactions that failed.", Counter, &self.store_errors),
+            ("iotmon_store_rollup_rows_total", "Finest-tier rollup deltas written to the store.", Counter, &self.store_rollup_rows),
+            ("iotmon_influx_points_written_total", "Points written to InfluxDB.", Counter, &self.influx_points_written),
+            ("iotmon_influx_write_errors_total", "Failed InfluxDB writes (retried from the outbox).", Counter, &self.influx_write_errors),
+            ("iotmon_influx_points_dropped_total", "Points dropped from the full InfluxDB outbox (oldest first).", Counter, &self.influx_points_dropped),
+            ("iotmon_influx_outbox_bytes", "Bytes waiting in the InfluxDB outbox.", Gauge, &self.influx_outbox_bytes),
+        ]
+    }
 }
 
 impl MetricsSource for BridgeCounters {
     fn render_prometheus(&self, out: &mut String) {
-        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        write_metric(
-            out,
-            "iotmon_ingest_messages_total",
-            "Messages received on device topics.",
-            Kind::Counter,
-            &[("", load(&self.messages))],
-        );
-        write_metric(
-            out,
-            "iotmon_ingest_readings_total",
-            "Device readings accepted.",
-            Kind::Counter,
-            &[("", load(&self.readings))],
-        );
+        for (name, help, kind, counter) in self.plain() {
+            write_metric(
+                out,
+                name,
+                help,
+                kind,
+                &[("", counter.load(Ordering::Relaxed))],
+            );
+        }
         let labels: Vec<String> = RejectReason::ALL
             .iter()
             .map(|reason| format!("reason=\"{}\"", reason.as_str()))
@@ -63,6 +95,5 @@ impl MetricsSource for BridgeCounters {
             Kind::Counter,
             &rejected,
         );
-        write_metric(out, "iotmon_live_batches_deferred_total", "Live batches held back because the consumer was busy; their devices went out coalesced later.", Kind::Counter, &[("", load(&self.live_batches_deferred))]);
     }
 }

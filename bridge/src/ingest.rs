@@ -43,11 +43,13 @@ pub enum RejectReason {
     TimestampOutOfRange,
     /// The array holds no element, or more than `max_batch`.
     BadBatch,
+    /// A `status/...` payload other than `online` or `offline`.
+    BadStatus,
 }
 
 impl RejectReason {
     /// Every reason, for exporting one counter each.
-    pub const ALL: [RejectReason; 10] = [
+    pub const ALL: [RejectReason; 11] = [
         RejectReason::BadTopic,
         RejectReason::TooLarge,
         RejectReason::NotJson,
@@ -58,6 +60,7 @@ impl RejectReason {
         RejectReason::BadTimestamp,
         RejectReason::TimestampOutOfRange,
         RejectReason::BadBatch,
+        RejectReason::BadStatus,
     ];
 
     /// A stable label for metrics and logs.
@@ -73,6 +76,7 @@ impl RejectReason {
             RejectReason::BadTimestamp => "bad_timestamp",
             RejectReason::TimestampOutOfRange => "timestamp_out_of_range",
             RejectReason::BadBatch => "bad_batch",
+            RejectReason::BadStatus => "bad_status",
         }
     }
 
@@ -310,6 +314,84 @@ mod tests {
             "n".repeat(limits.max_metric_name_bytes + 1)
         );
         assert_eq!(refused(&long_name), vec![RejectReason::BadValue]);
+    }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn metric_name() -> impl Strategy<Value = String> {
+            "[a-z][a-z0-9_]{0,15}".prop_filter("not the timestamp key", |name| name != "ts")
+        }
+
+        fn metric_value() -> impl Strategy<Value = MetricValue> {
+            prop_oneof![
+                // Quarters print and parse back exactly (serde_json's default float parsing
+                // may differ from the shortest printed form in the last bit otherwise).
+                (-4_000_000_000_000i64..4_000_000_000_000)
+                    .prop_map(|n| MetricValue::Number(n as f64 / 4.0)),
+                any::<bool>().prop_map(MetricValue::Bool),
+            ]
+        }
+
+        fn reading() -> impl Strategy<Value = Reading> {
+            (
+                proptest::option::of(NOW - 86_400_000..NOW + 60_000),
+                proptest::collection::btree_map(metric_name(), metric_value(), 1..10),
+            )
+                .prop_map(|(ts, metrics)| Reading {
+                    ts: ts.unwrap_or(NOW),
+                    metrics: metrics
+                        .into_iter()
+                        .map(|(name, value)| (Arc::from(name.as_str()), value))
+                        .collect(),
+                })
+        }
+
+        fn to_json(reading: &Reading) -> serde_json::Value {
+            let mut object = serde_json::Map::new();
+            object.insert("ts".into(), reading.ts.into());
+            for (name, value) in &reading.metrics {
+                let value = match value {
+                    MetricValue::Number(n) => serde_json::Value::from(*n),
+                    MetricValue::Bool(b) => serde_json::Value::from(*b),
+                };
+                object.insert(name.to_string(), value);
+            }
+            serde_json::Value::Object(object)
+        }
+
+        proptest! {
+            #[test]
+            fn never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+                let parsed = parse_payload(&bytes, NOW, &IngestLimits::default());
+                prop_assert!(!parsed.readings.is_empty() || !parsed.rejected.is_empty());
+            }
+
+            #[test]
+            fn never_panics_on_json_shaped_text(text in r#"[\[\]{}",:0-9a-z.eE+\- ]{0,200}"#) {
+                let _ = parse_payload(text.as_bytes(), NOW, &IngestLimits::default());
+            }
+
+            #[test]
+            fn valid_objects_round_trip(reading in reading()) {
+                let payload = to_json(&reading).to_string();
+                let parsed = parse_payload(payload.as_bytes(), NOW, &IngestLimits::default());
+                prop_assert!(parsed.rejected.is_empty());
+                let mut expected = reading.clone();
+                expected.metrics.sort_by(|a, b| a.0.cmp(&b.0));
+                prop_assert_eq!(parsed.readings, vec![expected]);
+            }
+
+            #[test]
+            fn valid_batches_round_trip(readings in proptest::collection::vec(reading(), 1..20)) {
+                let batch = serde_json::Value::Array(readings.iter().map(to_json).collect());
+                let parsed = parse_payload(batch.to_string().as_bytes(), NOW, &IngestLimits::default());
+                prop_assert!(parsed.rejected.is_empty());
+                prop_assert_eq!(parsed.readings.len(), readings.len());
+            }
+        }
     }
 
     #[test]

@@ -1,22 +1,28 @@
-//! The bridge: turns the raw device stream into per-device state and hands the changes to
-//! dashboards.
+//! The bridge: turns the raw device stream into per-device state, group aggregates, rollups
+//! and durable history.
 //!
-//! Data flow: [`source`] (broker messages) → [`ingest`] (payload parsing) → [`devices`]
-//! (latest state per device) → [`pipeline`] (the loop that ties them and emits coalesced
-//! batches) → a dashboard in-process, or [`live_publisher`] on `iotmon/live/...` topics.
+//! Data flow: [`source`] (broker messages) → [`pipeline`] (dispatch by device id to shards,
+//! one task each) → [`shard`] ([`ingest`] parses, latest state and presence per device,
+//! [`aggregates`] incrementally per group, [`rollup`] deltas) → the dashboard in-process or
+//! [`live_publisher`] on `iotmon/...` topics; the [`store`] thread (SQLite) keeps rollup tiers
+//! and the device registry, serves history, and feeds the [`influx`] sink's outbox.
 //! [`standalone`] composes the pieces for `iotmon bridge --broker ...`.
 
+pub mod aggregates;
 pub mod config;
 pub mod counters;
-pub mod devices;
+pub mod influx;
 pub mod ingest;
 pub mod live_publisher;
 pub mod pipeline;
 pub mod reject_log;
+pub mod rollup;
+pub mod shard;
 pub mod source;
 pub mod standalone;
+pub mod store;
 
-pub use config::{BridgeConfig, IngestLimits};
+pub use config::{BridgeConfig, ConfigError, IngestLimits};
 pub use counters::BridgeCounters;
 pub use pipeline::run;
 
@@ -25,5 +31,5 @@ pub use pipeline::run;
 pub const INPUT_CAPACITY: usize = 4096;
 
 /// Capacity of the channel of live batches to the consumer, in batches. When full, the bridge
-/// keeps the changed devices and sends them, coalesced, in a later batch.
+/// keeps the changed devices and groups and sends them, coalesced, in a later batch.
 pub const LIVE_CAPACITY: usize = 8;

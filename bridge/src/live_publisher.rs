@@ -1,9 +1,11 @@
-//! Publishing device states on `iotmon/live/<group>/<device>` when the bridge runs in a process
-//! of its own, so any number of dashboards can subscribe.
+//! Publishing derived data when the bridge runs in a process of its own, so any number of
+//! dashboards can subscribe: device states on `iotmon/live/<group>/<device>`, group aggregates
+//! on `iotmon/agg/<group>` (JSON, QoS 0).
 
-use iotmon_wire::topics::live_topic;
+use iotmon_wire::topics::{agg_topic, live_topic};
 use iotmon_wire::Derived;
 use rumqttc::{AsyncClient, QoS};
+use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
@@ -23,16 +25,18 @@ pub async fn publish_live(
                 None => break,
             },
         };
-        let Derived::Devices(devices) = batch;
-        for state in devices {
-            let topic = live_topic(&state.group, &state.id);
-            let payload = match serde_json::to_vec(&state) {
-                Ok(payload) => payload,
-                Err(error) => {
-                    warn!(%error, device = %state.id, "device state not serializable");
-                    continue;
-                }
-            };
+        let messages: Vec<(String, Option<Vec<u8>>)> = match batch {
+            Derived::Devices(devices) => devices
+                .iter()
+                .map(|state| (live_topic(&state.group, &state.id), encode(state)))
+                .collect(),
+            Derived::Aggregates(aggregates) => aggregates
+                .iter()
+                .map(|aggregate| (agg_topic(&aggregate.group), encode(aggregate)))
+                .collect(),
+        };
+        for (topic, payload) in messages {
+            let Some(payload) = payload else { continue };
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 published = client.publish(topic, QoS::AtMostOnce, false, payload) => {
@@ -43,4 +47,10 @@ pub async fn publish_live(
             }
         }
     }
+}
+
+fn encode(value: &impl Serialize) -> Option<Vec<u8>> {
+    serde_json::to_vec(value)
+        .inspect_err(|error| warn!(%error, "derived data not serializable"))
+        .ok()
 }

@@ -1,30 +1,44 @@
-//! The bridge's main loop: device messages in, coalesced device states out.
+//! The bridge's main loop: device messages in, sharded by device id across worker tasks;
+//! coalesced device states and group aggregates out; rollups and registry changes to the store.
+//!
+//! ```text
+//! from_broker ─▶ dispatch ─┬─▶ shard 0 ─┬─▶ live_updates (device states, each live_interval)
+//!   (hash of device id)    ├─▶ shard 1 ─┼─▶ aggregator ─▶ live_updates (aggregates, each window)
+//!                          └─▶ ...      └─▶ store thread (deltas + registry, each flush interval)
+//! ```
 
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::time::Instant;
 
 use iotmon_wire::mqtt::Message;
-use iotmon_wire::topics::{self, SYNC_REQUEST};
+use iotmon_wire::topics::SYNC_REQUEST;
 use iotmon_wire::Derived;
 use tokio::sync::mpsc::{self, error::TrySendError};
-use tokio::time::MissedTickBehavior;
+use tokio::time::{Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info};
 
+use crate::aggregates::{AggregateMerger, ShardGroup};
 use crate::config::BridgeConfig;
 use crate::counters::BridgeCounters;
-use crate::devices::DeviceTable;
-use crate::ingest::{self, RejectReason};
-use crate::reject_log::RejectLog;
+use crate::shard::Shard;
+use crate::store::{OpenStore, StoreHandle};
 
-/// The bridge's state: owned by one task, so the hot path takes no locks.
+/// Messages queued per shard. When full, the dispatcher waits (and with it the broker link).
+pub const SHARD_CAPACITY: usize = 1024;
+
+/// What a shard receives.
 #[derive(Debug)]
-pub struct Bridge {
-    config: BridgeConfig,
-    devices: DeviceTable,
-    counters: Arc<BridgeCounters>,
-    reject_log: RejectLog,
+pub enum ShardInput {
+    /// A message from a device topic.
+    Message(Message),
+    /// A dashboard asked for everything: resend every device and group.
+    SyncAll,
 }
 
 /// What happened to a batch of changed devices handed to the live stream.
@@ -40,102 +54,312 @@ pub enum Flush {
     Closed,
 }
 
-impl Bridge {
-    pub fn new(config: BridgeConfig, counters: Arc<BridgeCounters>) -> Self {
-        Bridge {
-            config,
-            devices: DeviceTable::new(),
-            counters,
-            reject_log: RejectLog::new(Duration::from_secs(10)),
-        }
-    }
-
-    /// Handles one message from the broker, received at `now_ms`.
-    pub fn handle(&mut self, message: &Message, now_ms: i64) {
-        if message.topic == SYNC_REQUEST {
-            debug!("a dashboard asked for every device state");
-            self.devices.mark_all_changed();
-            return;
-        }
-        self.counters.messages.fetch_add(1, Ordering::Relaxed);
-        let device_topic = match topics::parse_sensor_topic(&message.topic) {
-            Ok(device_topic) => device_topic,
-            Err(_) => return self.reject(RejectReason::BadTopic, &message.topic),
-        };
-        let parsed = ingest::parse_payload(&message.payload, now_ms, &self.config.limits);
-        for reason in parsed.rejected {
-            self.reject(reason, &message.topic);
-        }
-        let accepted = parsed.readings.len() as u64;
-        for reading in parsed.readings {
-            self.devices
-                .apply(device_topic.group, device_topic.device, reading);
-        }
-        self.counters
-            .readings
-            .fetch_add(accepted, Ordering::Relaxed);
-    }
-
-    /// Hands the devices changed since the last flush to `live_updates` without waiting:
-    /// if the consumer is still busy, they are kept (coalesced) for the next flush.
-    pub fn flush(&mut self, live_updates: &mpsc::Sender<Derived>) -> Flush {
-        let changed = self.devices.take_changed();
-        if changed.is_empty() {
-            return Flush::Idle;
-        }
-        match live_updates.try_send(Derived::Devices(changed)) {
-            Ok(()) => Flush::Sent,
-            Err(TrySendError::Full(Derived::Devices(changed))) => {
-                self.counters
-                    .live_batches_deferred
-                    .fetch_add(1, Ordering::Relaxed);
-                self.devices
-                    .mark_changed(changed.into_iter().map(|state| state.id));
-                Flush::Deferred
-            }
-            Err(TrySendError::Closed(_)) => Flush::Closed,
-        }
-    }
-
-    /// Number of devices seen since start.
-    pub fn device_count(&self) -> usize {
-        self.devices.len()
-    }
-
-    fn reject(&mut self, reason: RejectReason, topic: &str) {
-        self.counters.reject(reason);
-        self.reject_log.record(reason, topic, Instant::now());
-    }
+/// The shard a device belongs to: a stable hash of its id.
+pub fn shard_of(device: &str, shards: usize) -> usize {
+    let mut hasher = DefaultHasher::new();
+    device.hash(&mut hasher);
+    (hasher.finish() % shards.max(1) as u64) as usize
 }
 
-/// Runs the bridge until `shutdown` or until its input ends: parses every message from
-/// `from_broker`, and every `live_interval` hands the changed devices to `live_updates`.
+/// The device id of a device topic (its last level), for routing; malformed topics go to
+/// the shard of their last level too and are refused there.
+fn routing_key(topic: &str) -> &str {
+    topic.rsplit_once('/').map_or(topic, |(_, device)| device)
+}
+
+/// Runs the bridge until `shutdown` or until its input ends. With `store`, devices from the
+/// registry are restored first and every flush interval's rollups and registry changes go to
+/// it; at the end the store is flushed and closed.
 pub async fn run(
     config: BridgeConfig,
     mut from_broker: mpsc::Receiver<Message>,
     live_updates: mpsc::Sender<Derived>,
     counters: Arc<BridgeCounters>,
+    store: Option<OpenStore>,
     shutdown: CancellationToken,
 ) {
-    let mut ticker = tokio::time::interval(config.live_interval);
+    let config = Arc::new(config);
+    let clock = Clock::start();
+    let count = config.shard_count();
+    let tasks = TaskTracker::new();
+    let (store_handle, restored, writer) = match store {
+        Some(store) => {
+            if config.influx.enabled {
+                tasks.spawn(run_influx(
+                    config.influx.clone(),
+                    store.path,
+                    counters.clone(),
+                    shutdown.clone(),
+                ));
+            }
+            (Some(store.handle), store.restored, Some(store.writer))
+        }
+        None => (None, Vec::new(), None),
+    };
+    let mut shards: Vec<Shard> = (0..count)
+        .map(|_| Shard::new(config.clone(), counters.clone()))
+        .collect();
+    let restored_count = restored.len();
+    for entry in restored {
+        shards[shard_of(&entry.state.id, count)].restore(entry);
+    }
+    info!(shards = count, restored = restored_count, "bridge starting");
+    let (to_aggregator, from_shards) = mpsc::channel(count * 16);
+    let mut inputs = Vec::with_capacity(count);
+    for (index, shard) in shards.into_iter().enumerate() {
+        let (input, from_dispatch) = mpsc::channel(SHARD_CAPACITY);
+        inputs.push(input);
+        let outputs = ShardOutputs {
+            index,
+            live_updates: live_updates.clone(),
+            to_aggregator: to_aggregator.clone(),
+            to_store: store_handle.clone(),
+            counters: counters.clone(),
+            clock,
+        };
+        tasks.spawn(run_shard(
+            shard,
+            from_dispatch,
+            outputs,
+            config.clone(),
+            shutdown.clone(),
+        ));
+    }
+    drop(to_aggregator);
+    drop(store_handle);
+    tasks.spawn(run_aggregator(
+        count,
+        from_shards,
+        live_updates,
+        config.aggregate_interval,
+        counters,
+        clock,
+        shutdown.clone(),
+    ));
+    tasks.close();
+    dispatch(&mut from_broker, &inputs, &shutdown).await;
+    drop(inputs);
+    tasks.wait().await;
+    if let Some(writer) = writer {
+        let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+    }
+    info!("bridge stopped");
+}
+
+async fn run_influx(
+    config: crate::config::InfluxConfig,
+    path: std::path::PathBuf,
+    counters: Arc<BridgeCounters>,
+    shutdown: CancellationToken,
+) {
+    if let Err(error) = crate::influx::run_sender(config, path, counters, shutdown).await {
+        tracing::error!(%error, "InfluxDB sink stopped");
+    }
+}
+
+/// Routes every message to its shard until the input ends or `shutdown`.
+async fn dispatch(
+    from_broker: &mut mpsc::Receiver<Message>,
+    inputs: &[mpsc::Sender<ShardInput>],
+    shutdown: &CancellationToken,
+) {
+    loop {
+        let message = tokio::select! {
+            () = shutdown.cancelled() => return,
+            message = from_broker.recv() => match message {
+                Some(message) => message,
+                None => return,
+            },
+        };
+        if message.topic == SYNC_REQUEST {
+            debug!("a dashboard asked for every device state");
+            for input in inputs {
+                let _ = input.send(ShardInput::SyncAll).await;
+            }
+            continue;
+        }
+        let shard = shard_of(routing_key(&message.topic), inputs.len());
+        if inputs[shard]
+            .send(ShardInput::Message(message))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// Where a shard's outputs go.
+#[derive(Debug)]
+struct ShardOutputs {
+    index: usize,
+    live_updates: mpsc::Sender<Derived>,
+    to_aggregator: mpsc::Sender<(usize, Vec<ShardGroup>)>,
+    to_store: Option<StoreHandle>,
+    counters: Arc<BridgeCounters>,
+    clock: Clock,
+}
+
+fn ticker(period: Duration) -> Interval {
+    let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut bridge = Bridge::new(config, counters);
+    ticker
+}
+
+/// One shard's loop: handles its messages; each live interval sends its changed devices,
+/// each aggregation window checks silence and sends its changed groups, each flush interval
+/// hands its rollup deltas and registry changes to the store. Flushes everything at the end.
+async fn run_shard(
+    mut shard: Shard,
+    mut from_dispatch: mpsc::Receiver<ShardInput>,
+    outputs: ShardOutputs,
+    config: Arc<BridgeConfig>,
+    shutdown: CancellationToken,
+) {
+    let mut live = ticker(config.live_interval);
+    let mut window = ticker(config.aggregate_interval);
+    let mut flush = ticker(config.store.flush_interval);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
-            message = from_broker.recv() => match message {
-                Some(message) => bridge.handle(&message, unix_millis()),
+            input = from_dispatch.recv() => match input {
+                Some(ShardInput::Message(message)) => shard.handle(&message, outputs.clock.now_ms()),
+                Some(ShardInput::SyncAll) => shard.mark_all_changed(),
+                None => break,
+            },
+            _ = live.tick() => {
+                if flush_live(&mut shard, &outputs) == Flush::Closed {
+                    break;
+                }
+            }
+            _ = window.tick() => send_groups(&mut shard, &outputs, outputs.clock.now_ms()),
+            _ = flush.tick() => send_to_store(&mut shard, &outputs),
+        }
+    }
+    flush_live(&mut shard, &outputs);
+    send_groups(&mut shard, &outputs, outputs.clock.now_ms());
+    send_to_store(&mut shard, &outputs);
+}
+
+/// Hands the devices changed since the last flush to the live stream without waiting: if the
+/// consumer is still busy, they are kept (coalesced) for the next flush.
+fn flush_live(shard: &mut Shard, outputs: &ShardOutputs) -> Flush {
+    let changed = shard.take_changed();
+    if changed.is_empty() {
+        return Flush::Idle;
+    }
+    match outputs.live_updates.try_send(Derived::Devices(changed)) {
+        Ok(()) => Flush::Sent,
+        Err(TrySendError::Full(Derived::Devices(changed))) => {
+            outputs
+                .counters
+                .live_batches_deferred
+                .fetch_add(1, Ordering::Relaxed);
+            shard.mark_changed(changed.into_iter().map(|state| state.id));
+            Flush::Deferred
+        }
+        Err(TrySendError::Full(_)) => Flush::Deferred,
+        Err(TrySendError::Closed(_)) => Flush::Closed,
+    }
+}
+
+fn send_groups(shard: &mut Shard, outputs: &ShardOutputs, now_ms: i64) {
+    shard.check_silence(now_ms);
+    let groups = shard.take_groups();
+    if groups.is_empty() {
+        return;
+    }
+    if let Err(TrySendError::Full(_)) = outputs.to_aggregator.try_send((outputs.index, groups)) {
+        // The aggregator is behind: resend every group next window.
+        shard.mark_groups();
+    }
+}
+
+fn send_to_store(shard: &mut Shard, outputs: &ShardOutputs) {
+    let batch = shard.take_store_batch();
+    if let Some(store) = &outputs.to_store {
+        store.send(batch);
+    }
+}
+
+/// Merges the shards' partials and emits the changed groups' aggregates each window.
+async fn run_aggregator(
+    shards: usize,
+    mut from_shards: mpsc::Receiver<(usize, Vec<ShardGroup>)>,
+    live_updates: mpsc::Sender<Derived>,
+    window: Duration,
+    counters: Arc<BridgeCounters>,
+    clock: Clock,
+    shutdown: CancellationToken,
+) {
+    let mut merger = AggregateMerger::new(shards);
+    let mut ticker = ticker(window);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            partials = from_shards.recv() => match partials {
+                Some((shard, groups)) => groups.into_iter().for_each(|group| merger.update(shard, group)),
                 None => break,
             },
             _ = ticker.tick() => {
-                if bridge.flush(&live_updates) == Flush::Closed {
+                if emit_aggregates(&mut merger, &live_updates, &counters, clock.now_ms()) == Flush::Closed {
                     break;
                 }
             }
         }
     }
-    bridge.flush(&live_updates);
-    info!(devices = bridge.device_count(), "bridge stopped");
+    while let Ok((shard, groups)) = from_shards.try_recv() {
+        groups
+            .into_iter()
+            .for_each(|group| merger.update(shard, group));
+    }
+    emit_aggregates(&mut merger, &live_updates, &counters, clock.now_ms());
+}
+
+fn emit_aggregates(
+    merger: &mut AggregateMerger,
+    live_updates: &mpsc::Sender<Derived>,
+    counters: &BridgeCounters,
+    now_ms: i64,
+) -> Flush {
+    let aggregates = merger.take(now_ms);
+    if aggregates.is_empty() {
+        return Flush::Idle;
+    }
+    match live_updates.try_send(Derived::Aggregates(aggregates)) {
+        Ok(()) => Flush::Sent,
+        Err(TrySendError::Full(Derived::Aggregates(aggregates))) => {
+            counters.aggregates_deferred.fetch_add(1, Ordering::Relaxed);
+            merger.defer(aggregates);
+            Flush::Deferred
+        }
+        Err(TrySendError::Full(_)) => Flush::Deferred,
+        Err(TrySendError::Closed(_)) => Flush::Closed,
+    }
+}
+
+/// The bridge's clock: wall-clock milliseconds read through tokio's monotonic clock, so
+/// tests on tokio's paused clock drive windows and silence deterministically.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    epoch_ms: i64,
+    started: Instant,
+}
+
+impl Clock {
+    /// A clock reading the wall clock now and advancing with tokio's clock from here.
+    pub fn start() -> Self {
+        Clock {
+            epoch_ms: unix_millis(),
+            started: Instant::now(),
+        }
+    }
+
+    /// Milliseconds since the Unix epoch.
+    pub fn now_ms(&self) -> i64 {
+        let elapsed = i64::try_from(self.started.elapsed().as_millis()).unwrap_or(i64::MAX);
+        self.epoch_ms.saturating_add(elapsed)
+    }
 }
 
 /// Milliseconds since the Unix epoch, now.
@@ -161,60 +385,89 @@ mod tests {
     }
 
     #[test]
-    fn bad_messages_are_counted_and_good_ones_still_flow() {
-        let counters = Arc::new(BridgeCounters::default());
-        let mut bridge = Bridge::new(BridgeConfig::default(), counters.clone());
-        bridge.handle(&message("sensors/hq/d1", "garbage"), 1_000);
-        bridge.handle(&message("sensors/d1", r#"{"t":1}"#), 1_000);
-        bridge.handle(&message("sensors/hq/d1", r#"{"t":1}"#), 1_000);
-        assert_eq!(counters.rejected(RejectReason::NotJson), 1);
-        assert_eq!(counters.rejected(RejectReason::BadTopic), 1);
-        assert_eq!(counters.readings.load(Ordering::Relaxed), 1);
-
-        let (live_tx, mut live_rx) = mpsc::channel(1);
-        assert_eq!(bridge.flush(&live_tx), Flush::Sent);
-        let Ok(Derived::Devices(devices)) = live_rx.try_recv() else {
-            panic!("expected a batch");
-        };
-        assert_eq!(devices.len(), 1);
-        assert_eq!(devices[0].metrics.get("t"), Some(&MetricValue::Number(1.0)));
+    fn devices_spread_over_shards_stably() {
+        let mut seen = vec![0; 4];
+        for i in 0..1000 {
+            let id = format!("dev-{i}");
+            let shard = shard_of(&id, 4);
+            assert_eq!(shard, shard_of(&id, 4));
+            seen[shard] += 1;
+        }
+        assert!(seen.iter().all(|&n| n > 150), "{seen:?}");
+        assert_eq!(routing_key("sensors/hq/d1"), "d1");
     }
 
-    #[test]
-    fn a_busy_consumer_gets_the_changes_coalesced_later() {
-        let counters = Arc::new(BridgeCounters::default());
-        let mut bridge = Bridge::new(BridgeConfig::default(), counters.clone());
-        let (live_tx, mut live_rx) = mpsc::channel(1);
-        bridge.handle(&message("sensors/hq/d1", r#"{"t":1}"#), 1_000);
-        assert_eq!(bridge.flush(&live_tx), Flush::Sent);
-        bridge.handle(&message("sensors/hq/d1", r#"{"t":2}"#), 1_001);
-        bridge.handle(&message("sensors/hq/d2", r#"{"t":2}"#), 1_001);
-        assert_eq!(bridge.flush(&live_tx), Flush::Deferred);
-        assert_eq!(counters.live_batches_deferred.load(Ordering::Relaxed), 1);
-        bridge.handle(&message("sensors/hq/d1", r#"{"t":3}"#), 1_002);
-        live_rx.try_recv().expect("first batch");
-        assert_eq!(bridge.flush(&live_tx), Flush::Sent);
-        let Ok(Derived::Devices(mut devices)) = live_rx.try_recv() else {
-            panic!("expected a batch");
+    /// The whole pipeline on tokio's paused clock: states, aggregates, and presence by silence.
+    #[tokio::test(start_paused = true)]
+    async fn states_and_aggregates_flow_through_the_shards() {
+        let config = BridgeConfig {
+            shards: 3,
+            ..BridgeConfig::default()
         };
-        devices.sort_by(|a, b| a.id.cmp(&b.id));
-        assert_eq!(devices.len(), 2);
-        assert_eq!(devices[0].metrics.get("t"), Some(&MetricValue::Number(3.0)));
-    }
-
-    #[test]
-    fn a_sync_request_resends_every_device() {
-        let mut bridge = Bridge::new(BridgeConfig::default(), Arc::default());
-        let (live_tx, mut live_rx) = mpsc::channel(4);
-        bridge.handle(&message("sensors/hq/d1", r#"{"t":1}"#), 1_000);
-        bridge.handle(&message("sensors/hq/d2", r#"{"t":1}"#), 1_000);
-        bridge.flush(&live_tx);
-        live_rx.try_recv().expect("first batch");
-        bridge.handle(&message(SYNC_REQUEST, ""), 1_000);
-        bridge.flush(&live_tx);
-        let Ok(Derived::Devices(devices)) = live_rx.try_recv() else {
-            panic!("expected a batch");
-        };
-        assert_eq!(devices.len(), 2);
+        let (to_bridge, from_broker) = mpsc::channel(16);
+        let (live_updates, mut derived) = mpsc::channel(64);
+        let shutdown = CancellationToken::new();
+        let bridge = tokio::spawn(run(
+            config,
+            from_broker,
+            live_updates,
+            Arc::default(),
+            None,
+            shutdown.clone(),
+        ));
+        for (device, t) in [("d1", 10.0), ("d2", 20.0), ("d3", 30.0)] {
+            let topic = format!("sensors/hq/{device}");
+            to_bridge
+                .send(message(&topic, &format!(r#"{{"t":{t}}}"#)))
+                .await
+                .expect("bridge runs");
+        }
+        to_bridge
+            .send(message("status/hq/d4", "offline"))
+            .await
+            .expect("bridge runs");
+        let mut devices = std::collections::BTreeMap::new();
+        let mut hq = None;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while hq.is_none() || devices.len() < 4 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no complete aggregate in time"
+            );
+            match derived.recv().await.expect("bridge runs") {
+                Derived::Devices(states) => {
+                    for state in states {
+                        devices.insert(state.id.to_string(), state);
+                    }
+                }
+                Derived::Aggregates(aggregates) => {
+                    hq = aggregates
+                        .into_iter()
+                        .find(|a| &*a.group == "hq" && a.devices.online + a.devices.offline == 4)
+                        .or(hq);
+                }
+            }
+        }
+        let hq = hq.expect("hq aggregate");
+        assert_eq!((hq.devices.online, hq.devices.offline), (3, 1));
+        assert_eq!(hq.metrics["t"].count, 3);
+        assert_eq!(hq.metrics["t"].mean, 20.0);
+        assert_eq!(
+            devices["d2"].metrics.get("t"),
+            Some(&MetricValue::Number(20.0))
+        );
+        // Nothing more is sent: after the default silence every device is offline.
+        tokio::time::sleep(Duration::from_secs(61)).await;
+        let mut offline = false;
+        while let Ok(batch) = derived.try_recv() {
+            if let Derived::Aggregates(aggregates) = batch {
+                offline |= aggregates
+                    .iter()
+                    .any(|a| &*a.group == "hq" && a.devices.offline == 4);
+            }
+        }
+        assert!(offline, "silence turned the devices offline");
+        shutdown.cancel();
+        bridge.await.expect("bridge stops");
     }
 }

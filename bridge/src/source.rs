@@ -2,12 +2,12 @@
 
 use iotmon_broker::LocalSubscription;
 use iotmon_wire::mqtt::Message;
-use iotmon_wire::topics::{SENSORS_FILTER, SYNC_REQUEST};
+use iotmon_wire::topics::{SENSORS_FILTER, STATUS_FILTER, SYNC_REQUEST};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// Topic filters the bridge reads.
-pub const FILTERS: [&str; 2] = [SENSORS_FILTER, SYNC_REQUEST];
+pub const FILTERS: [&str; 3] = [SENSORS_FILTER, STATUS_FILTER, SYNC_REQUEST];
 
 /// Forwards an in-process subscription to the bridge until `shutdown`. Waits while the
 /// bridge's channel is full: the router then holds messages in its bounded log.

@@ -13,18 +13,21 @@ use crate::config::BridgeConfig;
 use crate::counters::BridgeCounters;
 use crate::live_publisher::publish_live;
 use crate::source::FILTERS;
+use crate::store::OpenStore;
 use crate::{pipeline, INPUT_CAPACITY, LIVE_CAPACITY};
 
 /// Requests the MQTT client may queue before a publish waits.
 const CLIENT_QUEUE: usize = 1024;
 
-/// Runs the bridge against the broker at `broker` until `shutdown`.
+/// Runs the bridge against the broker at `broker` until `shutdown`, keeping rollups and the
+/// registry in `store` when given.
 pub async fn run(
     config: BridgeConfig,
     broker: BrokerUrl,
     client_id: &str,
     max_packet_size: usize,
     counters: Arc<BridgeCounters>,
+    store: Option<OpenStore>,
     shutdown: CancellationToken,
 ) {
     let (client, eventloop) =
@@ -50,6 +53,7 @@ pub async fn run(
         from_broker,
         live_updates,
         counters,
+        store,
         shutdown.clone(),
     )
     .await;

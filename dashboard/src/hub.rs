@@ -390,7 +390,10 @@ impl Hub {
 
     /// Records new device states and marks the viewers that see them.
     pub fn apply(&mut self, batch: Derived) {
-        let Derived::Devices(states) = batch;
+        // Group aggregates are not shown yet (issue 5 consumes them).
+        let Derived::Devices(states) = batch else {
+            return;
+        };
         for state in states {
             if let Some(watchers) = self.watchers.get(&state.id) {
                 for viewer_id in watchers {
@@ -552,6 +555,7 @@ mod tests {
             group: "hq".into(),
             ts: 1,
             metrics,
+            online: true,
         }
     }
 

@@ -1,10 +1,11 @@
 //! The dashboard's input when it runs in a process of its own: device states from the
-//! bridge's `iotmon/live/...` topics on an MQTT broker.
+//! bridge's `iotmon/live/...` topics and group aggregates from `iotmon/agg/...` on an MQTT
+//! broker.
 
 use bytes::Bytes;
 use iotmon_wire::mqtt::{drive_session, BrokerUrl, Message, SessionPlan};
-use iotmon_wire::topics::{LIVE_FILTER, SYNC_REQUEST};
-use iotmon_wire::{Derived, DeviceState};
+use iotmon_wire::topics::{AGG_FILTER, LIVE_FILTER, SYNC_REQUEST};
+use iotmon_wire::{Derived, DeviceState, GroupAggregate};
 use rumqttc::AsyncClient;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -26,7 +27,7 @@ pub async fn from_broker(
     let (client, eventloop) = AsyncClient::new(broker.options(&client_id, max_packet_size), 64);
     let (messages_tx, mut messages) = mpsc::channel::<Message>(INPUT_CAPACITY);
     let plan = SessionPlan {
-        subscriptions: vec![LIVE_FILTER.to_string()],
+        subscriptions: vec![LIVE_FILTER.to_string(), AGG_FILTER.to_string()],
         announce: Some((SYNC_REQUEST.to_string(), Bytes::new())),
     };
     let session = tokio::spawn(drive_session(
@@ -37,17 +38,30 @@ pub async fn from_broker(
         shutdown.clone(),
     ));
     while let Some(message) = messages.recv().await {
-        let state: DeviceState = match serde_json::from_slice(&message.payload) {
-            Ok(state) => state,
-            Err(error) => {
-                warn!(topic = message.topic, %error, "ignoring an unreadable device state");
-                continue;
-            }
+        let Some(derived) = decode(&message) else {
+            continue;
         };
-        if to_hub.send(Derived::Devices(vec![state])).await.is_err() {
+        if to_hub.send(derived).await.is_err() {
             break;
         }
     }
     shutdown.cancel();
     let _ = session.await;
+}
+
+/// A device state (`iotmon/live/...`) or a group aggregate (`iotmon/agg/...`); unreadable
+/// payloads are logged and skipped.
+fn decode(message: &Message) -> Option<Derived> {
+    let decoded = if message.topic.starts_with("iotmon/agg/") {
+        serde_json::from_slice::<GroupAggregate>(&message.payload)
+            .map(|aggregate| Derived::Aggregates(vec![aggregate]))
+    } else {
+        serde_json::from_slice::<DeviceState>(&message.payload)
+            .map(|state| Derived::Devices(vec![state]))
+    };
+    decoded
+        .inspect_err(
+            |error| warn!(topic = message.topic, %error, "ignoring unreadable derived data"),
+        )
+        .ok()
 }

@@ -113,6 +113,12 @@ impl Iotmon {
         format!("ws://{}/ws", self.http.expect("an HTTP listener"))
     }
 
+    /// Kills the process with SIGKILL (`kill -9`: no shutdown, no flush) and reaps it.
+    pub fn kill_hard(&mut self) {
+        self.child.kill().expect("SIGKILL delivered");
+        self.child.wait().expect("reaped");
+    }
+
     /// Sends SIGTERM and waits for the exit status, within `limit`.
     pub fn terminate(&mut self, limit: Duration) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();

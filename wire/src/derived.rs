@@ -1,6 +1,7 @@
 //! What the bridge derives from the raw device stream and hands to dashboards: in-process in
 //! `iotmon serve`, or over `iotmon/...` topics when the roles run apart.
 
+use crate::aggregate::GroupAggregate;
 use crate::device::DeviceState;
 
 /// One batch of derived data.
@@ -9,4 +10,7 @@ pub enum Derived {
     /// Devices whose state changed since the previous batch (latest state only: a device
     /// appears at most once per batch).
     Devices(Vec<DeviceState>),
+    /// Groups whose aggregate changed during the last aggregation window (every group after a
+    /// dashboard asked for a full resend); at most one entry per group.
+    Aggregates(Vec<GroupAggregate>),
 }

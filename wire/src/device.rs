@@ -44,6 +44,14 @@ pub struct DeviceState {
     /// Latest value of every metric the device has ever reported; a reading that omits a metric
     /// leaves its previous value in place.
     pub metrics: Metrics,
+    /// Whether the device is online: it has reported within its silence limit and its latest
+    /// `status/...` message (if any) is not `offline`. Absent in older payloads: online.
+    #[serde(default = "online_by_default")]
+    pub online: bool,
+}
+
+fn online_by_default() -> bool {
+    true
 }
 
 #[cfg(test)]
@@ -60,11 +68,12 @@ mod tests {
             group: "hq/building-a".into(),
             ts: 1_704_723_845_000,
             metrics,
+            online: true,
         };
         let json = serde_json::to_string(&state).expect("serialize");
         assert_eq!(
             json,
-            r#"{"id":"temp-0042","group":"hq/building-a","ts":1704723845000,"metrics":{"door_open":true,"temperature":23.5}}"#
+            r#"{"id":"temp-0042","group":"hq/building-a","ts":1704723845000,"metrics":{"door_open":true,"temperature":23.5},"online":true}"#
         );
         let back: DeviceState = serde_json::from_str(&json).expect("deserialize");
         assert_eq!(back, state);

@@ -3,12 +3,14 @@
 //! to an external MQTT broker.
 //!
 //! - [`device`]: a device's latest state, as the bridge derives it and viewers receive it.
+//! - [`aggregate`]: group aggregates (per metric count/mean/min/max, devices online/offline).
 //! - [`derived`]: the batches the bridge hands to dashboards.
 //! - [`topics`]: the topic tree (`sensors/...`, `iotmon/live/...`) and its parsing.
 //! - [`viewer`]: the WebSocket messages between the dashboard and a browser.
 //! - [`metrics`]: exporting counters in the Prometheus text format.
 //! - [`mqtt`]: `mqtt://host:port` addresses and a resilient client session loop.
 
+pub mod aggregate;
 pub mod derived;
 pub mod device;
 pub mod metrics;
@@ -16,5 +18,6 @@ pub mod mqtt;
 pub mod topics;
 pub mod viewer;
 
+pub use aggregate::{DeviceCounts, GroupAggregate, MetricAggregate};
 pub use derived::Derived;
 pub use device::{DeviceId, DeviceState, GroupPath, MetricValue, Metrics};

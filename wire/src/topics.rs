@@ -3,6 +3,10 @@
 //! - `sensors/<group path>/<device-id>`: readings published by devices.
 //! - `iotmon/live/<group path>/<device-id>`: a device's latest state, published by the bridge
 //!   when the roles run as separate processes.
+//! - `status/<group path>/<device-id>`: `online` / `offline`, retained, with a last will of
+//!   `offline`: a device's presence, when it says so itself.
+//! - `iotmon/agg/<group path>`: a group's aggregate, published by the bridge each aggregation
+//!   window when the roles run as separate processes.
 //! - `iotmon/sync/request`: published by a dashboard when it (re)connects; the bridge answers by
 //!   republishing every device's state so the new dashboard starts complete.
 
@@ -12,11 +16,17 @@ use thiserror::Error;
 pub const SENSORS_FILTER: &str = "sensors/#";
 /// Filter a dashboard subscribes to for device states.
 pub const LIVE_FILTER: &str = "iotmon/live/#";
+/// Filter the bridge subscribes to for device presence.
+pub const STATUS_FILTER: &str = "status/#";
+/// Filter a dashboard subscribes to for group aggregates.
+pub const AGG_FILTER: &str = "iotmon/agg/#";
 /// Topic a dashboard publishes to ask the bridge for a full republish.
 pub const SYNC_REQUEST: &str = "iotmon/sync/request";
 
 const SENSORS_ROOT: &str = "sensors";
 const LIVE_ROOT: &str = "iotmon/live";
+const STATUS_ROOT: &str = "status";
+const AGG_ROOT: &str = "iotmon/agg";
 
 /// Group levels allowed between the root and the device id.
 pub const MAX_GROUP_LEVELS: usize = 8;
@@ -60,6 +70,51 @@ pub fn parse_live_topic(topic: &str) -> Result<DeviceTopic<'_>, TopicError> {
     parse_under(LIVE_ROOT, topic)
 }
 
+/// Parses `status/<group path>/<device-id>`.
+///
+/// # Errors
+/// As [`parse_sensor_topic`], for the `status/` root.
+pub fn parse_status_topic(topic: &str) -> Result<DeviceTopic<'_>, TopicError> {
+    parse_under(STATUS_ROOT, topic)
+}
+
+/// The topic a device announces its presence on.
+pub fn status_topic(group: &str, device: &str) -> String {
+    format!("{STATUS_ROOT}/{group}/{device}")
+}
+
+/// The topic the bridge publishes a group's aggregate on.
+pub fn agg_topic(group: &str) -> String {
+    format!("{AGG_ROOT}/{group}")
+}
+
+/// The group path of an `iotmon/agg/<group path>` topic.
+///
+/// # Errors
+/// The topic is not under `iotmon/agg/`, has an empty level, or is too deep.
+pub fn parse_agg_topic(topic: &str) -> Result<&str, TopicError> {
+    let group = topic
+        .strip_prefix(AGG_ROOT)
+        .and_then(|rest| rest.strip_prefix('/'))
+        .ok_or(TopicError::WrongRoot)?;
+    if group.split('/').any(str::is_empty) {
+        return Err(TopicError::EmptyLevel);
+    }
+    if group.split('/').count() > MAX_GROUP_LEVELS {
+        return Err(TopicError::TooDeep);
+    }
+    Ok(group)
+}
+
+/// Every group a device under `group` belongs to: each prefix of the path, shortest first
+/// (`hq`, `hq/building-a`, `hq/building-a/floor-3`).
+pub fn group_prefixes(group: &str) -> impl Iterator<Item = &str> {
+    group
+        .match_indices('/')
+        .map(move |(at, _)| &group[..at])
+        .chain(std::iter::once(group))
+}
+
 /// The topic a device publishes its readings on.
 pub fn sensor_topic(group: &str, device: &str) -> String {
     format!("{SENSORS_ROOT}/{group}/{device}")
@@ -97,6 +152,23 @@ mod tests {
         let topic = live_topic("hq", "d1");
         let live = parse_live_topic(&topic).expect("valid");
         assert_eq!((live.group, live.device), ("hq", "d1"));
+    }
+
+    #[test]
+    fn status_and_aggregate_topics_round_trip() {
+        let topic = status_topic("hq/a", "d1");
+        let status = parse_status_topic(&topic).expect("valid");
+        assert_eq!((status.group, status.device), ("hq/a", "d1"));
+        assert_eq!(parse_agg_topic(&agg_topic("hq/a")), Ok("hq/a"));
+        assert_eq!(parse_agg_topic("iotmon/agg/"), Err(TopicError::EmptyLevel));
+        assert_eq!(parse_agg_topic("iotmon/live/x"), Err(TopicError::WrongRoot));
+    }
+
+    #[test]
+    fn every_prefix_of_a_group_path_is_a_group() {
+        let prefixes: Vec<&str> = group_prefixes("hq/b/f3").collect();
+        assert_eq!(prefixes, ["hq", "hq/b", "hq/b/f3"]);
+        assert_eq!(group_prefixes("hq").collect::<Vec<_>>(), ["hq"]);
     }
 
     #[test]

@@ -1,0 +1,403 @@
+//! One shard of the fleet: the devices whose id hashes to it, owned by one task so the hot
+//! path takes no locks. Keeps each device's latest state and presence, its share of the group
+//! aggregates, and the rollup deltas and registry changes due for the store.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use iotmon_wire::mqtt::Message;
+use iotmon_wire::topics;
+use iotmon_wire::{DeviceId, DeviceState, GroupPath, MetricValue, Metrics};
+
+use crate::aggregates::{GroupPartials, ShardGroup};
+use crate::config::BridgeConfig;
+use crate::counters::BridgeCounters;
+use crate::ingest::{self, Reading, RejectReason};
+use crate::reject_log::RejectLog;
+use crate::rollup::{RollupBuffer, RollupDelta};
+
+/// A device as the store keeps it in its registry, and as it is restored after a restart.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegistryEntry {
+    /// Latest state (its metric names are the metrics seen).
+    pub state: DeviceState,
+    /// First and latest receipt of anything from it, ms since the epoch.
+    pub first_seen: i64,
+    pub last_seen: i64,
+}
+
+/// What a shard hands the store each flush interval.
+#[derive(Debug, Default)]
+pub struct StoreBatch {
+    pub rollups: Vec<RollupDelta>,
+    pub devices: Vec<RegistryEntry>,
+}
+
+impl StoreBatch {
+    pub fn is_empty(&self) -> bool {
+        self.rollups.is_empty() && self.devices.is_empty()
+    }
+}
+
+#[derive(Debug)]
+struct Device {
+    state: DeviceState,
+    first_seen: i64,
+    last_seen: i64,
+    /// Smoothed interval between receipts, ms; `None` until two receipts were seen.
+    interval_ms: Option<f64>,
+    /// Listed in the silence schedule.
+    check_scheduled: bool,
+}
+
+/// The devices of one shard.
+#[derive(Debug)]
+pub struct Shard {
+    config: Arc<BridgeConfig>,
+    counters: Arc<BridgeCounters>,
+    devices: HashMap<DeviceId, Device>,
+    /// Changed since the last live batch: one entry per device however often it reports,
+    /// which is what coalesces the live stream.
+    changed: HashSet<DeviceId>,
+    /// Changed since the last store batch.
+    registry_changed: HashSet<DeviceId>,
+    groups: GroupPartials,
+    rollups: RollupBuffer,
+    /// When to check devices for silence (ms since the epoch), each device listed once: a
+    /// device is looked at about once per silence limit, not on every reading.
+    silence_checks: BTreeMap<i64, Vec<DeviceId>>,
+    reject_log: RejectLog,
+}
+
+impl Shard {
+    pub fn new(config: Arc<BridgeConfig>, counters: Arc<BridgeCounters>) -> Self {
+        let base = config
+            .rollups
+            .tiers
+            .first()
+            .map_or(10_000, |tier| tier.width_ms());
+        let grace = i64::try_from(config.rollups.grace.as_millis()).unwrap_or(i64::MAX);
+        Shard {
+            rollups: RollupBuffer::new(base, grace),
+            config,
+            counters,
+            devices: HashMap::new(),
+            changed: HashSet::new(),
+            registry_changed: HashSet::new(),
+            groups: GroupPartials::new(),
+            silence_checks: BTreeMap::new(),
+            reject_log: RejectLog::new(std::time::Duration::from_secs(10)),
+        }
+    }
+
+    /// Handles one message from a device topic (`sensors/...` or `status/...`) at `now_ms`.
+    pub fn handle(&mut self, message: &Message, now_ms: i64) {
+        if message.topic.starts_with("status/") {
+            return self.handle_status(message, now_ms);
+        }
+        self.counters.messages.fetch_add(1, Ordering::Relaxed);
+        let Ok(topic) = topics::parse_sensor_topic(&message.topic) else {
+            return self.reject(RejectReason::BadTopic, &message.topic);
+        };
+        let parsed = ingest::parse_payload(&message.payload, now_ms, &self.config.limits);
+        for reason in parsed.rejected {
+            self.reject(reason, &message.topic);
+        }
+        let accepted = parsed.readings.len() as u64;
+        for reading in parsed.readings {
+            self.apply(topic.group, topic.device, reading, now_ms);
+        }
+        self.counters
+            .readings
+            .fetch_add(accepted, Ordering::Relaxed);
+    }
+
+    fn handle_status(&mut self, message: &Message, now_ms: i64) {
+        let Ok(topic) = topics::parse_status_topic(&message.topic) else {
+            return self.reject(RejectReason::BadTopic, &message.topic);
+        };
+        let online = match &message.payload[..] {
+            b"online" => true,
+            b"offline" => false,
+            _ => return self.reject(RejectReason::BadStatus, &message.topic),
+        };
+        let id = self.device(topic.group, topic.device, now_ms);
+        if let Some(device) = self.devices.get_mut(&id) {
+            device.last_seen = now_ms;
+        }
+        self.set_online(&id, online);
+        if online {
+            self.schedule_check(&id, now_ms);
+        }
+        self.registry_changed.insert(id);
+    }
+
+    /// Applies one accepted reading from `device` under `group`.
+    pub fn apply(&mut self, group: &str, device: &str, reading: Reading, now_ms: i64) {
+        let id = self.device(group, device, now_ms);
+        self.add_to_rollups(&id, &reading, now_ms);
+        let Some(entry) = self.devices.get_mut(&id) else {
+            return;
+        };
+        entry.note_receipt(now_ms);
+        if reading.ts >= entry.state.ts || entry.state.metrics.is_empty() {
+            entry.state.ts = reading.ts;
+            for (name, value) in reading.metrics {
+                let old = entry.state.metrics.insert(name.clone(), value);
+                if old != Some(value) {
+                    let group = entry.state.group.clone();
+                    self.groups.value_changed(
+                        &group,
+                        &name,
+                        old.map(MetricValue::as_f64),
+                        Some(value.as_f64()),
+                    );
+                }
+            }
+        }
+        self.set_online(&id, true);
+        self.schedule_check(&id, now_ms);
+        self.changed.insert(id.clone());
+        self.registry_changed.insert(id);
+    }
+
+    fn add_to_rollups(&mut self, id: &DeviceId, reading: &Reading, now_ms: i64) {
+        for (name, value) in &reading.metrics {
+            if !self
+                .rollups
+                .add(id, name, value.as_f64(), reading.ts, now_ms)
+            {
+                self.counters.late_readings.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The id of `device`, registering it (offline, no metrics) when new and moving it when
+    /// it appears under another group.
+    fn device(&mut self, group: &str, device: &str, now_ms: i64) -> DeviceId {
+        let Some(entry) = self.devices.get(device) else {
+            let id = DeviceId::from(device);
+            let state = DeviceState {
+                id: id.clone(),
+                group: group.into(),
+                ts: 0,
+                metrics: Metrics::new(),
+                online: false,
+            };
+            self.groups.presence_changed(group, false, true);
+            self.devices
+                .insert(id.clone(), Device::new(state, now_ms, now_ms));
+            self.changed.insert(id.clone());
+            return id;
+        };
+        let id = entry.state.id.clone();
+        if &*entry.state.group != group {
+            self.move_device(&id, group.into());
+        }
+        id
+    }
+
+    fn move_device(&mut self, id: &DeviceId, to: GroupPath) {
+        let Some(entry) = self.devices.get_mut(id) else {
+            return;
+        };
+        let from = std::mem::replace(&mut entry.state.group, to.clone());
+        let online = entry.state.online;
+        for (name, value) in &entry.state.metrics {
+            self.groups
+                .value_changed(&from, name, Some(value.as_f64()), None);
+            self.groups
+                .value_changed(&to, name, None, Some(value.as_f64()));
+        }
+        self.groups.presence_changed(&from, online, false);
+        self.groups.presence_changed(&to, online, true);
+        self.changed.insert(id.clone());
+    }
+
+    fn set_online(&mut self, id: &DeviceId, online: bool) {
+        let Some(entry) = self.devices.get_mut(id) else {
+            return;
+        };
+        if entry.state.online == online {
+            return;
+        }
+        entry.state.online = online;
+        let group = entry.state.group.clone();
+        self.groups.presence_changed(&group, !online, false);
+        self.groups.presence_changed(&group, online, true);
+        self.changed.insert(id.clone());
+    }
+
+    fn schedule_check(&mut self, id: &DeviceId, now_ms: i64) {
+        let Some(entry) = self.devices.get_mut(id) else {
+            return;
+        };
+        if entry.check_scheduled {
+            return;
+        }
+        entry.check_scheduled = true;
+        let at = now_ms.saturating_add(silence_limit_ms(&self.config, entry.interval_ms));
+        self.silence_checks.entry(at).or_default().push(id.clone());
+    }
+
+    /// Marks offline the devices silent for longer than their limit, looking only at those
+    /// whose check is due; the others are rescheduled to their new deadline.
+    pub fn check_silence(&mut self, now_ms: i64) {
+        while let Some(entry) = self.silence_checks.first_entry() {
+            if *entry.key() > now_ms {
+                break;
+            }
+            for id in entry.remove() {
+                self.check_one(&id, now_ms);
+            }
+        }
+    }
+
+    fn check_one(&mut self, id: &DeviceId, now_ms: i64) {
+        let Some(entry) = self.devices.get_mut(id) else {
+            return;
+        };
+        entry.check_scheduled = false;
+        if !entry.state.online {
+            return;
+        }
+        let deadline = entry
+            .last_seen
+            .saturating_add(silence_limit_ms(&self.config, entry.interval_ms));
+        if now_ms >= deadline {
+            self.set_online(id, false);
+            self.registry_changed.insert(id.clone());
+        } else {
+            entry.check_scheduled = true;
+            self.silence_checks
+                .entry(deadline)
+                .or_default()
+                .push(id.clone());
+        }
+    }
+
+    /// Restores a device from the registry after a restart: offline until it reports again.
+    pub fn restore(&mut self, entry: RegistryEntry) {
+        let mut state = entry.state;
+        state.online = false;
+        let id = state.id.clone();
+        if self.devices.contains_key(&id) {
+            return;
+        }
+        self.groups.presence_changed(&state.group, false, true);
+        for (name, value) in &state.metrics {
+            self.groups
+                .value_changed(&state.group, name, None, Some(value.as_f64()));
+        }
+        self.devices.insert(
+            id.clone(),
+            Device::new(state, entry.first_seen, entry.last_seen),
+        );
+        self.changed.insert(id);
+    }
+
+    /// The states of the devices changed since the previous call, in no particular order.
+    pub fn take_changed(&mut self) -> Vec<DeviceState> {
+        let changed = std::mem::take(&mut self.changed);
+        changed
+            .into_iter()
+            .filter_map(|id| Some(self.devices.get(&id)?.state.clone()))
+            .collect()
+    }
+
+    /// Marks devices changed again, e.g. when their batch could not be delivered.
+    pub fn mark_changed(&mut self, ids: impl IntoIterator<Item = DeviceId>) {
+        self.changed.extend(ids);
+    }
+
+    /// Marks every device and group changed: a dashboard asked for everything.
+    pub fn mark_all_changed(&mut self) {
+        self.changed.extend(self.devices.keys().cloned());
+        self.groups.mark_all_dirty();
+    }
+
+    /// This shard's partials of the groups changed since the previous call.
+    pub fn take_groups(&mut self) -> Vec<ShardGroup> {
+        self.groups.take_dirty()
+    }
+
+    /// Marks groups changed again when their partials could not be delivered.
+    pub fn mark_groups(&mut self) {
+        self.groups.mark_all_dirty();
+    }
+
+    /// Rollup deltas and registry changes since the previous call.
+    pub fn take_store_batch(&mut self) -> StoreBatch {
+        let changed = std::mem::take(&mut self.registry_changed);
+        StoreBatch {
+            rollups: self.rollups.drain(),
+            devices: changed
+                .into_iter()
+                .filter_map(|id| {
+                    let device = self.devices.get(&id)?;
+                    Some(RegistryEntry {
+                        state: device.state.clone(),
+                        first_seen: device.first_seen,
+                        last_seen: device.last_seen,
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    /// Number of devices in this shard.
+    pub fn len(&self) -> usize {
+        self.devices.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.devices.is_empty()
+    }
+
+    fn reject(&mut self, reason: RejectReason, topic: &str) {
+        self.counters.reject(reason);
+        self.reject_log.record(reason, topic, Instant::now());
+    }
+}
+
+impl Device {
+    fn new(state: DeviceState, first_seen: i64, last_seen: i64) -> Self {
+        Device {
+            state,
+            first_seen,
+            last_seen,
+            interval_ms: None,
+            check_scheduled: false,
+        }
+    }
+
+    /// Records a receipt at `now_ms`, smoothing the reporting interval (readings of one batch
+    /// arrive together and do not count as an interval).
+    fn note_receipt(&mut self, now_ms: i64) {
+        let gap = now_ms - self.last_seen;
+        if gap > 0 {
+            let gap = gap as f64;
+            self.interval_ms = Some(match self.interval_ms {
+                Some(smoothed) => smoothed * 0.8 + gap * 0.2,
+                None => gap,
+            });
+        }
+        self.last_seen = self.last_seen.max(now_ms);
+    }
+}
+
+/// How long a device may stay silent before it counts as offline.
+pub fn silence_limit_ms(config: &BridgeConfig, interval_ms: Option<f64>) -> i64 {
+    let presence = &config.presence;
+    let floor = presence.min_silence.as_millis() as f64;
+    let limit = match interval_ms {
+        Some(interval) => interval * presence.silence_factor,
+        None => presence.default_silence.as_millis() as f64,
+    };
+    limit.max(floor) as i64
+}
+
+#[cfg(test)]
+mod tests;

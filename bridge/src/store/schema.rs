@@ -1,0 +1,89 @@
+//! The store's tables and connection settings.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+
+/// Tables, created when missing. `tier` is the tier's width in milliseconds; `start` the
+/// window start (ms since the epoch); devices and metrics are interned to integer ids.
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS devices (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    group_path TEXT NOT NULL,
+    first_seen INTEGER NOT NULL,
+    last_seen INTEGER NOT NULL,
+    metrics_seen TEXT NOT NULL,
+    state TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE
+);
+CREATE TABLE IF NOT EXISTS rollups (
+    tier INTEGER NOT NULL,
+    device INTEGER NOT NULL,
+    metric INTEGER NOT NULL,
+    start INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    sum REAL NOT NULL,
+    min REAL NOT NULL,
+    max REAL NOT NULL,
+    last REAL NOT NULL,
+    last_ts INTEGER NOT NULL,
+    PRIMARY KEY (tier, device, metric, start)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS rollups_by_time ON rollups (tier, start);
+CREATE TABLE IF NOT EXISTS alerts (
+    device TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    active INTEGER NOT NULL,
+    acknowledged INTEGER NOT NULL DEFAULT 0,
+    raised_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    detail TEXT NOT NULL DEFAULT '{}',
+    PRIMARY KEY (device, rule)
+);
+CREATE TABLE IF NOT EXISTS influx_outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    lines TEXT NOT NULL,
+    points INTEGER NOT NULL,
+    bytes INTEGER NOT NULL
+);
+";
+
+/// How long a connection waits for another one's lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Opens the database for writing, in WAL mode (readers never block the writer), with
+/// `synchronous = NORMAL`: a committed transaction survives the process being killed; a power
+/// loss may lose the last transactions, never corrupt the file.
+///
+/// # Errors
+/// The file cannot be opened or created, or the schema cannot be applied.
+pub fn open(path: &Path) -> rusqlite::Result<Connection> {
+    let connection = Connection::open(path)?;
+    connection.busy_timeout(BUSY_TIMEOUT)?;
+    connection.pragma_update(None, "journal_mode", "WAL")?;
+    connection.pragma_update(None, "synchronous", "NORMAL")?;
+    connection.execute_batch(SCHEMA)?;
+    Ok(connection)
+}
+
+/// Opens the database read-only, for history queries beside the writer.
+///
+/// # Errors
+/// The file does not exist or cannot be opened.
+pub fn open_read_only(path: &Path) -> rusqlite::Result<Connection> {
+    let connection = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    connection.busy_timeout(BUSY_TIMEOUT)?;
+    Ok(connection)
+}

@@ -1,0 +1,216 @@
+//! The InfluxDB sink against a real server speaking the v2 write API: Debian's
+//! `victoria-metrics`, started here on a free loopback port. Closed rollup windows reach it
+//! through the outbox; while it is down they wait on disk; after it restarts (same data
+//! directory) every point is there exactly once.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use iotmon_bridge::rollup::{window_start, Accumulator, RollupDelta};
+use iotmon_bridge::shard::{RegistryEntry, StoreBatch};
+use iotmon_bridge::store::{db_path, schema, writer::Writer};
+use iotmon_bridge::{influx, BridgeConfig, BridgeCounters};
+use iotmon_wire::{DeviceState, MetricValue, Metrics};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+const DEADLINE: Duration = Duration::from_secs(30);
+const WIDTH: i64 = 10_000;
+/// Grace (5 s) plus two flush intervals: when a window counts as closed.
+const SETTLE: i64 = 7_000;
+
+/// A victoria-metrics process, killed when dropped.
+struct Victoria {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Victoria {
+    async fn start(data: &Path, addr: SocketAddr) -> Victoria {
+        let child = Command::new("victoria-metrics")
+            .arg(format!("-storageDataPath={}", data.display()))
+            .arg(format!("-httpListenAddr={addr}"))
+            .arg("-loggerLevel=ERROR")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("victoria-metrics runs (Debian: apt-get install victoria-metrics)");
+        let victoria = Victoria { child, addr };
+        let deadline = Instant::now() + DEADLINE;
+        while get(addr, "/health")
+            .await
+            .is_none_or(|body| !body.contains("OK"))
+        {
+            assert!(Instant::now() < deadline, "victoria-metrics not ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        victoria
+    }
+
+    /// Stops the server with SIGTERM, as an operator or service manager would, and waits:
+    /// it flushes what it stored to its data directory (a SIGKILL would lose its last
+    /// seconds of data, which is the server's durability, not the sink's).
+    fn stop(mut self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "SIGTERM delivered");
+        let _ = self.child.wait();
+    }
+
+    /// Timestamps of every stored sample of `series`.
+    async fn timestamps(&self, series: &str) -> Vec<i64> {
+        let Some(body) = get(self.addr, &format!("/api/v1/export?match%5B%5D={series}")).await
+        else {
+            return Vec::new();
+        };
+        let mut timestamps = Vec::new();
+        for line in body.lines().filter(|line| line.starts_with('{')) {
+            let value: serde_json::Value = serde_json::from_str(line).expect("export JSON");
+            for ts in value["timestamps"].as_array().expect("timestamps") {
+                timestamps.push(ts.as_i64().expect("integer timestamp"));
+            }
+        }
+        timestamps.sort_unstable();
+        timestamps
+    }
+}
+
+impl Drop for Victoria {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A plain HTTP/1.0 GET; `None` when the server is not answering.
+async fn get(addr: SocketAddr, path: &str) -> Option<String> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+}
+
+fn free_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr")
+}
+
+fn now_ms() -> i64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970");
+    i64::try_from(since.as_millis()).expect("fits")
+}
+
+fn batch(start: i64, value: f64) -> StoreBatch {
+    let mut metrics = Metrics::new();
+    metrics.insert("t".into(), MetricValue::Number(value));
+    StoreBatch {
+        devices: vec![RegistryEntry {
+            state: DeviceState {
+                id: "d1".into(),
+                group: "hq/floor-1".into(),
+                ts: start,
+                metrics,
+                online: true,
+            },
+            first_seen: start,
+            last_seen: start,
+        }],
+        rollups: vec![RollupDelta {
+            device: "d1".into(),
+            metric: "t".into(),
+            start,
+            values: Accumulator::new(value, start),
+        }],
+    }
+}
+
+/// Writes window `i` (from `base`) and runs maintenance as of its close, which exports it.
+fn write_window(writer: &mut Writer, base: i64, i: i64) -> i64 {
+    let start = base + i * WIDTH;
+    writer.write(&[batch(start, i as f64)]).expect("write");
+    writer.maintain(start + WIDTH + SETTLE).expect("maintain");
+    start
+}
+
+async fn wait_for(victoria: &Victoria, series: &str, expected: &[i64]) {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let stored = victoria.timestamps(series).await;
+        if stored == expected {
+            return;
+        }
+        assert!(
+            stored.len() <= expected.len(),
+            "duplicates or strays: {stored:?}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "stored {stored:?}, expected {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn closed_windows_reach_victoria_metrics_exactly_once_across_an_outage() {
+    let store_dir = tempfile::tempdir().expect("tempdir");
+    let victoria_dir = tempfile::tempdir().expect("tempdir");
+    let addr = free_addr();
+    let victoria = Victoria::start(victoria_dir.path(), addr).await;
+
+    let mut config = BridgeConfig::default();
+    config.influx.enabled = true;
+    config.influx.url = format!("http://{addr}");
+    config.influx.org = "iotmon".into();
+    config.influx.bucket = "test".into();
+    let counters = Arc::new(BridgeCounters::default());
+    let base = window_start(now_ms() - 600_000, WIDTH);
+    let connection = schema::open(&db_path(store_dir.path())).expect("open");
+    let mut writer = Writer::new(connection, &config, counters.clone(), base).expect("writer");
+    let shutdown = CancellationToken::new();
+    let sender = tokio::spawn(influx::run_sender(
+        config.influx.clone(),
+        db_path(store_dir.path()),
+        counters.clone(),
+        shutdown.clone(),
+    ));
+
+    let series = "rollup_10s_t_count";
+    let mut expected: Vec<i64> = (0..5).map(|i| write_window(&mut writer, base, i)).collect();
+    wait_for(&victoria, series, &expected).await;
+
+    // Outage: the server goes away; windows keep closing and wait in the outbox.
+    victoria.stop();
+    expected.extend((5..10).map(|i| write_window(&mut writer, base, i)));
+    let deadline = Instant::now() + DEADLINE;
+    while counters.influx_write_errors.load(Ordering::Relaxed) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the sender never noticed the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    expected.extend((10..15).map(|i| write_window(&mut writer, base, i)));
+
+    // Back, on the same data: the outbox drains in order, each point once.
+    let victoria = Victoria::start(victoria_dir.path(), addr).await;
+    wait_for(&victoria, series, &expected).await;
+    let mean = victoria.timestamps("rollup_10s_t_mean").await;
+    assert_eq!(mean, expected);
+    assert_eq!(counters.influx_points_dropped.load(Ordering::Relaxed), 0);
+
+    shutdown.cancel();
+    sender.await.expect("sender task").expect("sender ran");
+}

@@ -1,0 +1,119 @@
+//! The embedded store survives `kill -9`: what was flushed before the kill is there after a
+//! restart on the same data directory, the device registry is reloaded (so `/api/devices`
+//! lists the fleet before any device reports again), and new readings merge into the same
+//! rollup rows.
+
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use iotmon_bridge::store::{HistoryQuery, HistoryReader};
+use iotmon_bridge::BridgeConfig;
+use serde_json::json;
+use support::{http_get, Iotmon, Publisher, TempDir, DEADLINE};
+
+const DEVICES: [(&str, &str); 2] = [("plant/line-1", "press-1"), ("plant/line-2", "press-2")];
+
+fn serve(data_dir: &str) -> Iotmon {
+    Iotmon::start(
+        &[
+            "serve",
+            "--mqtt-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--allow-anonymous",
+            "--data-dir",
+            data_dir,
+        ],
+        true,
+        true,
+    )
+}
+
+fn now_ms() -> i64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970");
+    i64::try_from(since.as_millis()).expect("fits")
+}
+
+/// Readings of `device`'s `pressure` stored in the last few minutes.
+fn stored_readings(data_dir: &Path, device: &str) -> u64 {
+    let reader = HistoryReader::new(data_dir, &BridgeConfig::default());
+    let now = now_ms();
+    reader
+        .query(&HistoryQuery {
+            device: device.into(),
+            metric: "pressure".into(),
+            from: now - 300_000,
+            to: now + 60_000,
+            max_points: 1000,
+            now,
+        })
+        .map(|series| series.points.iter().map(|point| point.count).sum())
+        .unwrap_or(0)
+}
+
+async fn publish(publisher: &Publisher, readings: u32) {
+    for i in 0..readings {
+        for (group, device) in DEVICES {
+            let payload = json!({"pressure": 100 + i, "ok": true}).to_string();
+            publisher
+                .publish(&format!("sensors/{group}/{device}"), payload)
+                .await;
+        }
+    }
+}
+
+async fn wait_until(what: &str, condition: impl Fn() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_serve_restarts_with_its_registry_and_rollups() {
+    let data_dir = TempDir::new("restart");
+    let dir = Path::new(data_dir.path());
+    let mut first = serve(data_dir.path());
+    let publisher = Publisher::connect(first.mqtt.expect("mqtt"), "restart-publisher").await;
+    publish(&publisher, 20).await;
+    wait_until("the first readings to be stored", || {
+        DEVICES
+            .iter()
+            .all(|(_, device)| stored_readings(dir, device) == 20)
+    })
+    .await;
+    drop(publisher);
+    first.kill_hard();
+
+    let second = serve(data_dir.path());
+    let http = second.http.expect("http");
+    // The registry is back before any device reports again.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let (status, body) = http_get(http, "/api/devices").await;
+        if status == 200 && body.contains("press-1") && body.contains("press-2") {
+            assert!(body.contains("plant/line-1"), "{body}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "devices not restored: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for (_, device) in DEVICES {
+        assert_eq!(stored_readings(dir, device), 20, "nothing flushed was lost");
+    }
+    // New readings merge with the stored rows.
+    let publisher = Publisher::connect(second.mqtt.expect("mqtt"), "restart-publisher-2").await;
+    publish(&publisher, 5).await;
+    wait_until("the new readings to be stored", || {
+        DEVICES
+            .iter()
+            .all(|(_, device)| stored_readings(dir, device) == 25)
+    })
+    .await;
+}
