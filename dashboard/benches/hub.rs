@@ -28,6 +28,7 @@ fn device(index: usize, value: f64) -> DeviceState {
         group: format!("site-{}/floor-{}", index / 1000, index / 20 % 50).into(),
         ts: 1_704_723_845_000 + index as i64,
         metrics,
+        online: true,
     }
 }
 
