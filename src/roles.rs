@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use iotmon_bridge::store::HistoryReader;
 use iotmon_bridge::{source, BridgeCounters, INPUT_CAPACITY, LIVE_CAPACITY};
 use iotmon_broker::credentials::registry_path;
 use iotmon_broker::{EmbeddedBroker, ListenerKind, LocalSubscription};
@@ -86,8 +87,16 @@ pub async fn serve(
     }
     tasks.close();
     let sources: Vec<Arc<dyn MetricsSource>> = vec![counters, broker.metrics()];
-    let served =
-        iotmon_dashboard::run(config.dashboard, http, derived, sources, shutdown.clone()).await;
+    let history = HistoryReader::new(&config.data_dir, &config.bridge);
+    let served = iotmon_dashboard::run(
+        config.dashboard,
+        http,
+        derived,
+        sources,
+        Some(history),
+        shutdown.clone(),
+    )
+    .await;
     shutdown.cancel();
     tasks.wait().await;
     drop(broker);
@@ -192,11 +201,23 @@ pub async fn dashboard(
         to_hub,
         shutdown.clone(),
     ));
+    // History comes from the bridge's store: readable when this dashboard shares the
+    // bridge's data directory (same machine, or a shared volume).
+    let history = iotmon_bridge::store::db_path(&config.data_dir)
+        .exists()
+        .then(|| HistoryReader::new(&config.data_dir, &config.bridge));
+    if history.is_none() {
+        info!(
+            data_dir = %config.data_dir.display(),
+            "no store in the data directory: /api/history is unavailable"
+        );
+    }
     let served = iotmon_dashboard::run(
         config.dashboard,
         http,
         derived,
         Vec::new(),
+        history,
         shutdown.clone(),
     )
     .await;

@@ -14,7 +14,10 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::hub::{DevicePage, DeviceQuery, HubHandle};
+use iotmon_bridge::pipeline::unix_millis;
+use iotmon_bridge::store::{HistoryQuery, HistoryReader, HistorySeries};
+
+use crate::hub::{DevicePage, DeviceQuery, GroupNode, HubHandle};
 use crate::session::{serve_viewer, SessionLimits};
 
 /// The page, compiled into the binary: users need nothing but `iotmon` to run the UI.
@@ -36,6 +39,8 @@ pub struct AppState {
     /// Viewer sessions, awaited on shutdown so each is told to reconnect.
     pub sessions: TaskTracker,
     pub shutdown: CancellationToken,
+    /// The store's history, when this dashboard can read it (always in `serve`).
+    pub history: Option<HistoryReader>,
     /// Other parts of the process whose counters `/metrics` exports (the bridge in `serve`).
     pub metrics_sources: Vec<Arc<dyn MetricsSource>>,
 }
@@ -51,6 +56,8 @@ pub fn router(state: AppState) -> Router {
     let guarded = Router::new()
         .route("/ws", get(websocket))
         .route("/api/devices", get(devices))
+        .route("/api/groups", get(groups))
+        .route("/api/history", get(history))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .merge(guarded)
@@ -70,6 +77,10 @@ pub enum ApiError {
     NotFound,
     /// `max_viewers` are connected already.
     TooManyViewers,
+    /// History needs the store, which this dashboard cannot read.
+    NoStore,
+    /// The store failed; the details go to the log, not to the caller.
+    Store,
     /// The hub has stopped (the server is shutting down).
     Unavailable,
 }
@@ -84,6 +95,16 @@ impl IntoResponse for ApiError {
                     .to_string(),
             ),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "no such route".to_string()),
+            ApiError::NoStore => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "history is not available: this dashboard has no access to the store \
+                 (run it with the bridge's --data-dir)"
+                    .to_string(),
+            ),
+            ApiError::Store => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the store could not be read; see the server log".to_string(),
+            ),
             ApiError::TooManyViewers => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "too many viewers are connected; try again later".to_string(),
@@ -181,6 +202,8 @@ struct DevicesParams {
     offset: usize,
     limit: Option<usize>,
     q: Option<String>,
+    /// Only devices under this group path.
+    group: Option<String>,
     /// The viewer token: checked by `require_token`, accepted here so it is not unknown.
     #[serde(rename = "token")]
     _token: Option<String>,
@@ -201,6 +224,7 @@ async fn devices(
         offset: params.offset,
         limit,
         text: params.q.filter(|q| !q.is_empty()),
+        group: params.group.filter(|g| !g.is_empty()),
     };
     let page = state
         .hub
@@ -208,6 +232,84 @@ async fn devices(
         .await
         .ok_or(ApiError::Unavailable)?;
     Ok(Json(page))
+}
+
+#[derive(Debug, serde::Serialize)]
+struct GroupTree {
+    groups: Vec<GroupNode>,
+}
+
+async fn groups(State(state): State<AppState>) -> Result<Json<GroupTree>, ApiError> {
+    let groups = state.hub.list_groups().await.ok_or(ApiError::Unavailable)?;
+    Ok(Json(GroupTree { groups }))
+}
+
+/// Query string of `/api/history`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryParams {
+    device: String,
+    metric: String,
+    /// Start, ms since the epoch (default: one hour before `to`).
+    from: Option<i64>,
+    /// End, ms since the epoch (default: now).
+    to: Option<i64>,
+    /// Most points wanted (default 300).
+    points: Option<usize>,
+    #[serde(rename = "token")]
+    _token: Option<String>,
+}
+
+/// Most points one history request may ask for.
+const MAX_HISTORY_POINTS: usize = 2000;
+const DEFAULT_HISTORY_SPAN_MS: i64 = 3_600_000;
+
+async fn history(
+    State(state): State<AppState>,
+    params: Result<Query<HistoryParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<HistorySeries>, ApiError> {
+    let Query(params) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let query = history_query(params, unix_millis())?;
+    let reader = state.history.clone().ok_or(ApiError::NoStore)?;
+    let answer = tokio::task::spawn_blocking(move || reader.query(&query)).await;
+    match answer {
+        Ok(Ok(series)) => Ok(Json(series)),
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "history query failed");
+            Err(ApiError::Store)
+        }
+        Err(_) => Err(ApiError::Store),
+    }
+}
+
+/// Checks `/api/history`'s parameters and fills in the defaults.
+fn history_query(params: HistoryParams, now: i64) -> Result<HistoryQuery, ApiError> {
+    let to = params.to.unwrap_or(now);
+    let from = params.from.unwrap_or(to - DEFAULT_HISTORY_SPAN_MS);
+    let max_points = params.points.unwrap_or(300);
+    if from >= to {
+        return Err(ApiError::BadRequest(
+            "\"from\" must be before \"to\"".into(),
+        ));
+    }
+    if !(2..=MAX_HISTORY_POINTS).contains(&max_points) {
+        return Err(ApiError::BadRequest(format!(
+            "\"points\" must be between 2 and {MAX_HISTORY_POINTS}"
+        )));
+    }
+    if params.device.is_empty() || params.metric.is_empty() {
+        return Err(ApiError::BadRequest(
+            "\"device\" and \"metric\" must not be empty".into(),
+        ));
+    }
+    Ok(HistoryQuery {
+        device: params.device,
+        metric: params.metric,
+        from,
+        to,
+        max_points,
+        now,
+    })
 }
 
 async fn healthz() -> Json<serde_json::Value> {
@@ -223,6 +325,11 @@ async fn metrics(State(state): State<AppState>) -> Response {
                 "iotmon_viewed_devices",
                 "Devices in all viewers' views together.",
                 gauges.viewed_devices,
+            ),
+            (
+                "iotmon_viewed_groups",
+                "Group aggregates in all viewers' subscriptions together.",
+                gauges.viewed_groups,
             ),
             (
                 "iotmon_viewer_queued_frames",
@@ -260,6 +367,38 @@ async fn metrics(State(state): State<AppState>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn params(from: Option<i64>, to: Option<i64>, points: Option<usize>) -> HistoryParams {
+        HistoryParams {
+            device: "d1".into(),
+            metric: "t".into(),
+            from,
+            to,
+            points,
+            _token: None,
+        }
+    }
+
+    #[test]
+    fn history_parameters_default_to_the_last_hour() {
+        let query = history_query(params(None, None, None), 10_000_000).expect("valid");
+        assert_eq!(
+            (query.from, query.to, query.max_points),
+            (6_400_000, 10_000_000, 300)
+        );
+        assert!(matches!(
+            history_query(params(Some(5), Some(5), None), 0),
+            Err(ApiError::BadRequest(_))
+        ));
+        assert!(matches!(
+            history_query(params(None, None, Some(1)), 0),
+            Err(ApiError::BadRequest(_))
+        ));
+        assert!(matches!(
+            history_query(params(None, None, Some(5000)), 0),
+            Err(ApiError::BadRequest(_))
+        ));
+    }
 
     #[test]
     fn compares_tokens_exactly() {

@@ -16,6 +16,8 @@ pub struct DashboardConfig {
     pub tick: Duration,
     /// Most devices one viewer may have in its view.
     pub max_view_devices: usize,
+    /// Most group aggregates one viewer may subscribe to at once.
+    pub max_view_groups: usize,
     /// Frames queued for one viewer before the server coalesces instead of queueing more.
     pub viewer_queue: usize,
     /// Largest message a viewer may send, in bytes; a larger one closes the connection.
@@ -50,6 +52,7 @@ impl Default for DashboardConfig {
             http_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             tick: Duration::from_millis(100),
             max_view_devices: 1000,
+            max_view_groups: 100,
             viewer_queue: 16,
             max_message_bytes: 64 * 1024,
             max_viewers: 20_000,

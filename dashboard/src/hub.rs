@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use iotmon_wire::metrics::{write_metric, Kind, MetricsSource};
 use iotmon_wire::viewer::ServerMessage;
-use iotmon_wire::{Derived, DeviceId, DeviceState, GroupPath};
+use iotmon_wire::{Derived, DeviceId, DeviceState, GroupAggregate, GroupPath};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::MissedTickBehavior;
@@ -33,11 +33,20 @@ pub enum HubCommand {
     },
     /// A viewer's new view, replacing the previous one.
     View { id: ViewerId, spec: ViewSpec },
+    /// A viewer's new set of group aggregates on screen, replacing the previous one.
+    Groups {
+        id: ViewerId,
+        groups: Vec<GroupPath>,
+    },
     /// A viewer disconnected.
     Leave { id: ViewerId },
     /// Gauges that need a walk over the viewers, for `/metrics`.
     Gauges {
         reply: oneshot::Sender<ViewerGauges>,
+    },
+    /// The group tree with the latest aggregates, for `/api/groups`.
+    ListGroups {
+        reply: oneshot::Sender<Vec<GroupNode>>,
     },
     /// A page of the device list, for `/api/devices`.
     ListDevices {
@@ -65,6 +74,8 @@ pub enum ViewSpec {
 pub struct ViewerGauges {
     /// Devices in all views together.
     pub viewed_devices: usize,
+    /// Group aggregates in all viewers' subscriptions together.
+    pub viewed_groups: usize,
     /// Frames waiting in all viewers' queues.
     pub queued_frames: usize,
     /// The longest single viewer queue.
@@ -80,6 +91,21 @@ pub struct DeviceQuery {
     pub limit: usize,
     /// Case-insensitive text the device id or group path must contain.
     pub text: Option<String>,
+    /// Only devices under this group (the group itself or a subgroup).
+    pub group: Option<String>,
+}
+
+/// One group of the location hierarchy, with its latest aggregate and its subgroups.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GroupNode {
+    /// The full group path (`site-1/building-a`).
+    pub group: GroupPath,
+    /// The last level of the path (`building-a`).
+    pub name: String,
+    /// The latest aggregate, or `None` before the bridge has sent one.
+    pub aggregate: Option<GroupAggregate>,
+    /// Subgroups, sorted by name.
+    pub children: Vec<GroupNode>,
 }
 
 /// A page of devices, sorted by group path then id.
@@ -167,6 +193,15 @@ impl HubHandle {
         answer.await.ok()
     }
 
+    /// The group tree, or `None` once the hub stopped.
+    pub async fn list_groups(&self) -> Option<Vec<GroupNode>> {
+        let (reply, answer) = oneshot::channel();
+        if !self.send(HubCommand::ListGroups { reply }).await {
+            return None;
+        }
+        answer.await.ok()
+    }
+
     /// A page of the device list, or `None` once the hub stopped.
     pub async fn list_devices(&self, query: DeviceQuery) -> Option<DevicePage> {
         let (reply, answer) = oneshot::channel();
@@ -229,6 +264,10 @@ struct Viewer {
     view: HashSet<DeviceId>,
     /// Devices in the view changed since the viewer's last frame.
     pending: HashSet<DeviceId>,
+    /// Groups whose aggregates the viewer shows.
+    groups: HashSet<GroupPath>,
+    /// Subscribed groups whose aggregate changed since the viewer's last frame.
+    pending_groups: HashSet<GroupPath>,
     /// A snapshot is owed instead of an update: after a new view, or after the viewer's queue
     /// was full (it fell behind; once it catches up, a snapshot resynchronises it).
     needs_snapshot: bool,
@@ -255,6 +294,10 @@ pub struct Hub {
     viewers: HashMap<ViewerId, Viewer>,
     /// Device id to the viewers that have it in view.
     watchers: HashMap<DeviceId, HashSet<ViewerId>>,
+    /// The latest aggregate of every group.
+    aggregates: HashMap<GroupPath, GroupAggregate>,
+    /// Group path to the viewers subscribed to its aggregate.
+    group_watchers: HashMap<GroupPath, HashSet<ViewerId>>,
     /// Viewers with something to send at the next tick.
     dirty: HashSet<ViewerId>,
     stats: Arc<HubStats>,
@@ -268,6 +311,8 @@ impl Hub {
             order: BTreeSet::new(),
             viewers: HashMap::new(),
             watchers: HashMap::new(),
+            aggregates: HashMap::new(),
+            group_watchers: HashMap::new(),
             dirty: HashSet::new(),
             stats,
         }
@@ -277,7 +322,11 @@ impl Hub {
         match command {
             HubCommand::Join { id, outbound } => self.join(id, outbound),
             HubCommand::View { id, spec } => self.set_view(id, spec),
+            HubCommand::Groups { id, groups } => self.set_groups(id, groups),
             HubCommand::Leave { id } => self.leave(id),
+            HubCommand::ListGroups { reply } => {
+                let _ = reply.send(self.group_tree());
+            }
             HubCommand::Gauges { reply } => {
                 let _ = reply.send(self.gauges());
             }
@@ -294,6 +343,8 @@ impl Hub {
             outbound,
             view: HashSet::new(),
             pending: HashSet::new(),
+            groups: HashSet::new(),
+            pending_groups: HashSet::new(),
             needs_snapshot: false,
             group_total: None,
             seq: 0,
@@ -307,7 +358,8 @@ impl Hub {
     /// Forgets viewer `id` and its view.
     pub fn leave(&mut self, id: ViewerId) {
         if let Some(viewer) = self.viewers.remove(&id) {
-            self.unwatch(id, &viewer.view);
+            unindex(&mut self.watchers, id, &viewer.view);
+            unindex(&mut self.group_watchers, id, &viewer.groups);
         }
         self.dirty.remove(&id);
         self.stats
@@ -336,11 +388,31 @@ impl Hub {
         viewer.pending.clear();
         viewer.needs_snapshot = true;
         viewer.group_total = group_total;
-        self.unwatch(id, old_view.difference(&new_view));
-        for device in new_view.difference(&old_view) {
-            self.watchers.entry(device.clone()).or_default().insert(id);
-        }
+        unindex(&mut self.watchers, id, old_view.difference(&new_view));
+        index(&mut self.watchers, id, new_view.difference(&old_view));
         // A snapshot answers a view at once rather than at the next tick.
+        self.push_to(id);
+    }
+
+    /// Replaces viewer `id`'s group subscriptions and sends it a snapshot at once.
+    pub fn set_groups(&mut self, id: ViewerId, groups: Vec<GroupPath>) {
+        let Some(viewer) = self.viewers.get_mut(&id) else {
+            return;
+        };
+        let new_groups: HashSet<GroupPath> = groups.into_iter().collect();
+        let old_groups = std::mem::replace(&mut viewer.groups, new_groups.clone());
+        viewer.pending_groups.clear();
+        viewer.needs_snapshot = true;
+        unindex(
+            &mut self.group_watchers,
+            id,
+            old_groups.difference(&new_groups),
+        );
+        index(
+            &mut self.group_watchers,
+            id,
+            new_groups.difference(&old_groups),
+        );
         self.push_to(id);
     }
 
@@ -370,6 +442,7 @@ impl Hub {
         for viewer in self.viewers.values() {
             let queued = viewer.outbound.max_capacity() - viewer.outbound.capacity();
             gauges.viewed_devices += viewer.view.len();
+            gauges.viewed_groups += viewer.groups.len();
             gauges.queued_frames += queued;
             gauges.max_queued_frames = gauges.max_queued_frames.max(queued);
             gauges.lagging_viewers += usize::from(viewer.needs_snapshot && !viewer.view.is_empty());
@@ -377,23 +450,29 @@ impl Hub {
         gauges
     }
 
-    fn unwatch<'a>(&mut self, id: ViewerId, devices: impl IntoIterator<Item = &'a DeviceId>) {
-        for device in devices {
-            if let Some(watchers) = self.watchers.get_mut(device) {
-                watchers.remove(&id);
-                if watchers.is_empty() {
-                    self.watchers.remove(device);
-                }
-            }
+    /// Records a batch from the bridge and marks the viewers that see what changed.
+    pub fn apply(&mut self, batch: Derived) {
+        match batch {
+            Derived::Devices(states) => self.apply_devices(states),
+            Derived::Aggregates(aggregates) => self.apply_aggregates(aggregates),
         }
     }
 
-    /// Records new device states and marks the viewers that see them.
-    pub fn apply(&mut self, batch: Derived) {
-        // Group aggregates are not shown yet (issue 5 consumes them).
-        let Derived::Devices(states) = batch else {
-            return;
-        };
+    fn apply_aggregates(&mut self, aggregates: Vec<GroupAggregate>) {
+        for aggregate in aggregates {
+            if let Some(watchers) = self.group_watchers.get(&aggregate.group) {
+                for viewer_id in watchers {
+                    if let Some(viewer) = self.viewers.get_mut(viewer_id) {
+                        viewer.pending_groups.insert(aggregate.group.clone());
+                        self.dirty.insert(*viewer_id);
+                    }
+                }
+            }
+            self.aggregates.insert(aggregate.group.clone(), aggregate);
+        }
+    }
+
+    fn apply_devices(&mut self, states: Vec<DeviceState>) {
         for state in states {
             if let Some(watchers) = self.watchers.get(&state.id) {
                 for viewer_id in watchers {
@@ -440,30 +519,28 @@ impl Hub {
             return;
         };
         let (frame, is_snapshot) = if viewer.needs_snapshot {
-            let devices = states_of(&self.devices, viewer.view.iter());
-            let total = viewer.group_total;
             let snapshot = ServerMessage::Snapshot {
                 seq: viewer.seq,
-                devices,
-                total,
+                devices: states_of(&self.devices, viewer.view.iter()),
+                groups: aggregates_of(&self.aggregates, viewer.groups.iter()),
+                total: viewer.group_total,
             };
             (snapshot, true)
-        } else if viewer.pending.is_empty() {
+        } else if viewer.pending.is_empty() && viewer.pending_groups.is_empty() {
             return;
         } else {
-            let devices = states_of(&self.devices, viewer.pending.iter());
-            (
-                ServerMessage::Update {
-                    seq: viewer.seq,
-                    devices,
-                },
-                false,
-            )
+            let update = ServerMessage::Update {
+                seq: viewer.seq,
+                devices: states_of(&self.devices, viewer.pending.iter()),
+                groups: aggregates_of(&self.aggregates, viewer.pending_groups.iter()),
+            };
+            (update, false)
         };
         match offer(&viewer.outbound, &frame) {
             Offer::Queued => {
                 viewer.seq += 1;
                 viewer.pending.clear();
+                viewer.pending_groups.clear();
                 if is_snapshot {
                     viewer.needs_snapshot = false;
                 }
@@ -478,6 +555,7 @@ impl Hub {
                 }
                 viewer.needs_snapshot = true;
                 viewer.pending.clear();
+                viewer.pending_groups.clear();
                 self.dirty.insert(id);
             }
             Offer::Gone => self.leave(id),
@@ -486,11 +564,15 @@ impl Hub {
 
     fn list(&self, query: &DeviceQuery) -> DevicePage {
         let needle = query.text.as_deref().map(str::to_lowercase);
-        let matches = |(group, id): &&(GroupPath, DeviceId)| match &needle {
-            None => true,
-            Some(needle) => {
+        let matches = |(group, id): &&(GroupPath, DeviceId)| {
+            let in_scope = query
+                .group
+                .as_deref()
+                .is_none_or(|scope| in_group(group, scope));
+            let found = needle.as_ref().is_none_or(|needle| {
                 id.to_lowercase().contains(needle) || group.to_lowercase().contains(needle)
-            }
+            });
+            in_scope && found
         };
         let total = self.order.iter().filter(matches).count();
         let devices = self
@@ -508,6 +590,105 @@ impl Hub {
             devices,
         }
     }
+}
+
+impl Hub {
+    /// The whole group tree: every group that has an aggregate or holds a device, with every
+    /// prefix of each path as an ancestor.
+    fn group_tree(&self) -> Vec<GroupNode> {
+        let mut paths: BTreeSet<GroupPath> = self.aggregates.keys().cloned().collect();
+        let mut last_group: Option<&GroupPath> = None;
+        for (group, _) in &self.order {
+            if last_group != Some(group) {
+                paths.insert(group.clone());
+                last_group = Some(group);
+            }
+        }
+        let with_ancestors: BTreeSet<GroupPath> = paths
+            .iter()
+            .flat_map(|path| prefixes(path))
+            .map(GroupPath::from)
+            .collect();
+        let mut nodes: HashMap<GroupPath, GroupNode> = with_ancestors
+            .iter()
+            .map(|path| (path.clone(), self.group_node(path)))
+            .collect();
+        // Deepest first, so each node is complete when it joins its parent.
+        let mut by_depth: Vec<&GroupPath> = with_ancestors.iter().collect();
+        by_depth.sort_by_key(|path| std::cmp::Reverse(path.matches('/').count()));
+        let mut roots = Vec::new();
+        for path in by_depth {
+            let Some(mut node) = nodes.remove(path) else {
+                continue;
+            };
+            node.children.sort_by(|a, b| a.name.cmp(&b.name));
+            match path.rsplit_once('/') {
+                Some((parent, _)) => match nodes.get_mut(parent) {
+                    Some(parent) => parent.children.push(node),
+                    None => roots.push(node),
+                },
+                None => roots.push(node),
+            }
+        }
+        roots.sort_by(|a, b| a.name.cmp(&b.name));
+        roots
+    }
+
+    fn group_node(&self, path: &GroupPath) -> GroupNode {
+        GroupNode {
+            group: path.clone(),
+            name: path.rsplit('/').next().unwrap_or(path).to_string(),
+            aggregate: self.aggregates.get(path).cloned(),
+            children: Vec::new(),
+        }
+    }
+}
+
+/// `a/b/c` → `a`, `a/b`, `a/b/c`.
+fn prefixes(path: &str) -> impl Iterator<Item = &str> {
+    path.match_indices('/')
+        .map(|(at, _)| &path[..at])
+        .chain(std::iter::once(path))
+}
+
+/// Adds viewer `id` to the index entries of `keys`.
+fn index<'a, K>(
+    index: &mut HashMap<K, HashSet<ViewerId>>,
+    id: ViewerId,
+    keys: impl IntoIterator<Item = &'a K>,
+) where
+    K: std::hash::Hash + Eq + Clone + 'a,
+{
+    for key in keys {
+        index.entry(key.clone()).or_default().insert(id);
+    }
+}
+
+/// Removes viewer `id` from the index entries of `keys`, dropping entries left empty.
+fn unindex<'a, K>(
+    index: &mut HashMap<K, HashSet<ViewerId>>,
+    id: ViewerId,
+    keys: impl IntoIterator<Item = &'a K>,
+) where
+    K: std::hash::Hash + Eq + 'a,
+{
+    for key in keys {
+        if let Some(viewers) = index.get_mut(key) {
+            viewers.remove(&id);
+            if viewers.is_empty() {
+                index.remove(key);
+            }
+        }
+    }
+}
+
+fn aggregates_of<'a>(
+    aggregates: &HashMap<GroupPath, GroupAggregate>,
+    groups: impl Iterator<Item = &'a GroupPath>,
+) -> Vec<GroupAggregate> {
+    groups
+        .filter_map(|group| aggregates.get(group).cloned())
+        .collect()
 }
 
 /// Whether a device under `path` belongs to `group` (the group itself or a subgroup).
@@ -583,6 +764,7 @@ mod tests {
                 seq: 0,
                 devices,
                 total: None,
+                ..
             }] => assert_eq!(ids(devices), ["a"]),
             other => panic!("expected one snapshot, got {other:?}"),
         }
@@ -593,7 +775,9 @@ mod tests {
         ]));
         hub.push_pending();
         match frames(&mut rx).as_slice() {
-            [ServerMessage::Update { seq: 1, devices }] => assert_eq!(ids(devices), ["a", "c"]),
+            [ServerMessage::Update {
+                seq: 1, devices, ..
+            }] => assert_eq!(ids(devices), ["a", "c"]),
             other => panic!("expected one update, got {other:?}"),
         }
         hub.push_pending();
@@ -712,6 +896,7 @@ mod tests {
             offset: 0,
             limit: 2,
             text: None,
+            group: None,
         });
         assert_eq!(page.total, 3);
         let listed: Vec<&str> = page.devices.iter().map(|d| &*d.id).collect();
@@ -720,7 +905,110 @@ mod tests {
             offset: 0,
             limit: 10,
             text: Some("Z-".into()),
+            group: None,
         });
         assert_eq!(found.total, 1);
+    }
+
+    fn aggregate(group: &str, online: u64) -> GroupAggregate {
+        GroupAggregate {
+            group: group.into(),
+            ts: 1,
+            devices: iotmon_wire::DeviceCounts {
+                online,
+                offline: 0,
+                alerting: 0,
+            },
+            metrics: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_viewer_gets_only_the_aggregates_it_subscribed_to() {
+        let mut hub = Hub::new(Arc::default());
+        hub.apply(Derived::Aggregates(vec![
+            aggregate("hq", 1),
+            aggregate("plant", 1),
+        ]));
+        let (tx, mut rx) = mpsc::channel(8);
+        hub.join(1, tx);
+        hub.set_groups(1, vec!["hq".into(), "hq/a".into()]);
+        match frames(&mut rx).as_slice() {
+            [ServerMessage::Snapshot { groups, .. }] => {
+                assert_eq!(groups.len(), 1);
+                assert_eq!(&*groups[0].group, "hq");
+            }
+            other => panic!("expected a snapshot, got {other:?}"),
+        }
+        hub.apply(Derived::Aggregates(vec![
+            aggregate("hq", 2),
+            aggregate("hq/a", 5),
+            aggregate("plant", 9),
+        ]));
+        hub.push_pending();
+        match frames(&mut rx).as_slice() {
+            [ServerMessage::Update {
+                devices, groups, ..
+            }] => {
+                assert!(devices.is_empty());
+                let mut seen: Vec<(&str, u64)> = groups
+                    .iter()
+                    .map(|g| (&*g.group, g.devices.online))
+                    .collect();
+                seen.sort_unstable();
+                assert_eq!(seen, [("hq", 2), ("hq/a", 5)]);
+            }
+            other => panic!("expected an update, got {other:?}"),
+        }
+        hub.leave(1);
+        assert!(hub.group_watchers.is_empty());
+    }
+
+    #[test]
+    fn the_group_tree_nests_every_level() {
+        let mut hub = Hub::new(Arc::default());
+        let mut device = state("d1", 1.0);
+        device.group = "site/b/floor-1".into();
+        hub.apply(Derived::Devices(vec![device]));
+        hub.apply(Derived::Aggregates(vec![
+            aggregate("site", 3),
+            aggregate("site/a", 2),
+        ]));
+        let tree = hub.group_tree();
+        assert_eq!(tree.len(), 1);
+        let site = &tree[0];
+        assert_eq!((&*site.group, site.name.as_str()), ("site", "site"));
+        assert_eq!(site.aggregate.as_ref().map(|a| a.devices.online), Some(3));
+        let children: Vec<&str> = site.children.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(children, ["a", "b"]);
+        let floor = &site.children[1].children[0];
+        assert_eq!(
+            (&*floor.group, floor.name.as_str()),
+            ("site/b/floor-1", "floor-1")
+        );
+        assert!(floor.aggregate.is_none());
+    }
+
+    #[test]
+    fn device_lists_can_be_scoped_to_a_group() {
+        let mut hub = Hub::new(Arc::default());
+        let placed = |id: &str, group: &str| {
+            let mut device = state(id, 1.0);
+            device.group = group.into();
+            device
+        };
+        hub.apply(Derived::Devices(vec![
+            placed("d1", "hq/a"),
+            placed("d2", "hq-b"),
+            placed("d3", "hq"),
+        ]));
+        let page = hub.list(&DeviceQuery {
+            offset: 0,
+            limit: 10,
+            text: None,
+            group: Some("hq".into()),
+        });
+        let listed: Vec<&str> = page.devices.iter().map(|d| &*d.id).collect();
+        assert_eq!((page.total, listed), (2, vec!["d3", "d1"]));
     }
 }

@@ -69,6 +69,7 @@ pub async fn run(
     listener: TcpListener,
     derived: mpsc::Receiver<Derived>,
     metrics_sources: Vec<Arc<dyn MetricsSource>>,
+    history: Option<iotmon_bridge::store::HistoryReader>,
     shutdown: CancellationToken,
 ) -> Result<(), DashboardError> {
     let (hub, hub_task) = hub::hub(config.tick, derived, shutdown.clone());
@@ -78,6 +79,7 @@ pub async fn run(
         hub,
         limits: session::SessionLimits {
             max_view_devices: config.max_view_devices,
+            max_view_groups: config.max_view_groups,
             queue: config.viewer_queue,
             max_messages_per_second: config.max_messages_per_second,
             max_view_changes_per_second: config.max_view_changes_per_second,
@@ -91,6 +93,7 @@ pub async fn run(
         sessions: sessions.clone(),
         shutdown: shutdown.clone(),
         metrics_sources,
+        history,
     };
     let served = axum::serve(listener, api::router(state))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())

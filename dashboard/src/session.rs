@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
 use iotmon_wire::viewer::{ClientMessage, ServerMessage};
+use iotmon_wire::GroupPath;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::time::MissedTickBehavior;
 use tokio_tungstenite::tungstenite;
@@ -20,6 +21,7 @@ use crate::rate::TokenBucket;
 #[derive(Debug, Clone)]
 pub struct SessionLimits {
     pub max_view_devices: usize,
+    pub max_view_groups: usize,
     pub queue: usize,
     pub max_messages_per_second: u32,
     pub max_view_changes_per_second: u32,
@@ -187,23 +189,33 @@ impl Session {
     async fn handle_text(&mut self, text: &str, now: Instant) -> Option<Ending> {
         match parse_client_message(text, &self.limits) {
             Ok(Request::View(spec)) => {
-                if !self.view_changes.try_take(now) {
-                    let message = format!(
-                        "too many view changes: at most {} per second; retry in {} ms",
-                        self.limits.max_view_changes_per_second,
-                        self.view_changes.wait_hint().as_millis()
-                    );
-                    return self.reply(&error(message)).await;
-                }
                 let id = self.id;
-                if self.hub.send(HubCommand::View { id, spec }).await {
-                    None
-                } else {
-                    Some(Ending::Shutdown)
-                }
+                self.change_view(HubCommand::View { id, spec }, now).await
+            }
+            Ok(Request::Groups(groups)) => {
+                let id = self.id;
+                self.change_view(HubCommand::Groups { id, groups }, now)
+                    .await
             }
             Ok(Request::Ping) => self.reply(&ServerMessage::Pong).await,
             Err(message) => self.reply(&error(message)).await,
+        }
+    }
+
+    /// Relays a view or group change to the hub, within the view-change rate.
+    async fn change_view(&mut self, change: HubCommand, now: Instant) -> Option<Ending> {
+        if !self.view_changes.try_take(now) {
+            let message = format!(
+                "too many view changes: at most {} per second; retry in {} ms",
+                self.limits.max_view_changes_per_second,
+                self.view_changes.wait_hint().as_millis()
+            );
+            return self.reply(&error(message)).await;
+        }
+        if self.hub.send(change).await {
+            None
+        } else {
+            Some(Ending::Shutdown)
         }
     }
 
@@ -254,6 +266,7 @@ impl Session {
 #[derive(Debug, PartialEq)]
 enum Request {
     View(ViewSpec),
+    Groups(Vec<GroupPath>),
     Ping,
 }
 
@@ -263,6 +276,12 @@ fn parse_client_message(text: &str, limits: &SessionLimits) -> Result<Request, S
         serde_json::from_str(text).map_err(|e| format!("invalid message: {e}"))?;
     match message {
         ClientMessage::Ping => Ok(Request::Ping),
+        ClientMessage::Groups { groups } if groups.len() > limits.max_view_groups => Err(format!(
+            "at most {} groups at once, this message has {}",
+            limits.max_view_groups,
+            groups.len()
+        )),
+        ClientMessage::Groups { groups } => Ok(Request::Groups(groups)),
         ClientMessage::View {
             devices,
             group,
@@ -340,6 +359,7 @@ mod tests {
     fn limits() -> SessionLimits {
         SessionLimits {
             max_view_devices: 2,
+            max_view_groups: 1,
             queue: 4,
             max_messages_per_second: 10,
             max_view_changes_per_second: 5,
@@ -394,6 +414,13 @@ mod tests {
             parse_client_message(r#"{"type":"ping"}"#, &limits),
             Ok(Request::Ping)
         );
+        assert_eq!(
+            parse_client_message(r#"{"type":"groups","groups":["hq"]}"#, &limits),
+            Ok(Request::Groups(vec!["hq".into()]))
+        );
+        let err = parse_client_message(r#"{"type":"groups","groups":["a","b"]}"#, &limits)
+            .expect_err("too many groups");
+        assert!(err.contains("at most 1 groups"), "{err}");
     }
 
     #[test]

@@ -6,7 +6,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::device::{DeviceId, DeviceState};
+use crate::aggregate::GroupAggregate;
+use crate::device::{DeviceId, DeviceState, GroupPath};
 
 /// Messages a viewer sends to the dashboard.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -25,6 +26,8 @@ pub enum ClientMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         limit: Option<usize>,
     },
+    /// The groups whose aggregates are on screen, replacing the previous set.
+    Groups { groups: Vec<GroupPath> },
     /// Liveness check; answered with `pong`.
     Ping,
 }
@@ -51,12 +54,21 @@ pub enum ServerMessage {
     Snapshot {
         seq: u64,
         devices: Vec<DeviceState>,
+        /// The current aggregates of the subscribed groups (absent when none).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        groups: Vec<GroupAggregate>,
         /// For a group view: how many devices the group holds, over all pages.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         total: Option<usize>,
     },
-    /// Devices in the view whose state changed since the previous message.
-    Update { seq: u64, devices: Vec<DeviceState> },
+    /// Devices in the view, and subscribed groups, whose state changed since the previous
+    /// message.
+    Update {
+        seq: u64,
+        devices: Vec<DeviceState>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        groups: Vec<GroupAggregate>,
+    },
     /// Answer to `ping`.
     Pong,
     /// The viewer's last message was not understood or not allowed; the session goes on.
@@ -92,6 +104,14 @@ mod tests {
         assert!(
             serde_json::from_str::<ClientMessage>(r#"{"type":"view","devices":[],"x":1}"#).is_err()
         );
+        let groups: ClientMessage =
+            serde_json::from_str(r#"{"type":"groups","groups":["hq"]}"#).expect("groups");
+        assert_eq!(
+            groups,
+            ClientMessage::Groups {
+                groups: vec!["hq".into()]
+            }
+        );
         let ping: ClientMessage = serde_json::from_str(r#"{"type":"ping"}"#).expect("ping");
         assert_eq!(ping, ClientMessage::Ping);
         assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"dance"}"#).is_err());
@@ -102,6 +122,7 @@ mod tests {
         let update = ServerMessage::Update {
             seq: 7,
             devices: vec![],
+            groups: vec![],
         };
         assert_eq!(
             serde_json::to_string(&update).expect("serialize"),
