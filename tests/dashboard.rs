@@ -234,3 +234,100 @@ async fn a_group_view_shows_a_page_of_the_group() {
     ids.sort_unstable();
     assert_eq!(ids, ["g-02", "g-03"]);
 }
+
+/// Group aggregates reach the viewers that subscribed to them, the group tree lists every
+/// level, and the store's history keeps a spike's maximum.
+#[tokio::test]
+async fn aggregates_tree_and_history_reach_the_viewer() {
+    let iotmon = Iotmon::serve_with_config("[bridge.rollups]\ngrace = \"1s\"\n");
+    let http = iotmon.http.expect("http");
+    let publisher = Publisher::connect(iotmon.mqtt.expect("mqtt"), "campus").await;
+    let mut viewer = Viewer::connect(&iotmon.ws_url()).await;
+    viewer
+        .send(json!({"type": "groups", "groups": ["campus", "campus/a"]}))
+        .await;
+
+    let campus_mean = |v: &Viewer| {
+        v.messages
+            .iter()
+            .flat_map(|m| m["groups"].as_array().into_iter().flatten())
+            .filter(|g| g["group"] == "campus")
+            .filter_map(|g| g["metrics"]["temperature"]["mean"].as_f64())
+            .next_back()
+    };
+    let started = tokio::time::Instant::now();
+    let mut round = 0u32;
+    // Two devices at 20 and 30 °C, one spike of 100 °C early on.
+    while campus_mean(&viewer) != Some(25.0) {
+        round += 1;
+        let spike = if round == 3 { 100 } else { 20 };
+        publisher
+            .publish(
+                "sensors/campus/a/c-1",
+                json!({"temperature": spike}).to_string(),
+            )
+            .await;
+        publisher
+            .publish(
+                "sensors/campus/b/c-2",
+                json!({"temperature": 30}).to_string(),
+            )
+            .await;
+        viewer
+            .read_until(Duration::from_millis(200), |_| false)
+            .await;
+        assert!(started.elapsed() < DEADLINE, "no campus aggregate of 25 °C");
+    }
+    let groups_seen: Vec<&str> = viewer
+        .messages
+        .iter()
+        .flat_map(|m| m["groups"].as_array().into_iter().flatten())
+        .filter_map(|g| g["group"].as_str())
+        .collect();
+    assert!(groups_seen
+        .iter()
+        .all(|g| *g == "campus" || *g == "campus/a"));
+    assert!(groups_seen.contains(&"campus/a"));
+
+    let (status, body) = http_get(http, "/api/groups").await;
+    assert_eq!(status, 200, "{body}");
+    let tree: serde_json::Value = serde_json::from_str(&body).expect("JSON tree");
+    let campus = &tree["groups"][0];
+    assert_eq!(campus["group"], "campus", "{tree}");
+    let children: Vec<&str> = campus["children"]
+        .as_array()
+        .expect("children")
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert_eq!(children, ["a", "b"]);
+    assert_eq!(campus["aggregate"]["devices"]["online"], 2, "{tree}");
+
+    // History: keep the devices reporting until a closed 10 s window holds the spike.
+    let path = "/api/history?device=c-1&metric=temperature&points=50";
+    let history_deadline = tokio::time::Instant::now() + Duration::from_secs(45);
+    loop {
+        let (status, body) = http_get(http, path).await;
+        assert_eq!(status, 200, "{body}");
+        let series: serde_json::Value = serde_json::from_str(&body).expect("JSON series");
+        let points = series["points"].as_array().expect("points");
+        if points.iter().any(|p| p["max"] == 100.0) {
+            assert!(points.iter().all(|p| p["min"].as_f64() >= Some(20.0)));
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < history_deadline,
+            "the spike never reached the history: {series}"
+        );
+        publisher
+            .publish(
+                "sensors/campus/a/c-1",
+                json!({"temperature": 20}).to_string(),
+            )
+            .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (status, body) =
+        http_get(http, "/api/history?device=c-1&metric=temperature&points=1").await;
+    assert_eq!(status, 400, "{body}");
+}
