@@ -4,8 +4,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use iotmon_wire::mqtt::BrokerUrl;
+use iotmon_wire::mqtt::{BrokerUrl, Login};
 
 use crate::config::Config;
 
@@ -133,11 +134,51 @@ pub struct RemoteArgs {
     /// The broker: mqtt://HOST:PORT.
     #[arg(long, env = "IOTMON_BROKER")]
     pub broker: BrokerUrl,
-    /// MQTT client id (unique per process on the broker); defaults to the role and process id.
+    /// MQTT client id (unique per process on the broker); defaults to the user name, or to
+    /// the role and process id.
     #[arg(long)]
     pub client_id: Option<String>,
+    /// MQTT user name, when the broker checks credentials (iotmon's broker: the client id).
+    #[arg(long, env = "IOTMON_MQTT_USERNAME")]
+    pub username: Option<String>,
+    /// MQTT password (prefer the environment variable or --password-file to keep it out of
+    /// the process list).
+    #[arg(long, env = "IOTMON_MQTT_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    /// File whose first line is the MQTT password.
+    #[arg(long, conflicts_with = "password")]
+    pub password_file: Option<PathBuf>,
     #[command(flatten)]
     pub serve: ServeArgs,
+}
+
+impl RemoteArgs {
+    /// The login for `role`: explicit client id, else the user name, else `iotmon-ROLE-PID`.
+    ///
+    /// # Errors
+    /// The password file cannot be read.
+    pub fn login(&self, role: &str) -> anyhow::Result<Login> {
+        let password = match &self.password_file {
+            Some(path) => Some(read_first_line(path)?),
+            None => self.password.clone(),
+        };
+        let client_id = self
+            .client_id
+            .clone()
+            .or_else(|| self.username.clone())
+            .unwrap_or_else(|| format!("iotmon-{role}-{}", std::process::id()));
+        Ok(Login {
+            client_id,
+            username: self.username.clone(),
+            password,
+        })
+    }
+}
+
+fn read_first_line(path: &std::path::Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the password file {}", path.display()))?;
+    Ok(text.lines().next().unwrap_or_default().to_string())
 }
 
 /// `iotmon simulate`: a fleet of devices, or (`simulate viewers`) fake dashboard viewers.

@@ -80,18 +80,12 @@ async fn run_role(command: Command, shutdown: CancellationToken) -> anyhow::Resu
         }
         Command::Broker(args) => roles::broker(args.resolve()?, args.http_listen, shutdown).await,
         Command::Bridge(args) => {
-            let client_id = args
-                .client_id
-                .clone()
-                .unwrap_or_else(|| default_client_id("bridge"));
-            roles::bridge(args.serve.resolve()?, args.broker, client_id, shutdown).await
+            let login = args.login("bridge")?;
+            roles::bridge(args.serve.resolve()?, args.broker, login, shutdown).await
         }
         Command::Dashboard(args) => {
-            let client_id = args
-                .client_id
-                .clone()
-                .unwrap_or_else(|| default_client_id("dashboard"));
-            roles::dashboard(args.serve.resolve()?, args.broker, client_id, shutdown).await
+            let login = args.login("dashboard")?;
+            roles::dashboard(args.serve.resolve()?, args.broker, login, shutdown).await
         }
         Command::Simulate(args) => match args.what {
             Some(SimulateCommand::Viewers(viewers)) => {
@@ -105,11 +99,6 @@ async fn run_role(command: Command, shutdown: CancellationToken) -> anyhow::Resu
         }
         Command::Config | Command::Devices(_) => Ok(()),
     }
-}
-
-/// A client id unique to this process, so several instances can share a broker.
-fn default_client_id(role: &str) -> String {
-    format!("iotmon-{role}-{}", std::process::id())
 }
 
 /// Cancels `shutdown` on SIGINT or SIGTERM.

@@ -14,7 +14,7 @@ use iotmon_dashboard::DERIVED_CAPACITY;
 use iotmon_simulator::viewers::ViewerConfig;
 use iotmon_simulator::{FleetConfig, Progress};
 use iotmon_wire::metrics::MetricsSource;
-use iotmon_wire::mqtt::BrokerUrl;
+use iotmon_wire::mqtt::{BrokerUrl, Login};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -141,16 +141,16 @@ fn start_broker(config: &Config) -> anyhow::Result<EmbeddedBroker> {
 pub async fn bridge(
     config: Config,
     broker_url: BrokerUrl,
-    client_id: String,
+    login: Login,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    info!(broker = %broker_url, client_id, "bridge starting");
+    info!(broker = %broker_url, client_id = login.client_id, "bridge starting");
     let counters = Arc::new(BridgeCounters::default());
     let store = open_store(&config, counters.clone())?;
     iotmon_bridge::standalone::run(
         config.bridge,
         broker_url,
-        &client_id,
+        &login,
         config.broker.max_packet_size,
         counters,
         store,
@@ -188,7 +188,7 @@ fn open_store(
 pub async fn dashboard(
     config: Config,
     broker_url: BrokerUrl,
-    client_id: String,
+    login: Login,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let http = iotmon_dashboard::bind(&config.dashboard).await?;
@@ -196,7 +196,7 @@ pub async fn dashboard(
     let (to_hub, derived) = mpsc::channel(DERIVED_CAPACITY);
     let source = tokio::spawn(iotmon_dashboard::source::from_broker(
         broker_url,
-        client_id,
+        login,
         config.broker.max_packet_size,
         to_hub,
         shutdown.clone(),

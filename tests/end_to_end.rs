@@ -311,3 +311,85 @@ async fn sigterm_tells_viewers_to_reconnect_and_exits_cleanly() {
     viewer.read_until(DEADLINE, |v| v.got("reconnect")).await;
     assert!(viewer.got("reconnect"), "viewer was told to reconnect");
 }
+
+/// With device authentication on, the split bridge and dashboard log in like devices do.
+#[tokio::test]
+async fn split_roles_log_in_when_the_broker_checks_credentials() {
+    let registry = support::TempDir::new("credentials");
+    for id in ["svc-bridge", "svc-dashboard", "cred-dev"] {
+        let mut add = std::process::Command::new(env!("CARGO_BIN_EXE_iotmon"))
+            .args([
+                "devices",
+                "add",
+                id,
+                "--password-stdin",
+                "--data-dir",
+                registry.path(),
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("iotmon devices add");
+        use std::io::Write as _;
+        let mut stdin = add.stdin.take().expect("stdin");
+        writeln!(stdin, "pw-{id}").expect("password written");
+        drop(stdin);
+        assert!(add.wait().expect("exit").success());
+    }
+    let broker = Iotmon::start(
+        &[
+            "broker",
+            "--mqtt-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            registry.path(),
+        ],
+        true,
+        false,
+    );
+    let url = broker.mqtt_url();
+    let bridge_dir = support::TempDir::new("bridge");
+    let _bridge = Iotmon::start_with_env(
+        &[
+            "bridge",
+            "--broker",
+            &url,
+            "--username",
+            "svc-bridge",
+            "--data-dir",
+            bridge_dir.path(),
+        ],
+        &[("IOTMON_MQTT_PASSWORD", "pw-svc-bridge")],
+        false,
+        false,
+    );
+    let dashboard = Iotmon::start_with_env(
+        &[
+            "dashboard",
+            "--broker",
+            &url,
+            "--username",
+            "svc-dashboard",
+            "--http-listen",
+            "127.0.0.1:0",
+        ],
+        &[("IOTMON_MQTT_PASSWORD", "pw-svc-dashboard")],
+        false,
+        true,
+    );
+    let mqtt = broker.mqtt.expect("mqtt");
+    let device = Publisher::connect_as(mqtt, "cred-dev", Some("pw-cred-dev")).await;
+    let mut viewer = Viewer::connect(&dashboard.ws_url()).await;
+    viewer.view(&["cred-dev"]).await;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let arrived = |v: &Viewer| v.metric("cred-dev", "temperature") == Some(21.0);
+    while !viewer.read_until(Duration::from_millis(300), arrived).await {
+        device
+            .publish("sensors/lab/cred-dev", r#"{"temperature":21.0}"#)
+            .await;
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "reading never reached the viewer"
+        );
+    }
+}

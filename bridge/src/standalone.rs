@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use iotmon_wire::mqtt::{drive_session, BrokerUrl, SessionPlan};
+use iotmon_wire::mqtt::{drive_session, BrokerUrl, Login, SessionPlan};
 use rumqttc::AsyncClient;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -24,14 +24,14 @@ const CLIENT_QUEUE: usize = 1024;
 pub async fn run(
     config: BridgeConfig,
     broker: BrokerUrl,
-    client_id: &str,
+    login: &Login,
     max_packet_size: usize,
     counters: Arc<BridgeCounters>,
     store: Option<OpenStore>,
     shutdown: CancellationToken,
 ) {
     let (client, eventloop) =
-        AsyncClient::new(broker.options(client_id, max_packet_size), CLIENT_QUEUE);
+        AsyncClient::new(broker.options_for(login, max_packet_size), CLIENT_QUEUE);
     let (to_bridge, from_broker) = mpsc::channel(INPUT_CAPACITY);
     let (live_updates, to_publish) = mpsc::channel(LIVE_CAPACITY);
     let plan = SessionPlan {

@@ -3,7 +3,7 @@
 //! broker.
 
 use bytes::Bytes;
-use iotmon_wire::mqtt::{drive_session, BrokerUrl, Message, SessionPlan};
+use iotmon_wire::mqtt::{drive_session, BrokerUrl, Login, Message, SessionPlan};
 use iotmon_wire::topics::{AGG_FILTER, LIVE_FILTER, SYNC_REQUEST};
 use iotmon_wire::{Derived, DeviceState, GroupAggregate};
 use rumqttc::AsyncClient;
@@ -19,12 +19,12 @@ const INPUT_CAPACITY: usize = 4096;
 /// that starts late, or lost its connection, is complete again.
 pub async fn from_broker(
     broker: BrokerUrl,
-    client_id: String,
+    login: Login,
     max_packet_size: usize,
     to_hub: mpsc::Sender<Derived>,
     shutdown: CancellationToken,
 ) {
-    let (client, eventloop) = AsyncClient::new(broker.options(&client_id, max_packet_size), 64);
+    let (client, eventloop) = AsyncClient::new(broker.options_for(&login, max_packet_size), 64);
     let (messages_tx, mut messages) = mpsc::channel::<Message>(INPUT_CAPACITY);
     let plan = SessionPlan {
         subscriptions: vec![LIVE_FILTER.to_string(), AGG_FILTER.to_string()],

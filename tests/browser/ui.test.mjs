@@ -4,7 +4,8 @@
 //   cd tests/browser && npm ci && npm test
 //
 // Environment: IOTMON_BIN (default ../../target/debug/iotmon), CHROMIUM (default /usr/bin/chromium).
-// A screenshot of the first page with live data is written to tests/browser/screenshot.png.
+// A screenshot with the group tree expanded and a device's history chart open is written to
+// tests/browser/screenshot.png.
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -106,6 +107,17 @@ async function waitHere(what, fn, timeout) {
   }
 }
 
+// The device count the server gives for a group, to compare the page with.
+async function groupSize(group) {
+  const res = await fetch(`${httpUrl}/api/devices?limit=1&group=${encodeURIComponent(group)}`);
+  assert.equal(res.status, 200, `/api/devices?group=${group}`);
+  return (await res.json()).total;
+}
+
+// The number in a tree node's own count span (not its children's).
+const nodeCount = (group, kind) =>
+  `Number(document.querySelector('li[data-group="${group}"] > .node .${kind}')?.textContent)`;
+
 const rowIds = () => page.$$eval('tbody tr[data-device]', (rows) => rows.map((r) => r.dataset.device));
 
 // --- Setup and teardown ---------------------------------------------------------------------
@@ -180,7 +192,6 @@ test('live updates change a temperature on screen', { timeout: 40_000 }, async (
   assert.ok(framesReceived.some((m) => m.type === 'update' && m.devices?.some((d) => d.id === id)),
     `an update message for ${id} arrived over the WebSocket`);
   assert.match(await page.textContent(`tbody tr[data-device="${id}"] td.last-seen`), /\d+ s ago/);
-  await page.screenshot({ path: path.join(here, 'screenshot.png') });
 });
 
 test('next shows other devices', { timeout: 20_000 }, async () => {
@@ -211,4 +222,89 @@ test('search narrows to one device', { timeout: 20_000 }, async () => {
     const views = framesSent.filter((m) => m.type === 'view');
     return views.length > 0 && views.at(-1).devices.join() === id;
   }, 5_000);
+});
+
+test('the sidebar lists the sites, with live online counts', { timeout: 30_000 }, async () => {
+  await page.fill('#search', '');                       // back to the whole fleet
+  await waitInPage('a tree node for site-1', () => !!document.querySelector('#groups li[data-group="site-1"]'), null, 15_000);
+  // The page subscribes to the visible nodes, and the counts come from the pushed aggregates.
+  await waitHere('a groups subscription naming site-1', () =>
+    framesSent.some((m) => m.type === 'groups' && m.groups.includes('site-1')), 10_000);
+  await waitHere('a pushed aggregate of site-1 with devices online', () =>
+    framesReceived.some((m) => (m.type === 'update' || m.type === 'snapshot') &&
+      m.groups?.some((g) => g.group === 'site-1' && g.devices.online > 0)), 15_000);
+  await waitInPage('site-1 to count devices online',
+    new Function(`return ${nodeCount('site-1', 'online')} > 0`), null, 10_000);
+});
+
+test('expanding the tree subscribes to the new nodes; clicking one narrows the grid', { timeout: 40_000 }, async () => {
+  const group = 'site-1/building-a/floor-2';
+  await page.click('li[data-group="site-1"] > .node .toggle');
+  await page.click('li[data-group="site-1/building-a"] > .node .toggle');
+  await page.waitForSelector(`li[data-group="${group}"]`, { timeout: 10_000 });
+  await waitHere(`a groups subscription naming ${group}`, () =>
+    framesSent.some((m) => m.type === 'groups' && m.groups.includes(group)), 10_000);
+  await waitInPage(`${group} to count devices online`,
+    new Function(`return ${nodeCount(group, 'online')} > 0`), null, 15_000);
+
+  const expected = await groupSize(group);
+  assert.ok(expected > 0 && expected < DEVICES, `${group} holds part of the fleet (${expected})`);
+  await page.click(`li[data-group="${group}"] > .node .name`);
+  await waitInPage(`#total to narrow to ${expected} and every row to be in ${group}`, ([g, n]) => {
+    const groups = [...document.querySelectorAll('tbody tr[data-device] td.group')].map((td) => td.textContent);
+    return Number(document.querySelector('#total')?.textContent) === n && groups.length === Math.min(n, 50) &&
+      groups.every((text) => text === g || text.startsWith(`${g}/`));
+  }, [group, expected], 15_000);
+  // The view still names the page's devices.
+  const ids = await rowIds();
+  await waitHere('a view message for the group page', () => {
+    const views = framesSent.filter((m) => m.type === 'view');
+    return views.length > 0 && views.at(-1).devices?.join() === ids.join();
+  }, 5_000);
+});
+
+test('the breadcrumb widens the filter again', { timeout: 30_000 }, async () => {
+  const parent = 'site-1/building-a';
+  const expected = await groupSize(parent);
+  await page.click(`#crumbs button[data-path="${parent}"]`);
+  await waitInPage(`#total to be ${expected} for ${parent}`, ([g, n]) =>
+    Number(document.querySelector('#total')?.textContent) === n &&
+    [...document.querySelectorAll('tbody tr[data-device] td.group')].every((td) => td.textContent.startsWith(`${g}/`)),
+  [parent, expected], 15_000);
+  await page.click('#crumbs button[data-path=""]');
+  await waitInPage(`#total to be ${DEVICES} again`,
+    (n) => Number(document.querySelector('#total')?.textContent) === n, DEVICES, 15_000);
+});
+
+test('clicking a row opens its history chart', { timeout: 90_000 }, async () => {
+  const [id] = await rowIds();
+  await page.click(`tbody tr[data-device="${id}"] td.id`);
+  await page.waitForSelector('#detail:not([hidden])', { timeout: 5_000 });
+  assert.equal((await page.textContent('#detail-title')).trim(), id);
+  assert.equal(await page.inputValue('#detail-metric'), 'temperature');
+  // The store's finest tier closes a window every 10 s; the panel refetches as often.
+  await waitInPage('#history to draw at least one point',
+    () => Number(document.querySelector('#history')?.dataset.points) >= 1, null, 45_000);
+
+  // Another range and another metric are fetched anew.
+  const sixHours = page.waitForRequest((req) => {
+    const u = new URL(req.url());
+    return u.pathname === '/api/history' && Number(u.searchParams.get('to')) - Number(u.searchParams.get('from')) === 6 * 3_600_000;
+  }, { timeout: 5_000 });
+  await page.click('#ranges button[data-range="21600000"]');
+  await sixHours;
+  await waitInPage('#history to draw the 6 h range',
+    () => Number(document.querySelector('#history')?.dataset.points) >= 1, null, 15_000);
+  const humidity = page.waitForRequest((req) => new URL(req.url()).searchParams.get('metric') === 'humidity', { timeout: 5_000 });
+  await page.selectOption('#detail-metric', 'humidity');
+  await humidity;
+  await page.selectOption('#detail-metric', 'temperature');
+  await page.click('#ranges button[data-range="3600000"]');
+  await waitInPage('#history to draw temperature over 1 h again',
+    () => Number(document.querySelector('#history')?.dataset.points) >= 1, null, 15_000);
+  assert.equal(await page.textContent('#detail-error'), '');
+  await page.screenshot({ path: path.join(here, 'screenshot.png') });
+
+  await page.keyboard.press('Escape');
+  await page.waitForSelector('#detail', { state: 'hidden', timeout: 5_000 });
 });

@@ -35,8 +35,19 @@ impl Iotmon {
     /// Starts `iotmon ARGS...` and waits until it has printed the listener lines named by
     /// `wait_mqtt` / `wait_http`.
     pub fn start(args: &[&str], wait_mqtt: bool, wait_http: bool) -> Iotmon {
+        Iotmon::start_with_env(args, &[], wait_mqtt, wait_http)
+    }
+
+    /// As [`Iotmon::start`], with extra environment variables.
+    pub fn start_with_env(
+        args: &[&str],
+        envs: &[(&str, &str)],
+        wait_mqtt: bool,
+        wait_http: bool,
+    ) -> Iotmon {
         let mut child = Command::new(env!("CARGO_BIN_EXE_iotmon"))
             .args(args)
+            .envs(envs.iter().copied())
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -187,7 +198,19 @@ pub struct Publisher {
 
 impl Publisher {
     pub async fn connect(addr: SocketAddr, client_id: &str) -> Publisher {
-        let options = MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
+        Publisher::connect_as(addr, client_id, None).await
+    }
+
+    /// Connects as `client_id`, logging in with that name and `password` when given.
+    pub async fn connect_as(
+        addr: SocketAddr,
+        client_id: &str,
+        password: Option<&str>,
+    ) -> Publisher {
+        let mut options = MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
+        if let Some(password) = password {
+            options.set_credentials(client_id, password);
+        }
         let (client, mut eventloop) = AsyncClient::new(options, 256);
         let (connected_tx, connected) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {

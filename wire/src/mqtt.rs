@@ -89,6 +89,46 @@ impl BrokerUrl {
         options.set_max_packet_size(max_packet_size, max_packet_size);
         options
     }
+
+    /// Client options for `login`: as [`BrokerUrl::options`], with its credentials if any.
+    pub fn options_for(&self, login: &Login, max_packet_size: usize) -> MqttOptions {
+        let mut options = self.options(&login.client_id, max_packet_size);
+        if let Some(password) = &login.password {
+            let username = login.username.as_deref().unwrap_or(&login.client_id);
+            options.set_credentials(username, password.as_str());
+        }
+        options
+    }
+}
+
+/// Who a role is on the broker. iotmon's own broker requires the user name to equal the
+/// client id, which is the default when only a password is given.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Login {
+    pub client_id: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl fmt::Debug for Login {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Login")
+            .field("client_id", &self.client_id)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<hidden>"))
+            .finish()
+    }
+}
+
+impl Login {
+    /// A login without credentials.
+    pub fn anonymous(client_id: impl Into<String>) -> Self {
+        Login {
+            client_id: client_id.into(),
+            username: None,
+            password: None,
+        }
+    }
 }
 
 /// What a session does each time it (re)connects.
