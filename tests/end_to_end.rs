@@ -231,7 +231,12 @@ async fn serve_accepts_batches_and_tells_viewers_about_bad_messages() {
 async fn split_roles_in_three_processes_behave_like_serve() {
     let broker = Iotmon::start(&["broker", "--mqtt-listen", "127.0.0.1:0"], true, false);
     let url = broker.mqtt_url();
-    let _bridge = Iotmon::start(&["bridge", "--broker", &url], false, false);
+    let bridge_data = support::TempDir::new("bridge");
+    let _bridge = Iotmon::start(
+        &["bridge", "--broker", &url, "--data-dir", bridge_data.path()],
+        false,
+        false,
+    );
     let dashboard = Iotmon::start(
         &[
             "dashboard",
@@ -278,7 +283,12 @@ async fn split_roles_in_three_processes_behave_like_serve() {
 async fn bridge_and_dashboard_work_against_mosquitto() {
     let mosquitto = mosquitto::Mosquitto::start();
     let url = format!("mqtt://127.0.0.1:{}", mosquitto.port);
-    let _bridge = Iotmon::start(&["bridge", "--broker", &url], false, false);
+    let bridge_data = support::TempDir::new("bridge");
+    let _bridge = Iotmon::start(
+        &["bridge", "--broker", &url, "--data-dir", bridge_data.path()],
+        false,
+        false,
+    );
     let dashboard = Iotmon::start(
         &[
             "dashboard",

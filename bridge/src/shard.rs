@@ -50,7 +50,14 @@ struct Device {
     interval_ms: Option<f64>,
     /// Listed in the silence schedule.
     check_scheduled: bool,
+    /// When its registry row was last queued for the store.
+    registry_queued_ms: i64,
 }
+
+/// How often a device reporting nothing new (same group, same metrics) has its registry row
+/// (last seen, latest values) rewritten: often enough for a useful restore, rarely enough that
+/// a large fleet does not turn into one SQLite upsert per reading.
+const REGISTRY_REFRESH_MS: i64 = 30_000;
 
 /// The devices of one shard.
 #[derive(Debug)]
@@ -142,6 +149,7 @@ impl Shard {
             return;
         };
         entry.note_receipt(now_ms);
+        let metrics_known = entry.state.metrics.len();
         if reading.ts >= entry.state.ts || entry.state.metrics.is_empty() {
             entry.state.ts = reading.ts;
             for (name, value) in reading.metrics {
@@ -157,10 +165,15 @@ impl Shard {
                 }
             }
         }
+        let registry_due = entry.state.metrics.len() != metrics_known
+            || now_ms.saturating_sub(entry.registry_queued_ms) >= REGISTRY_REFRESH_MS;
+        if registry_due {
+            entry.registry_queued_ms = now_ms;
+            self.registry_changed.insert(id.clone());
+        }
         self.set_online(&id, true);
         self.schedule_check(&id, now_ms);
-        self.changed.insert(id.clone());
-        self.registry_changed.insert(id);
+        self.changed.insert(id);
     }
 
     fn add_to_rollups(&mut self, id: &DeviceId, reading: &Reading, now_ms: i64) {
@@ -204,6 +217,7 @@ impl Shard {
             return;
         };
         let from = std::mem::replace(&mut entry.state.group, to.clone());
+        entry.registry_queued_ms = i64::MIN;
         let online = entry.state.online;
         for (name, value) in &entry.state.metrics {
             self.groups
@@ -370,6 +384,7 @@ impl Device {
             last_seen,
             interval_ms: None,
             check_scheduled: false,
+            registry_queued_ms: i64::MIN,
         }
     }
 
