@@ -2,7 +2,7 @@
 //! path takes no locks. Keeps each device's latest state and presence, its share of the group
 //! aggregates, and the rollup deltas and registry changes due for the store.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,6 +17,7 @@ use crate::counters::BridgeCounters;
 use crate::ingest::{self, Reading, RejectReason};
 use crate::reject_log::RejectLog;
 use crate::rollup::{RollupBuffer, RollupDelta};
+use crate::{FastMap, FastSet};
 
 /// A device as the store keeps it in its registry, and as it is restored after a restart.
 #[derive(Debug, Clone, PartialEq)]
@@ -64,12 +65,12 @@ const REGISTRY_REFRESH_MS: i64 = 30_000;
 pub struct Shard {
     config: Arc<BridgeConfig>,
     counters: Arc<BridgeCounters>,
-    devices: HashMap<DeviceId, Device>,
+    devices: FastMap<DeviceId, Device>,
     /// Changed since the last live batch: one entry per device however often it reports,
     /// which is what coalesces the live stream.
-    changed: HashSet<DeviceId>,
+    changed: FastSet<DeviceId>,
     /// Changed since the last store batch.
-    registry_changed: HashSet<DeviceId>,
+    registry_changed: FastSet<DeviceId>,
     groups: GroupPartials,
     rollups: RollupBuffer,
     /// When to check devices for silence (ms since the epoch), each device listed once: a
@@ -90,9 +91,9 @@ impl Shard {
             rollups: RollupBuffer::new(base, grace),
             config,
             counters,
-            devices: HashMap::new(),
-            changed: HashSet::new(),
-            registry_changed: HashSet::new(),
+            devices: FastMap::default(),
+            changed: FastSet::default(),
+            registry_changed: FastSet::default(),
             groups: GroupPartials::new(),
             silence_checks: BTreeMap::new(),
             reject_log: RejectLog::new(std::time::Duration::from_secs(10)),
