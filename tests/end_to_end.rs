@@ -241,7 +241,12 @@ async fn split_roles_in_three_processes_behave_like_serve() {
         false,
     );
     let url = broker.mqtt_url();
-    let _bridge = Iotmon::start(&["bridge", "--broker", &url], false, false);
+    let bridge_data = support::TempDir::new("bridge");
+    let _bridge = Iotmon::start(
+        &["bridge", "--broker", &url, "--data-dir", bridge_data.path()],
+        false,
+        false,
+    );
     let start_dashboard = || {
         let args = [
             "dashboard",
@@ -284,7 +289,12 @@ async fn split_roles_in_three_processes_behave_like_serve() {
 async fn bridge_and_dashboard_work_against_mosquitto() {
     let mosquitto = mosquitto::Mosquitto::start();
     let url = format!("mqtt://127.0.0.1:{}", mosquitto.port);
-    let _bridge = Iotmon::start(&["bridge", "--broker", &url], false, false);
+    let bridge_data = support::TempDir::new("bridge");
+    let _bridge = Iotmon::start(
+        &["bridge", "--broker", &url, "--data-dir", bridge_data.path()],
+        false,
+        false,
+    );
     let dashboard = Iotmon::start(
         &[
             "dashboard",

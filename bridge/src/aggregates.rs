@@ -13,11 +13,13 @@
 //! sum add, min of mins, max of maxes) into [`GroupAggregate`]s.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use iotmon_wire::topics::group_prefixes;
 use iotmon_wire::{DeviceCounts, GroupAggregate, GroupPath, MetricAggregate};
+
+use crate::FastMap;
 
 /// A finite `f64` with a total order, to key the multiset (ingest refuses non-finite values).
 #[derive(Debug, Clone, Copy)]
@@ -116,7 +118,7 @@ pub struct ShardGroup {
 struct GroupPartial {
     online: u64,
     offline: u64,
-    metrics: HashMap<Arc<str>, MetricPartial>,
+    metrics: FastMap<Arc<str>, MetricPartial>,
     /// Already listed in `GroupPartials::dirty`.
     dirty: bool,
 }
@@ -124,7 +126,7 @@ struct GroupPartial {
 /// A shard's incremental aggregates for every group its devices belong to.
 #[derive(Debug, Default)]
 pub struct GroupPartials {
-    groups: HashMap<GroupPath, GroupPartial>,
+    groups: FastMap<GroupPath, GroupPartial>,
     /// Groups changed since the last [`GroupPartials::take_dirty`].
     dirty: Vec<GroupPath>,
 }
@@ -224,7 +226,7 @@ impl GroupPartials {
 pub struct AggregateMerger {
     shards: usize,
     /// The latest partial from each shard, per group.
-    groups: HashMap<GroupPath, Vec<Option<ShardGroup>>>,
+    groups: std::collections::HashMap<GroupPath, Vec<Option<ShardGroup>>>,
     /// Groups to emit at the next [`AggregateMerger::take`].
     dirty: HashSet<GroupPath>,
 }
@@ -233,7 +235,7 @@ impl AggregateMerger {
     pub fn new(shards: usize) -> Self {
         AggregateMerger {
             shards,
-            groups: HashMap::new(),
+            groups: std::collections::HashMap::new(),
             dirty: HashSet::new(),
         }
     }

@@ -58,6 +58,8 @@ pub enum ConfigError {
     Zero(&'static str),
     #[error("bridge.influx is enabled but {0} is empty")]
     InfluxField(&'static str),
+    #[error("bridge.influx.url must start with http:// or https:// (got {0:?})")]
+    InfluxUrl(String),
 }
 
 impl BridgeConfig {
@@ -285,6 +287,13 @@ impl InfluxConfig {
                 return Err(ConfigError::InfluxField(name));
             }
         }
+        let host = self
+            .url
+            .strip_prefix("http://")
+            .or_else(|| self.url.strip_prefix("https://"));
+        if host.is_none_or(|host| host.is_empty() || host.contains(char::is_whitespace)) {
+            return Err(ConfigError::InfluxUrl(self.url.clone()));
+        }
         Ok(())
     }
 }
@@ -312,5 +321,10 @@ mod tests {
         let mut config = BridgeConfig::default();
         config.influx.enabled = true;
         assert_eq!(config.validate(), Err(ConfigError::InfluxField("url")));
+        config.influx.url = "localhost:8086".into();
+        config.influx.bucket = "b".into();
+        assert!(matches!(config.validate(), Err(ConfigError::InfluxUrl(_))));
+        config.influx.url = "http://127.0.0.1:8086".into();
+        assert_eq!(config.validate(), Ok(()));
     }
 }

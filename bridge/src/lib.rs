@@ -26,6 +26,11 @@ pub use config::{BridgeConfig, ConfigError, IngestLimits};
 pub use counters::BridgeCounters;
 pub use pipeline::run;
 
+/// Hash maps and sets on the hot path: ahash, randomly keyed (device ids come from devices,
+/// so the hasher must resist flooding), several times faster than std's SipHash here.
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
+pub(crate) type FastSet<K> = std::collections::HashSet<K, ahash::RandomState>;
+
 /// Capacity of the channel from the broker to the bridge, in messages. When full, the
 /// reader waits (the broker holds messages in its bounded log, then skips for us).
 pub const INPUT_CAPACITY: usize = 4096;

@@ -10,10 +10,11 @@
 //! Late readings: a reading counts in its window while `now < window end + grace`; later, it
 //! is left out of the rollups and counted (it still updates the device's live state).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use iotmon_wire::DeviceId;
+
+use crate::FastMap;
 
 /// Start of the window of width `width_ms` holding `ts_ms`: the greatest multiple of
 /// `width_ms` not after `ts_ms` (also for timestamps before the epoch).
@@ -94,7 +95,7 @@ pub struct RollupDelta {
 pub struct RollupBuffer {
     width_ms: i64,
     grace_ms: i64,
-    windows: HashMap<i64, HashMap<(DeviceId, Arc<str>), Accumulator>>,
+    windows: FastMap<i64, FastMap<(DeviceId, Arc<str>), Accumulator>>,
 }
 
 impl RollupBuffer {
@@ -102,7 +103,7 @@ impl RollupBuffer {
         RollupBuffer {
             width_ms,
             grace_ms,
-            windows: HashMap::new(),
+            windows: FastMap::default(),
         }
     }
 

@@ -2,7 +2,7 @@
 //! path takes no locks. Keeps each device's latest state and presence, its share of the group
 //! aggregates, and the rollup deltas and registry changes due for the store.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,6 +17,7 @@ use crate::counters::BridgeCounters;
 use crate::ingest::{self, Reading, RejectReason};
 use crate::reject_log::RejectLog;
 use crate::rollup::{RollupBuffer, RollupDelta};
+use crate::{FastMap, FastSet};
 
 /// A device as the store keeps it in its registry, and as it is restored after a restart.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,19 +51,26 @@ struct Device {
     interval_ms: Option<f64>,
     /// Listed in the silence schedule.
     check_scheduled: bool,
+    /// When its registry row was last queued for the store.
+    registry_queued_ms: i64,
 }
+
+/// How often a device reporting nothing new (same group, same metrics) has its registry row
+/// (last seen, latest values) rewritten: often enough for a useful restore, rarely enough that
+/// a large fleet does not turn into one SQLite upsert per reading.
+const REGISTRY_REFRESH_MS: i64 = 30_000;
 
 /// The devices of one shard.
 #[derive(Debug)]
 pub struct Shard {
     config: Arc<BridgeConfig>,
     counters: Arc<BridgeCounters>,
-    devices: HashMap<DeviceId, Device>,
+    devices: FastMap<DeviceId, Device>,
     /// Changed since the last live batch: one entry per device however often it reports,
     /// which is what coalesces the live stream.
-    changed: HashSet<DeviceId>,
+    changed: FastSet<DeviceId>,
     /// Changed since the last store batch.
-    registry_changed: HashSet<DeviceId>,
+    registry_changed: FastSet<DeviceId>,
     groups: GroupPartials,
     rollups: RollupBuffer,
     /// When to check devices for silence (ms since the epoch), each device listed once: a
@@ -83,9 +91,9 @@ impl Shard {
             rollups: RollupBuffer::new(base, grace),
             config,
             counters,
-            devices: HashMap::new(),
-            changed: HashSet::new(),
-            registry_changed: HashSet::new(),
+            devices: FastMap::default(),
+            changed: FastSet::default(),
+            registry_changed: FastSet::default(),
             groups: GroupPartials::new(),
             silence_checks: BTreeMap::new(),
             reject_log: RejectLog::new(std::time::Duration::from_secs(10)),
@@ -142,6 +150,7 @@ impl Shard {
             return;
         };
         entry.note_receipt(now_ms);
+        let metrics_known = entry.state.metrics.len();
         if reading.ts >= entry.state.ts || entry.state.metrics.is_empty() {
             entry.state.ts = reading.ts;
             for (name, value) in reading.metrics {
@@ -157,10 +166,15 @@ impl Shard {
                 }
             }
         }
+        let registry_due = entry.state.metrics.len() != metrics_known
+            || now_ms.saturating_sub(entry.registry_queued_ms) >= REGISTRY_REFRESH_MS;
+        if registry_due {
+            entry.registry_queued_ms = now_ms;
+            self.registry_changed.insert(id.clone());
+        }
         self.set_online(&id, true);
         self.schedule_check(&id, now_ms);
-        self.changed.insert(id.clone());
-        self.registry_changed.insert(id);
+        self.changed.insert(id);
     }
 
     fn add_to_rollups(&mut self, id: &DeviceId, reading: &Reading, now_ms: i64) {
@@ -204,6 +218,7 @@ impl Shard {
             return;
         };
         let from = std::mem::replace(&mut entry.state.group, to.clone());
+        entry.registry_queued_ms = i64::MIN;
         let online = entry.state.online;
         for (name, value) in &entry.state.metrics {
             self.groups
@@ -370,6 +385,7 @@ impl Device {
             last_seen,
             interval_ms: None,
             check_scheduled: false,
+            registry_queued_ms: i64::MIN,
         }
     }
 

@@ -226,3 +226,46 @@ fn a_full_outbox_drops_the_oldest_entries_and_counts_them() {
         "{first}"
     );
 }
+
+#[test]
+fn a_full_disk_is_counted_and_the_writer_goes_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let counters = Arc::new(BridgeCounters::default());
+    let connection = schema::open(&db_path(dir.path())).expect("open");
+    let mut writer =
+        Writer::new(connection, &BridgeConfig::default(), counters.clone(), T0).expect("writer");
+    writer
+        .write(&[batch(vec![entry("d1")], vec![])])
+        .expect("write");
+    // SQLite's page limit stands in for a full disk: the next growth fails with SQLITE_FULL.
+    let pages: i64 = writer
+        .connection
+        .query_row("PRAGMA page_count", [], |row| row.get(0))
+        .expect("page count");
+    writer
+        .connection
+        .pragma_update(None, "max_page_count", pages)
+        .expect("limit");
+    let many = (0..5_000)
+        .map(|i| delta("d1", T0 + i * 10_000, 1.0, T0 + i * 10_000))
+        .collect();
+    let failed = writer.write(&[batch(vec![], many)]);
+    assert!(failed.is_err(), "the write cannot fit");
+    writer.check(failed);
+    assert_eq!(counters.store_errors.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        count_rows(&writer, 10_000),
+        0,
+        "the transaction rolled back"
+    );
+    // Space again: the writer carries on.
+    writer
+        .connection
+        .pragma_update(None, "max_page_count", 1_000_000)
+        .expect("limit");
+    let rows = batch(vec![], vec![delta("d1", T0, 1.0, T0)]);
+    writer
+        .write(&[rows])
+        .expect("write after the disk has room");
+    assert_eq!(count_rows(&writer, 10_000), 1);
+}
