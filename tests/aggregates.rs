@@ -12,7 +12,16 @@ use support::{Iotmon, Publisher, TempDir, DEADLINE};
 
 #[tokio::test]
 async fn the_bridge_publishes_aggregates_for_every_group_level() {
-    let broker = Iotmon::start(&["broker", "--mqtt-listen", "127.0.0.1:0"], true, false);
+    let broker = Iotmon::start(
+        &[
+            "broker",
+            "--mqtt-listen",
+            "127.0.0.1:0",
+            "--allow-anonymous",
+        ],
+        true,
+        false,
+    );
     let addr = broker.mqtt.expect("mqtt");
     let data = TempDir::new("agg");
     let _bridge = Iotmon::start(
