@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 need_packages=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_packages+=(mosquitto)
 command -v chromium >/dev/null 2>&1 || need_packages+=(chromium)
+command -v openssl >/dev/null 2>&1 || need_packages+=(openssl)
 command -v node >/dev/null 2>&1 || need_packages+=(nodejs npm)
 
 if [ ${#need_packages[@]} -gt 0 ]; then

@@ -235,6 +235,10 @@ pub struct FleetArgs {
     /// File holding the password (first line).
     #[arg(long)]
     pub password_file: Option<PathBuf>,
+    /// Connect over TLS, trusting the CA certificates in this PEM file (the broker's
+    /// certificate must name the --broker host).
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
     /// Seed of the sensor models and behaviour, for reproducible fleets.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -287,6 +291,11 @@ impl FleetArgs {
             password,
             ramp: self.ramp,
             readings_per_message: self.readings_per_message,
+            tls_ca: self
+                .tls_ca
+                .as_deref()
+                .map(iotmon_simulator::config::read_ca_file)
+                .transpose()?,
         })
     }
 }
