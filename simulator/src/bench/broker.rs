@@ -42,9 +42,9 @@ pub(crate) async fn compare(
     let mut ratios = Vec::new();
     for &connections in &config.connections {
         for &qos in &config.qos {
-            let iotmon = Measured::iotmon(&config.iotmon, "broker", &[])?;
+            let iotmon = Measured::start_iotmon(&config.iotmon, "broker", Vec::new()).await?;
             let ours = measure(config, iotmon, connections, qos, rate, shutdown).await?;
-            let mosquitto = Measured::mosquitto()?;
+            let mosquitto = Measured::start_mosquitto().await?;
             let theirs = measure(config, mosquitto, connections, qos, rate, shutdown).await?;
             ratios.push(BrokerRatio {
                 connections,

@@ -252,7 +252,7 @@ pub(crate) async fn measure(
         .iter()
         .flat_map(|path| ["--config".to_string(), path.display().to_string()])
         .collect();
-    let serve = Measured::iotmon(&config.iotmon, "serve", &extra)?;
+    let serve = Measured::start_iotmon(&config.iotmon, "serve", extra).await?;
     let http = serve
         .http
         .ok_or_else(|| SimulatorError::Bench("serve printed no HTTP address".into()))?
