@@ -347,6 +347,9 @@ pub struct BenchArgs {
     /// stress and fanout: each step multiplies the load by this.
     #[arg(long, default_value_t = 1.5)]
     pub step_factor: f64,
+    /// The iotmon binary to measure (default: this one), e.g. another build to compare.
+    #[arg(long)]
+    pub iotmon: Option<PathBuf>,
     /// Print the report as JSON on standard output.
     #[arg(long)]
     pub json: bool,
