@@ -14,6 +14,7 @@ command -v openssl >/dev/null 2>&1 || need_packages+=(openssl)
 command -v python3 >/dev/null 2>&1 || need_packages+=(python3 python3-pip)
 command -v victoria-metrics >/dev/null 2>&1 || need_packages+=(victoria-metrics)
 command -v chromium >/dev/null 2>&1 || need_packages+=(chromium)
+command -v openssl >/dev/null 2>&1 || need_packages+=(openssl)
 command -v node >/dev/null 2>&1 || need_packages+=(nodejs npm)
 
 if [ ${#need_packages[@]} -gt 0 ]; then

@@ -313,6 +313,10 @@ pub struct FleetArgs {
     /// File holding the password (first line).
     #[arg(long)]
     pub password_file: Option<PathBuf>,
+    /// Connect over TLS, trusting the CA certificates in this PEM file (the broker's
+    /// certificate must name the --broker host).
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
     /// Seed of the sensor models and behaviour, for reproducible fleets.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -365,6 +369,11 @@ impl FleetArgs {
             password,
             ramp: self.ramp,
             readings_per_message: self.readings_per_message,
+            tls_ca: self
+                .tls_ca
+                .as_deref()
+                .map(iotmon_simulator::config::read_ca_file)
+                .transpose()?,
         })
     }
 }
@@ -416,6 +425,9 @@ pub struct BenchArgs {
     /// stress and fanout: each step multiplies the load by this.
     #[arg(long, default_value_t = 1.5)]
     pub step_factor: f64,
+    /// The iotmon binary to measure (default: this one), e.g. another build to compare.
+    #[arg(long)]
+    pub iotmon: Option<PathBuf>,
     /// Print the report as JSON on standard output.
     #[arg(long)]
     pub json: bool,

@@ -94,7 +94,10 @@ async fn run_role(command: Command, shutdown: CancellationToken) -> anyhow::Resu
             None => roles::simulate(args.fleet.fleet()?, args.fleet.json, shutdown).await,
         },
         Command::Bench(args) => {
-            let iotmon = std::env::current_exe().context("cannot find the iotmon binary")?;
+            let iotmon = match &args.iotmon {
+                Some(path) => path.clone(),
+                None => std::env::current_exe().context("cannot find the iotmon binary")?,
+            };
             roles::bench(args.bench(iotmon)?, args.json, shutdown).await
         }
         Command::Config | Command::Devices(_) => Ok(()),

@@ -104,6 +104,9 @@ pub struct FleetConfig {
     /// (a JSON array) of that many readings sampled evenly over the interval, as a device
     /// that buffers between uploads does.
     pub readings_per_message: usize,
+    /// Connect over TLS, trusting the certificate authorities in this PEM (rustls); `None`
+    /// connects in plain TCP. The broker's certificate must name the host of `broker`.
+    pub tls_ca: Option<Vec<u8>>,
 }
 
 impl Default for FleetConfig {
@@ -129,6 +132,7 @@ impl Default for FleetConfig {
             password: None,
             ramp: None,
             readings_per_message: 1,
+            tls_ca: None,
         }
     }
 }
@@ -188,6 +192,15 @@ impl FleetConfig {
     pub fn offered_rate(&self) -> f64 {
         (self.devices * self.readings_per_message) as f64 / self.interval.as_secs_f64()
     }
+}
+
+/// The PEM certificates in `path`, for [`FleetConfig::tls_ca`].
+///
+/// # Errors
+/// The file cannot be read.
+pub fn read_ca_file(path: &std::path::Path) -> Result<Vec<u8>, SimulatorError> {
+    std::fs::read(path)
+        .map_err(|error| SimulatorError::CaFile(format!("{}: {error}", path.display())))
 }
 
 /// The password in `path`: its first line, without the line ending.

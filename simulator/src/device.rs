@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use rumqttc::{AsyncClient, LastWill, QoS};
+use rumqttc::{AsyncClient, LastWill, QoS, TlsConfiguration, Transport};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
@@ -83,6 +83,13 @@ impl Connection {
                 QoS::AtLeastOnce,
                 true,
             ));
+        }
+        if let Some(ca) = &config.tls_ca {
+            options.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
+                ca: ca.clone(),
+                alpn: None,
+                client_auth: None,
+            }));
         }
         if let Some(password) = &config.password {
             options.set_credentials(self.client_id.as_str(), password.as_str());

@@ -44,6 +44,9 @@ pub enum SimulatorError {
     /// A password file could not be read.
     #[error("cannot read the password file: {0}")]
     PasswordFile(String),
+    /// A CA certificate file could not be read.
+    #[error("cannot read the CA certificate file: {0}")]
+    CaFile(String),
     /// A viewer run was asked for nothing.
     #[error("viewers: {0}")]
     Viewers(String),

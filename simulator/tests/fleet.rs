@@ -301,3 +301,100 @@ fn add_password(file: &std::path::Path, user: &str, password: &str) {
         .expect("mosquitto_passwd runs (apt-get install mosquitto)");
     assert!(status.success(), "mosquitto_passwd {user}");
 }
+
+/// TLS: a mosquitto listener with a self-signed certificate made here by the `openssl`
+/// CLI; the fleet trusts that certificate and its readings arrive. Without the CA, it
+/// cannot connect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_publish_over_tls_to_a_broker_they_trust() {
+    const DEVICES: usize = 5;
+    let dir = tempdir("tls");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let status = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
+        // rustls refuses a CA certificate as the server's own: mark it an end entity.
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("the openssl CLI runs");
+    assert!(status.success(), "openssl made a certificate");
+    // mosquitto started as root drops to its own user, which must read the key.
+    make_readable(&key);
+    let mosquitto = Mosquitto::start_with(
+        &dir,
+        &format!(
+            "allow_anonymous true\ncertfile {}\nkeyfile {}",
+            cert.display(),
+            key.display()
+        ),
+    );
+    let broker = broker_of(&mosquitto);
+    let ca = std::fs::read(&cert).expect("read the certificate");
+
+    let mut watcher_options = broker.options("tls-watcher", 64 * 1024);
+    watcher_options.set_transport(rumqttc::Transport::tls_with_config(
+        rumqttc::TlsConfiguration::Simple {
+            ca: ca.clone(),
+            alpn: None,
+            client_auth: None,
+        },
+    ));
+    let stop_subscriber = CancellationToken::new();
+    let mut received = support::subscriber::subscribe_with(
+        watcher_options,
+        &[SENSORS_FILTER],
+        stop_subscriber.clone(),
+    )
+    .await;
+    let config = FleetConfig {
+        broker: broker.clone(),
+        devices: DEVICES,
+        interval: Duration::from_millis(200),
+        duration: Some(Duration::from_millis(1200)),
+        client_prefix: "tls-test".into(),
+        tls_ca: Some(ca),
+        ..FleetConfig::default()
+    };
+    let summary = run(config, CancellationToken::new())
+        .await
+        .expect("a valid config");
+    let messages = collect_until(&mut received, RECEIVE_DEADLINE, |m| {
+        devices_heard(m).len() == DEVICES
+    })
+    .await;
+    stop_subscriber.cancel();
+    assert_eq!(devices_heard(&messages).len(), DEVICES, "{summary}");
+    assert_eq!(summary.connect_failures, 0, "{summary}");
+
+    // Plain TCP to the TLS listener: never accepted, nothing published.
+    let plain = FleetConfig {
+        broker,
+        devices: 1,
+        interval: Duration::from_millis(100),
+        duration: Some(Duration::from_millis(600)),
+        client_prefix: "tls-plain".into(),
+        ..FleetConfig::default()
+    };
+    let summary = run(plain, CancellationToken::new())
+        .await
+        .expect("a valid config");
+    assert_eq!(summary.readings_published, 0, "{summary}");
+}
+
+fn make_readable(path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+}

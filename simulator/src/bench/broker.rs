@@ -42,9 +42,9 @@ pub(crate) async fn compare(
     let mut ratios = Vec::new();
     for &connections in &config.connections {
         for &qos in &config.qos {
-            let iotmon = Measured::iotmon(&config.iotmon, "broker", &[])?;
+            let iotmon = Measured::start_iotmon(&config.iotmon, "broker", Vec::new()).await?;
             let ours = measure(config, iotmon, connections, qos, rate, shutdown).await?;
-            let mosquitto = Measured::mosquitto()?;
+            let mosquitto = Measured::start_mosquitto().await?;
             let theirs = measure(config, mosquitto, connections, qos, rate, shutdown).await?;
             ratios.push(BrokerRatio {
                 connections,
@@ -107,7 +107,7 @@ async fn measure(
         .map_err(|error| SimulatorError::Bench(format!("broker address: {error}")))?;
     let delivered = Arc::new(AtomicU64::new(0));
     let stop_subscriber = CancellationToken::new();
-    let subscriber = subscribe(&url, qos, Arc::clone(&delivered), stop_subscriber.clone()).await?;
+    let subscriber = subscribe(&url, Arc::clone(&delivered), stop_subscriber.clone()).await?;
     let fleet_config = FleetConfig {
         broker: url,
         devices: connections,
@@ -119,18 +119,14 @@ async fn measure(
     };
     let fleet = Fleet::start(fleet_config, Progress::Off, shutdown)?;
     let counters = fleet.counters().clone();
-    if !poll_until(SETTLE_LIMIT, || {
+    // A broker that cannot take every connection in time is measured anyway: the report
+    // says how many were up.
+    poll_until(SETTLE_LIMIT, || {
         counters.connected_now() == connections as u64
     })
-    .await
-    {
-        return Err(SimulatorError::Bench(format!(
-            "{}: only {} of {connections} connections came up",
-            broker.name,
-            counters.connected_now()
-        )));
-    }
+    .await;
     sleep(config.warmup).await;
+    let connections_up = counters.connected_now();
     let start = (
         Instant::now(),
         delivered.load(Ordering::Relaxed),
@@ -164,6 +160,7 @@ async fn measure(
     Ok(BrokerRun {
         broker: broker.name.clone(),
         connections,
+        connections_up,
         qos: qos.level(),
         offered_per_second: summary.offered_per_second,
         published_per_second: (end.2 - start.2) as f64 / seconds,
@@ -185,11 +182,16 @@ async fn measure(
     })
 }
 
-/// A subscriber on `sensors/#` at `qos` that counts what it receives, until `stop`.
-/// Returns once the broker has confirmed the subscription.
+/// A subscriber on `sensors/#` that counts what it receives, until `stop`. Returns once the
+/// broker has confirmed the subscription.
+///
+/// It subscribes at QoS 0 whatever the publishers use: one rumqttc client acknowledging
+/// QoS 1 deliveries was measured here at a few thousand messages a second at best, far
+/// below either broker, so a QoS 1 subscription would measure the subscriber. At QoS 1 the
+/// benchmark therefore measures what QoS 1 costs a broker on the publishing side (a PUBACK
+/// per message) and delivers at QoS 0.
 async fn subscribe(
     url: &BrokerUrl,
-    qos: Qos,
     delivered: Arc<AtomicU64>,
     stop: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, SimulatorError> {
@@ -197,7 +199,7 @@ async fn subscribe(
     let options = url.options("bench-subscriber", 64 * 1024);
     let (client, mut eventloop) = AsyncClient::new(options, 16);
     client
-        .subscribe(SENSORS_FILTER, qos.to_rumqttc())
+        .subscribe(SENSORS_FILTER, rumqttc::QoS::AtMostOnce)
         .await
         .map_err(|error| SimulatorError::Bench(format!("subscribe: {error}")))?;
     let subscribed = timeout(Duration::from_secs(10), async {

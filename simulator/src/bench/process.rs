@@ -156,6 +156,32 @@ impl Measured {
         Ok(measured)
     }
 
+    /// [`Measured::iotmon`] off the async workers: starting waits (blocking) for the child's
+    /// start-up lines.
+    ///
+    /// # Errors
+    /// As [`Measured::iotmon`].
+    pub async fn start_iotmon(
+        exe: &Path,
+        role: &'static str,
+        extra: Vec<String>,
+    ) -> Result<Measured, SimulatorError> {
+        let exe = exe.to_path_buf();
+        tokio::task::spawn_blocking(move || Measured::iotmon(&exe, role, &extra))
+            .await
+            .map_err(|error| fail(format!("starting iotmon {role}: {error}")))?
+    }
+
+    /// [`Measured::mosquitto`] off the async workers.
+    ///
+    /// # Errors
+    /// As [`Measured::mosquitto`].
+    pub async fn start_mosquitto() -> Result<Measured, SimulatorError> {
+        tokio::task::spawn_blocking(Measured::mosquitto)
+            .await
+            .map_err(|error| fail(format!("starting mosquitto: {error}")))?
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()

@@ -171,6 +171,9 @@ pub struct BrokerRun {
     /// `iotmon broker` or `mosquitto`.
     pub broker: String,
     pub connections: usize,
+    /// Connections up when the window started (fewer than `connections`: the broker could
+    /// not accept them all within a minute).
+    pub connections_up: u64,
     pub qos: u8,
     /// Messages per second the fleet's schedule offers.
     pub offered_per_second: f64,
@@ -198,10 +201,11 @@ impl fmt::Display for BrokerRun {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "  {:<14} {:>6} conns QoS {}: offered {:>7.0}/s, published {:>7.0}/s, delivered {:>7.0}/s, lost {:>7}, \
+            "  {:<14} {:>6} conns ({} up) QoS {}: offered {:>7.0}/s, published {:>7.0}/s, delivered {:>7.0}/s, lost {:>7}, \
              {:>5.2} CPU-s/M msgs, {:>5.1} % CPU, {:>5.0} MiB; generator {:.0} % CPU",
             self.broker,
             self.connections,
+            self.connections_up,
             self.qos,
             self.offered_per_second,
             self.published_per_second,

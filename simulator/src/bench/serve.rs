@@ -34,6 +34,8 @@ const STRESS_DEVICES: usize = 2_000;
 const SETTLE_LIMIT: Duration = Duration::from_secs(60);
 /// Once the fleet stops, iotmon has this long to ingest what was published.
 const DRAIN_LIMIT: Duration = Duration::from_secs(15);
+/// Viewer sessions opened per second while a bench ramps up.
+const VIEWERS_PER_SECOND: f64 = 1_000.0;
 /// Mean time between a bench viewer's scrolls.
 const SCROLL_EVERY: Duration = Duration::from_secs(20);
 
@@ -250,7 +252,7 @@ pub(crate) async fn measure(
         .iter()
         .flat_map(|path| ["--config".to_string(), path.display().to_string()])
         .collect();
-    let serve = Measured::iotmon(&config.iotmon, "serve", &extra)?;
+    let serve = Measured::start_iotmon(&config.iotmon, "serve", extra).await?;
     let http = serve
         .http
         .ok_or_else(|| SimulatorError::Bench("serve printed no HTTP address".into()))?
@@ -359,7 +361,8 @@ async fn start_viewers(
         devices: Some(ids),
         scroll_every: Some(SCROLL_EVERY),
         duration: None,
-        ramp: ramp_for(load.viewers),
+        // The dashboard accepts WebSockets faster than the broker accepts MQTT connections.
+        ramp: Duration::from_secs_f64((load.viewers as f64 / VIEWERS_PER_SECOND).max(1.0)),
         seed: 7,
     };
     let viewers = Viewers::start(config, Progress::Off, shutdown).await?;

@@ -27,6 +27,18 @@ pub async fn subscribe(
     if let Some((user, password)) = credentials {
         options.set_credentials(user, password);
     }
+    subscribe_with(options, filters, stop).await
+}
+
+/// As [`subscribe`], with client options of the caller's (e.g. TLS).
+///
+/// # Panics
+/// The subscriber cannot connect or subscribe within 5 seconds.
+pub async fn subscribe_with(
+    options: rumqttc::MqttOptions,
+    filters: &[&str],
+    stop: CancellationToken,
+) -> mpsc::UnboundedReceiver<Received> {
     let (client, mut eventloop) = AsyncClient::new(options, 16);
     for filter in filters {
         client
