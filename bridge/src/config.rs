@@ -9,11 +9,15 @@ use thiserror::Error;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BridgeConfig {
-    /// How often changed device states are handed to dashboards. A device that reports more
-    /// often is coalesced to its latest state, so this caps the live rate per device at one
-    /// update per interval.
+    /// How often changed device states are handed to dashboards: the delay a reading may wait
+    /// in the bridge before it is on its way to viewers.
     #[serde(with = "humantime_serde")]
     pub live_interval: Duration,
+    /// The shortest gap between two live states of one device: a device reporting faster is
+    /// coalesced to its latest state, so this caps each device's live rate (4 per second by
+    /// default) while `live_interval` keeps the delay short.
+    #[serde(with = "humantime_serde")]
+    pub live_min_gap: Duration,
     /// How often group aggregates are emitted (the aggregation window).
     #[serde(with = "humantime_serde")]
     pub aggregate_interval: Duration,
@@ -35,7 +39,8 @@ pub struct BridgeConfig {
 impl Default for BridgeConfig {
     fn default() -> Self {
         BridgeConfig {
-            live_interval: Duration::from_millis(250),
+            live_interval: Duration::from_millis(25),
+            live_min_gap: Duration::from_millis(250),
             aggregate_interval: Duration::from_secs(1),
             shards: 0,
             limits: IngestLimits::default(),

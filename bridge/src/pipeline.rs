@@ -228,7 +228,7 @@ async fn run_shard(
                 None => break,
             },
             _ = live.tick() => {
-                if flush_live(&mut shard, &outputs) == Flush::Closed {
+                if flush_live(&mut shard, &outputs, &config) == Flush::Closed {
                     break;
                 }
             }
@@ -236,15 +236,16 @@ async fn run_shard(
             _ = flush.tick() => send_to_store(&mut shard, &outputs),
         }
     }
-    flush_live(&mut shard, &outputs);
+    flush_live(&mut shard, &outputs, &config);
     send_groups(&mut shard, &outputs, outputs.clock.now_ms());
     send_to_store(&mut shard, &outputs);
 }
 
-/// Hands the devices changed since the last flush to the live stream without waiting: if the
-/// consumer is still busy, they are kept (coalesced) for the next flush.
-fn flush_live(shard: &mut Shard, outputs: &ShardOutputs) -> Flush {
-    let changed = shard.take_changed();
+/// Hands the changed devices that are due (see `live_min_gap`) to the live stream without
+/// waiting: if the consumer is still busy, they are kept (coalesced) for the next flush.
+fn flush_live(shard: &mut Shard, outputs: &ShardOutputs, config: &BridgeConfig) -> Flush {
+    let min_gap_ms = i64::try_from(config.live_min_gap.as_millis()).unwrap_or(i64::MAX);
+    let changed = shard.take_due(outputs.clock.now_ms(), min_gap_ms);
     if changed.is_empty() {
         return Flush::Idle;
     }

@@ -53,6 +53,8 @@ struct Device {
     check_scheduled: bool,
     /// When its registry row was last queued for the store.
     registry_queued_ms: i64,
+    /// When its state was last handed to the live stream.
+    live_sent_ms: i64,
 }
 
 /// How often a device reporting nothing new (same group, same metrics) has its registry row
@@ -313,7 +315,28 @@ impl Shard {
         self.changed.insert(id);
     }
 
-    /// The states of the devices changed since the previous call, in no particular order.
+    /// The states of the changed devices that may go out at `now_ms`: each device at most
+    /// once per `min_gap_ms`. The others stay changed for a later call, coalesced to their
+    /// latest state.
+    pub fn take_due(&mut self, now_ms: i64, min_gap_ms: i64) -> Vec<DeviceState> {
+        let devices = &mut self.devices;
+        let mut due = Vec::new();
+        self.changed.retain(|id| {
+            let Some(device) = devices.get_mut(id) else {
+                return false;
+            };
+            if now_ms.saturating_sub(device.live_sent_ms) < min_gap_ms {
+                return true;
+            }
+            device.live_sent_ms = now_ms;
+            due.push(device.state.clone());
+            false
+        });
+        due
+    }
+
+    /// The states of all the devices changed since the previous call, whatever their gap.
+    #[cfg(test)]
     pub fn take_changed(&mut self) -> Vec<DeviceState> {
         let changed = std::mem::take(&mut self.changed);
         changed
@@ -386,6 +409,7 @@ impl Device {
             interval_ms: None,
             check_scheduled: false,
             registry_queued_ms: i64::MIN,
+            live_sent_ms: i64::MIN,
         }
     }
 

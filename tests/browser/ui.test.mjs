@@ -129,7 +129,9 @@ before(async () => {
     '--data-dir', dataDir, '--allow-anonymous']);
   const addrs = await serverAddresses(server, 20_000);
   httpUrl = addrs.http;
-  startChild('simulate', ['simulate', '--broker', `mqtt://${addrs.mqtt}`, '--devices', String(DEVICES), '--interval', '1s']);
+  // A few devices drop off for a minute now and then (presence on), so offline marking shows.
+  startChild('simulate', ['simulate', '--broker', `mqtt://${addrs.mqtt}`, '--devices', String(DEVICES), '--interval', '1s',
+    '--presence', '--offline-rate', '0.001', '--offline-for', '60s']);
 
   browser = await chromium.launch({
     executablePath: CHROMIUM,
@@ -176,7 +178,7 @@ test('the first page shows 50 rows', { timeout: 20_000 }, async () => {
 test('live updates change a temperature on screen', { timeout: 40_000 }, async () => {
   // Any row with a numeric temperature will do.
   const handle = await waitInPage('a row with a numeric temperature', () => {
-    for (const td of document.querySelectorAll('tbody tr[data-device] td[data-metric="temperature"]')) {
+    for (const td of document.querySelectorAll('tbody tr[data-device]:not(.is-offline) td[data-metric="temperature"]')) {
       if (/^-?\d+(\.\d+)?$/.test(td.textContent.trim())) {
         return { id: td.closest('tr').dataset.device, value: td.textContent.trim() };
       }
@@ -315,4 +317,25 @@ test('"All devices" clears the group filter', { timeout: 20_000 }, async () => {
   await waitInPage(`#total to be ${DEVICES} again`,
     (n) => Number(document.querySelector('#total')?.textContent) === n, DEVICES, 15_000);
   assert.equal(await page.locator('#groups li.current').count(), 0, 'no tree node is marked current');
+});
+
+test('an offline device is marked in its row and counted in the tree', { timeout: 120_000 }, async () => {
+  // The fleet takes devices offline at random: poll the server until one is.
+  let offline;
+  const deadline = Date.now() + 90_000;
+  while (!offline) {
+    assert.ok(Date.now() < deadline, 'no device went offline within 90 s');
+    const body = await (await fetch(`${httpUrl}/api/devices?limit=500`)).json();
+    offline = body.devices.find((d) => d.online === false)?.id;
+    if (!offline) await new Promise((r) => setTimeout(r, 500));
+  }
+  await page.locator('#search').pressSequentially(offline, { delay: 10 });
+  await waitInPage(`the row of ${offline} to be marked offline`, (id) => {
+    const rows = document.querySelectorAll('tbody tr[data-device]');
+    return rows.length === 1 && rows[0].dataset.device === id && rows[0].classList.contains('is-offline') &&
+      rows[0].querySelector('td.id').title === 'offline';
+  }, offline, 15_000);
+  await waitInPage('site-1 to count a device offline',
+    new Function(`return ${nodeCount('site-1', 'offline')} > 0`), null, 15_000);
+  await page.fill('#search', '');
 });

@@ -46,6 +46,31 @@ fn keeps_latest_values_and_merges_metrics() {
 }
 
 #[test]
+fn a_device_goes_live_at_most_once_per_gap_with_its_latest_state() {
+    let mut shard = shard();
+    shard.apply("hq", "d1", reading(1_000, &[("t", 1.0)]), 1_000);
+    assert_eq!(
+        shard.take_due(1_000, 250).len(),
+        1,
+        "the first change goes at once"
+    );
+    shard.apply("hq", "d1", reading(1_050, &[("t", 2.0)]), 1_050);
+    shard.apply("hq", "d1", reading(1_100, &[("t", 3.0)]), 1_100);
+    shard.apply("hq", "d2", reading(1_100, &[("t", 9.0)]), 1_100);
+    let due = shard.take_due(1_100, 250);
+    assert_eq!(due.len(), 1, "d2 is new; d1 waits for its gap");
+    assert_eq!(&*due[0].id, "d2");
+    assert!(shard.take_due(1_249, 250).is_empty());
+    let due = shard.take_due(1_250, 250);
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].metrics.get("t"), Some(&MetricValue::Number(3.0)));
+    assert!(
+        shard.take_due(5_000, 250).is_empty(),
+        "nothing left once sent"
+    );
+}
+
+#[test]
 fn older_readings_do_not_overwrite_the_live_state() {
     let mut shard = shard();
     shard.apply("hq", "d1", reading(20, &[("t", 2.0)]), 20);
