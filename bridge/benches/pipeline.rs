@@ -61,7 +61,7 @@ fn one_shard(c: &mut Criterion) {
             for message in &rounds[round % 2] {
                 shard.handle(message, now);
             }
-            let live = shard.take_changed();
+            let live = shard.take_due(now, 250);
             let groups = shard.take_groups();
             shard.check_silence(now);
             let store = shard.take_store_batch();
