@@ -464,7 +464,11 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
                     .await
             });
 
-            time::sleep(delay).await;
+            // iotmon patch: no sleep at all when no delay is configured. A zero-length sleep
+            // still goes through the timer driver, so every accept waited for its next turn.
+            if !delay.is_zero() {
+                time::sleep(delay).await;
+            }
         }
     }
 }
