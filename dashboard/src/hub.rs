@@ -740,6 +740,13 @@ mod tests {
         }
     }
 
+    /// A device in `group`.
+    fn placed(id: &str, group: &str) -> DeviceState {
+        let mut device = state(id, 1.0);
+        device.group = group.into();
+        device
+    }
+
     fn frames(rx: &mut mpsc::Receiver<String>) -> Vec<ServerMessage> {
         std::iter::from_fn(|| rx.try_recv().ok())
             .map(|text| serde_json::from_str(&text).expect("valid frame"))
@@ -825,11 +832,6 @@ mod tests {
     #[test]
     fn a_group_view_is_a_page_of_the_group_and_its_subgroups() {
         let mut hub = Hub::new(Arc::default());
-        let placed = |id: &str, group: &str| {
-            let mut device = state(id, 1.0);
-            device.group = group.into();
-            device
-        };
         hub.apply(Derived::Devices(vec![
             placed("d1", "hq"),
             placed("d2", "hq/a"),
@@ -885,12 +887,10 @@ mod tests {
     #[test]
     fn lists_devices_in_group_order_with_search_and_paging() {
         let mut hub = Hub::new(Arc::default());
-        let mut far = state("z-1", 1.0);
-        far.group = "a-site".into();
         hub.apply(Derived::Devices(vec![
             state("b", 1.0),
             state("a", 1.0),
-            far,
+            placed("z-1", "a-site"),
         ]));
         let page = hub.list(&DeviceQuery {
             offset: 0,
@@ -967,9 +967,7 @@ mod tests {
     #[test]
     fn the_group_tree_nests_every_level() {
         let mut hub = Hub::new(Arc::default());
-        let mut device = state("d1", 1.0);
-        device.group = "site/b/floor-1".into();
-        hub.apply(Derived::Devices(vec![device]));
+        hub.apply(Derived::Devices(vec![placed("d1", "site/b/floor-1")]));
         hub.apply(Derived::Aggregates(vec![
             aggregate("site", 3),
             aggregate("site/a", 2),
@@ -992,11 +990,6 @@ mod tests {
     #[test]
     fn device_lists_can_be_scoped_to_a_group() {
         let mut hub = Hub::new(Arc::default());
-        let placed = |id: &str, group: &str| {
-            let mut device = state(id, 1.0);
-            device.group = group.into();
-            device
-        };
         hub.apply(Derived::Devices(vec![
             placed("d1", "hq/a"),
             placed("d2", "hq-b"),
