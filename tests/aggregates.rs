@@ -12,16 +12,7 @@ use support::{Iotmon, Publisher, TempDir, DEADLINE};
 
 #[tokio::test]
 async fn the_bridge_publishes_aggregates_for_every_group_level() {
-    let broker = Iotmon::start(
-        &[
-            "broker",
-            "--mqtt-listen",
-            "127.0.0.1:0",
-            "--allow-anonymous",
-        ],
-        true,
-        false,
-    );
+    let broker = Iotmon::anonymous_broker();
     let addr = broker.mqtt.expect("mqtt");
     let data = TempDir::new("agg");
     let _bridge = Iotmon::start(

@@ -230,16 +230,7 @@ async fn serve_accepts_batches_and_tells_viewers_about_bad_messages() {
 /// Also: several dashboards on one bridge each serve their own viewers.
 #[tokio::test]
 async fn split_roles_in_three_processes_behave_like_serve() {
-    let broker = Iotmon::start(
-        &[
-            "broker",
-            "--mqtt-listen",
-            "127.0.0.1:0",
-            "--allow-anonymous",
-        ],
-        true,
-        false,
-    );
+    let broker = Iotmon::anonymous_broker();
     let url = broker.mqtt_url();
     let bridge_data = support::TempDir::new("bridge");
     let _bridge = Iotmon::start(

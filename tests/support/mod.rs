@@ -86,6 +86,17 @@ impl Iotmon {
         iotmon
     }
 
+    /// `iotmon broker` on a free port, letting devices connect without credentials.
+    pub fn anonymous_broker() -> Iotmon {
+        let args = [
+            "broker",
+            "--mqtt-listen",
+            "127.0.0.1:0",
+            "--allow-anonymous",
+        ];
+        Iotmon::start(&args, true, false)
+    }
+
     /// `iotmon serve` on free ports with a data directory of its own.
     pub fn serve() -> Iotmon {
         Iotmon::serve_with_config("")
