@@ -126,6 +126,12 @@ async fn not_found() -> ApiError {
     ApiError::NotFound
 }
 
+/// Read buffer of each viewer's WebSocket. Viewers send a few small messages a minute, and
+/// tungstenite zero-fills its whole read buffer on every read: at its default of 128 KiB that
+/// buffer was most of a viewer's memory. A larger message still arrives (the buffer grows to
+/// fit it, up to `max_message_bytes`).
+const VIEWER_READ_BUFFER_BYTES: usize = 4 * 1024;
+
 async fn websocket(
     State(state): State<AppState>,
     upgrade: WebSocketUpgrade,
@@ -144,6 +150,7 @@ async fn websocket(
         ..
     } = state;
     Ok(upgrade
+        .read_buffer_size(VIEWER_READ_BUFFER_BYTES)
         .max_message_size(max_message_bytes)
         .max_frame_size(max_message_bytes)
         .on_upgrade(move |socket| {

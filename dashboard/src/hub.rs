@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use iotmon_wire::metrics::{write_metric, Kind, MetricsSource};
-use iotmon_wire::viewer::ServerMessage;
 use iotmon_wire::{Derived, DeviceId, DeviceState, GroupAggregate, GroupPath};
 use serde::Serialize;
+use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
@@ -262,8 +262,11 @@ async fn run_hub(
 struct Viewer {
     outbound: mpsc::Sender<String>,
     view: HashSet<DeviceId>,
-    /// Devices in the view changed since the viewer's last frame.
-    pending: HashSet<DeviceId>,
+    /// Devices in the view changed since the viewer's last frame, with their latest state as
+    /// JSON. Holding the JSON here means a tick builds the viewer's frame from the viewer's
+    /// own entries alone, without visiting the fleet-wide device map, so its cost does not
+    /// grow with the fleet.
+    pending: HashMap<DeviceId, DeviceJson>,
     /// Groups whose aggregates the viewer shows.
     groups: HashSet<GroupPath>,
     /// Subscribed groups whose aggregate changed since the viewer's last frame.
@@ -277,6 +280,39 @@ struct Viewer {
     seq: u64,
 }
 
+/// A device's state serialized once, shared by every frame that carries it.
+type DeviceJson = Arc<RawValue>;
+
+/// What the hub knows of one device.
+#[derive(Debug)]
+struct DeviceEntry {
+    state: DeviceState,
+    /// `state` as JSON, made when a viewer first needs it after a change (and at once when
+    /// the device changes while some viewer shows it).
+    json: Option<DeviceJson>,
+}
+
+/// A frame as sent: [`ServerMessage`](iotmon_wire::viewer::ServerMessage)'s `snapshot` and `update`, with devices already in
+/// JSON. `tests::frames_read_back_as_server_messages` keeps the two in step.
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Frame<'a> {
+    Snapshot {
+        seq: u64,
+        devices: Vec<DeviceJson>,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        groups: Vec<&'a GroupAggregate>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        total: Option<usize>,
+    },
+    Update {
+        seq: u64,
+        devices: Vec<&'a DeviceJson>,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        groups: Vec<&'a GroupAggregate>,
+    },
+}
+
 /// What happened when a frame was offered to a viewer's queue.
 enum Offer {
     Queued,
@@ -288,7 +324,7 @@ enum Offer {
 /// can be benchmarked without sockets (`dashboard/benches/hub.rs`).
 #[derive(Debug)]
 pub struct Hub {
-    devices: HashMap<DeviceId, DeviceState>,
+    devices: HashMap<DeviceId, DeviceEntry>,
     /// Devices in list order (group path, then id), for paging.
     order: BTreeSet<(GroupPath, DeviceId)>,
     viewers: HashMap<ViewerId, Viewer>,
@@ -342,7 +378,7 @@ impl Hub {
         let viewer = Viewer {
             outbound,
             view: HashSet::new(),
-            pending: HashSet::new(),
+            pending: HashMap::new(),
             groups: HashSet::new(),
             pending_groups: HashSet::new(),
             needs_snapshot: false,
@@ -474,32 +510,40 @@ impl Hub {
 
     fn apply_devices(&mut self, states: Vec<DeviceState>) {
         for state in states {
-            if let Some(watchers) = self.watchers.get(&state.id) {
-                for viewer_id in watchers {
-                    if let Some(viewer) = self.viewers.get_mut(viewer_id) {
-                        viewer.pending.insert(state.id.clone());
-                        self.dirty.insert(*viewer_id);
+            // Serialized once here for all the viewers that show the device; devices nobody
+            // shows are serialized only if a snapshot needs them.
+            let json = match self.watchers.get(&state.id) {
+                Some(watchers) => device_json(&state).inspect(|json| {
+                    for viewer_id in watchers {
+                        if let Some(viewer) = self.viewers.get_mut(viewer_id) {
+                            viewer.pending.insert(state.id.clone(), json.clone());
+                            self.dirty.insert(*viewer_id);
+                        }
                     }
-                }
-            }
-            self.upsert(state);
+                }),
+                None => None,
+            };
+            self.upsert(state, json);
         }
         self.stats
             .devices
             .store(self.devices.len(), Ordering::Relaxed);
     }
 
-    fn upsert(&mut self, state: DeviceState) {
+    fn upsert(&mut self, state: DeviceState, json: Option<DeviceJson>) {
         match self.devices.get_mut(&state.id) {
-            Some(known) if known.group == state.group => *known = state,
             Some(known) => {
-                self.order.remove(&(known.group.clone(), known.id.clone()));
-                self.order.insert((state.group.clone(), state.id.clone()));
-                *known = state;
+                if known.state.group != state.group {
+                    self.order
+                        .remove(&(known.state.group.clone(), known.state.id.clone()));
+                    self.order.insert((state.group.clone(), state.id.clone()));
+                }
+                *known = DeviceEntry { state, json };
             }
             None => {
                 self.order.insert((state.group.clone(), state.id.clone()));
-                self.devices.insert(state.id.clone(), state);
+                self.devices
+                    .insert(state.id.clone(), DeviceEntry { state, json });
             }
         }
     }
@@ -519,9 +563,9 @@ impl Hub {
             return;
         };
         let (frame, is_snapshot) = if viewer.needs_snapshot {
-            let snapshot = ServerMessage::Snapshot {
+            let snapshot = Frame::Snapshot {
                 seq: viewer.seq,
-                devices: states_of(&self.devices, viewer.view.iter()),
+                devices: jsons_of(&mut self.devices, viewer.view.iter()),
                 groups: aggregates_of(&self.aggregates, viewer.groups.iter()),
                 total: viewer.group_total,
             };
@@ -529,14 +573,16 @@ impl Hub {
         } else if viewer.pending.is_empty() && viewer.pending_groups.is_empty() {
             return;
         } else {
-            let update = ServerMessage::Update {
+            let update = Frame::Update {
                 seq: viewer.seq,
-                devices: states_of(&self.devices, viewer.pending.iter()),
+                devices: viewer.pending.values().collect(),
                 groups: aggregates_of(&self.aggregates, viewer.pending_groups.iter()),
             };
             (update, false)
         };
-        match offer(&viewer.outbound, &frame) {
+        let offered = offer(&viewer.outbound, &frame);
+        drop(frame);
+        match offered {
             Offer::Queued => {
                 viewer.seq += 1;
                 viewer.pending.clear();
@@ -581,7 +627,7 @@ impl Hub {
             .filter(matches)
             .skip(query.offset)
             .take(query.limit)
-            .filter_map(|(_, id)| self.devices.get(id).cloned())
+            .filter_map(|(_, id)| self.devices.get(id).map(|entry| entry.state.clone()))
             .collect();
         DevicePage {
             total,
@@ -683,12 +729,10 @@ fn unindex<'a, K>(
 }
 
 fn aggregates_of<'a>(
-    aggregates: &HashMap<GroupPath, GroupAggregate>,
+    aggregates: &'a HashMap<GroupPath, GroupAggregate>,
     groups: impl Iterator<Item = &'a GroupPath>,
-) -> Vec<GroupAggregate> {
-    groups
-        .filter_map(|group| aggregates.get(group).cloned())
-        .collect()
+) -> Vec<&'a GroupAggregate> {
+    groups.filter_map(|group| aggregates.get(group)).collect()
 }
 
 /// Whether a device under `path` belongs to `group` (the group itself or a subgroup).
@@ -697,14 +741,33 @@ fn in_group(path: &str, group: &str) -> bool {
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
-fn states_of<'a>(
-    devices: &HashMap<DeviceId, DeviceState>,
+/// The JSON of the known devices among `ids`, serializing those not serialized since their
+/// last change.
+fn jsons_of<'a>(
+    devices: &mut HashMap<DeviceId, DeviceEntry>,
     ids: impl Iterator<Item = &'a DeviceId>,
-) -> Vec<DeviceState> {
-    ids.filter_map(|id| devices.get(id).cloned()).collect()
+) -> Vec<DeviceJson> {
+    ids.filter_map(|id| {
+        let entry = devices.get_mut(id)?;
+        if entry.json.is_none() {
+            entry.json = device_json(&entry.state);
+        }
+        entry.json.clone()
+    })
+    .collect()
 }
 
-fn offer(outbound: &mpsc::Sender<String>, frame: &ServerMessage) -> Offer {
+fn device_json(state: &DeviceState) -> Option<DeviceJson> {
+    match serde_json::value::to_raw_value(state) {
+        Ok(json) => Some(json.into()),
+        Err(error) => {
+            warn!(%error, device = %state.id, "device state not serializable");
+            None
+        }
+    }
+}
+
+fn offer(outbound: &mpsc::Sender<String>, frame: &Frame) -> Offer {
     let permit = match outbound.try_reserve() {
         Ok(permit) => permit,
         Err(mpsc::error::TrySendError::Full(())) => return Offer::Full,
@@ -724,6 +787,7 @@ fn offer(outbound: &mpsc::Sender<String>, frame: &ServerMessage) -> Offer {
 
 #[cfg(test)]
 mod tests {
+    use iotmon_wire::viewer::ServerMessage;
     use iotmon_wire::{MetricValue, Metrics};
 
     use super::*;
@@ -920,6 +984,68 @@ mod tests {
                 alerting: 0,
             },
             metrics: Default::default(),
+        }
+    }
+
+    #[test]
+    fn frames_read_back_as_server_messages() {
+        let devices = [state("a", 1.5), placed("b", "hq/floor-1")];
+        let jsons: Vec<DeviceJson> = devices
+            .iter()
+            .map(|device| device_json(device).expect("serializable"))
+            .collect();
+        let groups = [aggregate("hq", 3)];
+        let cases = [
+            (
+                Frame::Snapshot {
+                    seq: 4,
+                    devices: jsons.clone(),
+                    groups: groups.iter().collect(),
+                    total: Some(12),
+                },
+                ServerMessage::Snapshot {
+                    seq: 4,
+                    devices: devices.to_vec(),
+                    groups: groups.to_vec(),
+                    total: Some(12),
+                },
+            ),
+            (
+                Frame::Snapshot {
+                    seq: 0,
+                    devices: Vec::new(),
+                    groups: Vec::new(),
+                    total: None,
+                },
+                ServerMessage::Snapshot {
+                    seq: 0,
+                    devices: Vec::new(),
+                    groups: Vec::new(),
+                    total: None,
+                },
+            ),
+            (
+                Frame::Update {
+                    seq: 5,
+                    devices: jsons.iter().collect(),
+                    groups: Vec::new(),
+                },
+                ServerMessage::Update {
+                    seq: 5,
+                    devices: devices.to_vec(),
+                    groups: Vec::new(),
+                },
+            ),
+        ];
+        for (frame, message) in cases {
+            let sent = serde_json::to_string(&frame).expect("frame");
+            assert_eq!(
+                sent,
+                serde_json::to_string(&message).expect("message"),
+                "a frame is byte for byte the message it stands for"
+            );
+            let read: ServerMessage = serde_json::from_str(&sent).expect("reads back");
+            assert_eq!(read, message);
         }
     }
 

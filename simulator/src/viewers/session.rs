@@ -14,6 +14,7 @@ use rand::{Rng, SeedableRng};
 use serde::Deserialize;
 use tokio::net::TcpStream;
 use tokio::time::{sleep, sleep_until, Instant};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
@@ -90,6 +91,14 @@ enum Ended {
     Lost,
 }
 
+/// Each fake viewer's WebSocket settings. tungstenite zero-fills its whole read buffer on
+/// every read; at the default 128 KiB that is most of a viewer's memory and, with thousands of
+/// viewers each reading ten frames a second, most of the load generator's CPU. Frames are a few
+/// hundred bytes; a larger one (a snapshot) still arrives, the buffer growing to fit.
+fn socket_config() -> WebSocketConfig {
+    WebSocketConfig::default().read_buffer_size(8 * 1024)
+}
+
 impl ViewerTask {
     /// Runs the viewer until `shutdown`, reconnecting with backoff.
     pub(crate) async fn run(self, shutdown: CancellationToken) {
@@ -102,7 +111,11 @@ impl ViewerTask {
         loop {
             let connected = tokio::select! {
                 () = shutdown.cancelled() => return,
-                connected = tokio_tungstenite::connect_async(&*self.url) => connected,
+                connected = tokio_tungstenite::connect_async_with_config(
+                    &*self.url,
+                    Some(socket_config()),
+                    false,
+                ) => connected,
             };
             match connected {
                 Ok((socket, _)) => {
