@@ -381,7 +381,7 @@ impl FleetArgs {
 /// `iotmon bench <scenario>`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// reference, stress, fanout or broker.
+    /// reference, stress, fanout, broker or viewer-cost.
     pub scenario: iotmon_simulator::bench::Scenario,
     /// Devices in the fleet (default: the scenario's).
     #[arg(long)]
@@ -425,6 +425,9 @@ pub struct BenchArgs {
     /// stress and fanout: each step multiplies the load by this.
     #[arg(long, default_value_t = 1.5)]
     pub step_factor: f64,
+    /// viewer-cost: fleet sizes to measure at, smallest first.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000")]
+    pub fleets: Vec<usize>,
     /// The iotmon binary to measure (default: this one), e.g. another build to compare.
     #[arg(long)]
     pub iotmon: Option<PathBuf>,
@@ -459,6 +462,7 @@ impl BenchArgs {
             rate: self.rate,
             max: self.max,
             step_factor: self.step_factor,
+            fleets: self.fleets.clone(),
             ..iotmon_simulator::bench::BenchConfig::new(iotmon, self.scenario)
         })
     }

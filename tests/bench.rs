@@ -143,3 +143,60 @@ fn a_tiny_broker_comparison_runs_both_brokers_side_by_side() {
         assert!(f64_of(ratio, "throughput_ratio") > 0.0, "{ratio}");
     }
 }
+
+#[test]
+fn a_tiny_viewer_cost_run_measures_each_fleet_with_and_without_viewers() {
+    let report = bench(&[
+        "viewer-cost",
+        "--fleets",
+        "20,60",
+        "--interval",
+        "500ms",
+        "--devices-per-connection",
+        "10",
+        "--readings-per-message",
+        "2",
+        "--viewers",
+        "6",
+        "--visible",
+        "5",
+        "--warmup",
+        "500ms",
+        "--measure",
+        "2s",
+    ]);
+    assert_eq!(report["scenario"], "viewer_cost");
+    let fleets = report["fleets"].as_array().expect("fleets");
+    let sizes: Vec<u64> = fleets
+        .iter()
+        .map(|fleet| u64_of(fleet, "devices"))
+        .collect();
+    assert_eq!(sizes, [20, 60]);
+    for fleet in fleets {
+        let (without, with) = (&fleet["without_viewers"], &fleet["with_viewers"]);
+        assert_eq!(u64_of(without, "viewers"), 0);
+        assert_eq!(u64_of(with, "viewers"), 6);
+        assert_eq!(u64_of(with, "viewers_connected"), 6, "{with}");
+        for run in [without, with] {
+            assert_eq!(u64_of(run, "devices"), u64_of(fleet, "devices"));
+            assert_eq!(run["lost"].as_i64(), Some(0), "{run}");
+            assert!(f64_of(run, "iotmon_rss_mib") > 0.0, "{run}");
+        }
+        assert_eq!(
+            f64_of(fleet, "bytes_per_second_per_viewer"),
+            f64_of(with, "bytes_per_second_per_viewer")
+        );
+        assert!(
+            f64_of(fleet, "bytes_per_second_per_viewer") > 0.0,
+            "{fleet}"
+        );
+        let extra_cpu = f64_of(with, "iotmon_cpu_percent") - f64_of(without, "iotmon_cpu_percent");
+        assert!(
+            (f64_of(fleet, "cpu_percent_per_1000_viewers") - extra_cpu / 6.0 * 1000.0).abs() < 1e-6,
+            "{fleet}"
+        );
+    }
+    let targets = report["targets"].as_array().expect("targets");
+    assert_eq!(targets.len(), 4);
+    assert!(targets.iter().all(|target| target["met"].is_boolean()));
+}

@@ -9,12 +9,15 @@
 //! - `serve`: one load point against `iotmon serve` (fleet + viewers), and the `reference`,
 //!   `stress` and `fanout` scenarios built from load points.
 //! - `broker`: the broker comparison, `iotmon broker` against mosquitto.
+//! - `viewer_cost`: what one viewer costs as the fleet grows, from load points with and
+//!   without viewers.
 //! - `report`: what a scenario prints.
 
 mod broker;
 pub mod process;
 pub mod report;
 mod serve;
+mod viewer_cost;
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -38,6 +41,9 @@ pub enum Scenario {
     /// Broker throughput, `iotmon broker` against mosquitto, at QoS 0 and 1 with 1K and 10K
     /// connections.
     Broker,
+    /// What each viewer costs (CPU, memory, bytes/s) at fleets of 1K, 10K and 100K devices
+    /// with 2K viewers × 100 visible.
+    ViewerCost,
 }
 
 impl FromStr for Scenario {
@@ -49,8 +55,9 @@ impl FromStr for Scenario {
             "stress" => Ok(Scenario::Stress),
             "fanout" => Ok(Scenario::Fanout),
             "broker" => Ok(Scenario::Broker),
+            "viewer-cost" => Ok(Scenario::ViewerCost),
             other => Err(format!(
-                "unknown scenario {other:?}: use reference, stress, fanout or broker"
+                "unknown scenario {other:?}: use reference, stress, fanout, broker or viewer-cost"
             )),
         }
     }
@@ -91,6 +98,8 @@ pub struct BenchConfig {
     pub max: Option<f64>,
     /// `stress` and `fanout`: each step multiplies the load by this.
     pub step_factor: f64,
+    /// `viewer-cost`: the fleet sizes to measure at, smallest first.
+    pub fleets: Vec<usize>,
 }
 
 impl BenchConfig {
@@ -113,6 +122,7 @@ impl BenchConfig {
             rate: None,
             max: None,
             step_factor: 1.5,
+            fleets: viewer_cost::DEFAULT_FLEETS.to_vec(),
         }
     }
 
@@ -123,9 +133,9 @@ impl BenchConfig {
         if self.step_factor <= 1.0 {
             return Err(SimulatorError::Bench("--step-factor must exceed 1".into()));
         }
-        if self.connections.is_empty() || self.qos.is_empty() {
+        if self.connections.is_empty() || self.qos.is_empty() || self.fleets.is_empty() {
             return Err(SimulatorError::Bench(
-                "--connections and --qos need at least one value".into(),
+                "--connections, --qos and --fleets need at least one value".into(),
             ));
         }
         Ok(())
@@ -146,6 +156,7 @@ pub async fn run(
         Scenario::Stress => serve::stress(&config, &shutdown).await,
         Scenario::Fanout => serve::fanout(&config, &shutdown).await,
         Scenario::Broker => broker::compare(&config, &shutdown).await,
+        Scenario::ViewerCost => viewer_cost::viewer_cost(&config, &shutdown).await,
     }
 }
 
@@ -185,6 +196,7 @@ mod tests {
             ("stress", Scenario::Stress),
             ("fanout", Scenario::Fanout),
             ("broker", Scenario::Broker),
+            ("viewer-cost", Scenario::ViewerCost),
         ] {
             assert_eq!(name.parse(), Ok(scenario));
             let config = BenchConfig::new("iotmon".into(), scenario);

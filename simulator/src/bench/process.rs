@@ -37,6 +37,8 @@ pub struct Usage {
     pub cpu_seconds: f64,
     /// Peak resident set size so far, bytes (`VmHWM`).
     pub peak_rss_bytes: u64,
+    /// Resident set size now, bytes (`VmRSS`).
+    pub rss_bytes: u64,
 }
 
 impl Measured {
@@ -221,7 +223,8 @@ fn usage_of(pid: &str) -> Result<Usage, SimulatorError> {
         .map_err(|error| fail(format!("/proc/{pid}/status: {error}")))?;
     Ok(Usage {
         cpu_seconds: cpu_seconds(&stat).ok_or_else(|| fail(format!("bad /proc/{pid}/stat")))?,
-        peak_rss_bytes: peak_rss(&status).unwrap_or(0),
+        peak_rss_bytes: status_kib(&status, "VmHWM:").unwrap_or(0) * 1024,
+        rss_bytes: status_kib(&status, "VmRSS:").unwrap_or(0) * 1024,
     })
 }
 
@@ -236,11 +239,10 @@ fn cpu_seconds(stat: &str) -> Option<f64> {
     Some((utime + stime) / CLOCK_TICKS)
 }
 
-/// `VmHWM` of a `/proc/<pid>/status`, bytes.
-fn peak_rss(status: &str) -> Option<u64> {
-    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
+/// A field given in kB (`VmHWM:`, `VmRSS:`) of a `/proc/<pid>/status`.
+fn status_kib(status: &str, field: &str) -> Option<u64> {
+    let line = status.lines().find(|line| line.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn parse_addr(text: &str) -> Result<SocketAddr, SimulatorError> {
@@ -285,9 +287,11 @@ mod tests {
     }
 
     #[test]
-    fn reads_peak_rss() {
+    fn reads_memory_fields() {
         let status = "Name:\tiotmon\nVmHWM:\t  204800 kB\nVmRSS:\t 1024 kB\n";
-        assert_eq!(peak_rss(status), Some(200 * 1024 * 1024));
+        assert_eq!(status_kib(status, "VmHWM:"), Some(204_800));
+        assert_eq!(status_kib(status, "VmRSS:"), Some(1024));
+        assert_eq!(status_kib(status, "VmSwap:"), None);
     }
 
     #[test]
@@ -295,5 +299,6 @@ mod tests {
         let usage = own_usage().expect("/proc/self");
         assert!(usage.cpu_seconds >= 0.0);
         assert!(usage.peak_rss_bytes > 0);
+        assert!(usage.rss_bytes > 0 && usage.rss_bytes <= usage.peak_rss_bytes);
     }
 }

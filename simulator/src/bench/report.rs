@@ -81,6 +81,8 @@ pub struct LoadPoint {
     pub cpu_seconds_per_1000_readings: f64,
     /// iotmon's peak resident memory, MiB.
     pub iotmon_peak_rss_mib: f64,
+    /// iotmon's resident memory at the end of the window, MiB.
+    pub iotmon_rss_mib: f64,
     /// The bench process's (fleet + viewers) CPU over the window, percent of one core.
     pub generator_cpu_percent: f64,
     pub window_seconds: f64,
@@ -134,9 +136,10 @@ impl fmt::Display for LoadPoint {
         }
         write!(
             f,
-            "  iotmon: {:.1} % of a core, {:.4} CPU-s per 1,000 readings, peak RSS {:.0} MiB; generator {:.1} % of a core",
+            "  iotmon: {:.1} % of a core, {:.4} CPU-s per 1,000 readings, RSS {:.0} MiB (peak {:.0} MiB); generator {:.1} % of a core",
             self.iotmon_cpu_percent,
             self.cpu_seconds_per_1000_readings,
+            self.iotmon_rss_mib,
             self.iotmon_peak_rss_mib,
             self.generator_cpu_percent
         )
@@ -230,6 +233,41 @@ pub struct BrokerRatio {
     pub efficiency_ratio: f64,
 }
 
+/// What viewers cost at one fleet size: the same fleet measured without viewers and with
+/// them, the difference shared among the viewers.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ViewerCost {
+    pub devices: usize,
+    pub viewers: usize,
+    /// The fleet alone.
+    pub without_viewers: LoadPoint,
+    /// The same fleet with the viewers.
+    pub with_viewers: LoadPoint,
+    /// iotmon's extra CPU for the viewers, percent of one core per 1,000 viewers.
+    pub cpu_percent_per_1000_viewers: f64,
+    /// iotmon's extra resident memory per viewer, KiB (RSS at the end of each window).
+    pub rss_kib_per_viewer: f64,
+    pub bytes_per_second_per_viewer: f64,
+    pub p99_ms: u64,
+}
+
+impl fmt::Display for ViewerCost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "fleet of {} devices, without viewers:", self.devices)?;
+        writeln!(f, "{}", self.without_viewers)?;
+        writeln!(f, "with {} viewers:", self.viewers)?;
+        writeln!(f, "{}", self.with_viewers)?;
+        write!(
+            f,
+            "  per viewer: {:.2} % of a core per 1,000 viewers, {:.0} KiB, {:.0} B/s; p99 reading→viewer {} ms",
+            self.cpu_percent_per_1000_viewers,
+            self.rss_kib_per_viewer,
+            self.bytes_per_second_per_viewer,
+            self.p99_ms
+        )
+    }
+}
+
 /// What a scenario reports.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "scenario", rename_all = "snake_case")]
@@ -262,6 +300,11 @@ pub enum BenchReport {
         ratios: Vec<BrokerRatio>,
         targets: Vec<Target>,
     },
+    ViewerCost {
+        machine: Machine,
+        fleets: Vec<ViewerCost>,
+        targets: Vec<Target>,
+    },
 }
 
 impl BenchReport {
@@ -271,7 +314,8 @@ impl BenchReport {
             BenchReport::Reference { targets, .. }
             | BenchReport::Stress { targets, .. }
             | BenchReport::Fanout { targets, .. }
-            | BenchReport::Broker { targets, .. } => targets,
+            | BenchReport::Broker { targets, .. }
+            | BenchReport::ViewerCost { targets, .. } => targets,
         }
     }
 }
@@ -344,6 +388,18 @@ impl fmt::Display for BenchReport {
                         "  ratio at {} conns QoS {}: throughput iotmon/mosquitto {:.2}×, CPU efficiency {:.2}×",
                         ratio.connections, ratio.qos, ratio.throughput_ratio, ratio.efficiency_ratio
                     )?;
+                }
+                machine
+            }
+            BenchReport::ViewerCost {
+                machine, fleets, ..
+            } => {
+                writeln!(
+                    f,
+                    "bench viewer-cost: what each viewer costs as the fleet grows"
+                )?;
+                for fleet in fleets {
+                    writeln!(f, "{fleet}")?;
                 }
                 machine
             }

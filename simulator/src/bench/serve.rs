@@ -338,6 +338,7 @@ pub(crate) async fn measure(
             0.0
         },
         iotmon_peak_rss_mib: mib(serve.usage()?.peak_rss_bytes),
+        iotmon_rss_mib: mib(end.serve.rss_bytes),
         generator_cpu_percent: 100.0 * (end.own.cpu_seconds - start.own.cpu_seconds) / seconds,
         window_seconds: seconds,
     })
