@@ -259,6 +259,9 @@ pub struct FleetArgs {
     /// The broker: mqtt://HOST:PORT.
     #[arg(long, env = "IOTMON_BROKER", required = true)]
     pub broker: Option<BrokerUrl>,
+    /// MQTT version of every connection: 3.1.1 or 5.
+    #[arg(long, default_value = "3.1.1")]
+    pub mqtt_version: iotmon_simulator::MqttVersion,
     /// Simulated devices.
     #[arg(long, default_value_t = 1000)]
     pub devices: usize,
@@ -349,6 +352,7 @@ impl FleetArgs {
         };
         Ok(iotmon_simulator::FleetConfig {
             broker,
+            mqtt_version: self.mqtt_version,
             devices: self.devices,
             shape: iotmon_simulator::Shape {
                 devices_per_floor: self.devices_per_floor,

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use iotmon_wire::mqtt::{BrokerUrl, DEFAULT_PORT};
 
+use crate::client::MqttVersion;
 use crate::layout::Shape;
 use crate::sensor::Metric;
 use crate::SimulatorError;
@@ -53,6 +54,13 @@ impl Qos {
             Qos::AtLeastOnce => rumqttc::QoS::AtLeastOnce,
         }
     }
+
+    pub(crate) fn to_rumqttc_v5(self) -> rumqttc::v5::mqttbytes::QoS {
+        match self {
+            Qos::AtMostOnce => rumqttc::v5::mqttbytes::QoS::AtMostOnce,
+            Qos::AtLeastOnce => rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        }
+    }
 }
 
 /// A simulated fleet: how many devices, how they are laid out and behave, how often they
@@ -61,6 +69,8 @@ impl Qos {
 pub struct FleetConfig {
     /// The broker every device connects to.
     pub broker: BrokerUrl,
+    /// The MQTT version every connection speaks.
+    pub mqtt_version: MqttVersion,
     /// How many devices.
     pub devices: usize,
     /// How devices fill floors, floors fill buildings and buildings fill sites (sites are
@@ -116,6 +126,7 @@ impl Default for FleetConfig {
                 host: "127.0.0.1".to_string(),
                 port: DEFAULT_PORT,
             },
+            mqtt_version: MqttVersion::V3_1_1,
             devices: 1000,
             shape: Shape::default(),
             interval: Duration::from_secs(5),

@@ -73,6 +73,7 @@ impl Fleet {
             connections = size.connections,
             interval = ?config.interval,
             broker = %config.broker,
+            mqtt = %config.mqtt_version,
             "simulated fleet starting"
         );
         let duration = config.duration;

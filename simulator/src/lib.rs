@@ -7,13 +7,15 @@
 //! - [`sensor`]: seeded, plausible readings for a configurable set of metrics, and anomalies.
 //! - `schedule`: when each device connects and publishes, spread over the interval.
 //! - `device`: the devices behind one connection and their turns; `connection`: the MQTT
-//!   session (backoff, offline spells, presence, goodbye).
+//!   session (backoff, offline spells, presence, goodbye); `client`: that session's MQTT
+//!   client, speaking MQTT 3.1.1 or 5 ([`MqttVersion`]).
 //! - [`stats`]: counters, the progress display and the [`Summary`].
 //! - `fleet`: [`run`] and [`Fleet`], which tie them together.
 //! - [`viewers`]: fake dashboard viewers and the reading→viewer delay.
 //! - [`bench`]: `iotmon bench` scenarios and their reports.
 
 pub mod bench;
+mod client;
 pub mod config;
 mod connection;
 mod device;
@@ -25,6 +27,7 @@ pub mod sensor;
 pub mod stats;
 pub mod viewers;
 
+pub use client::MqttVersion;
 pub use config::{FleetConfig, Qos};
 pub use error::SimulatorError;
 pub use fleet::{run, Fleet};

@@ -7,11 +7,12 @@ mod support;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
-use iotmon_simulator::{layout, run, FleetConfig, Metric, Qos};
+use iotmon_simulator::{layout, run, FleetConfig, Metric, MqttVersion, Qos};
 use iotmon_wire::mqtt::BrokerUrl;
 use iotmon_wire::topics::{parse_sensor_topic, SENSORS_FILTER};
 use tokio_util::sync::CancellationToken;
 
+use support::embedded::Embedded;
 use support::mosquitto::Mosquitto;
 use support::subscriber::{collect_until, subscribe, Received};
 
@@ -97,14 +98,23 @@ async fn every_device_publishes_readings_on_its_own_topic() {
     assert_eq!(summary.connections_lost, 0, "{summary}");
 }
 
-/// Gateway mode with credentials, QoS 1 and presence: 25 devices on 3 connections to a
-/// mosquitto that refuses anonymous clients; every device is heard on its own topic, every
-/// QoS 1 reading is acknowledged, and each device is announced `online` (retained) and says
-/// `offline` when the fleet stops.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateways_authenticate_and_publish_each_device_on_its_own_topic_at_qos_1() {
+    gateways_with_credentials(MqttVersion::V3_1_1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateways_speaking_mqtt_5_authenticate_and_publish_at_qos_1() {
+    gateways_with_credentials(MqttVersion::V5).await;
+}
+
+/// Gateway mode with credentials, QoS 1 and presence, speaking `version`: 25 devices on 3
+/// connections to a mosquitto that refuses anonymous clients; every device is heard on its
+/// own topic, every QoS 1 reading is acknowledged, and each device is announced `online`
+/// (retained) and says `offline` when the fleet stops. A wrong password is refused.
+async fn gateways_with_credentials(version: MqttVersion) {
     const DEVICES: usize = 25;
-    let dir = tempdir("gateway");
+    let dir = tempdir(&format!("gateway-v{version}"));
     let passwords = dir.join("passwords");
     for user in [
         "gateway-000001",
@@ -134,6 +144,7 @@ async fn gateways_authenticate_and_publish_each_device_on_its_own_topic_at_qos_1
 
     let config = FleetConfig {
         broker: broker.clone(),
+        mqtt_version: version,
         devices: DEVICES,
         devices_per_connection: 10,
         interval: Duration::from_millis(250),
@@ -174,6 +185,7 @@ async fn gateways_authenticate_and_publish_each_device_on_its_own_topic_at_qos_1
     // Wrong password: the broker refuses, the fleet counts it and publishes nothing.
     let refused = FleetConfig {
         broker,
+        mqtt_version: version,
         devices: 1,
         interval: Duration::from_millis(100),
         duration: Some(Duration::from_millis(600)),
@@ -232,6 +244,63 @@ async fn offline_devices_trigger_their_last_will_and_come_back_online() {
     );
     assert!(summary.offline_spells > 0, "{summary}");
     assert!(summary.turns_skipped_offline > 0, "{summary}");
+}
+
+/// MQTT 5 against iotmon's own broker, which checks credentials: each device on a connection
+/// of its own (so with a last will) publishes at QoS 1 on its MQTT 5 listener, and a
+/// subscriber on its MQTT 3.1.1 listener hears every device, its `online` and its `offline`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mqtt_5_fleet_publishes_through_the_embedded_broker() {
+    const DEVICES: usize = 6;
+    let ids: Vec<String> = layout(DEVICES).into_iter().map(|d| d.id).collect();
+    let mut credentials: Vec<(&str, &str)> = ids.iter().map(|id| (id.as_str(), "pw")).collect();
+    credentials.push(("watcher", "pw"));
+    let broker = Embedded::start(&tempdir("embedded-v5"), &credentials);
+    let stop_subscriber = CancellationToken::new();
+    let mut received = subscribe(
+        &broker.mqtt,
+        "watcher",
+        Some(("watcher", "pw")),
+        &[SENSORS_FILTER, "status/#"],
+        stop_subscriber.clone(),
+    )
+    .await;
+    let config = FleetConfig {
+        broker: broker.mqtt5.clone(),
+        mqtt_version: MqttVersion::V5,
+        devices: DEVICES,
+        interval: Duration::from_millis(200),
+        duration: Some(Duration::from_millis(1500)),
+        client_prefix: String::new(),
+        qos: Qos::AtLeastOnce,
+        presence: true,
+        password: Some("pw".into()),
+        ..FleetConfig::default()
+    };
+    let summary = run(config, CancellationToken::new())
+        .await
+        .expect("a valid config");
+    let messages = collect_until(&mut received, RECEIVE_DEADLINE, |m| {
+        offline_devices(m).len() == DEVICES && devices_heard(m).len() == DEVICES
+    })
+    .await;
+    stop_subscriber.cancel();
+
+    assert_eq!(summary.connect_failures, 0, "{summary}");
+    assert_eq!(devices_heard(&messages).len(), DEVICES, "{summary}");
+    for (topic, payload, _) in &messages {
+        if topic.starts_with("sensors/") {
+            assert_reading(payload, &["temperature", "humidity", "pressure"]);
+        }
+    }
+    assert!(summary.readings_published > 0, "{summary}");
+    assert_eq!(
+        summary.readings_acked, summary.readings_published,
+        "every QoS 1 reading acknowledged: {summary}"
+    );
+    let online: HashSet<_> = presence(&messages, "online").into_iter().collect();
+    assert_eq!(online.len(), DEVICES, "announced online: {online:?}");
+    assert_eq!(offline_devices(&messages).len(), DEVICES);
 }
 
 /// Devices whose presence went online, offline, online in that order.
