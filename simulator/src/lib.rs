@@ -3,7 +3,10 @@
 //! built from both.
 //!
 //! - [`config`]: what a fleet looks like ([`FleetConfig`]) and its validation.
-//! - [`mod@layout`]: where each device sits (sites, buildings, floors) and its id.
+//! - [`settings`]: a fleet file and flags over it ([`FleetSettings`]), resolved into a
+//!   [`FleetConfig`].
+//! - [`mod@layout`]: where each device sits (sites, buildings, floors, or groups listed by
+//!   hand) and its id.
 //! - [`sensor`]: seeded, plausible readings for a configurable set of metrics, and anomalies.
 //! - `schedule`: when each device connects and publishes, spread over the interval.
 //! - `device`: the devices behind one connection and their turns; `connection`: the MQTT
@@ -24,6 +27,7 @@ mod fleet;
 pub mod layout;
 mod schedule;
 pub mod sensor;
+pub mod settings;
 pub mod stats;
 pub mod viewers;
 
@@ -31,6 +35,7 @@ pub use client::MqttVersion;
 pub use config::{FleetConfig, Qos};
 pub use error::SimulatorError;
 pub use fleet::{run, Fleet};
-pub use layout::{layout, Shape, SimulatedDevice};
+pub use layout::{layout, Group, Layout, Shape, SimulatedDevice};
 pub use sensor::{Metric, Reading, SensorModel};
+pub use settings::FleetSettings;
 pub use stats::{Progress, Summary};
