@@ -77,8 +77,8 @@ impl TryFrom<VersionText> for MqttVersion {
     }
 }
 
-/// How one connection logs in: everything its CONNECT carries.
-#[derive(Debug)]
+/// How one connection logs in: everything its CONNECT carries. (No `Debug`: it holds the
+/// password.)
 pub(crate) struct ConnectOptions<'a> {
     pub version: MqttVersion,
     pub broker: &'a BrokerUrl,
@@ -101,11 +101,9 @@ pub(crate) enum Client {
     V5(rumqttc::v5::AsyncClient),
 }
 
-/// The connection's I/O: nothing is sent or received unless it is polled.
-// rumqttc's event loops have no `Debug`.
-#[allow(missing_debug_implementations)]
-/// Both boxed: they differ in size by about 450 bytes, which every MQTT 3.1.1 session
-/// would otherwise carry.
+/// The connection's I/O: nothing is sent or received unless it is polled. (No `Debug`:
+/// rumqttc's event loops have none.) Both boxed: they differ in size by about 450 bytes,
+/// which every MQTT 3.1.1 session would otherwise carry.
 pub(crate) enum EventLoop {
     V3(Box<rumqttc::EventLoop>),
     V5(Box<rumqttc::v5::EventLoop>),

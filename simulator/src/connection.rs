@@ -25,7 +25,6 @@ use crate::stats::Counters;
 const DISCONNECT_GRACE: Duration = Duration::from_secs(1);
 
 /// Everything a connection's session loop owns. (No `Debug`: rumqttc's event loops have none.)
-#[allow(missing_debug_implementations)]
 pub(crate) struct Session {
     pub eventloop: EventLoop,
     /// A handle on `eventloop`, for the farewell and the DISCONNECT.

@@ -133,22 +133,12 @@ impl FleetSettings {
         }
     }
 
-    /// The fleet these settings describe, defaults filling the gaps, validated (see
-    /// [`FleetConfig::validate`]); reads the password and CA files.
+    /// The fleet's device count and layout: the groups listed, or the generated layout's
+    /// settings over the default shape.
     ///
     /// # Errors
-    /// No broker, both a password and a password file, groups together with a generated
-    /// layout's settings, a `[[groups]]` entry without exactly one of `devices` and `ids`,
-    /// an unreadable file, or anything [`FleetConfig::validate`] refuses.
-    pub fn resolve(self) -> Result<FleetConfig, SimulatorError> {
-        let defaults = FleetConfig::default();
-        let broker = self.broker.ok_or(SimulatorError::NoBroker)?;
-        let password = match (self.password, self.password_file) {
-            (Some(_), Some(_)) => return Err(SimulatorError::TwoPasswords),
-            (Some(password), None) => Some(password),
-            (None, Some(file)) => Some(read_password_file(&file)?),
-            (None, None) => None,
-        };
+    /// Groups together with a generated layout's settings, or a bad `[[groups]]` entry.
+    fn layout(&mut self) -> Result<(usize, Layout), SimulatorError> {
         let shape_given = [
             self.devices,
             self.devices_per_floor,
@@ -157,23 +147,42 @@ impl FleetSettings {
         ]
         .iter()
         .any(Option::is_some);
-        let (devices, layout) = match self.groups {
-            Some(_) if shape_given => return Err(SimulatorError::GroupsAndShape),
-            Some(groups) => listed_groups(groups)?,
-            None => {
-                let shape = Shape::default();
-                let shape = Shape {
-                    devices_per_floor: self.devices_per_floor.unwrap_or(shape.devices_per_floor),
-                    floors_per_building: self
-                        .floors_per_building
-                        .unwrap_or(shape.floors_per_building),
-                    buildings_per_site: self.buildings_per_site.unwrap_or(shape.buildings_per_site),
-                };
-                (
-                    self.devices.unwrap_or(defaults.devices),
-                    Layout::Shape(shape),
-                )
+        if let Some(groups) = self.groups.take() {
+            if shape_given {
+                return Err(SimulatorError::GroupsAndShape);
             }
+            return listed_groups(groups);
+        }
+        let default = Shape::default();
+        let shape = Shape {
+            devices_per_floor: self.devices_per_floor.unwrap_or(default.devices_per_floor),
+            floors_per_building: self
+                .floors_per_building
+                .unwrap_or(default.floors_per_building),
+            buildings_per_site: self
+                .buildings_per_site
+                .unwrap_or(default.buildings_per_site),
+        };
+        let devices = self.devices.unwrap_or(FleetConfig::default().devices);
+        Ok((devices, Layout::Shape(shape)))
+    }
+
+    /// The fleet these settings describe, defaults filling the gaps, validated (see
+    /// [`FleetConfig::validate`]); reads the password and CA files.
+    ///
+    /// # Errors
+    /// No broker, both a password and a password file, groups together with a generated
+    /// layout's settings, a `[[groups]]` entry without exactly one of `devices` and `ids`,
+    /// an unreadable file, or anything [`FleetConfig::validate`] refuses.
+    pub fn resolve(mut self) -> Result<FleetConfig, SimulatorError> {
+        let defaults = FleetConfig::default();
+        let (devices, layout) = self.layout()?;
+        let broker = self.broker.ok_or(SimulatorError::NoBroker)?;
+        let password = match (self.password, self.password_file) {
+            (Some(_), Some(_)) => return Err(SimulatorError::TwoPasswords),
+            (Some(password), None) => Some(password),
+            (None, Some(file)) => Some(read_password_file(&file)?),
+            (None, None) => None,
         };
         let config = FleetConfig {
             broker,
