@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use iotmon_simulator::FleetSettings;
 use iotmon_wire::mqtt::{BrokerUrl, Login};
 
 use crate::config::Config;
@@ -18,6 +19,9 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Built once per process from the command line: the size of its largest variant (the
+// fleet's flags) costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Broker, bridge and dashboard in one process (the default deployment).
@@ -253,60 +257,66 @@ impl ViewerArgs {
     }
 }
 
-/// A simulated fleet of devices.
+/// A simulated fleet of devices: a fleet file and these flags over it. Unset flags keep the
+/// file's settings, or the defaults (see docs/simulator.md).
 #[derive(Debug, Args)]
 pub struct FleetArgs {
-    /// The broker: mqtt://HOST:PORT.
-    #[arg(long, env = "IOTMON_BROKER", required = true)]
+    /// The fleet described in TOML, with the flags' names as keys (see
+    /// simulator/fleet.example.toml); flags override it.
+    #[arg(long, env = "IOTMON_FLEET_FILE")]
+    pub fleet_file: Option<PathBuf>,
+    /// The broker: mqtt://HOST:PORT (required here or in the fleet file).
+    #[arg(long, env = "IOTMON_BROKER")]
     pub broker: Option<BrokerUrl>,
-    /// Simulated devices.
-    #[arg(long, default_value_t = 1000)]
-    pub devices: usize,
-    /// Each device publishes once per interval.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
-    pub interval: Duration,
+    /// MQTT version of every connection: 3.1.1 (default) or 5.
+    #[arg(long)]
+    pub mqtt_version: Option<iotmon_simulator::MqttVersion>,
+    /// Simulated devices (default 1000).
+    #[arg(long)]
+    pub devices: Option<usize>,
+    /// Each device publishes once per interval (default 5s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub interval: Option<Duration>,
     /// Stop after this long (default: until interrupted).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,
-    /// Devices per floor in the layout (site-N/building-X/floor-N/sensor-NNNNNN).
-    #[arg(long, default_value_t = 20)]
-    pub devices_per_floor: usize,
-    /// Floors per building in the layout.
-    #[arg(long, default_value_t = 5)]
-    pub floors_per_building: usize,
-    /// Buildings per site in the layout; sites are added as needed.
-    #[arg(long, default_value_t = 4)]
-    pub buildings_per_site: usize,
-    /// Metrics each device reports: temperature, humidity, pressure, co2, battery.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "temperature,humidity,pressure"
-    )]
-    pub metrics: Vec<iotmon_simulator::Metric>,
-    /// MQTT QoS of readings: 0 or 1.
-    #[arg(long, default_value_t = 0)]
-    pub qos: u8,
+    /// Devices per floor in the layout (site-N/building-X/floor-N/sensor-NNNNNN; default 20).
+    #[arg(long)]
+    pub devices_per_floor: Option<usize>,
+    /// Floors per building in the layout (default 5).
+    #[arg(long)]
+    pub floors_per_building: Option<usize>,
+    /// Buildings per site in the layout (default 4); sites are added as needed.
+    #[arg(long)]
+    pub buildings_per_site: Option<usize>,
+    /// Metrics each device reports: temperature, humidity, pressure, co2, battery (default
+    /// the first three).
+    #[arg(long, value_delimiter = ',')]
+    pub metrics: Option<Vec<iotmon_simulator::Metric>>,
+    /// MQTT QoS of readings: 0 (default) or 1.
+    #[arg(long)]
+    pub qos: Option<u8>,
     /// Chance per reading that a device starts an anomaly (values far past alert
-    /// thresholds for 3 readings), 0 to 1.
-    #[arg(long, default_value_t = 0.0)]
-    pub anomaly_rate: f64,
-    /// Chance per reading that a device goes offline, 0 to 1.
-    #[arg(long, default_value_t = 0.0)]
-    pub offline_rate: f64,
-    /// How long an offline device stays away.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-    pub offline_for: Duration,
+    /// thresholds for 3 readings), 0 (default) to 1.
+    #[arg(long)]
+    pub anomaly_rate: Option<f64>,
+    /// Chance per reading that a device goes offline, 0 (default) to 1.
+    #[arg(long)]
+    pub offline_rate: Option<f64>,
+    /// How long an offline device stays away (default 30s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub offline_for: Option<Duration>,
     /// Publish presence: retained `online`/`offline` on status/<group>/<id>, with a last will.
     #[arg(long)]
     pub presence: bool,
-    /// Devices sharing one MQTT connection (gateway mode), so a fleet larger than the
-    /// process's ~19,500 sockets fits.
-    #[arg(long, default_value_t = 1)]
-    pub devices_per_connection: usize,
-    /// Prefix of the MQTT client ids (`<prefix>-<device id>`); empty for the bare device id.
-    #[arg(long, default_value = "sim")]
-    pub client_prefix: String,
+    /// Devices sharing one MQTT connection (gateway mode; default 1), so a fleet larger than
+    /// the process's ~19,500 sockets fits.
+    #[arg(long)]
+    pub devices_per_connection: Option<usize>,
+    /// Prefix of the MQTT client ids (`<prefix>-<device id>`; default `sim`); empty for the
+    /// bare device id.
+    #[arg(long)]
+    pub client_prefix: Option<String>,
     /// Password of every connection (the username is the client id).
     #[arg(long, env = "IOTMON_DEVICE_PASSWORD", conflicts_with = "password_file")]
     pub password: Option<String>,
@@ -317,12 +327,13 @@ pub struct FleetArgs {
     /// certificate must name the --broker host).
     #[arg(long)]
     pub tls_ca: Option<PathBuf>,
-    /// Seed of the sensor models and behaviour, for reproducible fleets.
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
-    /// Readings per message: more than 1 sends batches (JSON arrays) sampled over the interval.
-    #[arg(long, default_value_t = 1)]
-    pub readings_per_message: usize,
+    /// Seed of the sensor models and behaviour, for reproducible fleets (default 1).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Readings per message (default 1): more than 1 sends batches (JSON arrays) sampled
+    /// over the interval.
+    #[arg(long)]
+    pub readings_per_message: Option<usize>,
     /// Open the connections spread over this long (default: the interval or 1 s, whichever
     /// is shorter).
     #[arg(long, value_parser = humantime::parse_duration)]
@@ -333,47 +344,49 @@ pub struct FleetArgs {
 }
 
 impl FleetArgs {
-    /// The fleet these flags describe.
+    /// The fleet file, if any, with these flags over it, validated.
     ///
     /// # Errors
-    /// No broker, a QoS other than 0 or 1, or an unreadable password file.
+    /// The fleet file cannot be read or holds an unknown key or a bad value, no broker is
+    /// given, a QoS other than 0 or 1, an unreadable password or CA file, or a fleet that
+    /// cannot run (see `FleetConfig::validate`).
     pub fn fleet(&self) -> anyhow::Result<iotmon_simulator::FleetConfig> {
-        let broker = self
-            .broker
-            .clone()
-            .ok_or_else(|| anyhow::anyhow!("--broker is required"))?;
-        let password = match (&self.password, &self.password_file) {
-            (Some(password), _) => Some(password.clone()),
-            (None, Some(path)) => Some(iotmon_simulator::config::read_password_file(path)?),
-            (None, None) => None,
+        let file = match &self.fleet_file {
+            Some(path) => FleetSettings::load(path)?,
+            None => FleetSettings::default(),
         };
-        Ok(iotmon_simulator::FleetConfig {
-            broker,
+        Ok(file.overridden_by(self.settings()?).resolve()?)
+    }
+
+    /// The settings these flags give.
+    fn settings(&self) -> anyhow::Result<FleetSettings> {
+        Ok(FleetSettings {
+            broker: self.broker.clone(),
+            mqtt_version: self.mqtt_version,
             devices: self.devices,
-            shape: iotmon_simulator::Shape {
-                devices_per_floor: self.devices_per_floor,
-                floors_per_building: self.floors_per_building,
-                buildings_per_site: self.buildings_per_site,
-            },
+            devices_per_floor: self.devices_per_floor,
+            floors_per_building: self.floors_per_building,
+            buildings_per_site: self.buildings_per_site,
+            groups: None,
             interval: self.interval,
             duration: self.duration,
-            client_prefix: self.client_prefix.clone(),
-            seed: self.seed,
             metrics: self.metrics.clone(),
-            qos: iotmon_simulator::Qos::from_level(self.qos)?,
+            qos: self
+                .qos
+                .map(iotmon_simulator::Qos::from_level)
+                .transpose()?,
+            readings_per_message: self.readings_per_message,
             anomaly_rate: self.anomaly_rate,
+            seed: self.seed,
+            presence: self.presence.then_some(true),
             offline_rate: self.offline_rate,
             offline_for: self.offline_for,
-            presence: self.presence,
             devices_per_connection: self.devices_per_connection,
-            password,
+            client_prefix: self.client_prefix.clone(),
+            password: self.password.clone(),
+            password_file: self.password_file.clone(),
+            tls_ca: self.tls_ca.clone(),
             ramp: self.ramp,
-            readings_per_message: self.readings_per_message,
-            tls_ca: self
-                .tls_ca
-                .as_deref()
-                .map(iotmon_simulator::config::read_ca_file)
-                .transpose()?,
         })
     }
 }
@@ -500,6 +513,74 @@ mod tests {
             assert_eq!(devices.data_dir, Some(PathBuf::from("d")));
             assert!(matches!(devices.action, DeviceAction::Add { .. }));
         }
+    }
+
+    fn fleet_of(args: &[&str]) -> anyhow::Result<iotmon_simulator::FleetConfig> {
+        let cli = Cli::try_parse_from(args).expect("valid command line");
+        let Command::Simulate(simulate) = cli.command else {
+            panic!("expected simulate");
+        };
+        simulate.fleet.fleet()
+    }
+
+    #[test]
+    fn fleet_flags_override_the_fleet_file() {
+        let dir = std::env::temp_dir().join(format!("iotmon-cli-fleet-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("fleet.toml");
+        std::fs::write(
+            &file,
+            "broker = \"mqtt://127.0.0.1:1884\"\nmqtt_version = 5\ndevices = 40\nqos = 1\n",
+        )
+        .expect("write the fleet file");
+        let file = file.to_str().expect("UTF-8 path");
+        let config = fleet_of(&["iotmon", "simulate", "--fleet-file", file, "--devices", "3"])
+            .expect("valid fleet");
+        assert_eq!(config.broker.port, 1884);
+        assert_eq!(config.mqtt_version, iotmon_simulator::MqttVersion::V5);
+        assert_eq!(
+            (config.devices, config.qos),
+            (3, iotmon_simulator::Qos::AtLeastOnce)
+        );
+
+        let error = fleet_of(&["iotmon", "simulate", "--devices", "3"]).expect_err("no broker");
+        assert!(error.to_string().contains("broker is required"), "{error}");
+        std::fs::write(dir.join("typo.toml"), "devises = 3\n").expect("write");
+        let typo = dir.join("typo.toml");
+        let error = fleet_of(&[
+            "iotmon",
+            "simulate",
+            "--fleet-file",
+            typo.to_str().expect("UTF-8"),
+        ])
+        .expect_err("unknown key");
+        assert!(error.to_string().contains("devises"), "{error}");
+    }
+
+    /// `simulate --help` states the fleet's defaults; they are `FleetConfig`'s.
+    #[test]
+    fn the_fleet_defaults_in_the_help_are_the_simulators() {
+        let defaults = iotmon_simulator::FleetConfig::default();
+        let shape = iotmon_simulator::Shape::default();
+        assert_eq!(defaults.devices, 1000);
+        assert_eq!(defaults.interval, Duration::from_secs(5));
+        assert_eq!(
+            (
+                shape.devices_per_floor,
+                shape.floors_per_building,
+                shape.buildings_per_site
+            ),
+            (20, 5, 4)
+        );
+        assert_eq!(defaults.layout, iotmon_simulator::Layout::Shape(shape));
+        assert_eq!(defaults.mqtt_version, iotmon_simulator::MqttVersion::V3_1_1);
+        assert_eq!(defaults.qos, iotmon_simulator::Qos::AtMostOnce);
+        assert_eq!((defaults.anomaly_rate, defaults.offline_rate), (0.0, 0.0));
+        assert_eq!(defaults.offline_for, Duration::from_secs(30));
+        assert_eq!(defaults.devices_per_connection, 1);
+        assert_eq!((defaults.client_prefix.as_str(), defaults.seed), ("sim", 1));
+        assert_eq!(defaults.readings_per_message, 1);
+        assert_eq!(defaults.metrics, iotmon_simulator::Metric::DEFAULT);
     }
 
     #[test]

@@ -2,9 +2,13 @@
 
 use std::time::Duration;
 
-use iotmon_wire::mqtt::{BrokerUrl, DEFAULT_PORT};
+use std::collections::HashSet;
 
-use crate::layout::Shape;
+use iotmon_wire::mqtt::{BrokerUrl, DEFAULT_PORT};
+use iotmon_wire::topics::{parse_sensor_topic, sensor_topic};
+
+use crate::client::MqttVersion;
+use crate::layout::{Group, Layout};
 use crate::sensor::Metric;
 use crate::SimulatorError;
 
@@ -17,7 +21,8 @@ pub const MAX_CONNECTIONS: usize = 19_500;
 pub const MAX_BATCH: usize = 100;
 
 /// MQTT quality of service for readings: the simulator offers the two that sensors use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(try_from = "u8")]
 pub enum Qos {
     /// Fire and forget: the cheapest, what most telemetry uses.
     #[default]
@@ -53,6 +58,21 @@ impl Qos {
             Qos::AtLeastOnce => rumqttc::QoS::AtLeastOnce,
         }
     }
+
+    pub(crate) fn to_rumqttc_v5(self) -> rumqttc::v5::mqttbytes::QoS {
+        match self {
+            Qos::AtMostOnce => rumqttc::v5::mqttbytes::QoS::AtMostOnce,
+            Qos::AtLeastOnce => rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        }
+    }
+}
+
+impl TryFrom<u8> for Qos {
+    type Error = SimulatorError;
+
+    fn try_from(level: u8) -> Result<Self, Self::Error> {
+        Qos::from_level(level)
+    }
 }
 
 /// A simulated fleet: how many devices, how they are laid out and behave, how often they
@@ -61,11 +81,13 @@ impl Qos {
 pub struct FleetConfig {
     /// The broker every device connects to.
     pub broker: BrokerUrl,
-    /// How many devices.
+    /// The MQTT version every connection speaks.
+    pub mqtt_version: MqttVersion,
+    /// How many devices; with [`Layout::Groups`], the total of the groups' devices.
     pub devices: usize,
-    /// How devices fill floors, floors fill buildings and buildings fill sites (sites are
-    /// added as needed).
-    pub shape: Shape,
+    /// Where the devices sit: a shape that devices fill in order (floors, buildings, then
+    /// sites as needed), or groups listed by hand.
+    pub layout: Layout,
     /// Each device publishes one reading per interval.
     pub interval: Duration,
     /// Stop after this long; `None` runs until shutdown.
@@ -116,8 +138,9 @@ impl Default for FleetConfig {
                 host: "127.0.0.1".to_string(),
                 port: DEFAULT_PORT,
             },
+            mqtt_version: MqttVersion::V3_1_1,
             devices: 1000,
-            shape: Shape::default(),
+            layout: Layout::default(),
             interval: Duration::from_secs(5),
             duration: None,
             client_prefix: "sim".to_string(),
@@ -142,7 +165,8 @@ impl FleetConfig {
     ///
     /// # Errors
     /// No devices, a zero interval, no metrics, a rate outside 0..=1, an empty shape level,
-    /// zero devices per connection, or more connections than one process can open.
+    /// a bad listed group (see [`check_groups`]), zero devices per connection, or more
+    /// connections than one process can open.
     pub fn validate(&self) -> Result<(), SimulatorError> {
         if self.devices == 0 {
             return Err(SimulatorError::NoDevices);
@@ -161,11 +185,16 @@ impl FleetConfig {
                 return Err(SimulatorError::Rate(name));
             }
         }
-        if self.shape.devices_per_floor == 0
-            || self.shape.floors_per_building == 0
-            || self.shape.buildings_per_site == 0
-        {
-            return Err(SimulatorError::EmptyShape);
+        match &self.layout {
+            Layout::Shape(shape) => {
+                if shape.devices_per_floor == 0
+                    || shape.floors_per_building == 0
+                    || shape.buildings_per_site == 0
+                {
+                    return Err(SimulatorError::EmptyShape);
+                }
+            }
+            Layout::Groups(groups) => check_groups(groups, self.devices)?,
         }
         if self.readings_per_message == 0 || self.readings_per_message > MAX_BATCH {
             return Err(SimulatorError::Batch(MAX_BATCH));
@@ -194,6 +223,44 @@ impl FleetConfig {
     }
 }
 
+/// Checks groups listed by hand: each has devices, makes valid topics (1 to 8 levels, none
+/// empty, no wildcard, no `/` in a device id), ids are unique, and `devices` is their total.
+///
+/// # Errors
+/// [`SimulatorError::Layout`] naming the first fault.
+fn check_groups(groups: &[Group], devices: usize) -> Result<(), SimulatorError> {
+    let fault = |message: String| Err(SimulatorError::Layout(message));
+    let mut seen = HashSet::new();
+    for group in groups {
+        if group.ids.is_empty() {
+            return fault(format!("group {:?} has no devices", group.path));
+        }
+        for id in &group.ids {
+            let topic = sensor_topic(&group.path, id);
+            if topic.contains(['+', '#']) {
+                return fault(format!(
+                    "{topic:?}: MQTT wildcards (+, #) cannot be published to"
+                ));
+            }
+            match parse_sensor_topic(&topic) {
+                Ok(parsed) if parsed.device == id => {}
+                Ok(_) => return fault(format!("device id {id:?} contains '/'")),
+                Err(error) => return fault(format!("{topic:?}: {error}")),
+            }
+            if !seen.insert(id.as_str()) {
+                return fault(format!("device id {id:?} is listed twice"));
+            }
+        }
+    }
+    if seen.len() != devices {
+        return fault(format!(
+            "the groups list {} devices, not {devices}",
+            seen.len()
+        ));
+    }
+    Ok(())
+}
+
 /// The PEM certificates in `path`, for [`FleetConfig::tls_ca`].
 ///
 /// # Errors
@@ -216,6 +283,7 @@ pub fn read_password_file(path: &std::path::Path) -> Result<String, SimulatorErr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layout::Shape;
 
     #[test]
     fn default_is_valid() {
@@ -278,10 +346,10 @@ mod tests {
             ),
             (
                 FleetConfig {
-                    shape: Shape {
+                    layout: Layout::Shape(Shape {
                         devices_per_floor: 0,
                         ..Shape::default()
-                    },
+                    }),
                     ..FleetConfig::default()
                 },
                 SimulatorError::EmptyShape,
@@ -289,6 +357,44 @@ mod tests {
         ];
         for (config, error) in cases {
             assert_eq!(config.validate(), Err(error));
+        }
+    }
+
+    #[test]
+    fn listed_groups_must_make_valid_unique_topics() {
+        let fleet = |groups: &[(&str, &[&str])]| {
+            let groups: Vec<Group> = groups
+                .iter()
+                .map(|(path, ids)| Group {
+                    path: (*path).to_string(),
+                    ids: ids.iter().map(ToString::to_string).collect(),
+                })
+                .collect();
+            FleetConfig {
+                devices: groups.iter().map(|group| group.ids.len()).sum(),
+                layout: Layout::Groups(groups),
+                ..FleetConfig::default()
+            }
+        };
+        let good = fleet(&[("hq/lab", &["t-1", "t-2"]), ("plant", &["t-3"])]);
+        assert_eq!(good.validate(), Ok(()));
+        assert_eq!(
+            FleetConfig { devices: 4, ..good }.validate(),
+            Err(SimulatorError::Layout(
+                "the groups list 3 devices, not 4".into()
+            ))
+        );
+        for (bad, why) in [
+            (fleet(&[("hq", &["a", "a"])]), "listed twice"),
+            (fleet(&[("hq", &[]), ("b", &["x"])]), "no devices"),
+            (fleet(&[("hq//a", &["a"])]), "empty level"),
+            (fleet(&[("", &["a"])]), "empty level"),
+            (fleet(&[("hq/+", &["a"])]), "wildcards"),
+            (fleet(&[("hq", &["a/b"])]), "contains '/'"),
+            (fleet(&[("1/2/3/4/5/6/7/8/9", &["a"])]), "more than 8"),
+        ] {
+            let error = bad.validate().expect_err(why).to_string();
+            assert!(error.contains(why), "{error} (wanted {why})");
         }
     }
 

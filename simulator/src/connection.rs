@@ -11,23 +11,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use iotmon_wire::mqtt::Backoff;
-use rumqttc::{AsyncClient, ConnectionError, Event, EventLoop, Outgoing, Packet, QoS};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep, sleep_until, timeout, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use crate::client::{Client, ConnectionError, Event, EventLoop};
+use crate::config::Qos;
 use crate::device::OFFLINE;
 use crate::stats::Counters;
 
 /// How long shutdown waits for queued messages and the DISCONNECT to be written.
 const DISCONNECT_GRACE: Duration = Duration::from_secs(1);
 
-/// Everything a connection's session loop owns. (No `Debug`: rumqttc's `EventLoop` has none.)
+/// Everything a connection's session loop owns. (No `Debug`: rumqttc's event loops have none.)
 pub(crate) struct Session {
     pub eventloop: EventLoop,
     /// A handle on `eventloop`, for the farewell and the DISCONNECT.
-    pub client: AsyncClient,
+    pub client: Client,
     /// When to open the connection.
     pub start_at: Instant,
     /// Status topics to publish `offline` on before disconnecting at shutdown (empty without
@@ -55,7 +56,7 @@ pub(crate) async fn keep_connected(mut session: Session, shutdown: CancellationT
                 if std::mem::take(&mut connected) {
                     session.counters.disconnected(false);
                 }
-                drop_connection(&mut session.eventloop);
+                session.eventloop.drop_connection();
                 tokio::select! {
                     () = shutdown.cancelled() => break,
                     () = sleep(spell) => continue,
@@ -65,7 +66,7 @@ pub(crate) async fn keep_connected(mut session: Session, shutdown: CancellationT
         };
         match event {
             Ok(event) => {
-                if on_event(&event, &session.counters, &mut backoff) {
+                if on_event(event, &session.counters, &mut backoff) {
                     connected = true;
                     session.epoch.send_modify(|epoch| *epoch += 1);
                 }
@@ -91,32 +92,23 @@ pub(crate) async fn keep_connected(mut session: Session, shutdown: CancellationT
     }
 }
 
-/// Closes the socket without a DISCONNECT, as a device losing power would: the broker then
-/// publishes the last will. Whatever was in flight is forgotten, so the device does not
-/// replay stale readings when it comes back.
-fn drop_connection(eventloop: &mut EventLoop) {
-    eventloop.network = None;
-    eventloop.clean();
-    eventloop.pending.clear();
-}
-
 /// Counts what one event means; true when it is the broker accepting the connection.
-fn on_event(event: &Event, counters: &Counters, backoff: &mut Backoff) -> bool {
+fn on_event(event: Event, counters: &Counters, backoff: &mut Backoff) -> bool {
     match event {
-        Event::Incoming(Packet::ConnAck(_)) => {
+        Event::Accepted => {
             backoff.reset();
             counters.connected();
             true
         }
-        Event::Incoming(Packet::PubAck(_)) => {
+        Event::Acked => {
             counters.acked();
             false
         }
-        Event::Outgoing(Outgoing::Publish(_)) => {
+        Event::PublishWritten => {
             counters.written();
             false
         }
-        _ => false,
+        Event::DisconnectWritten | Event::Other => false,
     }
 }
 
@@ -124,7 +116,7 @@ fn on_event(event: &Event, counters: &Counters, backoff: &mut Backoff) -> bool {
 /// log a thousand warnings; the progress display shows how many are connected.
 fn log_failure(eventloop: &EventLoop, error: &ConnectionError, retry_in: Duration) {
     debug!(
-        client_id = eventloop.mqtt_options.client_id(),
+        client_id = eventloop.client_id(),
         %error,
         ?retry_in,
         "MQTT connection failed"
@@ -143,14 +135,11 @@ async fn disconnect(session: Session) {
         ..
     } = session;
     for topic in &farewell {
-        if client
-            .try_publish(topic.as_str(), QoS::AtMostOnce, true, OFFLINE)
-            .is_ok()
-        {
+        if client.try_publish(topic, Qos::AtMostOnce, true, OFFLINE.into()) {
             counters.presence_queued();
         }
     }
-    if client.try_disconnect().is_err() {
+    if !client.try_disconnect() {
         // The queue is full, so the broker is not reading: it will see the socket close.
         return;
     }
@@ -161,12 +150,12 @@ async fn disconnect(session: Session) {
         loop {
             match eventloop.poll().await {
                 Err(_) => break,
-                Ok(Event::Outgoing(Outgoing::Disconnect)) => disconnect_sent = true,
+                Ok(Event::DisconnectWritten) => disconnect_sent = true,
                 Ok(event) => {
-                    on_event(&event, &counters, &mut Backoff::new());
+                    on_event(event, &counters, &mut Backoff::new());
                 }
             }
-            if disconnect_sent && eventloop.state.inflight() == 0 {
+            if disconnect_sent && eventloop.inflight() == 0 {
                 break;
             }
         }
@@ -174,7 +163,7 @@ async fn disconnect(session: Session) {
     .await;
     if written.is_err() {
         debug!(
-            client_id = eventloop.mqtt_options.client_id(),
+            client_id = eventloop.client_id(),
             "DISCONNECT not written in time; closing the socket"
         );
     }

@@ -7,12 +7,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use rumqttc::{AsyncClient, LastWill, QoS, TlsConfiguration, Transport};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::client::{self, Client, ConnectOptions};
 use crate::config::{FleetConfig, Qos};
 use crate::connection::{keep_connected, Session};
 use crate::sensor::{batch_payload, SensorModel};
@@ -73,29 +73,20 @@ impl Connection {
         shutdown: &CancellationToken,
     ) {
         let config = &shared.config;
-        let mut options = config.broker.options(&self.client_id, MAX_PACKET_SIZE);
         let gateway = self.devices.len() > 1;
-        if config.presence && !gateway {
+        let options = ConnectOptions {
+            version: config.mqtt_version,
+            broker: &config.broker,
+            client_id: &self.client_id,
             // A gateway's will could speak for one device only: it reports its devices itself.
-            options.set_last_will(LastWill::new(
-                self.devices[0].status_topic.as_str(),
-                OFFLINE,
-                QoS::AtLeastOnce,
-                true,
-            ));
-        }
-        if let Some(ca) = &config.tls_ca {
-            options.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
-                ca: ca.clone(),
-                alpn: None,
-                client_auth: None,
-            }));
-        }
-        if let Some(password) = &config.password {
-            options.set_credentials(self.client_id.as_str(), password.as_str());
-        }
+            will_topic: (config.presence && !gateway)
+                .then(|| self.devices[0].status_topic.as_str()),
+            password: config.password.as_deref(),
+            tls_ca: config.tls_ca.as_deref(),
+            max_packet_size: MAX_PACKET_SIZE,
+        };
         let queue = 2 * self.devices.len() + REQUEST_QUEUE_SLACK;
-        let (client, eventloop) = AsyncClient::new(options, queue);
+        let (client, eventloop) = client::open(&options, queue);
         let (go_offline, offline_requests) = mpsc::channel(1);
         let (epoch_tx, epoch) = watch::channel(0);
         let farewell = if config.presence {
@@ -133,7 +124,7 @@ impl Connection {
 struct Turns {
     rng: SmallRng,
     devices: Vec<Device>,
-    client: AsyncClient,
+    client: Client,
     /// Asks the session to drop the connection for a while (a device alone going offline).
     go_offline: mpsc::Sender<Duration>,
     shared: Arc<FleetShared>,
@@ -235,11 +226,7 @@ impl Turns {
     /// so waiting would only deliver stale data late and let memory grow.
     fn publish(&self, slot: usize, payload: Vec<u8>, qos: Qos) {
         let topic = self.devices[slot].topic.as_str();
-        if self
-            .client
-            .try_publish(topic, qos.to_rumqttc(), false, payload)
-            .is_err()
-        {
+        if !self.client.try_publish(topic, qos, false, payload) {
             self.shared.counters.publish_failed();
         }
     }
@@ -252,8 +239,7 @@ impl Turns {
         let topic = self.devices[slot].status_topic.as_str();
         if self
             .client
-            .try_publish(topic, QoS::AtMostOnce, true, state)
-            .is_ok()
+            .try_publish(topic, Qos::AtMostOnce, true, state.into())
         {
             self.shared.counters.presence_queued();
         }

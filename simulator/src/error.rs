@@ -21,6 +21,24 @@ pub enum SimulatorError {
     /// A level of the layout holds nothing.
     #[error("every level of the layout must hold at least one")]
     EmptyShape,
+    /// A group listed by hand cannot be used.
+    #[error("layout: {0}")]
+    Layout(String),
+    /// Devices need a broker to connect to.
+    #[error("a broker is required: --broker mqtt://HOST:PORT, or `broker` in the fleet file")]
+    NoBroker,
+    /// A password and a password file at once.
+    #[error("give a password or a password file, not both")]
+    TwoPasswords,
+    /// Groups listed by hand leave nothing for a generated layout's settings to say.
+    #[error(
+        "the fleet lists its groups: devices, devices_per_floor, floors_per_building and \
+         buildings_per_site do not apply"
+    )]
+    GroupsAndShape,
+    /// A fleet file could not be read or parsed.
+    #[error("invalid fleet file {0}")]
+    FleetFile(String),
     /// A batch size out of range.
     #[error("readings per message must be between 1 and {0}")]
     Batch(usize),

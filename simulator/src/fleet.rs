@@ -73,6 +73,7 @@ impl Fleet {
             connections = size.connections,
             interval = ?config.interval,
             broker = %config.broker,
+            mqtt = %config.mqtt_version,
             "simulated fleet starting"
         );
         let duration = config.duration;
@@ -133,7 +134,7 @@ impl Fleet {
 fn plan_connections(config: &FleetConfig, started: Instant) -> Vec<Connection> {
     let count = config.devices;
     let per_connection = config.devices_per_connection.max(1);
-    let mut devices = config.shape.layout(count).into_iter().enumerate();
+    let mut devices = config.layout.place(count).into_iter().enumerate();
     let mut connections = Vec::with_capacity(config.connections());
     for number in 0..config.connections() {
         let members: Vec<Device> = devices

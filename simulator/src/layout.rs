@@ -1,4 +1,5 @@
-//! Where each simulated device sits: sites of buildings of floors of devices, as MQTT groups.
+//! Where each simulated device sits: sites of buildings of floors of devices, or groups
+//! listed by hand, as MQTT groups.
 
 /// One device of the fleet: its id (unique fleet-wide) and its group path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -7,6 +8,50 @@ pub struct SimulatedDevice {
     pub id: String,
     /// `site-1/building-a/floor-3`.
     pub group: String,
+}
+
+/// Where a fleet's devices sit: generated from a [`Shape`], or listed group by group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Layout {
+    /// Devices fill floors, floors fill buildings and buildings fill sites, in order, with
+    /// generated ids (`sensor-000001`, ...).
+    Shape(Shape),
+    /// These groups and devices, in this order.
+    Groups(Vec<Group>),
+}
+
+impl Default for Layout {
+    fn default() -> Self {
+        Layout::Shape(Shape::default())
+    }
+}
+
+impl Layout {
+    /// The fleet's `devices` devices in fleet order. With [`Layout::Groups`], `devices` is
+    /// their total (see [`crate::FleetConfig::validate`]).
+    pub fn place(&self, devices: usize) -> Vec<SimulatedDevice> {
+        match self {
+            Layout::Shape(shape) => shape.layout(devices),
+            Layout::Groups(groups) => groups
+                .iter()
+                .flat_map(|group| {
+                    group.ids.iter().map(|id| SimulatedDevice {
+                        id: id.clone(),
+                        group: group.path.clone(),
+                    })
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A group listed by hand and the devices in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    /// The group path, `hq/building-a/floor-3`: 1 to 8 levels.
+    pub path: String,
+    /// Its devices' ids, unique across the fleet.
+    pub ids: Vec<String>,
 }
 
 /// How many of each level the next level up holds.
@@ -34,6 +79,13 @@ impl Default for Shape {
 /// Digits of a device id's number, at least; larger fleets get wider ids.
 const ID_DIGITS: usize = 6;
 
+/// The generated id of the device at `index` (0-based) of a fleet of `devices`:
+/// `sensor-000042`, zero-padded so ids sort in fleet order.
+pub fn device_id(index: usize, devices: usize) -> String {
+    let width = ID_DIGITS.max(devices.to_string().len());
+    format!("sensor-{:0width$}", index + 1)
+}
+
 /// The layout of a fleet of `devices` in the default [`Shape`], filling floors, buildings and
 /// then sites in order, with as many sites as needed.
 pub fn layout(devices: usize) -> Vec<SimulatedDevice> {
@@ -43,10 +95,9 @@ pub fn layout(devices: usize) -> Vec<SimulatedDevice> {
 impl Shape {
     /// The layout of a fleet of `devices` in this shape. Every level must hold at least one.
     pub fn layout(self, devices: usize) -> Vec<SimulatedDevice> {
-        let width = ID_DIGITS.max(devices.to_string().len());
         (0..devices)
             .map(|index| SimulatedDevice {
-                id: format!("sensor-{:0width$}", index + 1),
+                id: device_id(index, devices),
                 group: self.group_of(index),
             })
             .collect()

@@ -3,17 +3,22 @@
 //! built from both.
 //!
 //! - [`config`]: what a fleet looks like ([`FleetConfig`]) and its validation.
-//! - [`mod@layout`]: where each device sits (sites, buildings, floors) and its id.
+//! - [`settings`]: a fleet file and flags over it ([`FleetSettings`]), resolved into a
+//!   [`FleetConfig`].
+//! - [`mod@layout`]: where each device sits (sites, buildings, floors, or groups listed by
+//!   hand) and its id.
 //! - [`sensor`]: seeded, plausible readings for a configurable set of metrics, and anomalies.
 //! - `schedule`: when each device connects and publishes, spread over the interval.
 //! - `device`: the devices behind one connection and their turns; `connection`: the MQTT
-//!   session (backoff, offline spells, presence, goodbye).
+//!   session (backoff, offline spells, presence, goodbye); `client`: that session's MQTT
+//!   client, speaking MQTT 3.1.1 or 5 ([`MqttVersion`]).
 //! - [`stats`]: counters, the progress display and the [`Summary`].
 //! - `fleet`: [`run`] and [`Fleet`], which tie them together.
 //! - [`viewers`]: fake dashboard viewers and the reading→viewer delay.
 //! - [`bench`]: `iotmon bench` scenarios and their reports.
 
 pub mod bench;
+mod client;
 pub mod config;
 mod connection;
 mod device;
@@ -22,12 +27,15 @@ mod fleet;
 pub mod layout;
 mod schedule;
 pub mod sensor;
+pub mod settings;
 pub mod stats;
 pub mod viewers;
 
+pub use client::MqttVersion;
 pub use config::{FleetConfig, Qos};
 pub use error::SimulatorError;
 pub use fleet::{run, Fleet};
-pub use layout::{layout, Shape, SimulatedDevice};
+pub use layout::{layout, Group, Layout, Shape, SimulatedDevice};
 pub use sensor::{Metric, Reading, SensorModel};
+pub use settings::FleetSettings;
 pub use stats::{Progress, Summary};

@@ -62,7 +62,8 @@ const ANOMALY_BATTERY: f64 = 1.0;
 const MS_PER_DAY: i64 = 86_400_000;
 
 /// A metric a simulated device can report.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Deserialize)]
+#[serde(try_from = "String")]
 pub enum Metric {
     /// °C, with a daily cycle, noise and a slow drift.
     Temperature,
@@ -117,6 +118,14 @@ impl FromStr for Metric {
                 let names: Vec<_> = Metric::ALL.iter().map(|m| m.name()).collect();
                 format!("unknown metric {text:?}: use {}", names.join(", "))
             })
+    }
+}
+
+impl TryFrom<String> for Metric {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<Self, Self::Error> {
+        name.parse()
     }
 }
 

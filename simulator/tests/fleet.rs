@@ -1,17 +1,19 @@
-//! End to end: simulated fleets publishing through a real broker (mosquitto) to a real
-//! subscriber: one connection per device, gateways with credentials and QoS 1, presence with
-//! last wills and offline spells.
+//! End to end: simulated fleets publishing through a real broker (mosquitto, or iotmon's
+//! embedded broker) to a real subscriber: one connection per device, gateways with
+//! credentials and QoS 1, presence with last wills and offline spells, TLS, MQTT 3.1.1 and
+//! MQTT 5, and a fleet read from a fleet file.
 
 mod support;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
-use iotmon_simulator::{layout, run, FleetConfig, Metric, Qos};
+use iotmon_simulator::{layout, run, FleetConfig, FleetSettings, Metric, MqttVersion, Qos};
 use iotmon_wire::mqtt::BrokerUrl;
 use iotmon_wire::topics::{parse_sensor_topic, SENSORS_FILTER};
 use tokio_util::sync::CancellationToken;
 
+use support::embedded::Embedded;
 use support::mosquitto::Mosquitto;
 use support::subscriber::{collect_until, subscribe, Received};
 
@@ -97,14 +99,23 @@ async fn every_device_publishes_readings_on_its_own_topic() {
     assert_eq!(summary.connections_lost, 0, "{summary}");
 }
 
-/// Gateway mode with credentials, QoS 1 and presence: 25 devices on 3 connections to a
-/// mosquitto that refuses anonymous clients; every device is heard on its own topic, every
-/// QoS 1 reading is acknowledged, and each device is announced `online` (retained) and says
-/// `offline` when the fleet stops.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateways_authenticate_and_publish_each_device_on_its_own_topic_at_qos_1() {
+    gateways_with_credentials(MqttVersion::V3_1_1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateways_speaking_mqtt_5_authenticate_and_publish_at_qos_1() {
+    gateways_with_credentials(MqttVersion::V5).await;
+}
+
+/// Gateway mode with credentials, QoS 1 and presence, speaking `version`: 25 devices on 3
+/// connections to a mosquitto that refuses anonymous clients; every device is heard on its
+/// own topic, every QoS 1 reading is acknowledged, and each device is announced `online`
+/// (retained) and says `offline` when the fleet stops. A wrong password is refused.
+async fn gateways_with_credentials(version: MqttVersion) {
     const DEVICES: usize = 25;
-    let dir = tempdir("gateway");
+    let dir = tempdir(&format!("gateway-v{version}"));
     let passwords = dir.join("passwords");
     for user in [
         "gateway-000001",
@@ -134,6 +145,7 @@ async fn gateways_authenticate_and_publish_each_device_on_its_own_topic_at_qos_1
 
     let config = FleetConfig {
         broker: broker.clone(),
+        mqtt_version: version,
         devices: DEVICES,
         devices_per_connection: 10,
         interval: Duration::from_millis(250),
@@ -174,6 +186,7 @@ async fn gateways_authenticate_and_publish_each_device_on_its_own_topic_at_qos_1
     // Wrong password: the broker refuses, the fleet counts it and publishes nothing.
     let refused = FleetConfig {
         broker,
+        mqtt_version: version,
         devices: 1,
         interval: Duration::from_millis(100),
         duration: Some(Duration::from_millis(600)),
@@ -188,11 +201,20 @@ async fn gateways_authenticate_and_publish_each_device_on_its_own_topic_at_qos_1
     assert!(summary.connect_failures > 0, "{summary}");
 }
 
-/// Devices with connections of their own go offline by dropping the socket: the broker
-/// publishes their last will (`offline`, retained) while the fleet still runs, and they
-/// announce `online` again when they come back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_devices_trigger_their_last_will_and_come_back_online() {
+    last_will_and_return(MqttVersion::V3_1_1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_devices_speaking_mqtt_5_trigger_their_last_will() {
+    last_will_and_return(MqttVersion::V5).await;
+}
+
+/// Devices with connections of their own, speaking `version`, go offline by dropping the
+/// socket: the broker (mosquitto) publishes their last will (`offline`, retained) while the
+/// fleet still runs, and they announce `online` again when they come back.
+async fn last_will_and_return(version: MqttVersion) {
     const DEVICES: usize = 4;
     let mosquitto = Mosquitto::start();
     let broker = broker_of(&mosquitto);
@@ -207,6 +229,7 @@ async fn offline_devices_trigger_their_last_will_and_come_back_online() {
     .await;
     let config = FleetConfig {
         broker,
+        mqtt_version: version,
         devices: DEVICES,
         interval: Duration::from_millis(100),
         client_prefix: "presence-test".into(),
@@ -232,6 +255,157 @@ async fn offline_devices_trigger_their_last_will_and_come_back_online() {
     );
     assert!(summary.offline_spells > 0, "{summary}");
     assert!(summary.turns_skipped_offline > 0, "{summary}");
+}
+
+/// MQTT 5 against iotmon's own broker, which checks credentials: each device on a connection
+/// of its own (so with a last will) publishes at QoS 1 on its MQTT 5 listener, and a
+/// subscriber on its MQTT 3.1.1 listener hears every device, its `online` and its `offline`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mqtt_5_fleet_publishes_through_the_embedded_broker() {
+    const DEVICES: usize = 6;
+    let ids: Vec<String> = layout(DEVICES).into_iter().map(|d| d.id).collect();
+    let mut credentials: Vec<(&str, &str)> = ids.iter().map(|id| (id.as_str(), "pw")).collect();
+    credentials.push(("watcher", "pw"));
+    let broker = Embedded::start(&tempdir("embedded-v5"), &credentials);
+    let stop_subscriber = CancellationToken::new();
+    let mut received = subscribe(
+        &broker.mqtt,
+        "watcher",
+        Some(("watcher", "pw")),
+        &[SENSORS_FILTER, "status/#"],
+        stop_subscriber.clone(),
+    )
+    .await;
+    let config = FleetConfig {
+        broker: broker.mqtt5.clone(),
+        mqtt_version: MqttVersion::V5,
+        devices: DEVICES,
+        interval: Duration::from_millis(200),
+        duration: Some(Duration::from_millis(1500)),
+        client_prefix: String::new(),
+        qos: Qos::AtLeastOnce,
+        presence: true,
+        password: Some("pw".into()),
+        ..FleetConfig::default()
+    };
+    let summary = run(config, CancellationToken::new())
+        .await
+        .expect("a valid config");
+    let messages = collect_until(&mut received, RECEIVE_DEADLINE, |m| {
+        offline_devices(m).len() == DEVICES && devices_heard(m).len() == DEVICES
+    })
+    .await;
+    stop_subscriber.cancel();
+
+    assert_eq!(summary.connect_failures, 0, "{summary}");
+    assert_eq!(devices_heard(&messages).len(), DEVICES, "{summary}");
+    for (topic, payload, _) in &messages {
+        if topic.starts_with("sensors/") {
+            assert_reading(payload, &["temperature", "humidity", "pressure"]);
+        }
+    }
+    assert!(summary.readings_published > 0, "{summary}");
+    assert_eq!(
+        summary.readings_acked, summary.readings_published,
+        "every QoS 1 reading acknowledged: {summary}"
+    );
+    let online: HashSet<_> = presence(&messages, "online").into_iter().collect();
+    assert_eq!(online.len(), DEVICES, "announced online: {online:?}");
+    assert_eq!(offline_devices(&messages).len(), DEVICES);
+}
+
+/// A fleet described in a fleet file: groups listed by hand (by count and by id), MQTT 5,
+/// gateways logging in with a password from a file named relative to the fleet file, QoS 1,
+/// batches. Every listed device is heard on its group's topic through the embedded broker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_file_describes_the_fleet_that_runs() {
+    let dir = tempdir("fleet-file");
+    let broker = Embedded::start(
+        &dir,
+        &[
+            ("gateway-000001", "pw"),
+            ("gateway-000002", "pw"),
+            ("watcher", "pw"),
+        ],
+    );
+    std::fs::write(dir.join("device-password"), "pw\n").expect("password file");
+    let fleet_file = dir.join("fleet.toml");
+    std::fs::write(
+        &fleet_file,
+        format!(
+            r#"
+broker = "{broker}"
+mqtt_version = 5
+interval = "250ms"
+duration = "1500ms"
+metrics = ["temperature", "co2"]
+qos = 1
+readings_per_message = 3
+devices_per_connection = 4
+client_prefix = ""
+password_file = "device-password"
+
+[[groups]]
+path = "hq/building-a/floor-3"
+devices = 3
+
+[[groups]]
+path = "hq/lab"
+ids = ["temp-0042", "co2-7"]
+"#,
+            broker = broker.mqtt5
+        ),
+    )
+    .expect("write the fleet file");
+    let config = FleetSettings::load(&fleet_file)
+        .and_then(FleetSettings::resolve)
+        .expect("a valid fleet file");
+    assert_eq!((config.devices, config.connections()), (5, 2));
+
+    let stop_subscriber = CancellationToken::new();
+    let mut received = subscribe(
+        &broker.mqtt,
+        "watcher",
+        Some(("watcher", "pw")),
+        &[SENSORS_FILTER],
+        stop_subscriber.clone(),
+    )
+    .await;
+    let summary = run(config, CancellationToken::new())
+        .await
+        .expect("a valid config");
+    let expected: HashSet<String> = [
+        "hq/building-a/floor-3/sensor-000001",
+        "hq/building-a/floor-3/sensor-000002",
+        "hq/building-a/floor-3/sensor-000003",
+        "hq/lab/temp-0042",
+        "hq/lab/co2-7",
+    ]
+    .map(String::from)
+    .into();
+    let heard = |messages: &[Received]| -> HashSet<String> {
+        messages
+            .iter()
+            .filter_map(|(topic, _, _)| topic.strip_prefix("sensors/").map(String::from))
+            .collect()
+    };
+    let messages = collect_until(&mut received, RECEIVE_DEADLINE, |m| heard(m) == expected).await;
+    stop_subscriber.cancel();
+
+    assert_eq!(heard(&messages), expected, "{summary}");
+    for (_, payload, _) in &messages {
+        let batch: Vec<serde_json::Value> = serde_json::from_slice(payload).expect("a batch");
+        assert_eq!(batch.len(), 3);
+        assert_reading(
+            &serde_json::to_vec(&batch[0]).expect("JSON"),
+            &["temperature", "co2"],
+        );
+    }
+    assert_eq!(summary.connect_failures, 0, "{summary}");
+    assert_eq!(
+        summary.readings_acked, summary.readings_published,
+        "{summary}"
+    );
 }
 
 /// Devices whose presence went online, offline, online in that order.

@@ -19,6 +19,9 @@ use tracing::{debug, info, warn};
 /// The port MQTT brokers listen on when an address names none.
 pub const DEFAULT_PORT: u16 = 1883;
 
+/// How often an idle client pings the broker.
+const KEEP_ALIVE: Duration = Duration::from_secs(30);
+
 /// A published message as a role receives it, whatever the broker.
 #[derive(Debug, Clone)]
 pub struct Message {
@@ -84,9 +87,19 @@ impl BrokerUrl {
     /// and packets up to `max_packet_size` bytes both ways.
     pub fn options(&self, client_id: &str, max_packet_size: usize) -> MqttOptions {
         let mut options = MqttOptions::new(client_id, self.host.clone(), self.port);
-        options.set_keep_alive(Duration::from_secs(30));
+        options.set_keep_alive(KEEP_ALIVE);
         options.set_clean_session(true);
         options.set_max_packet_size(max_packet_size, max_packet_size);
+        options
+    }
+
+    /// As [`BrokerUrl::options`], for an MQTT 5 client: clean start, the same keep-alive, and
+    /// the largest packet accepted from the broker (the broker's CONNACK caps what is sent).
+    pub fn options_v5(&self, client_id: &str, max_packet_size: usize) -> rumqttc::v5::MqttOptions {
+        let mut options = rumqttc::v5::MqttOptions::new(client_id, self.host.clone(), self.port);
+        options.set_keep_alive(KEEP_ALIVE);
+        options.set_clean_start(true);
+        options.set_max_packet_size(u32::try_from(max_packet_size).ok());
         options
     }
 

@@ -2,5 +2,6 @@
 
 #![allow(dead_code)] // Each test file uses its own subset of these helpers.
 
+pub mod embedded;
 pub mod mosquitto;
 pub mod subscriber;
