@@ -42,7 +42,7 @@ pub enum Scenario {
     /// connections.
     Broker,
     /// What each viewer costs (CPU, memory, bytes/s) at fleets of 1K, 10K and 100K devices
-    /// with 2K viewers × 100 visible.
+    /// with 5K viewers × 100 visible.
     ViewerCost,
 }
 
