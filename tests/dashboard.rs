@@ -155,6 +155,38 @@ async fn abusive_viewers_are_refused_with_a_reason() {
 }
 
 #[tokio::test]
+async fn a_view_of_the_most_devices_allowed_is_answered() {
+    // 1,000 ids make a message of about 16 KB, four times the server's 4 KiB read
+    // buffer per viewer: it must still arrive whole.
+    let iotmon = Iotmon::serve();
+    let publisher = Publisher::connect(iotmon.mqtt.expect("mqtt"), "big-view").await;
+    publisher
+        .publish("sensors/hq/device-000999", json!({"t": 1.5}).to_string())
+        .await;
+    let mut viewer = Viewer::connect(&iotmon.ws_url()).await;
+    let ids: Vec<String> = (0..1000).map(|i| format!("device-{i:06}")).collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let message = json!({"type": "view", "devices": ids}).to_string();
+    assert!(message.len() > 15_000, "{} bytes", message.len());
+    viewer.view(&ids).await;
+    let seen = viewer
+        .read_until(DEADLINE, |v| {
+            v.messages.iter().any(|m| {
+                m["devices"]
+                    .as_array()
+                    .is_some_and(|devices| devices.iter().any(|d| d["id"] == "device-000999"))
+            })
+        })
+        .await;
+    assert!(seen, "{:?}", viewer.messages);
+    assert!(
+        !viewer.messages.iter().any(|m| m["type"] == "error"),
+        "{:?}",
+        viewer.messages
+    );
+}
+
+#[tokio::test]
 async fn the_viewer_token_guards_the_api_and_the_websocket() {
     let iotmon = Iotmon::serve_with_config("[dashboard]\ntoken = \"s3cret\"\n");
     let http = iotmon.http.expect("http");
