@@ -29,6 +29,11 @@ pub struct BridgeCounters {
     pub store_errors: AtomicU64,
     /// Rollup rows (finest tier deltas) written to the store.
     pub store_rollup_rows: AtomicU64,
+    /// Batches waiting in the store's queue (gauge).
+    pub store_queued_batches: AtomicU64,
+    /// How long the oldest batch of the store's latest transaction waited between being
+    /// queued and being committed, milliseconds (gauge): how far the disk lags behind ingest.
+    pub store_lag_ms: AtomicU64,
     /// Points written to InfluxDB.
     pub influx_points_written: AtomicU64,
     /// Failed InfluxDB writes (each retried later from the outbox).
@@ -49,7 +54,7 @@ impl BridgeCounters {
     }
 
     /// Every unlabelled counter with its metric name and help.
-    fn plain(&self) -> [(&'static str, &'static str, Kind, &AtomicU64); 12] {
+    fn plain(&self) -> [(&'static str, &'static str, Kind, &AtomicU64); 14] {
         use Kind::{Counter, Gauge};
         [
             ("iotmon_ingest_messages_total", "Messages received on device topics.", Counter, &self.messages),
@@ -60,6 +65,8 @@ impl BridgeCounters {
             ("iotmon_store_batches_dropped_total", "Store batches dropped because the store queue was full.", Counter, &self.store_batches_dropped),
             ("iotmon_store_errors_total", "Store transactions that failed.", Counter, &self.store_errors),
             ("iotmon_store_rollup_rows_total", "Finest-tier rollup deltas written to the store.", Counter, &self.store_rollup_rows),
+            ("iotmon_store_queued_batches", "Batches waiting in the store's queue.", Gauge, &self.store_queued_batches),
+            ("iotmon_store_lag_milliseconds", "Queue-to-commit time of the oldest batch in the store's latest transaction.", Gauge, &self.store_lag_ms),
             ("iotmon_influx_points_written_total", "Points written to InfluxDB.", Counter, &self.influx_points_written),
             ("iotmon_influx_write_errors_total", "Failed InfluxDB writes (retried from the outbox).", Counter, &self.influx_write_errors),
             ("iotmon_influx_points_dropped_total", "Points dropped from the full InfluxDB outbox (oldest first).", Counter, &self.influx_points_dropped),

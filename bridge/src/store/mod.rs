@@ -17,6 +17,7 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use thiserror::Error;
 use tracing::warn;
@@ -48,10 +49,13 @@ pub fn db_path(data_dir: &Path) -> PathBuf {
     data_dir.join(DB_FILE)
 }
 
+/// A batch on its way to the store thread, with the time it was queued (for the store's lag).
+type Queued = (Instant, StoreBatch);
+
 /// A sending end into the store thread, cloned into every shard.
 #[derive(Debug, Clone)]
 pub struct StoreHandle {
-    to_store: SyncSender<StoreBatch>,
+    to_store: SyncSender<Queued>,
     counters: Arc<BridgeCounters>,
 }
 
@@ -63,8 +67,12 @@ impl StoreHandle {
         if batch.is_empty() {
             return;
         }
-        match self.to_store.try_send(batch) {
-            Ok(()) => {}
+        match self.to_store.try_send((Instant::now(), batch)) {
+            Ok(()) => {
+                self.counters
+                    .store_queued_batches
+                    .fetch_add(1, Ordering::Relaxed);
+            }
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.counters
                     .store_batches_dropped

@@ -98,15 +98,20 @@ impl Writer {
     }
 
     /// Runs until every sender is gone, then returns after writing what was queued.
-    pub fn run(mut self, from_shards: &Receiver<StoreBatch>) {
+    pub fn run(mut self, from_shards: &Receiver<(Instant, StoreBatch)>) {
         let mut last_maintenance = Instant::now();
         loop {
             match from_shards.recv_timeout(MAINTENANCE_EVERY) {
-                Ok(first) => {
+                Ok((oldest, first)) => {
                     let mut batches = vec![first];
-                    batches.extend(from_shards.try_iter());
+                    batches.extend(from_shards.try_iter().map(|(_, batch)| batch));
+                    self.counters
+                        .store_queued_batches
+                        .fetch_sub(batches.len() as u64, Ordering::Relaxed);
                     let written = self.write(&batches);
                     self.check(written);
+                    let lag = u64::try_from(oldest.elapsed().as_millis()).unwrap_or(u64::MAX);
+                    self.counters.store_lag_ms.store(lag, Ordering::Relaxed);
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
