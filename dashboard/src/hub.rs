@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use iotmon_wire::metrics::{write_metric, Kind, MetricsSource};
-use iotmon_wire::viewer::ServerMessage;
 use iotmon_wire::{Derived, DeviceId, DeviceState, GroupAggregate, GroupPath};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
@@ -519,7 +518,7 @@ impl Hub {
             return;
         };
         let (frame, is_snapshot) = if viewer.needs_snapshot {
-            let snapshot = ServerMessage::Snapshot {
+            let snapshot = Frame::Snapshot {
                 seq: viewer.seq,
                 devices: states_of(&self.devices, viewer.view.iter()),
                 groups: aggregates_of(&self.aggregates, viewer.groups.iter()),
@@ -529,7 +528,7 @@ impl Hub {
         } else if viewer.pending.is_empty() && viewer.pending_groups.is_empty() {
             return;
         } else {
-            let update = ServerMessage::Update {
+            let update = Frame::Update {
                 seq: viewer.seq,
                 devices: states_of(&self.devices, viewer.pending.iter()),
                 groups: aggregates_of(&self.aggregates, viewer.pending_groups.iter()),
@@ -683,12 +682,10 @@ fn unindex<'a, K>(
 }
 
 fn aggregates_of<'a>(
-    aggregates: &HashMap<GroupPath, GroupAggregate>,
+    aggregates: &'a HashMap<GroupPath, GroupAggregate>,
     groups: impl Iterator<Item = &'a GroupPath>,
-) -> Vec<GroupAggregate> {
-    groups
-        .filter_map(|group| aggregates.get(group).cloned())
-        .collect()
+) -> Vec<&'a GroupAggregate> {
+    groups.filter_map(|group| aggregates.get(group)).collect()
 }
 
 /// Whether a device under `path` belongs to `group` (the group itself or a subgroup).
@@ -698,13 +695,36 @@ fn in_group(path: &str, group: &str) -> bool {
 }
 
 fn states_of<'a>(
-    devices: &HashMap<DeviceId, DeviceState>,
+    devices: &'a HashMap<DeviceId, DeviceState>,
     ids: impl Iterator<Item = &'a DeviceId>,
-) -> Vec<DeviceState> {
-    ids.filter_map(|id| devices.get(id).cloned()).collect()
+) -> Vec<&'a DeviceState> {
+    ids.filter_map(|id| devices.get(id)).collect()
 }
 
-fn offer(outbound: &mpsc::Sender<String>, frame: &ServerMessage) -> Offer {
+/// A `snapshot` or `update` as the hub builds it: [`ServerMessage`](iotmon_wire::viewer::ServerMessage)'s JSON, serialized from
+/// borrowed device states and aggregates. Cloning each state (its metrics map) for every
+/// viewer that shows it was the largest part of building frames (reference benchmark
+/// profile).
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Frame<'a> {
+    Snapshot {
+        seq: u64,
+        devices: Vec<&'a DeviceState>,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        groups: Vec<&'a GroupAggregate>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        total: Option<usize>,
+    },
+    Update {
+        seq: u64,
+        devices: Vec<&'a DeviceState>,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        groups: Vec<&'a GroupAggregate>,
+    },
+}
+
+fn offer(outbound: &mpsc::Sender<String>, frame: &Frame<'_>) -> Offer {
     let permit = match outbound.try_reserve() {
         Ok(permit) => permit,
         Err(mpsc::error::TrySendError::Full(())) => return Offer::Full,
@@ -726,7 +746,45 @@ fn offer(outbound: &mpsc::Sender<String>, frame: &ServerMessage) -> Offer {
 mod tests {
     use iotmon_wire::{MetricValue, Metrics};
 
+    use iotmon_wire::viewer::ServerMessage;
+
     use super::*;
+
+    /// The hub's borrowed frames are `ServerMessage`'s JSON, byte for byte.
+    #[test]
+    fn frames_serialize_as_server_messages() {
+        let devices = vec![state("d1", 1.5), state("d2", 2.5)];
+        let frame = Frame::Update {
+            seq: 7,
+            devices: devices.iter().collect(),
+            groups: Vec::new(),
+        };
+        let message = ServerMessage::Update {
+            seq: 7,
+            devices: devices.clone(),
+            groups: Vec::new(),
+        };
+        assert_eq!(
+            serde_json::to_string(&frame).expect("frame"),
+            serde_json::to_string(&message).expect("message")
+        );
+        let frame = Frame::Snapshot {
+            seq: 0,
+            devices: devices.iter().collect(),
+            groups: Vec::new(),
+            total: Some(2),
+        };
+        let message = ServerMessage::Snapshot {
+            seq: 0,
+            devices: devices.clone(),
+            groups: Vec::new(),
+            total: Some(2),
+        };
+        assert_eq!(
+            serde_json::to_string(&frame).expect("frame"),
+            serde_json::to_string(&message).expect("message")
+        );
+    }
 
     fn state(id: &str, t: f64) -> DeviceState {
         let mut metrics = Metrics::new();
