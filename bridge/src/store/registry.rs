@@ -1,13 +1,14 @@
 //! The device registry: one row per device ever seen, with its group, first and last
 //! receipt, the metrics it has reported and its latest state; reloaded at start.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 
-use iotmon_wire::DeviceState;
+use iotmon_wire::{DeviceId, DeviceState};
 use rusqlite::{params, Connection, Transaction};
 
 use crate::shard::RegistryEntry;
 use crate::store::StoreError;
+use crate::FastMap;
 
 /// Every device in the registry.
 ///
@@ -38,8 +39,8 @@ pub fn load(connection: &Connection) -> Result<Vec<RegistryEntry>, StoreError> {
 /// Interned ids of devices and metrics, cached by the writer.
 #[derive(Debug, Default)]
 pub struct Ids {
-    devices: HashMap<String, i64>,
-    metrics: HashMap<String, i64>,
+    devices: FastMap<DeviceId, i64>,
+    metrics: FastMap<Arc<str>, i64>,
 }
 
 impl Ids {
@@ -53,15 +54,15 @@ impl Ids {
     ///
     /// # Errors
     /// The device is not in the registry, or the query failed.
-    pub fn device(&mut self, tx: &Transaction<'_>, name: &str) -> Result<i64, StoreError> {
-        if let Some(id) = self.devices.get(name) {
+    pub fn device(&mut self, tx: &Transaction<'_>, name: &DeviceId) -> Result<i64, StoreError> {
+        if let Some(id) = self.devices.get(&**name) {
             return Ok(*id);
         }
         let id = tx
             .prepare_cached("SELECT id FROM devices WHERE name = ?1")?
-            .query_row([name], |row| row.get(0))
+            .query_row([&**name], |row| row.get(0))
             .map_err(|_| StoreError::UnknownDevice(name.to_string()))?;
-        self.devices.insert(name.to_string(), id);
+        self.devices.insert(name.clone(), id);
         Ok(id)
     }
 
@@ -69,16 +70,16 @@ impl Ids {
     ///
     /// # Errors
     /// The query failed.
-    pub fn metric(&mut self, tx: &Transaction<'_>, name: &str) -> Result<i64, StoreError> {
-        if let Some(id) = self.metrics.get(name) {
+    pub fn metric(&mut self, tx: &Transaction<'_>, name: &Arc<str>) -> Result<i64, StoreError> {
+        if let Some(id) = self.metrics.get(&**name) {
             return Ok(*id);
         }
         tx.prepare_cached("INSERT OR IGNORE INTO metrics (name) VALUES (?1)")?
-            .execute([name])?;
+            .execute([&**name])?;
         let id = tx
             .prepare_cached("SELECT id FROM metrics WHERE name = ?1")?
-            .query_row([name], |row| row.get(0))?;
-        self.metrics.insert(name.to_string(), id);
+            .query_row([&**name], |row| row.get(0))?;
+        self.metrics.insert(name.clone(), id);
         Ok(id)
     }
 }

@@ -57,6 +57,14 @@ CREATE TABLE IF NOT EXISTS influx_outbox (
 );
 ";
 
+/// WAL pages between automatic checkpoints (SQLite's default is 1,000, about 4 MiB). Every
+/// flush rewrites the pages of the series it touches; with the default the same pages were
+/// copied back into the database every few flushes, and checkpoints took about a third of
+/// the store thread's time at the reference load. 10,000 pages (about 40 MiB of WAL) let a
+/// checkpoint copy each page once for many flushes. Durability is unchanged: a committed
+/// transaction is in the WAL whether or not it has been checkpointed.
+const WAL_AUTOCHECKPOINT_PAGES: i64 = 10_000;
+
 /// How long a connection waits for another one's lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -71,6 +79,7 @@ pub fn open(path: &Path) -> rusqlite::Result<Connection> {
     connection.busy_timeout(BUSY_TIMEOUT)?;
     connection.pragma_update(None, "journal_mode", "WAL")?;
     connection.pragma_update(None, "synchronous", "NORMAL")?;
+    connection.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)?;
     connection.execute_batch(SCHEMA)?;
     Ok(connection)
 }

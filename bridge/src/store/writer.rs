@@ -139,26 +139,34 @@ impl Writer {
             }
         }
         let base = self.tiers.first().map_or(10_000, |tier| tier.width);
+        // Rows are merged in key order, so consecutive upserts land on the same B-tree pages.
+        let mut keyed = Vec::with_capacity(batches.iter().map(|batch| batch.rollups.len()).sum());
         for batch in batches {
             for delta in &batch.rollups {
                 let device = self.ids.device(&tx, &delta.device)?;
                 let metric = self.ids.metric(&tx, &delta.metric)?;
-                let v = &delta.values;
-                tx.prepare_cached(MERGE_DELTA)?.execute(params![
-                    base,
-                    device,
-                    metric,
-                    delta.start,
-                    v.count as i64,
-                    v.sum,
-                    v.min,
-                    v.max,
-                    v.last,
-                    v.last_ts
-                ])?;
-                rows += 1;
+                keyed.push((device, metric, delta));
             }
         }
+        keyed.sort_unstable_by_key(|(device, metric, delta)| (*device, *metric, delta.start));
+        let mut merge = tx.prepare_cached(MERGE_DELTA)?;
+        for (device, metric, delta) in keyed {
+            let v = &delta.values;
+            merge.execute(params![
+                base,
+                device,
+                metric,
+                delta.start,
+                v.count as i64,
+                v.sum,
+                v.min,
+                v.max,
+                v.last,
+                v.last_ts
+            ])?;
+            rows += 1;
+        }
+        drop(merge);
         tx.commit()?;
         self.counters
             .store_rollup_rows

@@ -269,3 +269,54 @@ fn a_full_disk_is_counted_and_the_writer_goes_on() {
         .expect("write after the disk has room");
     assert_eq!(count_rows(&writer, 10_000), 1);
 }
+
+/// Timing probe (not a test of behaviour): the reference load's store traffic, 2,000 devices
+/// × 3 metrics of 10 s deltas a second, against 10,000 registered devices, for
+/// `IOTMON_PROBE_SECONDS` simulated seconds (default 120). Prints the store thread's time.
+#[test]
+#[ignore = "timing probe; run with --ignored --nocapture in release"]
+fn store_write_cost_probe() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut writer = writer(dir.path(), &BridgeConfig::default());
+    let devices: Vec<RegistryEntry> = (0..10_000).map(|i| entry(&format!("dev-{i:05}"))).collect();
+    writer
+        .write(&[batch(devices, Vec::new())])
+        .expect("registry");
+    let metrics: [Arc<str>; 3] = ["temperature".into(), "humidity".into(), "pressure".into()];
+    let ids: Vec<iotmon_wire::DeviceId> =
+        (0..10_000).map(|i| format!("dev-{i:05}").into()).collect();
+    let mut total = Duration::ZERO;
+    let seconds: i64 = std::env::var("IOTMON_PROBE_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(120);
+    for second in 0..seconds {
+        let now = T0 + second * 1000;
+        let start = window_start(now, 10_000);
+        // Every device reports once per 5 s: a fifth of them each second.
+        let rollups: Vec<RollupDelta> = ids
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| (*i as i64) % 5 == second % 5)
+            .flat_map(|(_, id)| {
+                metrics.iter().map(move |m| RollupDelta {
+                    device: id.clone(),
+                    metric: m.clone(),
+                    start,
+                    values: Accumulator::new(20.0 + second as f64, now),
+                })
+            })
+            .collect();
+        let half = rollups.len() / 2;
+        let (a, b) = rollups.split_at(half);
+        let batches = [batch(Vec::new(), a.to_vec()), batch(Vec::new(), b.to_vec())];
+        let began = Instant::now();
+        writer.write(&batches).expect("write");
+        total += began.elapsed();
+    }
+    eprintln!(
+        "store write: {:.2} ms per second of reference load ({:.2} us per row)",
+        total.as_secs_f64() * 1000.0 / seconds as f64,
+        total.as_secs_f64() * 1e6 / (seconds as f64 * 6000.0)
+    );
+}

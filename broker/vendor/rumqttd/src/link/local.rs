@@ -204,9 +204,16 @@ impl LinkTx {
     }
 
     pub(crate) async fn notify(&mut self) -> Result<(), LinkError> {
-        self.router_tx
-            .send_async((self.connection_id, Event::DeviceData))
-            .await?;
+        // iotmon patch: try the send first; only a full router inbox needs the async send
+        // (and its future). Upstream built a send future for every read from the network.
+        match self
+            .router_tx
+            .try_send((self.connection_id, Event::DeviceData))
+        {
+            Ok(()) => {}
+            Err(TrySendError::Full(event)) => self.router_tx.send_async(event).await?,
+            Err(TrySendError::Disconnected(event)) => return Err(SendError(event).into()),
+        }
 
         Ok(())
     }
@@ -400,6 +407,18 @@ impl LinkRx {
         self.router_rx.recv_async().await?;
         mem::swap(&mut *self.send_buffer.lock(), notifications);
         Ok(())
+    }
+
+    /// iotmon patch: the router's "fresh notifications" signal as a future the caller can
+    /// keep across loop turns. `exchange` built (and on drop unregistered) a new receive
+    /// future on every turn of a remote link's loop, i.e. for every packet read.
+    pub(crate) fn notified(&self) -> flume::r#async::RecvFut<'_, ()> {
+        self.router_rx.recv_async()
+    }
+
+    /// iotmon patch: takes the notifications the router left, after [`LinkRx::notified`].
+    pub(crate) fn take_notifications(&self, notifications: &mut VecDeque<Notification>) {
+        mem::swap(&mut *self.send_buffer.lock(), notifications);
     }
 
     pub fn ready(&self) -> Result<(), LinkError> {

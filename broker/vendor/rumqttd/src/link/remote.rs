@@ -151,30 +151,53 @@ impl<P: Protocol> RemoteLink<P> {
     pub async fn start(&mut self) -> Result<(), Error> {
         self.network.set_keepalive(self.connect.keep_alive);
 
+        // iotmon patch: one keep-alive timer and one router-signal future for the life of the
+        // connection, instead of a new timer (in `Network::read`) and a new receive future
+        // (in `LinkRx::exchange`) on every turn of this loop, i.e. for every packet read.
+        // The timer is only re-armed when it fires: if a packet arrived in the meantime it is
+        // pushed back to `last_read + keepalive`, otherwise the connection has been silent
+        // too long and is closed, as upstream's per-read timeout did.
+        let keepalive = self.network.keepalive();
+        let RemoteLink {
+            network,
+            link_tx,
+            link_rx,
+            notifications,
+            ..
+        } = self;
+        let mut last_read = time::Instant::now();
+        let silence = time::sleep_until(deadline_after(last_read, keepalive));
+        tokio::pin!(silence);
+        let notified = link_rx.notified();
+        tokio::pin!(notified);
+
         // Note:
         // Shouldn't result in bounded queue deadlocks because of blocking n/w send
         loop {
             select! {
-                o = self.network.read() => {
+                o = network.read_untimed() => {
                     let packet = o?;
+                    last_read = time::Instant::now();
                     let len = {
-                        let mut buffer = self.link_tx.buffer();
+                        let mut buffer = link_tx.buffer();
                         buffer.push_back(packet);
-                        self.network.readv(&mut buffer)?;
+                        network.readv(&mut buffer)?;
                         buffer.len()
                     };
 
                     trace!("Packets read from network, count = {}", len);
-                    self.link_tx.notify().await?;
+                    link_tx.notify().await?;
                 }
                 // Receive from router when previous when state isn't in collision
                 // due to previously received data request
-                o = self.link_rx.exchange(&mut self.notifications) => {
-                    o?;
+                o = &mut notified => {
+                    o.map_err(LinkError::from)?;
+                    notified.set(link_rx.notified());
+                    link_rx.take_notifications(notifications);
                     let mut packets = VecDeque::new();
                     let mut unscheduled = false;
 
-                    for notif in self.notifications.drain(..) {
+                    for notif in notifications.drain(..) {
                         if let Some(packet) = notif.into() {
                             packets.push_back(packet);
                         } else {
@@ -182,13 +205,38 @@ impl<P: Protocol> RemoteLink<P> {
                         }
 
                     }
-                    self.network.writev(packets).await?;
+                    network.writev(packets).await?;
                     if unscheduled {
-                        self.link_rx.wake().await?;
+                        link_rx.wake().await?;
                     }
+                }
+                () = &mut silence => {
+                    let deadline = deadline_after(last_read, keepalive);
+                    if deadline <= time::Instant::now() {
+                        return Err(Error::Network(network::Error::KeepAlive(
+                            keepalive_elapsed().await,
+                        )));
+                    }
+                    silence.as_mut().reset(deadline);
                 }
             }
         }
+    }
+}
+
+/// iotmon patch: `instant + keepalive`, or far in the future when that overflows (a
+/// connection that has not sent CONNECT's keep-alive yet has `Duration::MAX`).
+fn deadline_after(instant: time::Instant, keepalive: Duration) -> time::Instant {
+    instant
+        .checked_add(keepalive)
+        .unwrap_or_else(|| instant + Duration::from_secs(86_400 * 365 * 30))
+}
+
+/// iotmon patch: an `Elapsed` for the keep-alive error (tokio offers no constructor).
+async fn keepalive_elapsed() -> Elapsed {
+    match time::timeout(Duration::ZERO, std::future::pending::<()>()).await {
+        Err(elapsed) => elapsed,
+        Ok(()) => unreachable!("a pending future never completes"),
     }
 }
 
