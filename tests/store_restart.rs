@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use iotmon_bridge::store::{HistoryQuery, HistoryReader};
 use iotmon_bridge::BridgeConfig;
 use serde_json::json;
-use support::{http_get, Iotmon, Publisher, TempDir, DEADLINE};
+use support::{http_get, metric_value, Iotmon, Publisher, TempDir, DEADLINE};
 
 const DEVICES: [(&str, &str); 2] = [("plant/line-1", "press-1"), ("plant/line-2", "press-2")];
 
@@ -120,7 +120,11 @@ async fn a_killed_serve_restarts_with_its_registry_and_rollups() {
     // interval (1 s) ago, with nothing waiting once the readings are written.
     let (_, metrics) = http_get(http, "/metrics").await;
     assert!(metric_value(&metrics, "iotmon_store_rollup_rows_total") > 0);
-    assert_eq!(metric_value(&metrics, "iotmon_store_queued_batches"), 0, "{metrics}");
+    assert_eq!(
+        metric_value(&metrics, "iotmon_store_queued_batches"),
+        0,
+        "{metrics}"
+    );
     assert!(
         metric_value(&metrics, "iotmon_store_lag_milliseconds") < 10_000,
         "{metrics}"
