@@ -6,6 +6,8 @@ mod support;
 
 #[path = "support/broker.rs"]
 mod broker_support;
+#[path = "../simulator/tests/support/certificate.rs"]
+mod certificate;
 
 use broker_support::{eventually, mosquitto_pub, paho_check, sample, BrokerProcess, MosquittoSub};
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
@@ -655,25 +657,8 @@ async fn presence_is_retained_and_the_last_will_says_offline() {
 #[test]
 fn mosquitto_clients_over_tls() {
     let dir = support::TempDir::new("tls");
-    let (cert, key) = (
-        format!("{}/cert.pem", dir.path()),
-        format!("{}/key.pem", dir.path()),
-    );
-    let made = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-        ])
-        .args(["-nodes", "-days", "1", "-subj", "/CN=localhost"])
-        .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
-        .args(["-keyout", &key, "-out", &cert])
-        .output()
-        .expect("openssl runs");
-    assert!(made.status.success(), "{}", text(&made.stderr));
+    let (cert, key) = certificate::self_signed(std::path::Path::new(dir.path()));
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
     let settings = format!(
         "allow_anonymous = true\n[broker.tls]\nlisten = \"127.0.0.1:0\"\ncert = \"{cert}\"\nkey = \"{key}\""
     );

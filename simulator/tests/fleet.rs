@@ -483,30 +483,7 @@ fn add_password(file: &std::path::Path, user: &str, password: &str) {
 async fn devices_publish_over_tls_to_a_broker_they_trust() {
     const DEVICES: usize = 5;
     let dir = tempdir("tls");
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let status = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-        ])
-        .args(["-nodes", "-days", "1", "-subj", "/CN=localhost"])
-        .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
-        // rustls refuses a CA certificate as the server's own: mark it an end entity.
-        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("the openssl CLI runs");
-    assert!(status.success(), "openssl made a certificate");
-    // mosquitto started as root drops to its own user, which must read the key.
-    make_readable(&key);
+    let (cert, key) = support::certificate::self_signed(&dir);
     let mosquitto = Mosquitto::start_with(
         &dir,
         &format!(
@@ -566,9 +543,4 @@ async fn devices_publish_over_tls_to_a_broker_they_trust() {
         .await
         .expect("a valid config");
     assert_eq!(summary.readings_published, 0, "{summary}");
-}
-
-fn make_readable(path: &std::path::Path) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
 }

@@ -2,6 +2,7 @@
 
 #![allow(dead_code)] // Each test file uses its own subset of these helpers.
 
+pub mod certificate;
 pub mod embedded;
 pub mod mosquitto;
 pub mod subscriber;
