@@ -120,6 +120,9 @@ impl Session {
                 () = shutdown.cancelled() => Some(Ending::Shutdown),
                 frame = frames.recv() => match frame {
                     Some(frame) => self.send(WsMessage::Text(frame.into())).await,
+                    // The hub stops at shutdown too, and may be seen gone first: the viewer
+                    // must still be told to reconnect.
+                    None if shutdown.is_cancelled() => Some(Ending::Shutdown),
                     // The hub dropped this viewer.
                     None => Some(Ending::Left),
                 },
