@@ -98,7 +98,8 @@ pub struct ServeArgs {
     /// MQTT listener for devices (port 0 picks a free port).
     #[arg(long, env = "IOTMON_MQTT_LISTEN")]
     pub mqtt_listen: Option<SocketAddr>,
-    /// HTTP listener for the web UI and API (port 0 picks a free port).
+    /// HTTP listener for the web UI and API; for `bridge`, for its /metrics and /healthz
+    /// (none unless given). Port 0 picks a free port.
     #[arg(long, env = "IOTMON_HTTP_LISTEN")]
     pub http_listen: Option<SocketAddr>,
     /// Where iotmon keeps its data.

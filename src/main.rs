@@ -81,7 +81,15 @@ async fn run_role(command: Command, shutdown: CancellationToken) -> anyhow::Resu
         Command::Broker(args) => roles::broker(args.resolve()?, args.http_listen, shutdown).await,
         Command::Bridge(args) => {
             let login = args.login("bridge")?;
-            roles::bridge(args.serve.resolve()?, args.broker, login, shutdown).await
+            let http_listen = args.serve.http_listen;
+            roles::bridge(
+                args.serve.resolve()?,
+                args.broker,
+                login,
+                http_listen,
+                shutdown,
+            )
+            .await
         }
         Command::Dashboard(args) => {
             let login = args.login("dashboard")?;

@@ -137,16 +137,33 @@ fn start_broker(config: &Config) -> anyhow::Result<EmbeddedBroker> {
     Ok(EmbeddedBroker::start(config.broker.clone(), &credentials)?)
 }
 
-/// Runs the bridge alone against `broker_url` until `shutdown`.
+/// Runs the bridge alone against `broker_url` until `shutdown`; with `http_listen`, also
+/// serves its counters on `/metrics` (and `/healthz`) there.
 pub async fn bridge(
     config: Config,
     broker_url: BrokerUrl,
     login: Login,
+    http_listen: Option<SocketAddr>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     info!(broker = %broker_url, client_id = login.client_id, "bridge starting");
     let counters = Arc::new(BridgeCounters::default());
     let store = open_store(&config, counters.clone())?;
+    let http = match http_listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for HTTP on {addr}"))?;
+            announce_http(listener.local_addr()?);
+            let metrics: Arc<dyn MetricsSource> = counters.clone();
+            Some(tokio::spawn(iotmon_broker::http::serve(
+                listener,
+                metrics,
+                shutdown.clone(),
+            )))
+        }
+        None => None,
+    };
     iotmon_bridge::standalone::run(
         config.bridge,
         broker_url,
@@ -157,6 +174,9 @@ pub async fn bridge(
         shutdown,
     )
     .await;
+    if let Some(http) = http {
+        http.await??;
+    }
     Ok(())
 }
 

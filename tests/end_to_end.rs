@@ -233,10 +233,18 @@ async fn split_roles_in_three_processes_behave_like_serve() {
     let broker = Iotmon::anonymous_broker();
     let url = broker.mqtt_url();
     let bridge_data = support::TempDir::new("bridge");
-    let _bridge = Iotmon::start(
-        &["bridge", "--broker", &url, "--data-dir", bridge_data.path()],
+    let bridge = Iotmon::start(
+        &[
+            "bridge",
+            "--broker",
+            &url,
+            "--data-dir",
+            bridge_data.path(),
+            "--http-listen",
+            "127.0.0.1:0",
+        ],
         false,
-        false,
+        true,
     );
     let start_dashboard = || {
         let args = [
@@ -274,6 +282,13 @@ async fn split_roles_in_three_processes_behave_like_serve() {
             "late dashboard never complete"
         );
     }
+
+    // The bridge alone serves its own counters: at least every device's reading (the
+    // publishers repeat until their viewers have seen them).
+    let (status, metrics) = support::http_get(bridge.http.expect("http"), "/metrics").await;
+    assert_eq!(status, 200);
+    let ingested = support::metric_value(&metrics, "iotmon_ingest_readings_total");
+    assert!(ingested >= FLEET.len() as u64, "{metrics}");
 }
 
 #[tokio::test]
