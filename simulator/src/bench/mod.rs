@@ -8,13 +8,19 @@
 //! - `process`: the measured children and `/proc` readings.
 //! - `serve`: one load point against `iotmon serve` (fleet + viewers), and the `reference`,
 //!   `stress` and `fanout` scenarios built from load points.
-//! - `broker`: the broker comparison, `iotmon broker` against mosquitto.
+//! - `broker`: the broker comparison, each broker's highest sustained rate, `iotmon broker`
+//!   against mosquitto.
+//! - `load`: the broker comparison's cheap load generator (raw MQTT publishers and a counting
+//!   subscriber).
+//! - `raw_mqtt`: the few MQTT packets `load` encodes, and packet framing.
 //! - `viewer_cost`: what one viewer costs as the fleet grows, from load points with and
 //!   without viewers.
 //! - `report`: what a scenario prints.
 
 mod broker;
+mod load;
 pub mod process;
+mod raw_mqtt;
 pub mod report;
 mod serve;
 mod viewer_cost;
@@ -92,11 +98,12 @@ pub struct BenchConfig {
     pub connections: Vec<usize>,
     /// `broker`: QoS levels to compare at.
     pub qos: Vec<Qos>,
-    /// `broker`: offered messages per second; `stress`: the first step's readings per second.
+    /// `broker`: the first step's offered messages per second; `stress`: the first step's
+    /// readings per second.
     pub rate: Option<f64>,
-    /// `stress`: highest rate tried; `fanout`: most viewers tried.
+    /// `broker` and `stress`: highest rate tried; `fanout`: most viewers tried.
     pub max: Option<f64>,
-    /// `stress` and `fanout`: each step multiplies the load by this.
+    /// `broker`, `stress` and `fanout`: each step multiplies the load by this.
     pub step_factor: f64,
     /// `viewer-cost`: the fleet sizes to measure at, smallest first.
     pub fleets: Vec<usize>,
