@@ -309,6 +309,11 @@ fn step_run(shape: &Shape<'_>, number: usize, start: &Reading, end: &Reading) ->
         delivered_per_second: delivered as f64 / seconds,
         held_back: load.held_back,
         missed: load.missed,
+        messages_per_write: if load.writes > 0 {
+            load.published as f64 / load.writes as f64
+        } else {
+            0.0
+        },
         backlog_growth,
         sustained: sustained(load.offered, load.published, delivered, backlog_growth),
         cpu_seconds_per_million: per_million(cpu, delivered),

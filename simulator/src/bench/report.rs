@@ -192,6 +192,9 @@ pub struct BrokerRun {
     pub held_back: u64,
     /// Messages not sent in the window because the generator ran late (its own limit).
     pub missed: u64,
+    /// Messages per socket write in the window (the generator batches what each connection
+    /// owes at each visit, ten visits a second).
+    pub messages_per_write: f64,
     /// How much published − delivered grew over the window: a backlog building up in the
     /// broker, or messages lost.
     pub backlog_growth: i64,
@@ -214,7 +217,7 @@ impl fmt::Display for BrokerRun {
         write!(
             f,
             "  {:<14} {:>6} conns ({} up) QoS {} step {:>2} [{}]: offered {:>7.0}/s, published {:>7.0}/s, \
-             delivered {:>7.0}/s, held back {}, missed {}, backlog {:+}, \
+             delivered {:>7.0}/s, held back {}, missed {}, {:.1} msgs/write, backlog {:+}, \
              {:>5.2} CPU-s/M msgs, {:>5.1} % CPU, {:>5.0} MiB; generator {:.0} % CPU, {:.2} µs/msg",
             self.broker,
             self.connections,
@@ -227,6 +230,7 @@ impl fmt::Display for BrokerRun {
             self.delivered_per_second,
             self.held_back,
             self.missed,
+            self.messages_per_write,
             self.backlog_growth,
             self.cpu_seconds_per_million,
             self.broker_cpu_percent,
