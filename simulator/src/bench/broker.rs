@@ -171,7 +171,14 @@ async fn search(
     let stop_subscriber = CancellationToken::new();
     let subscriber =
         load::subscribe(broker.mqtt, Arc::clone(&delivered), stop_subscriber.clone()).await?;
-    let fleet = RawFleet::connect(broker.mqtt, connections, qos.level(), shutdown).await?;
+    let fleet = RawFleet::connect(
+        broker.mqtt,
+        connections,
+        qos.level(),
+        config.write_batch,
+        shutdown,
+    )
+    .await?;
     let shape = Shape {
         broker: &broker,
         fleet: &fleet,

@@ -117,7 +117,8 @@ pub(crate) struct RawFleet {
 impl RawFleet {
     /// Opens `connections` connections to `broker` at [`CONNECTS_PER_SECOND`], each
     /// publishing to its own `sensors/<group>/<device>` topic at `qos`, and starts pacing
-    /// (at rate 0).
+    /// (at rate 0), with at most `per_write` messages per socket write (`None`: what each
+    /// connection owes at a visit goes in one write).
     ///
     /// # Errors
     /// No connection could be opened.
@@ -125,6 +126,7 @@ impl RawFleet {
         broker: SocketAddr,
         connections: usize,
         qos: u8,
+        per_write: Option<usize>,
         shutdown: &CancellationToken,
     ) -> Result<RawFleet, SimulatorError> {
         let streams = open_connections(broker, connections, shutdown).await;
@@ -151,9 +153,13 @@ impl RawFleet {
         }
         let rate = Arc::new(AtomicU64::new(0f64.to_bits()));
         let stop_pacer = CancellationToken::new();
+        let limits = Limits {
+            window: (qos > 0).then_some(QOS1_WINDOW),
+            per_write,
+        };
         let pacer = tokio::spawn(pace(
             publishers,
-            (qos > 0).then_some(QOS1_WINDOW),
+            limits,
             Arc::clone(&rate),
             Arc::clone(&counters),
             stop_pacer.clone(),
@@ -292,6 +298,15 @@ struct Publisher {
     closed: bool,
 }
 
+/// What a publisher may send at a visit.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    /// QoS 1: unacknowledged messages allowed.
+    window: Option<u64>,
+    /// Messages per socket write.
+    per_write: Option<usize>,
+}
+
 /// What one tick did, added to the shared counters once per tick.
 #[derive(Debug, Default)]
 struct Tally {
@@ -327,7 +342,7 @@ impl Publisher {
         &mut self,
         now: Instant,
         per_second: f64,
-        window: Option<u64>,
+        limits: Limits,
         scratch: &mut Vec<u8>,
         tally: &mut Tally,
     ) {
@@ -343,7 +358,7 @@ impl Publisher {
             tally.held_back += due;
             return;
         }
-        let free = window.map_or(u64::MAX, |window| {
+        let free = limits.window.map_or(u64::MAX, |window| {
             window.saturating_sub(self.sent - self.acked.load(Ordering::Relaxed))
         });
         let batch = due.min(free);
@@ -359,20 +374,29 @@ impl Publisher {
             }
             scratch.extend_from_slice(&self.packet);
         }
-        match self.writer.try_write(scratch) {
-            Ok(written) => self.unsent.extend_from_slice(&scratch[written..]),
-            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
-                self.unsent.extend_from_slice(scratch);
-            }
-            Err(_) => {
-                self.closed = true;
-                tally.held_back += batch;
-                return;
+        // At most `per_write` messages per write; what the socket does not take waits in
+        // `unsent`, and a closed connection's messages show as lost.
+        let chunk = self.packet.len() * limits.per_write.unwrap_or(usize::MAX / self.packet.len());
+        let mut written = 0;
+        while written < scratch.len() {
+            let end = written.saturating_add(chunk).min(scratch.len());
+            match self.writer.try_write(&scratch[written..end]) {
+                Ok(taken) => {
+                    tally.writes += 1;
+                    written += taken;
+                    if written < end {
+                        break;
+                    }
+                }
+                Err(error) => {
+                    self.closed = error.kind() != std::io::ErrorKind::WouldBlock;
+                    break;
+                }
             }
         }
+        self.unsent.extend_from_slice(&scratch[written..]);
         self.sent += batch;
         tally.published += batch;
-        tally.writes += 1;
     }
 
     /// Writes what is left of an earlier partial write, without waiting; whether nothing is
@@ -413,7 +437,7 @@ fn split_owed(owed: u64, per_second: f64) -> (u64, u64) {
 /// The pacer: visits one slot of publishers per tick until `stop`, then hands them back.
 async fn pace(
     mut publishers: Vec<Publisher>,
-    window: Option<u64>,
+    limits: Limits,
     rate: Arc<AtomicU64>,
     counters: Arc<Counters>,
     stop: CancellationToken,
@@ -432,7 +456,7 @@ async fn pace(
         let now = Instant::now();
         let mut tally = Tally::default();
         for publisher in publishers.iter_mut().skip(slot).step_by(SLOTS) {
-            publisher.visit(now, per_connection, window, &mut scratch, &mut tally);
+            publisher.visit(now, per_connection, limits, &mut scratch, &mut tally);
         }
         counters.offered.fetch_add(tally.offered, Ordering::Relaxed);
         counters

@@ -107,6 +107,10 @@ pub struct BenchConfig {
     pub step_factor: f64,
     /// `viewer-cost`: the fleet sizes to measure at, smallest first.
     pub fleets: Vec<usize>,
+    /// `broker`: at most this many messages per socket write (1: one write per message, as
+    /// single devices send); `None`: everything a connection owes at a visit (ten a second)
+    /// in one write, as a gateway would.
+    pub write_batch: Option<usize>,
 }
 
 impl BenchConfig {
@@ -130,6 +134,7 @@ impl BenchConfig {
             max: None,
             step_factor: 1.5,
             fleets: viewer_cost::DEFAULT_FLEETS.to_vec(),
+            write_batch: None,
         }
     }
 
@@ -139,6 +144,11 @@ impl BenchConfig {
         }
         if self.step_factor <= 1.0 {
             return Err(SimulatorError::Bench("--step-factor must exceed 1".into()));
+        }
+        if self.write_batch == Some(0) {
+            return Err(SimulatorError::Bench(
+                "--write-batch must be positive".into(),
+            ));
         }
         if self.connections.is_empty() || self.qos.is_empty() || self.fleets.is_empty() {
             return Err(SimulatorError::Bench(
