@@ -204,7 +204,7 @@ async fn search(
         if sustained
             && best
                 .as_ref()
-                .is_none_or(|best| step.delivered_per_second > best.delivered_per_second)
+                .is_none_or(|best| kept_up(&step) > kept_up(best))
         {
             best = Some(step.clone());
         }
@@ -233,7 +233,7 @@ async fn search(
         connections,
         connections_up: connected,
         qos: qos.level(),
-        sustained_per_second: best.as_ref().map(|run| run.delivered_per_second),
+        sustained_per_second: best.as_ref().map(kept_up),
         cpu_seconds_per_million: best.as_ref().map(|run| run.cpu_seconds_per_million),
         peak_delivered_per_second: peak,
         broker_peak_rss_mib: mib(broker.usage()?.peak_rss_bytes),
@@ -334,6 +334,12 @@ fn step_run(shape: &Shape<'_>, number: usize, start: &Reading, end: &Reading) ->
         },
         window_seconds: seconds,
     }
+}
+
+/// The rate a sustained step kept up with: what was delivered, but no more than was
+/// published (a step may also deliver a backlog left by an earlier one).
+fn kept_up(step: &BrokerRun) -> f64 {
+    step.delivered_per_second.min(step.published_per_second)
 }
 
 /// Whether a window kept up: delivered at least [`SUSTAINED_SHARE`] of what was offered,

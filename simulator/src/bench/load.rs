@@ -5,8 +5,9 @@
 //!
 //! One pacer task drives every connection: each tick it visits a slice of the connections
 //! (all of them once per [`PERIOD`]) and writes, without waiting, what each one owes for the
-//! time since its last visit. At QoS 1 a reader task per connection counts PUBACKs, and a
-//! connection holds at most [`QOS1_WINDOW`] unacknowledged messages. What a connection owes
+//! time since its last visit. At QoS 1 the same visit first reads, without waiting, the
+//! PUBACKs that have arrived (no task wakes per acknowledgement), and a connection holds at
+//! most [`QOS1_WINDOW`] unacknowledged messages. What a connection owes
 //! but cannot send (its socket is full, or its window is) is *held back* by the broker; what
 //! the pacer owes because it ran late is *missed* by the generator.
 
@@ -109,9 +110,6 @@ pub(crate) struct RawFleet {
     pub connected: usize,
     stop_pacer: CancellationToken,
     pacer: JoinHandle<Vec<Publisher>>,
-    /// Stops the PUBACK readers once the fleet has stopped.
-    stop_readers: CancellationToken,
-    readers: JoinSet<()>,
 }
 
 impl RawFleet {
@@ -136,20 +134,11 @@ impl RawFleet {
             )));
         }
         let counters = Arc::new(Counters::default());
-        let stop_readers = CancellationToken::new();
-        let mut readers = JoinSet::new();
         let mut publishers = Vec::with_capacity(streams.len());
         let connected = streams.len();
         for (index, stream) in streams {
             let (reader, writer) = stream.into_split();
-            let acked = Arc::new(AtomicU64::new(0));
-            readers.spawn(count_pubacks(
-                reader,
-                Arc::clone(&acked),
-                Arc::clone(&counters),
-                stop_readers.clone(),
-            ));
-            publishers.push(Publisher::new(writer, index, qos, acked));
+            publishers.push(Publisher::new(reader, writer, index, qos));
         }
         let rate = Arc::new(AtomicU64::new(0f64.to_bits()));
         let stop_pacer = CancellationToken::new();
@@ -170,8 +159,6 @@ impl RawFleet {
             connected,
             stop_pacer,
             pacer,
-            stop_readers,
-            readers,
         })
     }
 
@@ -187,7 +174,7 @@ impl RawFleet {
 
     /// Stops publishing, writes what is still queued, waits (at QoS 1) for the outstanding
     /// PUBACKs, then closes every connection. Returns the final counters.
-    pub async fn stop(mut self) -> LoadCount {
+    pub async fn stop(self) -> LoadCount {
         self.stop_pacer.cancel();
         let mut publishers = self.pacer.await.unwrap_or_default();
         let deadline = Instant::now() + FLUSH_LIMIT;
@@ -198,17 +185,21 @@ impl RawFleet {
         let qos1 = publishers
             .iter()
             .any(|publisher| publisher.packet_id_at.is_some());
-        if qos1 {
-            let counters = Arc::clone(&self.counters);
-            super::poll_until(deadline.saturating_duration_since(Instant::now()), || {
-                counters.acked.load(Ordering::Relaxed) >= sent
-            })
-            .await;
+        while qos1 && Instant::now() < deadline {
+            let acks: u64 = publishers.iter_mut().map(Publisher::read_acks).sum();
+            self.counters.acked.fetch_add(acks, Ordering::Relaxed);
+            if publishers
+                .iter()
+                .map(|publisher| publisher.acked)
+                .sum::<u64>()
+                >= sent
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         // Closing the write halves sends FIN: a broker reads what came before it.
         drop(publishers);
-        self.stop_readers.cancel();
-        while self.readers.join_next().await.is_some() {}
         self.counters.snapshot()
     }
 }
@@ -288,8 +279,12 @@ struct Publisher {
     next_packet_id: u16,
     /// Messages written (or queued in `unsent`).
     sent: u64,
-    /// PUBACKs its reader has counted.
-    acked: Arc<AtomicU64>,
+    /// Its read side, read without waiting for PUBACKs at each visit.
+    reader: OwnedReadHalf,
+    /// PUBACKs read so far.
+    acked: u64,
+    /// Bytes read but not yet a whole packet.
+    inbox: Vec<u8>,
     /// The tail of a write the socket took only in part.
     unsent: Vec<u8>,
     /// Messages owed but not yet due in whole (the fraction carried to the next visit).
@@ -315,10 +310,11 @@ struct Tally {
     held_back: u64,
     missed: u64,
     writes: u64,
+    acked: u64,
 }
 
 impl Publisher {
-    fn new(writer: OwnedWriteHalf, index: usize, qos: u8, acked: Arc<AtomicU64>) -> Publisher {
+    fn new(reader: OwnedReadHalf, writer: OwnedWriteHalf, index: usize, qos: u8) -> Publisher {
         let topic = sensor_topic(&format!("bench/g{}", index / 100), &format!("dev-{index}"));
         let mut packet = Vec::with_capacity(160);
         let packet_id_at = raw_mqtt::encode_publish(&topic, &payload(index), qos, 1, &mut packet);
@@ -328,7 +324,9 @@ impl Publisher {
             packet_id_at,
             next_packet_id: 1,
             sent: 0,
-            acked,
+            reader,
+            acked: 0,
+            inbox: Vec::new(),
             unsent: Vec::new(),
             credit: 0.0,
             last_visit: Instant::now(),
@@ -359,7 +357,8 @@ impl Publisher {
             return;
         }
         let free = limits.window.map_or(u64::MAX, |window| {
-            window.saturating_sub(self.sent - self.acked.load(Ordering::Relaxed))
+            tally.acked += self.read_acks();
+            window.saturating_sub(self.sent - self.acked)
         });
         let batch = due.min(free);
         tally.held_back += due - batch;
@@ -397,6 +396,34 @@ impl Publisher {
         self.unsent.extend_from_slice(&scratch[written..]);
         self.sent += batch;
         tally.published += batch;
+    }
+
+    /// Reads the PUBACKs that have arrived, without waiting; how many. A closed or broken
+    /// connection is marked closed.
+    fn read_acks(&mut self) -> u64 {
+        let mut chunk = [0u8; 1024];
+        let mut acks = 0;
+        loop {
+            match self.reader.try_read(&mut chunk) {
+                Ok(0) => self.closed = true,
+                Ok(read) => {
+                    self.inbox.extend_from_slice(&chunk[..read]);
+                    match for_each_frame(&self.inbox, |frame, _| {
+                        acks += u64::from(frame.kind == raw_mqtt::PUBACK);
+                    }) {
+                        Ok(used) => {
+                            self.inbox.drain(..used);
+                            continue;
+                        }
+                        Err(_) => self.closed = true,
+                    }
+                }
+                Err(error) => self.closed |= error.kind() != std::io::ErrorKind::WouldBlock,
+            }
+            break;
+        }
+        self.acked += acks;
+        acks
     }
 
     /// Writes what is left of an earlier partial write, without waiting; whether nothing is
@@ -467,40 +494,10 @@ async fn pace(
             .fetch_add(tally.held_back, Ordering::Relaxed);
         counters.missed.fetch_add(tally.missed, Ordering::Relaxed);
         counters.writes.fetch_add(tally.writes, Ordering::Relaxed);
+        counters.acked.fetch_add(tally.acked, Ordering::Relaxed);
         slot = (slot + 1) % SLOTS;
     }
     publishers
-}
-
-/// A publisher's read side: counts PUBACKs until the connection closes or `stop`.
-async fn count_pubacks(
-    mut reader: OwnedReadHalf,
-    acked: Arc<AtomicU64>,
-    counters: Arc<Counters>,
-    stop: CancellationToken,
-) {
-    let mut buf = vec![0u8; 1024];
-    let mut filled = 0;
-    loop {
-        let read = tokio::select! {
-            () = stop.cancelled() => return,
-            read = reader.read(&mut buf[filled..]) => read,
-        };
-        match read {
-            Ok(0) | Err(_) => return,
-            Ok(n) => filled += n,
-        }
-        let mut acks = 0;
-        let Ok(used) = for_each_frame(&buf[..filled], |frame, _| {
-            acks += u64::from(frame.kind == raw_mqtt::PUBACK);
-        }) else {
-            return;
-        };
-        buf.copy_within(used..filled, 0);
-        filled -= used;
-        acked.fetch_add(acks, Ordering::Relaxed);
-        counters.acked.fetch_add(acks, Ordering::Relaxed);
-    }
 }
 
 /// Calls `on_frame` for each whole packet at the start of `buf`; returns the bytes used.

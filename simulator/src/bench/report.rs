@@ -248,7 +248,8 @@ pub struct BrokerSearch {
     pub connections: usize,
     pub connections_up: u64,
     pub qos: u8,
-    /// Delivered messages/s of the fastest sustained step.
+    /// Delivered messages/s of the fastest sustained step (at most what it published: a
+    /// step may also deliver an earlier step's backlog).
     pub sustained_per_second: Option<f64>,
     /// The broker's CPU seconds per million messages at that step.
     pub cpu_seconds_per_million: Option<f64>,
