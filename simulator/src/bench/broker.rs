@@ -2,9 +2,12 @@
 //! broker's highest sustained throughput under the same load, `iotmon broker` and Debian's
 //! mosquitto one after the other, at each connection count and QoS.
 //!
-//! The load comes from the raw MQTT generator in `load` (about a microsecond of CPU per
-//! message), not from the simulator's fleet (~18 µs per message), so on a two-core machine
-//! the brokers, not the generator, run out first. For each broker the offered rate starts
+//! The load comes from the raw MQTT generator in `load`, not from the simulator's fleet
+//! (~18 µs of CPU per message). Measured here, the generator costs 0.2–2.5 µs per message
+//! when connections write several messages at once, so on a two-core machine the brokers,
+//! not the generator, run out first; with one message per write (`--write-batch 1`, or
+//! 10,000 connections at these rates) loopback writes cost it 5–25 µs per message and the
+//! shared cores bound the result again (docs/benchmarks.md). For each broker the offered rate starts
 //! at `--rate` and is multiplied by `--step-factor` while the broker keeps up; after the
 //! first step it does not, two bisection steps narrow the limit. A step is *sustained* when
 //! the subscriber on `sensors/#` receives at least [`SUSTAINED_SHARE`] of what was offered
