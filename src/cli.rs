@@ -442,6 +442,10 @@ pub struct BenchArgs {
     /// viewer-cost: fleet sizes to measure at, smallest first.
     #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000")]
     pub fleets: Vec<usize>,
+    /// broker: at most this many messages per socket write (1: one write per message, like
+    /// single devices; default: what a connection owes every 100 ms in one write).
+    #[arg(long)]
+    pub write_batch: Option<usize>,
     /// The iotmon binary to measure (default: this one), e.g. another build to compare.
     #[arg(long)]
     pub iotmon: Option<PathBuf>,
@@ -477,6 +481,7 @@ impl BenchArgs {
             max: self.max,
             step_factor: self.step_factor,
             fleets: self.fleets.clone(),
+            write_batch: self.write_batch,
             ..iotmon_simulator::bench::BenchConfig::new(iotmon, self.scenario)
         })
     }

@@ -99,6 +99,7 @@ fn a_tiny_reference_run_reports_consistent_figures() {
 
 #[test]
 fn a_tiny_broker_comparison_runs_both_brokers_side_by_side() {
+    // Two steps per search (400/s, then 600/s; 900/s is above --max).
     let report = bench(&[
         "broker",
         "--connections",
@@ -107,40 +108,83 @@ fn a_tiny_broker_comparison_runs_both_brokers_side_by_side() {
         "0,1",
         "--rate",
         "400",
+        "--max",
+        "700",
+        "--step-factor",
+        "1.5",
         "--warmup",
         "300ms",
         "--measure",
         "1s",
     ]);
     assert_eq!(report["scenario"], "broker");
-    let runs = report["runs"].as_array().expect("runs");
-    let names: Vec<&str> = runs
+    let searches = report["searches"].as_array().expect("searches");
+    let names: Vec<&str> = searches
         .iter()
-        .map(|run| run["broker"].as_str().expect("broker name"))
+        .map(|search| search["broker"].as_str().expect("broker name"))
         .collect();
     assert_eq!(
         names,
         ["iotmon broker", "mosquitto", "iotmon broker", "mosquitto"]
     );
-    for run in runs {
-        let published = u64_of(run, "published_total");
-        let delivered = u64_of(run, "delivered_total");
-        assert!(published > 0, "{run}");
+    let runs = report["runs"].as_array().expect("runs");
+    for search in searches {
+        assert_eq!(u64_of(search, "connections_up"), 20, "{search}");
+        let published = u64_of(search, "published_total");
+        let delivered = u64_of(search, "delivered_total");
+        assert!(published > 0, "{search}");
         assert_eq!(
-            run["lost"].as_i64(),
+            search["lost"].as_i64(),
             Some(published as i64 - delivered as i64)
         );
-        assert!(f64_of(run, "delivered_per_second") > 0.0, "{run}");
-    }
-    let qos_one: Vec<&Value> = runs.iter().filter(|run| run["qos"] == 1).collect();
-    assert_eq!(qos_one.len(), 2);
-    for run in qos_one {
-        assert_eq!(run["lost"].as_i64(), Some(0), "QoS 1 on loopback: {run}");
+        if search["qos"] == 1 {
+            assert_eq!(
+                search["lost"].as_i64(),
+                Some(0),
+                "QoS 1 on loopback: {search}"
+            );
+        }
+        let steps: Vec<&Value> = runs
+            .iter()
+            .filter(|run| run["broker"] == search["broker"] && run["qos"] == search["qos"])
+            .collect();
+        let numbers: Vec<u64> = steps.iter().map(|run| u64_of(run, "step")).collect();
+        assert!(!numbers.is_empty() && numbers.len() <= 2, "{numbers:?}");
+        assert!(numbers.iter().zip(1..).all(|(&n, i)| n == i), "{numbers:?}");
+        for run in &steps {
+            // Offered = published + held back + missed, in the same window.
+            let window = f64_of(run, "window_seconds");
+            let offered = f64_of(run, "offered_per_second") * window;
+            let accounted = f64_of(run, "published_per_second") * window
+                + u64_of(run, "held_back") as f64
+                + u64_of(run, "missed") as f64;
+            assert!((offered - accounted).abs() < 0.5, "{run}");
+            assert!(f64_of(run, "delivered_per_second") > 0.0, "{run}");
+            assert!(run["sustained"].is_boolean(), "{run}");
+        }
+        // The search's result is its fastest sustained step.
+        let fastest = steps
+            .iter()
+            .filter(|run| run["sustained"] == true)
+            .map(|run| f64_of(run, "delivered_per_second").min(f64_of(run, "published_per_second")))
+            .fold(None, |best: Option<f64>, rate| {
+                Some(best.map_or(rate, |b| b.max(rate)))
+            });
+        assert_eq!(search["sustained_per_second"].as_f64(), fastest, "{search}");
     }
     let ratios = report["ratios"].as_array().expect("ratios");
     assert_eq!(ratios.len(), 2);
-    for ratio in ratios {
-        assert!(f64_of(ratio, "throughput_ratio") > 0.0, "{ratio}");
+    for (ratio, pair) in ratios.iter().zip(searches.chunks(2)) {
+        let (ours, theirs) = (
+            &pair[0]["sustained_per_second"],
+            &pair[1]["sustained_per_second"],
+        );
+        if let (Some(ours), Some(theirs)) = (ours.as_f64(), theirs.as_f64()) {
+            assert!(
+                (f64_of(ratio, "throughput_ratio") - ours / theirs).abs() < 1e-9,
+                "{ratio}"
+            );
+        }
     }
 }
 

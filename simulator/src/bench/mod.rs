@@ -8,13 +8,19 @@
 //! - `process`: the measured children and `/proc` readings.
 //! - `serve`: one load point against `iotmon serve` (fleet + viewers), and the `reference`,
 //!   `stress` and `fanout` scenarios built from load points.
-//! - `broker`: the broker comparison, `iotmon broker` against mosquitto.
+//! - `broker`: the broker comparison, each broker's highest sustained rate, `iotmon broker`
+//!   against mosquitto.
+//! - `load`: the broker comparison's cheap load generator (raw MQTT publishers and a counting
+//!   subscriber).
+//! - `raw_mqtt`: the few MQTT packets `load` encodes, and packet framing.
 //! - `viewer_cost`: what one viewer costs as the fleet grows, from load points with and
 //!   without viewers.
 //! - `report`: what a scenario prints.
 
 mod broker;
+mod load;
 pub mod process;
+mod raw_mqtt;
 pub mod report;
 mod serve;
 mod viewer_cost;
@@ -92,14 +98,19 @@ pub struct BenchConfig {
     pub connections: Vec<usize>,
     /// `broker`: QoS levels to compare at.
     pub qos: Vec<Qos>,
-    /// `broker`: offered messages per second; `stress`: the first step's readings per second.
+    /// `broker`: the first step's offered messages per second; `stress`: the first step's
+    /// readings per second.
     pub rate: Option<f64>,
-    /// `stress`: highest rate tried; `fanout`: most viewers tried.
+    /// `broker` and `stress`: highest rate tried; `fanout`: most viewers tried.
     pub max: Option<f64>,
-    /// `stress` and `fanout`: each step multiplies the load by this.
+    /// `broker`, `stress` and `fanout`: each step multiplies the load by this.
     pub step_factor: f64,
     /// `viewer-cost`: the fleet sizes to measure at, smallest first.
     pub fleets: Vec<usize>,
+    /// `broker`: at most this many messages per socket write (1: one write per message, as
+    /// single devices send); `None`: everything a connection owes at a visit (ten a second)
+    /// in one write, as a gateway would.
+    pub write_batch: Option<usize>,
 }
 
 impl BenchConfig {
@@ -123,6 +134,7 @@ impl BenchConfig {
             max: None,
             step_factor: 1.5,
             fleets: viewer_cost::DEFAULT_FLEETS.to_vec(),
+            write_batch: None,
         }
     }
 
@@ -132,6 +144,11 @@ impl BenchConfig {
         }
         if self.step_factor <= 1.0 {
             return Err(SimulatorError::Bench("--step-factor must exceed 1".into()));
+        }
+        if self.write_batch == Some(0) {
+            return Err(SimulatorError::Bench(
+                "--write-batch must be positive".into(),
+            ));
         }
         if self.connections.is_empty() || self.qos.is_empty() || self.fleets.is_empty() {
             return Err(SimulatorError::Bench(

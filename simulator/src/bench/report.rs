@@ -168,35 +168,47 @@ impl fmt::Display for Target {
     }
 }
 
-/// One broker under one load.
+/// One step of one broker's search: the raw load generator at one offered rate for a
+/// measurement window.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BrokerRun {
     /// `iotmon broker` or `mosquitto`.
     pub broker: String,
     pub connections: usize,
-    /// Connections up when the window started (fewer than `connections`: the broker could
-    /// not accept them all within a minute).
+    /// Connections that completed the MQTT handshake (fewer than `connections`: refusals or
+    /// CONNACK timeouts).
     pub connections_up: u64,
     pub qos: u8,
-    /// Messages per second the fleet's schedule offers.
+    /// The step's number in this broker's search, from 1.
+    pub step: usize,
+    /// Messages per second the generator's schedule asked for in the window.
     pub offered_per_second: f64,
-    /// Messages per second the fleet wrote in the window.
+    /// Messages per second written to the brokers' sockets in the window.
     pub published_per_second: f64,
     /// Messages per second the subscriber received in the window: the throughput.
     pub delivered_per_second: f64,
-    pub published_total: u64,
-    pub delivered_total: u64,
-    /// Published but never delivered, over the whole run.
-    pub lost: i64,
-    pub missed_turns: u64,
-    pub publish_errors: u64,
+    /// Messages not sent in the window because the broker did not take them (full socket
+    /// buffers, a full QoS 1 window, closed connections).
+    pub held_back: u64,
+    /// Messages not sent in the window because the generator ran late (its own limit).
+    pub missed: u64,
+    /// Messages per socket write in the window (the generator batches what each connection
+    /// owes at each visit, ten visits a second).
+    pub messages_per_write: f64,
+    /// How much published − delivered grew over the window: a backlog building up in the
+    /// broker, or messages lost.
+    pub backlog_growth: i64,
+    /// Delivered at least 97 % of the offered rate with no backlog growth beyond 3 %.
+    pub sustained: bool,
     /// The broker's CPU seconds per million messages delivered.
     pub cpu_seconds_per_million: f64,
     /// The broker's CPU over the window, percent of one core.
     pub broker_cpu_percent: f64,
     pub broker_peak_rss_mib: f64,
-    /// The bench process's CPU (fleet + subscriber), percent of one core.
+    /// The bench process's CPU (generator + subscriber), percent of one core.
     pub generator_cpu_percent: f64,
+    /// The bench process's CPU microseconds per message published.
+    pub generator_cpu_us_per_message: f64,
     pub window_seconds: f64,
 }
 
@@ -204,32 +216,91 @@ impl fmt::Display for BrokerRun {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "  {:<14} {:>6} conns ({} up) QoS {}: offered {:>7.0}/s, published {:>7.0}/s, delivered {:>7.0}/s, lost {:>7}, \
-             {:>5.2} CPU-s/M msgs, {:>5.1} % CPU, {:>5.0} MiB; generator {:.0} % CPU",
+            "  {:<14} {:>6} conns ({} up) QoS {} step {:>2} [{}]: offered {:>7.0}/s, published {:>7.0}/s, \
+             delivered {:>7.0}/s, held back {}, missed {}, {:.1} msgs/write, backlog {:+}, \
+             {:>5.2} CPU-s/M msgs, {:>5.1} % CPU, {:>5.0} MiB; generator {:.0} % CPU, {:.2} µs/msg",
             self.broker,
             self.connections,
             self.connections_up,
             self.qos,
+            self.step,
+            if self.sustained { "sustained" } else { "NOT sustained" },
             self.offered_per_second,
             self.published_per_second,
             self.delivered_per_second,
-            self.lost,
+            self.held_back,
+            self.missed,
+            self.messages_per_write,
+            self.backlog_growth,
             self.cpu_seconds_per_million,
             self.broker_cpu_percent,
             self.broker_peak_rss_mib,
-            self.generator_cpu_percent
+            self.generator_cpu_percent,
+            self.generator_cpu_us_per_message
         )
     }
 }
 
-/// iotmon against mosquitto under one load.
+/// One broker's search for its highest sustained rate at one load shape.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BrokerSearch {
+    pub broker: String,
+    pub connections: usize,
+    pub connections_up: u64,
+    pub qos: u8,
+    /// Delivered messages/s of the fastest sustained step (at most what it published: a
+    /// step may also deliver an earlier step's backlog).
+    pub sustained_per_second: Option<f64>,
+    /// The broker's CPU seconds per million messages at that step.
+    pub cpu_seconds_per_million: Option<f64>,
+    /// The most delivered messages/s of any step, sustained or not.
+    pub peak_delivered_per_second: f64,
+    /// The broker's peak resident memory over the whole search, MiB.
+    pub broker_peak_rss_mib: f64,
+    /// Messages published over the whole search.
+    pub published_total: u64,
+    /// Messages the subscriber received over the whole search, once the broker had drained.
+    pub delivered_total: u64,
+    /// `published_total - delivered_total`.
+    pub lost: i64,
+    /// Why the search stopped.
+    pub stopped: String,
+}
+
+impl fmt::Display for BrokerSearch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sustained = self
+            .sustained_per_second
+            .map_or("none".to_string(), |rate| format!("{rate:.0} msg/s"));
+        let cpu = self
+            .cpu_seconds_per_million
+            .map_or("-".to_string(), |cpu| format!("{cpu:.2}"));
+        write!(
+            f,
+            "  {:<14} {:>6} conns ({} up) QoS {}: sustained {sustained} at {cpu} CPU-s/M msgs, peak delivered {:.0}/s, \
+             peak RSS {:.0} MiB, lost {} of {}; stopped: {}",
+            self.broker,
+            self.connections,
+            self.connections_up,
+            self.qos,
+            self.peak_delivered_per_second,
+            self.broker_peak_rss_mib,
+            self.lost,
+            self.published_total,
+            self.stopped
+        )
+    }
+}
+
+/// iotmon against mosquitto under one load shape.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BrokerRatio {
     pub connections: usize,
     pub qos: u8,
-    /// iotmon's delivered messages/s over mosquitto's, in the same run.
+    /// iotmon's highest sustained delivered messages/s over mosquitto's.
     pub throughput_ratio: f64,
-    /// mosquitto's CPU per message over iotmon's (above 1: iotmon is cheaper).
+    /// mosquitto's CPU per message over iotmon's, each at its fastest sustained step (above
+    /// 1: iotmon is cheaper).
     pub efficiency_ratio: f64,
 }
 
@@ -296,7 +367,10 @@ pub enum BenchReport {
     },
     Broker {
         machine: Machine,
+        /// Every step of every search.
         runs: Vec<BrokerRun>,
+        /// Each broker's result per load shape.
+        searches: Vec<BrokerSearch>,
         ratios: Vec<BrokerRatio>,
         targets: Vec<Target>,
     },
@@ -375,17 +449,21 @@ impl fmt::Display for BenchReport {
             BenchReport::Broker {
                 machine,
                 runs,
+                searches,
                 ratios,
                 ..
             } => {
-                writeln!(f, "bench broker: the same fleet against iotmon broker and mosquitto, side by side")?;
+                writeln!(f, "bench broker: each broker's highest sustained rate under the same raw MQTT load, searched upward")?;
                 for run in runs {
                     writeln!(f, "{run}")?;
+                }
+                for search in searches {
+                    writeln!(f, "{search}")?;
                 }
                 for ratio in ratios {
                     writeln!(
                         f,
-                        "  ratio at {} conns QoS {}: throughput iotmon/mosquitto {:.2}×, CPU efficiency {:.2}×",
+                        "  ratio at {} conns QoS {}: sustained throughput iotmon/mosquitto {:.2}×, CPU efficiency {:.2}×",
                         ratio.connections, ratio.qos, ratio.throughput_ratio, ratio.efficiency_ratio
                     )?;
                 }
