@@ -15,23 +15,6 @@ use support::{http_get, metric_value, Iotmon, Publisher, TempDir, DEADLINE};
 
 const DEVICES: [(&str, &str); 2] = [("plant/line-1", "press-1"), ("plant/line-2", "press-2")];
 
-fn serve(data_dir: &str) -> Iotmon {
-    Iotmon::start(
-        &[
-            "serve",
-            "--mqtt-listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--allow-anonymous",
-            "--data-dir",
-            data_dir,
-        ],
-        true,
-        true,
-    )
-}
-
 fn now_ms() -> i64 {
     let since = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -79,7 +62,7 @@ async fn wait_until(what: &str, condition: impl Fn() -> bool) {
 async fn a_killed_serve_restarts_with_its_registry_and_rollups() {
     let data_dir = TempDir::new("restart");
     let dir = Path::new(data_dir.path());
-    let mut first = serve(data_dir.path());
+    let mut first = Iotmon::serve_in(data_dir.path(), &[]);
     let publisher = Publisher::connect(first.mqtt.expect("mqtt"), "restart-publisher").await;
     publish(&publisher, 20).await;
     wait_until("the first readings to be stored", || {
@@ -91,7 +74,7 @@ async fn a_killed_serve_restarts_with_its_registry_and_rollups() {
     drop(publisher);
     first.kill_hard();
 
-    let second = serve(data_dir.path());
+    let second = Iotmon::serve_in(data_dir.path(), &[]);
     let http = second.http.expect("http");
     // The registry is back before any device reports again.
     let deadline = Instant::now() + DEADLINE;

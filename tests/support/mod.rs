@@ -107,24 +107,26 @@ impl Iotmon {
         let data_dir = TempDir::new("serve");
         let config_path = format!("{}/iotmon.toml", data_dir.path());
         std::fs::write(&config_path, config).expect("config file written");
-        let mut iotmon = Iotmon::start(
-            &[
-                "serve",
-                "--config",
-                &config_path,
-                "--mqtt-listen",
-                "127.0.0.1:0",
-                "--http-listen",
-                "127.0.0.1:0",
-                "--allow-anonymous",
-                "--data-dir",
-                data_dir.path(),
-            ],
-            true,
-            true,
-        );
+        let mut iotmon = Iotmon::serve_in(data_dir.path(), &["--config", &config_path]);
         iotmon._data_dir = Some(data_dir);
         iotmon
+    }
+
+    /// `iotmon serve` on free ports keeping its data in `data_dir` (which the caller owns, so
+    /// a later process can reopen it), with `extra` arguments.
+    pub fn serve_in(data_dir: &str, extra: &[&str]) -> Iotmon {
+        let mut args = vec![
+            "serve",
+            "--mqtt-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--allow-anonymous",
+            "--data-dir",
+            data_dir,
+        ];
+        args.extend_from_slice(extra);
+        Iotmon::start(&args, true, true)
     }
 
     pub fn mqtt_url(&self) -> String {
