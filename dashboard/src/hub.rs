@@ -580,9 +580,7 @@ impl Hub {
             };
             (update, false)
         };
-        let offered = offer(&viewer.outbound, &frame);
-        drop(frame);
-        match offered {
+        match offer(&viewer.outbound, &frame) {
             Offer::Queued => {
                 viewer.seq += 1;
                 viewer.pending.clear();
