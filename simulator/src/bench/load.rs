@@ -26,6 +26,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::raw_mqtt::{self, Frame};
 use super::CONNECTS_PER_SECOND;
+use crate::device::unix_millis;
+use crate::sensor::SensorModel;
 use crate::SimulatorError;
 
 /// Every connection is visited once per period.
@@ -254,19 +256,12 @@ async fn connect(broker: SocketAddr, client_id: &str) -> std::io::Result<TcpStre
     }
 }
 
-/// A realistic reading, like the simulator's sensors send.
+/// A reading from the simulator's own sensor model (temperature, humidity, pressure), seeded
+/// by the device's index; encoded once and sent over and over.
 fn payload(index: usize) -> Vec<u8> {
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| since.as_millis());
-    let wobble = (index % 97) as f64 / 10.0;
-    format!(
-        r#"{{"ts":{now_ms},"temperature":{:.2},"humidity":{:.1},"pressure":{:.2}}}"#,
-        18.0 + wobble,
-        40.0 + wobble,
-        1013.25 - wobble
-    )
-    .into_bytes()
+    SensorModel::new(index as u64)
+        .next_reading(unix_millis())
+        .to_payload()
 }
 
 /// One connection's publishing side, owned by the pacer.
