@@ -37,6 +37,8 @@ const TARGET_RATIO: f64 = 1.5;
 const SUSTAINED_SHARE: f64 = 0.97;
 /// Bisection steps after the first step that is not sustained.
 const REFINEMENTS: usize = 2;
+/// Steps down from a first rate that was not sustained before giving up.
+const MAX_DESCENTS: usize = 4;
 /// How long the subscriber may take to receive what is still in flight, after a step that
 /// was not sustained and at the end.
 const DRAIN_LIMIT: Duration = Duration::from_secs(15);
@@ -126,6 +128,7 @@ struct Bracket {
     good: Option<f64>,
     bad: Option<f64>,
     refinements: usize,
+    descents: usize,
 }
 
 impl Bracket {
@@ -134,11 +137,13 @@ impl Bracket {
             good: None,
             bad: None,
             refinements: 0,
+            descents: 0,
         }
     }
 
     /// Records a step at `rate` and picks the next: multiply by `factor` while every step
-    /// is sustained (up to `max`), then bisect [`REFINEMENTS`] times (geometrically).
+    /// is sustained (up to `max`), or divide by it (at most [`MAX_DESCENTS`] times) while
+    /// none is, then bisect [`REFINEMENTS`] times (geometrically).
     fn next(&mut self, rate: f64, sustained: bool, factor: f64, max: f64) -> Next {
         if sustained {
             self.good = Some(rate);
@@ -148,7 +153,15 @@ impl Bracket {
         match (self.good, self.bad) {
             (_, None) if rate * factor > max => Next::Stop("reached the highest rate tried"),
             (_, None) => Next::Try(rate * factor),
-            (None, Some(_)) => Next::Stop("the first step was not sustained (lower --rate)"),
+            // Nothing sustained yet: step down until something is, so a broker slower than
+            // the first rate still gets a figure.
+            (None, Some(_)) if self.descents >= MAX_DESCENTS => {
+                Next::Stop("no step was sustained (lower --rate)")
+            }
+            (None, Some(bad)) => {
+                self.descents += 1;
+                Next::Try(bad / factor)
+            }
             (Some(_), Some(_)) if self.refinements >= REFINEMENTS => {
                 Next::Stop("bracketed the highest sustained rate")
             }
@@ -399,17 +412,34 @@ mod tests {
     }
 
     #[test]
-    fn a_search_stops_at_the_max_or_a_failed_first_step() {
+    fn a_search_stops_at_the_max() {
         let mut bracket = Bracket::new();
         assert_eq!(
             bracket.next(100.0, true, 1.5, 120.0),
             Next::Stop("reached the highest rate tried")
         );
+    }
+
+    #[test]
+    fn a_search_steps_down_from_a_failed_first_step_then_bisects() {
         let mut bracket = Bracket::new();
-        assert!(matches!(
-            bracket.next(100.0, false, 1.5, 1e6),
-            Next::Stop(_)
-        ));
+        assert_eq!(bracket.next(900.0, false, 1.5, 1e6), Next::Try(600.0));
+        assert_eq!(bracket.next(600.0, false, 1.5, 1e6), Next::Try(400.0));
+        let Next::Try(mid) = bracket.next(400.0, true, 1.5, 1e6) else {
+            panic!("bisects between the sustained and the failed rate")
+        };
+        assert!((mid - (400.0f64 * 600.0).sqrt()).abs() < 1e-9);
+
+        let mut bracket = Bracket::new();
+        let mut rate = 1000.0;
+        for _ in 0..MAX_DESCENTS {
+            let Next::Try(lower) = bracket.next(rate, false, 2.0, 1e6) else {
+                panic!("steps down")
+            };
+            assert_eq!(lower, rate / 2.0);
+            rate = lower;
+        }
+        assert!(matches!(bracket.next(rate, false, 2.0, 1e6), Next::Stop(_)));
     }
 
     #[test]
