@@ -98,18 +98,45 @@ impl<'a> LinkBuilder<'a> {
         self
     }
 
-    pub fn build(self) -> Result<(LinkTx, LinkRx, Notification), LinkError> {
+    pub fn build(mut self) -> Result<(LinkTx, LinkRx, Notification), LinkError> {
+        let (event, link_rx, outgoing_data_buffer, incoming_data_buffer) = self.connect_event();
+        self.router_tx.send((0, event))?;
+        link_rx.recv()?;
+        self.finish(link_rx, outgoing_data_buffer, incoming_data_buffer)
+    }
+
+    /// iotmon patch: [`LinkBuilder::build`] without blocking the thread while the router
+    /// registers the connection. A remote connection's task used to wait for it on the
+    /// blocking pool, and a burst of connects grew that pool to a hundred threads (their
+    /// stacks and malloc arenas stayed in the broker's memory).
+    pub async fn build_async(mut self) -> Result<(LinkTx, LinkRx, Notification), LinkError> {
+        let (event, link_rx, outgoing_data_buffer, incoming_data_buffer) = self.connect_event();
+        self.router_tx.send_async((0, event)).await?;
+        link_rx.recv_async().await?;
+        self.finish(link_rx, outgoing_data_buffer, incoming_data_buffer)
+    }
+
+    /// The router's `Connect` event for this link, and the link's ends of its buffers.
+    #[allow(clippy::type_complexity)]
+    fn connect_event(
+        &mut self,
+    ) -> (
+        Event,
+        Receiver<()>,
+        Arc<Mutex<VecDeque<Notification>>>,
+        Arc<Mutex<VecDeque<Packet>>>,
+    ) {
         // Connect to router
         // Local connections to the router shall have access to all subscriptions
         let mut connection = Connection::new(
-            self.tenant_id,
+            self.tenant_id.take(),
             self.client_id.to_owned(),
             self.clean_session,
             self.dynamic_filters,
         );
 
         connection
-            .last_will(self.last_will, self.last_will_properties)
+            .last_will(self.last_will.take(), self.last_will_properties.take())
             .topic_alias_max(self.topic_alias_max);
         let incoming = Incoming::new(connection.client_id.to_owned());
         let (outgoing, link_rx) = Outgoing::new(connection.client_id.to_owned());
@@ -121,10 +148,16 @@ impl<'a> LinkBuilder<'a> {
             incoming,
             outgoing,
         };
+        (event, link_rx, outgoing_data_buffer, incoming_data_buffer)
+    }
 
-        self.router_tx.send((0, event))?;
-
-        link_rx.recv()?;
+    /// Reads the router's answer to `Connect` and builds the link's two ends.
+    fn finish(
+        self,
+        link_rx: Receiver<()>,
+        outgoing_data_buffer: Arc<Mutex<VecDeque<Notification>>>,
+        incoming_data_buffer: Arc<Mutex<VecDeque<Packet>>>,
+    ) -> Result<(LinkTx, LinkRx, Notification), LinkError> {
         let notification = outgoing_data_buffer.lock().pop_front().unwrap();
 
         // Right now link identifies failure with dropped rx in router,
@@ -343,7 +376,9 @@ impl LinkRx {
             router_tx,
             router_rx,
             send_buffer: outgoing_data_buffer,
-            cache: VecDeque::with_capacity(100),
+            // iotmon patch: grows on first use; a remote link never uses it (see
+            // `Outgoing::new`).
+            cache: VecDeque::new(),
         }
     }
 

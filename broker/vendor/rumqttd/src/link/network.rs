@@ -32,6 +32,8 @@ pub struct Network<P> {
     read: BytesMut,
     /// Buffered writes
     write: BytesMut,
+    /// iotmon patch: free space to offer each socket read (see `read_bytes`)
+    read_chunk: usize,
     /// Maximum packet size
     max_incoming_size: usize,
     /// Maximum connection buffer count. TODO: Change this to use bytes for deterministicness
@@ -42,6 +44,11 @@ pub struct Network<P> {
     protocol: P,
 }
 
+/// iotmon patch: the free space a connection's first read is offered.
+const MIN_READ_CHUNK: usize = 2 * 1024;
+/// iotmon patch: the most free space a read is offered once reads keep filling it.
+const MAX_READ_CHUNK: usize = 64 * 1024;
+
 impl<P: Protocol> Network<P> {
     pub fn new(
         socket: Box<dyn N>,
@@ -51,8 +58,12 @@ impl<P: Protocol> Network<P> {
     ) -> Network<P> {
         Network {
             socket,
-            read: BytesMut::with_capacity(10 * 1024),
-            write: BytesMut::with_capacity(10 * 1024),
+            // iotmon patch: see `read_bytes`.
+            read: BytesMut::new(),
+            read_chunk: MIN_READ_CHUNK,
+            // iotmon patch: grows to the largest batch written instead of 10 KiB up front;
+            // a device's connection only ever writes small acknowledgements.
+            write: BytesMut::new(),
             max_incoming_size,
             max_connection_buffer_len,
             // Overwritten by keepalive value in connect packet, otherwise we
@@ -73,7 +84,19 @@ impl<P: Protocol> Network<P> {
         // TODO: Fix this cancellation bug and write unit test
         let mut total_read = 0;
         loop {
+            // iotmon patch: reads start with 2 KiB of space and double (up to 64 KiB) each
+            // time a read fills all it was offered. Upstream gave every connection 10 KiB,
+            // and since parsed payloads keep their part of the buffer alive in the router's
+            // log, that much stayed allocated per device sending a message now and then;
+            // a busy connection (a gateway) soon reads in large chunks again.
+            if self.read.capacity() - self.read.len() < self.read_chunk {
+                self.read.reserve(self.read_chunk);
+            }
+            let offered = self.read.capacity() - self.read.len();
             let read = self.socket.read_buf(&mut self.read).await?;
+            if read == offered {
+                self.read_chunk = (self.read_chunk * 2).min(MAX_READ_CHUNK);
+            }
             if 0 == read {
                 let error = if self.read.is_empty() {
                     io::Error::new(ErrorKind::ConnectionAborted, "connection closed by peer")

@@ -93,23 +93,18 @@ impl<P: Protocol> RemoteLink<P> {
         // the Will Delay Interval has passed or the Session ends, whichever happens first
         let will_delay_interval = min(session_expiry, delay_interval);
 
-        // iotmon patch: registering with the router waits on a blocking channel until the
-        // router thread answers. Upstream waited on the async worker itself, so a busy router
-        // stalled every task of that worker (in iotmon: other connections, the bridge and the
-        // dashboard). The wait now runs on the blocking pool.
-        let client_id = client_id.to_owned();
-        let built = tokio::task::spawn_blocking(move || {
-            LinkBuilder::new(&client_id, router_tx)
-                .tenant_id(tenant_id)
-                .clean_session(clean_session)
-                .last_will(lastwill)
-                .last_will_properties(lastwill_props)
-                .dynamic_filters(dynamic_filters)
-                .topic_alias_max(topic_alias_max.unwrap_or(0))
-                .build()
-        })
-        .await
-        .map_err(|e| Error::Io(io::Error::other(e)))?;
+        // iotmon patch: registering with the router awaits its answer. Upstream waited on a
+        // blocking channel on the async worker itself, so a busy router stalled every task of
+        // that worker (in iotmon: other connections, the bridge and the dashboard).
+        let built = LinkBuilder::new(client_id, router_tx)
+            .tenant_id(tenant_id)
+            .clean_session(clean_session)
+            .last_will(lastwill)
+            .last_will_properties(lastwill_props)
+            .dynamic_filters(dynamic_filters)
+            .topic_alias_max(topic_alias_max.unwrap_or(0))
+            .build_async()
+            .await;
         // iotmon patch: when the router refuses the connection (max_connections reached),
         // say so with CONNACK "server unavailable" (3.1.1 code 3, MQTT 5 0x88) instead of a
         // silent close.
@@ -143,7 +138,8 @@ impl<P: Protocol> RemoteLink<P> {
             network,
             link_tx,
             link_rx,
-            notifications: VecDeque::with_capacity(100),
+            // iotmon patch: grows on first use (see `Outgoing::new`).
+            notifications: VecDeque::new(),
             will_delay_interval,
         })
     }

@@ -379,9 +379,11 @@ pub struct AckLog {
 impl AckLog {
     /// New log
     pub fn new() -> AckLog {
+        // iotmon patch: grown on first use rather than 100 entries each up front (tens of
+        // KiB per connection, touched slot by slot as the ring turns).
         AckLog {
-            committed: VecDeque::with_capacity(100),
-            recorded: VecDeque::with_capacity(100),
+            committed: VecDeque::new(),
+            recorded: VecDeque::new(),
         }
     }
 
