@@ -343,12 +343,19 @@ fn validate(config: &BrokerConfig) -> Result<(), BrokerError> {
     Ok(())
 }
 
+/// See `router_config`.
+const OUTGOING_BATCH: u64 = 2_000;
+
 /// Every router field set explicitly: rumqttd's defaults refuse all clients (zero
 /// connections) and panic on small segments.
 fn router_config(config: &BrokerConfig) -> RouterConfig {
     RouterConfig {
         max_connections: config.max_connections,
-        max_outgoing_packet_count: 200,
+        // Messages the router hands a subscriber per turn (and its buffer's bound). The
+        // bridge and other busy subscribers get a turn only when their task runs, which on a
+        // loaded runtime can take milliseconds: at upstream's 200, delivery to them fell far
+        // behind the intake under overload. Memory: up to ~0.5 MB per lagging subscriber.
+        max_outgoing_packet_count: OUTGOING_BATCH,
         // rumqttd panics below 1 KiB segments.
         max_segment_size: config.segment_size.max(1024),
         max_segment_count: config.segment_count,
@@ -449,5 +456,43 @@ mod tests {
         assert_eq!(open.next_connection_delay_ms, 0);
         assert!(!open.connections.dynamic_filters);
         assert!(open.tls.is_none());
+    }
+
+    #[test]
+    fn a_subscriber_is_handed_a_whole_batch_before_the_router_waits_for_it() {
+        let config = BrokerConfig {
+            allow_anonymous: true,
+            ..BrokerConfig::default()
+        };
+        let broker =
+            EmbeddedBroker::start(config, std::path::Path::new("/nonexistent")).expect("starts");
+        let (mut subscriber_tx, mut subscriber) = broker.link("subscriber").expect("links");
+        subscriber_tx.subscribe("sensors/#").expect("subscribes");
+        let (mut publisher, _publisher_rx) = broker.link("publisher").expect("links");
+        // More than upstream's fixed batch of 200, fewer than ours.
+        let sent = 1_500;
+        for n in 0..sent {
+            publisher
+                .publish(format!("sensors/dev-{n}"), "{}")
+                .expect("publishes");
+        }
+
+        // Let the router take all of them in before the first read, then read without ever
+        // telling it we drained anything: what arrives is what it hands over in one turn, up
+        // to the point where it would wait for us.
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut forwarded = 0;
+        while forwarded < sent {
+            match subscriber.recv_deadline(deadline) {
+                Ok(Some(rumqttd::Notification::Forward(_))) => forwarded += 1,
+                Ok(Some(rumqttd::Notification::Unschedule)) => {
+                    panic!("the router waited for the subscriber after {forwarded} messages")
+                }
+                Ok(_) => {}
+                Err(error) => panic!("{forwarded} of {sent} messages arrived: {error}"),
+            }
+        }
+        assert!(sent < OUTGOING_BATCH as usize);
     }
 }

@@ -1605,7 +1605,13 @@ fn forward_device_data(
         len
     );
 
-    if len >= MAX_CHANNEL_CAPACITY - 1 {
+    // iotmon patch: a subscriber's buffer is full at `max_outgoing_packet_count`
+    // notifications (never fewer than upstream's fixed 200). The router then waits for the
+    // connection to drain it and ask for more, a round trip through its task that can take
+    // milliseconds on a busy runtime: 200 messages per round trip capped delivery to one
+    // subscriber far below what the router takes in, and the skipped backlog was lost.
+    let capacity = (datalog.config.max_outgoing_packet_count as usize).max(MAX_CHANNEL_CAPACITY);
+    if len >= capacity - 1 {
         debug!("Outgoing channel reached its capacity");
         outgoing.push_notification(Notification::Unschedule);
         outgoing.handle.try_send(()).ok();
