@@ -446,6 +446,9 @@ pub struct BenchArgs {
     /// single devices; default: what a connection owes every 100 ms in one write).
     #[arg(long)]
     pub write_batch: Option<usize>,
+    /// broker: search iotmon's broker only, without mosquitto (e.g. to compare builds).
+    #[arg(long)]
+    pub iotmon_only: bool,
     /// The iotmon binary to measure (default: this one), e.g. another build to compare.
     #[arg(long)]
     pub iotmon: Option<PathBuf>,
@@ -482,6 +485,7 @@ impl BenchArgs {
             step_factor: self.step_factor,
             fleets: self.fleets.clone(),
             write_batch: self.write_batch,
+            iotmon_only: self.iotmon_only,
             ..iotmon_simulator::bench::BenchConfig::new(iotmon, self.scenario)
         })
     }

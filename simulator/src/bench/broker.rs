@@ -56,10 +56,17 @@ pub(crate) async fn compare(
         for &qos in &config.qos {
             let iotmon = Measured::start_iotmon(&config.iotmon, "broker", Vec::new()).await?;
             let ours = search(config, iotmon, connections, qos, shutdown, &mut runs).await?;
-            let mosquitto = Measured::start_mosquitto().await?;
-            let theirs = search(config, mosquitto, connections, qos, shutdown, &mut runs).await?;
-            ratios.push(compare_searches(&ours, &theirs));
-            searches.extend([ours, theirs]);
+            let theirs = if config.iotmon_only {
+                None
+            } else {
+                let mosquitto = Measured::start_mosquitto().await?;
+                Some(search(config, mosquitto, connections, qos, shutdown, &mut runs).await?)
+            };
+            if let Some(theirs) = &theirs {
+                ratios.push(compare_searches(&ours, theirs));
+            }
+            searches.push(ours);
+            searches.extend(theirs);
             if shutdown.is_cancelled() {
                 break 'shapes;
             }

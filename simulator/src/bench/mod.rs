@@ -111,6 +111,8 @@ pub struct BenchConfig {
     /// single devices send); `None`: everything a connection owes at a visit (ten a second)
     /// in one write, as a gateway would.
     pub write_batch: Option<usize>,
+    /// `broker`: search iotmon's broker only, without mosquitto (e.g. to compare builds).
+    pub iotmon_only: bool,
 }
 
 impl BenchConfig {
@@ -132,6 +134,7 @@ impl BenchConfig {
             qos: vec![Qos::AtMostOnce, Qos::AtLeastOnce],
             rate: None,
             max: None,
+            iotmon_only: false,
             step_factor: 1.5,
             fleets: viewer_cost::DEFAULT_FLEETS.to_vec(),
             write_batch: None,
