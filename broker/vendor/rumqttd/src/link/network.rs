@@ -48,6 +48,8 @@ pub struct Network<P> {
 const MIN_READ_CHUNK: usize = 2 * 1024;
 /// iotmon patch: the most free space a read is offered once reads keep filling it.
 const MAX_READ_CHUNK: usize = 64 * 1024;
+/// iotmon patch: below this much free space, the next read gets a new chunk.
+const MIN_READ_SPACE: usize = 256;
 
 impl<P: Protocol> Network<P> {
     pub fn new(
@@ -84,17 +86,19 @@ impl<P: Protocol> Network<P> {
         // TODO: Fix this cancellation bug and write unit test
         let mut total_read = 0;
         loop {
-            // iotmon patch: reads start with 2 KiB of space and double (up to 64 KiB) each
-            // time a read fills all it was offered. Upstream gave every connection 10 KiB,
-            // and since parsed payloads keep their part of the buffer alive in the router's
-            // log, that much stayed allocated per device sending a message now and then;
-            // a busy connection (a gateway) soon reads in large chunks again.
-            if self.read.capacity() - self.read.len() < self.read_chunk {
+            // iotmon patch: a connection's reads start with 2 KiB of space, doubling (up to
+            // 64 KiB) each time a read fills a whole chunk. Upstream gave every connection
+            // 10 KiB, and since parsed payloads keep their part of the buffer alive in the
+            // router's log, that much stayed allocated per device sending a message now and
+            // then; a busy connection (a gateway) soon reads in large chunks again. Reads
+            // fill a chunk to its end (a new chunk only when less than `MIN_READ_SPACE` is
+            // left), so payloads in the log pack into few chunks.
+            if self.read.capacity() - self.read.len() < MIN_READ_SPACE {
                 self.read.reserve(self.read_chunk);
             }
             let offered = self.read.capacity() - self.read.len();
             let read = self.socket.read_buf(&mut self.read).await?;
-            if read == offered {
+            if read == offered && offered >= self.read_chunk {
                 self.read_chunk = (self.read_chunk * 2).min(MAX_READ_CHUNK);
             }
             if 0 == read {
