@@ -581,7 +581,7 @@ async fn count_publishes(
             raw_mqtt::PUBLISH => {
                 publishes += 1;
                 if frame.qos() > 0 {
-                    if let Some(id) = publish_packet_id(frame, packet) {
+                    if let Some(id) = raw_mqtt::publish_packet_id(frame, packet) {
                         raw_mqtt::encode_puback(id, &mut acks);
                     }
                 }
@@ -608,14 +608,6 @@ async fn count_publishes(
     }
 }
 
-/// The packet id of a QoS > 0 PUBLISH: after the topic.
-fn publish_packet_id(frame: &Frame, packet: &[u8]) -> Option<u16> {
-    let body = &packet[frame.header_len..];
-    let topic_len = usize::from(u16::from_be_bytes([*body.first()?, *body.get(1)?]));
-    let at = 2 + topic_len;
-    Some(u16::from_be_bytes([*body.get(at)?, *body.get(at + 1)?]))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -628,14 +620,6 @@ mod tests {
         // Slow connections may still send a few at once.
         assert_eq!(split_owed(3, 0.5), (3, 0));
         assert_eq!(split_owed(9, 0.5), (4, 5));
-    }
-
-    #[test]
-    fn finds_the_packet_id_of_a_qos1_publish() {
-        let mut packet = Vec::new();
-        raw_mqtt::encode_publish("sensors/a/b", b"{}", 1, 4242, &mut packet);
-        let frame = raw_mqtt::frame(&packet).expect("valid").expect("whole");
-        assert_eq!(publish_packet_id(&frame, &packet), Some(4242));
     }
 
     #[test]

@@ -92,6 +92,14 @@ pub(crate) fn suback_granted(packet: &[u8], frame: &Frame) -> bool {
             .is_some_and(|&code| code != 0x80)
 }
 
+/// The packet id of a QoS > 0 PUBLISH: after the topic.
+pub(crate) fn publish_packet_id(frame: &Frame, packet: &[u8]) -> Option<u16> {
+    let body = &packet[frame.header_len..];
+    let topic_len = usize::from(u16::from_be_bytes([*body.first()?, *body.get(1)?]));
+    let at = 2 + topic_len;
+    Some(u16::from_be_bytes([*body.get(at)?, *body.get(at + 1)?]))
+}
+
 /// Appends a CONNECT (MQTT 3.1.1, clean session, no will, no login).
 pub(crate) fn encode_connect(client_id: &str, keep_alive_secs: u16, out: &mut Vec<u8>) {
     let remaining = 10 + 2 + client_id.len();
@@ -179,6 +187,14 @@ mod tests {
     use rumqttc::mqttbytes::QoS;
 
     use super::*;
+
+    #[test]
+    fn finds_the_packet_id_of_a_qos1_publish() {
+        let mut packet = Vec::new();
+        encode_publish("sensors/a/b", b"{}", 1, 4242, &mut packet);
+        let frame = frame(&packet).expect("valid").expect("whole");
+        assert_eq!(publish_packet_id(&frame, &packet), Some(4242));
+    }
 
     /// Decodes `bytes` with rumqttc, checking it is exactly one packet.
     fn decode(bytes: &[u8]) -> Packet {
