@@ -269,13 +269,16 @@ async fn a_device_connection_costs_the_broker_little_memory() {
     }
     let before_kib = rss_kib(pid);
 
-    let mut devices = tokio::task::JoinSet::new();
-    for n in 0..CONNECTIONS {
-        devices.spawn(device(port, n));
-    }
+    // In waves, so the listener's accept queue (1,024) never overflows into SYN retries.
     let mut connected = vec![first];
-    while let Some(stream) = devices.join_next().await {
-        connected.push(stream.expect("device task"));
+    for wave in (0..CONNECTIONS).collect::<Vec<_>>().chunks(250) {
+        let mut devices = tokio::task::JoinSet::new();
+        for &n in wave {
+            devices.spawn(device(port, n));
+        }
+        while let Some(stream) = devices.join_next().await {
+            connected.push(stream.expect("device task"));
+        }
     }
     let expected = ((CONNECTIONS + 1) * MESSAGES_PER_CONNECTION) as u64;
     while received.load(Ordering::Relaxed) < expected {
