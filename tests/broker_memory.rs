@@ -80,6 +80,17 @@ async fn connect(port: u16, id: &str, received: Option<Arc<AtomicU64>>) -> Async
     client
 }
 
+/// A client subscribed to `sensors/#` and the count of messages it has received.
+async fn subscribe_all(port: u16) -> (AsyncClient, Arc<AtomicU64>) {
+    let received = Arc::new(AtomicU64::new(0));
+    let subscriber = connect(port, "mem-sub", Some(received.clone())).await;
+    subscriber
+        .subscribe("sensors/#", QoS::AtMostOnce)
+        .await
+        .expect("subscribe queued");
+    (subscriber, received)
+}
+
 /// Publishes round after round over this publisher's share of the topics until `stop`;
 /// returns how many messages it sent.
 async fn publish_rounds(
@@ -120,12 +131,8 @@ async fn broker_memory_plateaus_with_100k_distinct_topics() {
     let broker = BrokerProcess::start(BROKER, &[], &[]);
     let (port, pid) = (broker.port("mqtt"), broker.pid());
     let idle_kib = rss_kib(pid);
-    let received = Arc::new(AtomicU64::new(0));
-    let subscriber = connect(port, "mem-sub", Some(received.clone())).await;
-    subscriber
-        .subscribe("sensors/#", QoS::AtMostOnce)
-        .await
-        .expect("subscribe queued");
+    // Kept alive for the whole test: dropping the client ends its subscription.
+    let (_subscriber, received) = subscribe_all(port).await;
 
     let stop = Arc::new(AtomicU64::new(0));
     let rounds = Arc::new(AtomicU64::new(0));
@@ -251,12 +258,8 @@ async fn device(port: u16, n: usize) -> tokio::net::TcpStream {
 async fn a_device_connection_costs_the_broker_little_memory() {
     let broker = BrokerProcess::start("allow_anonymous = true\nmax_connections = 5000", &[], &[]);
     let (port, pid) = (broker.port("mqtt"), broker.pid());
-    let received = Arc::new(AtomicU64::new(0));
-    let subscriber = connect(port, "mem-sub", Some(received.clone())).await;
-    subscriber
-        .subscribe("sensors/#", QoS::AtMostOnce)
-        .await
-        .expect("subscribe queued");
+    // Kept alive for the whole test: dropping the client ends its subscription.
+    let (_subscriber, received) = subscribe_all(port).await;
     // One message through first, so the subscription and the log exist before measuring.
     let first = device(port, CONNECTIONS).await;
     let deadline = Instant::now() + support::DEADLINE;
