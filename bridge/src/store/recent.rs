@@ -79,6 +79,12 @@ ORDER BY start, device, metric, part";
 /// flush, not once per row.
 pub struct RecentRows<'c>(CachedStatement<'c>);
 
+impl std::fmt::Debug for RecentRows<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RecentRows")
+    }
+}
+
 impl<'c> RecentRows<'c> {
     /// # Errors
     /// The statement cannot be prepared.
