@@ -42,9 +42,9 @@ const ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
 /// 30 windows of every series at 5 minutes) and the time the store thread spends on it.
 const MERGE_EVERY_MS: i64 = 5 * 60_000;
 /// Rows written into `recent_rollups` since the last merge that make a merge due before
-/// [`MERGE_EVERY_MS`] (about 120 MiB of table): the bound on that table for fleets much
-/// larger than the reference one. If merges keep failing (a full disk) the table grows
-/// beyond it, and each maintenance pass tries again.
+/// [`MERGE_EVERY_MS`] (about 80 MiB of table at ~40 bytes a row): the bound on that table
+/// for fleets much larger than the reference one. If merges keep failing (a full disk) the
+/// table grows beyond it, and each maintenance pass tries again.
 const MERGE_AT_ROWS: u64 = 2_000_000;
 
 /// One tier as the writer uses it.

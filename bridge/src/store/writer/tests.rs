@@ -640,4 +640,31 @@ fn store_write_cost_probe() {
         "store: {:.2} ms per simulated second over {seconds} s of {fleet} devices",
         total.as_secs_f64() * 1000.0 / seconds as f64,
     );
+    // A chart's query of the last hour (or what there is) as the store stands: from the
+    // series-ordered rows and the recent ones.
+    let end = T0 + seconds * 1000;
+    let reader = history::HistoryReader::new(dir.path(), &BridgeConfig::default());
+    let mut timings: Vec<Duration> = (0..50)
+        .map(|i| {
+            let began = Instant::now();
+            let series = reader
+                .query(&history::HistoryQuery {
+                    device: format!("dev-{:05}", i * 7 % fleet),
+                    metric: "temperature".into(),
+                    from: end - 3_600_000,
+                    to: end,
+                    max_points: 300,
+                    now: end,
+                })
+                .expect("history");
+            assert!(!series.points.is_empty());
+            began.elapsed()
+        })
+        .collect();
+    timings.sort();
+    eprintln!(
+        "history, one hour at 300 points: median {:.2} ms, slowest {:.2} ms",
+        timings[timings.len() / 2].as_secs_f64() * 1000.0,
+        timings[timings.len() - 1].as_secs_f64() * 1000.0,
+    );
 }
