@@ -10,17 +10,20 @@
 //!   `max_points`; each carries count, mean, min, max and the last value;
 //! - the part of the range a coarse tier has not been computed for yet (its windows not yet
 //!   closed) is read from the finer tiers, so the newest data is never missing;
+//! - rows come from both `rollups` and `recent_rollups` (see [`crate::store::recent`]), read
+//!   in one transaction, so everything committed up to the last flush is seen once, the open
+//!   windows included;
 //! - blocking (SQLite): call it from `spawn_blocking` in async code. It opens the database
 //!   read-only and never blocks the writer (WAL).
 
 use std::path::{Path, PathBuf};
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{Connection, OptionalExtension};
 use serde::Serialize;
 
 use crate::config::BridgeConfig;
 use crate::rollup::{window_start, Accumulator};
-use crate::store::{db_path, schema, StoreError};
+use crate::store::{db_path, recent, schema, StoreError};
 
 /// What to read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,7 +91,10 @@ impl HistoryReader {
     /// # Errors
     /// The database cannot be opened or read.
     pub fn query(&self, query: &HistoryQuery) -> Result<HistorySeries, StoreError> {
-        let connection = schema::open_read_only(&self.path)?;
+        let mut connection = schema::open_read_only(&self.path)?;
+        // One snapshot for every read: a merge of the recent rows committed between two reads
+        // would otherwise show its rows twice or not at all.
+        let snapshot = connection.transaction()?;
         let tier = choose_tier(
             &self.tiers,
             query.from,
@@ -105,7 +111,7 @@ impl HistoryReader {
             bucket_ms,
             points: Vec::new(),
         };
-        let Some((device, metric)) = ids(&connection, &query.device, &query.metric)? else {
+        let Some((device, metric)) = ids(&snapshot, &query.device, &query.metric)? else {
             return Ok(series);
         };
         let mut buckets: Vec<(i64, Accumulator)> = Vec::new();
@@ -115,18 +121,16 @@ impl HistoryReader {
             let upper = if finer == 0 {
                 query.to
             } else {
-                cascaded_until(&connection, width)?.min(query.to)
+                cascaded_until(&snapshot, width)?.min(query.to)
             };
             if upper <= cursor {
                 continue;
             }
-            read_rows(
-                &connection,
-                [width, device, metric, cursor, upper],
-                |start, values| {
-                    add_to_buckets(&mut buckets, window_start(start, bucket_ms), values);
-                },
-            )?;
+            for (start, values) in
+                recent::series_rows(&snapshot, [width, device, metric, cursor, upper])?
+            {
+                add_to_buckets(&mut buckets, window_start(start, bucket_ms), values);
+            }
             cursor = upper;
         }
         series.points = buckets
@@ -233,35 +237,6 @@ fn cascaded_until(connection: &Connection, width: i64) -> Result<i64, StoreError
         })
         .optional()?
         .unwrap_or(i64::MIN))
-}
-
-/// Calls `row` with each stored window of `[tier, device, metric, from, to)`, oldest first.
-fn read_rows(
-    connection: &Connection,
-    [tier, device, metric, from, to]: [i64; 5],
-    mut row: impl FnMut(i64, Accumulator),
-) -> Result<(), StoreError> {
-    let mut statement = connection.prepare_cached(
-        "SELECT start, count, sum, min, max, last, last_ts FROM rollups
-         WHERE tier = ?1 AND device = ?2 AND metric = ?3 AND start >= ?4 AND start < ?5
-         ORDER BY start",
-    )?;
-    let mut rows = statement.query(params![tier, device, metric, from, to])?;
-    while let Some(stored) = rows.next()? {
-        let count: i64 = stored.get(1)?;
-        row(
-            stored.get(0)?,
-            Accumulator {
-                count: count.unsigned_abs(),
-                sum: stored.get(2)?,
-                min: stored.get(3)?,
-                max: stored.get(4)?,
-                last: stored.get(5)?,
-                last_ts: stored.get(6)?,
-            },
-        );
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -4,10 +4,13 @@
 //! - [`schema`]: tables and pragmas.
 //! - [`writer`]: the store thread (batched transactions, tier cascade, retention, export to
 //!   the InfluxDB outbox).
+//! - [`recent`]: the newest rollup rows, ordered by time for cheap writes, and their merge
+//!   into the series-ordered table every few minutes.
 //! - [`history`]: reading a device's history for charts, downsampled with min and max kept.
 //! - [`registry`]: the device registry, reloaded at start.
 
 pub mod history;
+pub mod recent;
 pub mod registry;
 pub mod schema;
 pub mod writer;

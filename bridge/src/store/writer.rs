@@ -1,26 +1,30 @@
-//! The store thread: writes the shards' batches in one transaction per wake-up, and once a
-//! second cascades closed windows into the coarser tiers, exports closed windows to the
-//! InfluxDB outbox (when enabled) and, every few minutes, applies retention.
+//! The store thread: writes the shards' batches in one transaction per wake-up into the
+//! time-ordered `recent_rollups`, and once a second cascades closed windows into the coarser
+//! tiers, exports closed windows to the InfluxDB outbox (when enabled), and, every few
+//! minutes, merges `recent_rollups` into `rollups` and applies retention.
 //!
 //! Errors (disk full, I/O) never stop the thread: the transaction is rolled back, counted in
 //! `iotmon_store_errors_total`, logged at most once per interval, and the thread goes on.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rusqlite::{params, Connection, Transaction};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use tracing::{error, info};
 
 use crate::config::BridgeConfig;
 use crate::counters::BridgeCounters;
 use crate::influx::line::{self, ExportRow};
 use crate::pipeline::unix_millis;
-use crate::rollup::window_start;
+use crate::rollup::{window_start, Accumulator};
 use crate::shard::StoreBatch;
+use crate::store::recent::{self, RecentRows};
 use crate::store::registry::{self, Ids};
 use crate::store::StoreError;
+use crate::FastMap;
 
 /// How often maintenance (cascade, export) runs.
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(1);
@@ -32,6 +36,17 @@ const MAX_WINDOWS_PER_PASS: usize = 1000;
 const LINES_PER_WRITE: usize = 5000;
 /// Least time between two logged store errors.
 const ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
+/// How often `recent_rollups` is merged into `rollups` (ms of the clock `maintain` is given).
+/// A merge writes the newest pages of every active series once, where merging every flush
+/// into `rollups` wrote them every second; the price of a longer interval is a larger recent
+/// table and a longer merge (about 30 windows of every series at 5 minutes, 2–6 s at the
+/// reference load), during which the shards' batches wait in the store's queue.
+const MERGE_EVERY_MS: i64 = 5 * 60_000;
+/// Rows written into `recent_rollups` since the last merge that make a merge due before
+/// [`MERGE_EVERY_MS`] (about 80 MiB of table at ~40 bytes a row): the bound on that table
+/// for fleets much larger than the reference one. If merges keep failing (a full disk) the
+/// table grows beyond it, and each maintenance pass tries again.
+const MERGE_AT_ROWS: u64 = 2_000_000;
 
 /// One tier as the writer uses it.
 #[derive(Debug, Clone, Copy)]
@@ -54,6 +69,11 @@ pub struct Writer {
     ids: Ids,
     last_retention: Option<Instant>,
     last_error_log: Option<Instant>,
+    /// When `recent_rollups` was last merged into `rollups`, on `maintain`'s clock.
+    last_merge_ms: i64,
+    /// Rows written into `recent_rollups` since then (an upper bound on its size: a write
+    /// into an existing row counts too).
+    rows_since_merge: u64,
 }
 
 impl Writer {
@@ -68,6 +88,7 @@ impl Writer {
         now_ms: i64,
     ) -> Result<Self, StoreError> {
         let millis = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        let rows_since_merge = recent::count(&connection)?;
         let writer = Writer {
             connection,
             tiers: config
@@ -88,6 +109,8 @@ impl Writer {
             ids: Ids::default(),
             last_retention: None,
             last_error_log: None,
+            last_merge_ms: now_ms,
+            rows_since_merge,
         };
         for tier in &writer.tiers {
             let start = window_start(now_ms, tier.width);
@@ -122,67 +145,80 @@ impl Writer {
                 self.check(maintained);
             }
         }
+        // Leaves the database in the layout older versions of iotmon read too; a kill before
+        // this point loses nothing (the next run reads the recent rows and merges them).
+        let merged = self.merge_recent(unix_millis());
+        self.check(merged);
         info!("store closed");
     }
 
     /// Writes batches in one transaction: registry first (rollups refer to devices), then
-    /// the rollup deltas merged into their rows.
+    /// the rollup deltas merged into their rows of `recent_rollups`.
     ///
     /// # Errors
     /// Any statement failed; the transaction is rolled back.
     pub fn write(&mut self, batches: &[StoreBatch]) -> Result<(), StoreError> {
         let tx = self.connection.transaction()?;
-        let mut rows = 0;
         for batch in batches {
             for entry in &batch.devices {
                 registry::upsert(&tx, entry)?;
             }
         }
         let base = self.tiers.first().map_or(10_000, |tier| tier.width);
-        // Rows are merged in key order, so consecutive upserts land on the same B-tree pages.
+        // In the table's key order, so consecutive upserts land on the same B-tree pages.
         let mut keyed = Vec::with_capacity(batches.iter().map(|batch| batch.rollups.len()).sum());
         for batch in batches {
             for delta in &batch.rollups {
                 let device = self.ids.device(&tx, &delta.device)?;
                 let metric = self.ids.metric(&tx, &delta.metric)?;
-                keyed.push((device, metric, delta));
+                keyed.push(([delta.start, device, metric], delta));
             }
         }
-        keyed.sort_unstable_by_key(|(device, metric, delta)| (*device, *metric, delta.start));
-        let mut merge = tx.prepare_cached(MERGE_DELTA)?;
-        for (device, metric, delta) in keyed {
-            let v = &delta.values;
-            merge.execute(params![
-                base,
-                device,
-                metric,
-                delta.start,
-                v.count as i64,
-                v.sum,
-                v.min,
-                v.max,
-                v.last,
-                v.last_ts
-            ])?;
-            rows += 1;
+        keyed.sort_unstable_by_key(|(key, _)| *key);
+        let mut into_recent = RecentRows::new(&tx)?;
+        for ([start, device, metric], delta) in &keyed {
+            into_recent.add(base, [*device, *metric, *start], &delta.values)?;
         }
-        drop(merge);
+        drop(into_recent);
         tx.commit()?;
+        let rows = keyed.len() as u64;
+        self.rows_since_merge += rows;
         self.counters
             .store_rollup_rows
             .fetch_add(rows, Ordering::Relaxed);
         Ok(())
     }
 
-    /// Cascades closed windows into coarser tiers, exports closed windows to the outbox, and
-    /// applies retention when due; all as of `now_ms`.
+    /// Moves `recent_rollups` into `rollups` in one transaction, as of `now_ms`.
+    ///
+    /// # Errors
+    /// A statement failed; nothing moved, the merge is tried again at the next maintenance.
+    pub fn merge_recent(&mut self, now_ms: i64) -> Result<(), StoreError> {
+        let tx = self.connection.transaction()?;
+        recent::merge_into_rollups(&tx)?;
+        tx.commit()?;
+        self.last_merge_ms = now_ms;
+        self.rows_since_merge = 0;
+        Ok(())
+    }
+
+    /// Whether `recent_rollups` is due to be merged at `now_ms`.
+    fn merge_due(&self, now_ms: i64) -> bool {
+        now_ms.saturating_sub(self.last_merge_ms) >= MERGE_EVERY_MS
+            || self.rows_since_merge >= MERGE_AT_ROWS
+    }
+
+    /// Cascades closed windows into coarser tiers, exports closed windows to the outbox,
+    /// applies retention when due, and merges `recent_rollups` into `rollups` when due; all
+    /// as of `now_ms`.
     ///
     /// # Errors
     /// Any statement failed; that pass is rolled back and retried next time.
     pub fn maintain(&mut self, now_ms: i64) -> Result<(), StoreError> {
         let tx = self.connection.transaction()?;
+        let mut cascaded = 0;
         for index in 1..self.tiers.len() {
-            cascade(
+            cascaded += cascade(
                 &tx,
                 self.tiers[index - 1],
                 self.tiers[index],
@@ -206,13 +242,20 @@ impl Writer {
             .is_none_or(|last| last.elapsed() >= RETENTION_EVERY);
         if retention_due {
             for tier in &self.tiers {
+                let oldest = now_ms.saturating_sub(tier.retention);
                 tx.prepare_cached("DELETE FROM rollups WHERE tier = ?1 AND start < ?2")?
-                    .execute(params![tier.width, now_ms.saturating_sub(tier.retention)])?;
+                    .execute(params![tier.width, oldest])?;
+                tx.prepare_cached("DELETE FROM recent_rollups WHERE tier = ?1 AND start < ?2")?
+                    .execute(params![tier.width, oldest])?;
             }
         }
         tx.commit()?;
+        self.rows_since_merge += cascaded;
         if retention_due {
             self.last_retention = Some(Instant::now());
+        }
+        if self.merge_due(now_ms) {
+            self.merge_recent(now_ms)?;
         }
         Ok(())
     }
@@ -230,33 +273,6 @@ impl Writer {
         }
     }
 }
-
-/// Merges a finest-tier delta into its row: counts and sums add, min and max widen, `last`
-/// follows the newest timestamp. (In `DO UPDATE`, bare column names are the old row.)
-const MERGE_DELTA: &str = "
-INSERT INTO rollups (tier, device, metric, start, count, sum, min, max, last, last_ts)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
-ON CONFLICT (tier, device, metric, start) DO UPDATE SET
-    count = count + excluded.count,
-    sum = sum + excluded.sum,
-    min = min(min, excluded.min),
-    max = max(max, excluded.max),
-    last = CASE WHEN excluded.last_ts >= last_ts THEN excluded.last ELSE last END,
-    last_ts = max(last_ts, excluded.last_ts)";
-
-/// Builds one coarse window from the finer tier's rows in it (replacing any earlier result).
-const CASCADE: &str = "
-INSERT INTO rollups (tier, device, metric, start, count, sum, min, max, last, last_ts)
-SELECT ?1, r.device, r.metric, ?2, SUM(r.count), SUM(r.sum), MIN(r.min), MAX(r.max),
-    (SELECT l.last FROM rollups l WHERE l.tier = ?3 AND l.device = r.device
-        AND l.metric = r.metric AND l.start >= ?2 AND l.start < ?4
-        ORDER BY l.last_ts DESC LIMIT 1),
-    MAX(r.last_ts)
-FROM rollups r WHERE r.tier = ?3 AND r.start >= ?2 AND r.start < ?4
-GROUP BY r.device, r.metric
-ON CONFLICT (tier, device, metric, start) DO UPDATE SET
-    count = excluded.count, sum = excluded.sum, min = excluded.min, max = excluded.max,
-    last = excluded.last, last_ts = excluded.last_ts";
 
 fn cascade_key(width: i64) -> String {
     format!("cascaded_until_{width}")
@@ -295,29 +311,39 @@ fn closed_windows(from: i64, until: i64, tier: Tier, now_ms: i64) -> impl Iterat
         .take_while(move |start| start + tier.width <= until)
 }
 
+/// Builds the closed windows of `coarser` from `finer`'s rows in them (from both tables),
+/// into `recent_rollups`, and advances the tier's watermark; returns the rows written.
 fn cascade(
     tx: &Transaction<'_>,
     finer: Tier,
     coarser: Tier,
     now_ms: i64,
     settle_ms: i64,
-) -> Result<(), StoreError> {
+) -> Result<u64, StoreError> {
     let key = cascade_key(coarser.width);
     let from = watermark(tx, &key)?;
     let mut done = from;
+    let mut written = 0;
     for start in closed_windows(from, now_ms - settle_ms, coarser, now_ms) {
-        tx.prepare_cached(CASCADE)?.execute(params![
-            coarser.width,
-            start,
-            finer.width,
-            start + coarser.width
-        ])?;
+        // Ordered by series, so the rows are written in `recent_rollups`' key order.
+        let mut by_series: BTreeMap<(i64, i64), Accumulator> = BTreeMap::new();
+        for row in recent::rows_in_range(tx, finer.width, start, start + coarser.width)? {
+            by_series
+                .entry((row.device, row.metric))
+                .and_modify(|values| values.merge(&row.values))
+                .or_insert(row.values);
+        }
+        let mut into_recent = RecentRows::new(tx)?;
+        for ((device, metric), values) in &by_series {
+            into_recent.add(coarser.width, [*device, *metric, start], values)?;
+        }
+        written += by_series.len() as u64;
         done = start + coarser.width;
     }
     if done != from {
         set_watermark(tx, &key, done)?;
     }
-    Ok(())
+    Ok(written)
 }
 
 /// Copies the tier's windows closed before `until` into the outbox as line protocol.
@@ -328,26 +354,28 @@ fn export(tx: &Transaction<'_>, tier: Tier, until: i64) -> Result<(), StoreError
         return Ok(());
     };
     let end = last + tier.width;
-    let mut statement = tx.prepare_cached(
-        "SELECT d.name, d.group_path, m.name, r.start, r.count, r.sum, r.min, r.max, r.last
-         FROM rollups r JOIN devices d ON d.id = r.device JOIN metrics m ON m.id = r.metric
-         WHERE r.tier = ?1 AND r.start >= ?2 AND r.start < ?3
-         ORDER BY r.start, r.device, r.metric",
-    )?;
-    let rows = statement.query_map(params![tier.width, from, end], |row| {
-        Ok(ExportRow {
-            device: row.get(0)?,
-            group: row.get(1)?,
-            metric: row.get(2)?,
-            start: row.get(3)?,
-            count: row.get(4)?,
-            sum: row.get(5)?,
-            min: row.get(6)?,
-            max: row.get(7)?,
-            last: row.get(8)?,
-        })
-    })?;
-    let rows: Vec<ExportRow> = rows.collect::<Result<_, _>>()?;
+    let mut names = Names::default();
+    let mut rows = Vec::new();
+    for stored in recent::rows_in_range(tx, tier.width, from, end)? {
+        let Some((device, group)) = names.device(tx, stored.device)? else {
+            continue;
+        };
+        let Some(metric) = names.metric(tx, stored.metric)? else {
+            continue;
+        };
+        let values = stored.values;
+        rows.push(ExportRow {
+            device,
+            group,
+            metric,
+            start: stored.start,
+            count: i64::try_from(values.count).unwrap_or(i64::MAX),
+            sum: values.sum,
+            min: values.min,
+            max: values.max,
+            last: values.last,
+        });
+    }
     let lines = line::to_lines(tier.width, &rows);
     for chunk in lines.chunks(LINES_PER_WRITE) {
         let body = chunk.join("\n");
@@ -356,6 +384,44 @@ fn export(tx: &Transaction<'_>, tier: Tier, until: i64) -> Result<(), StoreError
     }
     set_watermark(tx, &key, end)?;
     Ok(())
+}
+
+/// Device and metric names by id, looked up once per export pass. A row whose device or
+/// metric has no name is left out, as the join of the registry with the rollups did.
+#[derive(Default)]
+struct Names {
+    devices: FastMap<i64, Option<(String, String)>>,
+    metrics: FastMap<i64, Option<String>>,
+}
+
+impl Names {
+    fn device(
+        &mut self,
+        tx: &Transaction<'_>,
+        id: i64,
+    ) -> rusqlite::Result<Option<(String, String)>> {
+        if let Some(known) = self.devices.get(&id) {
+            return Ok(known.clone());
+        }
+        let found = tx
+            .prepare_cached("SELECT name, group_path FROM devices WHERE id = ?1")?
+            .query_row([id], |row| Ok((row.get(0)?, row.get(1)?)))
+            .optional()?;
+        self.devices.insert(id, found.clone());
+        Ok(found)
+    }
+
+    fn metric(&mut self, tx: &Transaction<'_>, id: i64) -> rusqlite::Result<Option<String>> {
+        if let Some(known) = self.metrics.get(&id) {
+            return Ok(known.clone());
+        }
+        let found = tx
+            .prepare_cached("SELECT name FROM metrics WHERE id = ?1")?
+            .query_row([id], |row| row.get(0))
+            .optional()?;
+        self.metrics.insert(id, found.clone());
+        Ok(found)
+    }
 }
 
 /// Drops the oldest outbox entries while the outbox is larger than `max_bytes`.

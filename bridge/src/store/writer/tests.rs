@@ -57,15 +57,23 @@ fn query(dir: &std::path::Path, from: i64, to: i64, points: usize) -> history::H
         .expect("query")
 }
 
+/// Rows of `tier`, each key once whether it is in `rollups`, `recent_rollups` or both.
 fn count_rows(writer: &Writer, tier: i64) -> i64 {
     writer
         .connection
         .query_row(
-            "SELECT COUNT(*) FROM rollups WHERE tier = ?1",
+            "SELECT COUNT(*) FROM (
+                SELECT device, metric, start FROM rollups WHERE tier = ?1
+                UNION SELECT device, metric, start FROM recent_rollups WHERE tier = ?1)",
             [tier],
             |row| row.get(0),
         )
         .expect("count")
+}
+
+/// Every row of `tier`, from both tables, in (start, device, metric) order.
+fn rows(writer: &Writer, tier: i64) -> Vec<recent::StoredRow> {
+    recent::rows_in_range(&writer.connection, tier, i64::MIN, i64::MAX).expect("rows")
 }
 
 #[test]
@@ -101,16 +109,10 @@ fn deltas_merge_and_coarser_tiers_cascade_once_closed() {
     assert_eq!(count_rows(&writer, 60_000), 0);
     // Closed (end + grace + two flushes): one 1-minute row holding both 10 s windows.
     writer.maintain(T0 + 60_000 + 7_000).expect("maintain");
-    assert_eq!(count_rows(&writer, 60_000), 1);
-    let row: (i64, f64, f64, f64) = writer
-        .connection
-        .query_row(
-            "SELECT count, min, max, last FROM rollups WHERE tier = 60000",
-            [],
-            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
-        )
-        .expect("row");
-    assert_eq!(row, (4, -3.0, 9.0, 1.0));
+    let minute = rows(&writer, 60_000);
+    assert_eq!(minute.len(), 1);
+    let v = minute[0].values;
+    assert_eq!((v.count, v.min, v.max, v.last), (4, -3.0, 9.0, 1.0));
 }
 
 #[test]
@@ -270,26 +272,320 @@ fn a_full_disk_is_counted_and_the_writer_goes_on() {
     assert_eq!(count_rows(&writer, 10_000), 1);
 }
 
-/// Timing probe (not a test of behaviour): the reference load's store traffic, 2,000 devices
-/// × 3 metrics of 10 s deltas a second, against 10,000 registered devices, for
-/// `IOTMON_PROBE_SECONDS` simulated seconds (default 120). Prints the store thread's time.
+/// Sum of the counts of every point of d1's `t` over the first hour.
+fn stored_count(dir: &std::path::Path) -> u64 {
+    query(dir, T0, T0 + 3_600_000, 1000)
+        .points
+        .iter()
+        .map(|point| point.count)
+        .sum()
+}
+
+fn recent_row_count(writer: &Writer) -> u64 {
+    recent::count(&writer.connection).expect("count")
+}
+
+#[test]
+fn history_merges_a_window_split_between_the_two_tables() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut writer = writer(dir.path(), &BridgeConfig::default());
+    let first = batch(
+        vec![entry("d1")],
+        vec![
+            delta("d1", T0, 5.0, T0 + 2),
+            delta("d1", T0 + 10_000, 7.0, T0 + 10_000),
+        ],
+    );
+    writer.write(&[first]).expect("write");
+    writer.merge_recent(T0).expect("merge");
+    assert_eq!(
+        recent_row_count(&writer),
+        0,
+        "the merge empties the recent table"
+    );
+    // The open window gets more deltas after the merge: its row is now in both tables.
+    let later = batch(
+        vec![],
+        vec![
+            delta("d1", T0, 1.0, T0 + 1),
+            delta("d1", T0 + 20_000, 3.0, T0 + 20_000),
+        ],
+    );
+    writer.write(&[later]).expect("write");
+    let series = query(dir.path(), T0, T0 + 30_000, 100);
+    let points: Vec<(i64, u64, f64, f64, f64)> = series
+        .points
+        .iter()
+        .map(|p| (p.ts, p.count, p.min, p.max, p.last))
+        .collect();
+    assert_eq!(
+        points,
+        vec![
+            (T0, 2, 1.0, 5.0, 5.0),
+            (T0 + 10_000, 1, 7.0, 7.0, 7.0),
+            (T0 + 20_000, 1, 3.0, 3.0, 3.0),
+        ],
+        "merged (the newest timestamp's value is last), rollups only, recent only"
+    );
+    // Moving the rest gives the same answer from one table.
+    writer.merge_recent(T0 + 30_000).expect("merge");
+    assert_eq!(query(dir.path(), T0, T0 + 30_000, 100), series);
+    assert_eq!(count_rows(&writer, 10_000), 3);
+}
+
+#[test]
+fn cascade_and_export_read_windows_split_between_the_two_tables() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = BridgeConfig::default();
+    config.influx.enabled = true;
+    let mut writer = writer(dir.path(), &config);
+    let first = batch(vec![entry("d1")], vec![delta("d1", T0, 4.0, T0 + 1)]);
+    writer.write(&[first]).expect("write");
+    writer.merge_recent(T0 + 1_000).expect("merge");
+    let second = (1..6)
+        .map(|i| delta("d1", T0 + i * 10_000, i as f64, T0 + i * 10_000))
+        .chain([delta("d1", T0, 2.0, T0)])
+        .collect();
+    writer.write(&[batch(vec![], second)]).expect("write");
+    writer.maintain(T0 + 60_000 + 7_000).expect("maintain");
+    let minute = rows(&writer, 60_000);
+    assert_eq!(minute.len(), 1);
+    let v = minute[0].values;
+    assert_eq!((v.count, v.min, v.max, v.last), (7, 1.0, 5.0, 5.0));
+    let first_line: String = writer
+        .connection
+        .query_row(
+            "SELECT lines FROM influx_outbox ORDER BY seq LIMIT 1",
+            [],
+            |row| row.get(0),
+        )
+        .expect("outbox");
+    assert!(
+        first_line.starts_with(&format!(
+            "rollup_10s,device=d1,group=hq/a,level1=hq,level2=a t_count=2i,t_mean=3.0,t_min=2.0,t_max=4.0,t_last=4.0 {T0}"
+        )),
+        "{first_line}"
+    );
+}
+
+#[test]
+fn merges_come_every_interval_or_at_the_row_bound() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut writer = writer(dir.path(), &BridgeConfig::default());
+    let rows = batch(vec![entry("d1")], vec![delta("d1", T0, 1.0, T0)]);
+    writer.write(&[rows]).expect("write");
+    writer.maintain(T0 + MERGE_EVERY_MS - 1).expect("maintain");
+    // The delta and the minute it cascaded into.
+    assert_eq!(recent_row_count(&writer), 2, "not yet due");
+    writer.maintain(T0 + MERGE_EVERY_MS).expect("maintain");
+    assert_eq!(recent_row_count(&writer), 0, "merged when due");
+    assert_eq!(stored_count(dir.path()), 1);
+
+    writer.rows_since_merge = MERGE_AT_ROWS - 1;
+    let rows = batch(vec![], vec![delta("d1", T0 + 10_000, 1.0, T0 + 10_000)]);
+    writer.write(&[rows]).expect("write");
+    writer.maintain(T0 + MERGE_EVERY_MS + 1).expect("maintain");
+    assert_eq!(recent_row_count(&writer), 0, "merged at the row bound");
+    assert_eq!(stored_count(dir.path()), 2);
+}
+
+#[test]
+fn a_restart_before_the_merge_keeps_every_row_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut first = writer(dir.path(), &BridgeConfig::default());
+    let rows = (0..30)
+        .map(|i| delta("d1", T0 + i * 10_000, 1.0, T0 + i * 10_000))
+        .collect();
+    first
+        .write(&[batch(vec![entry("d1")], rows)])
+        .expect("write");
+    first.merge_recent(T0).expect("merge");
+    let rows = (30..60)
+        .map(|i| delta("d1", T0 + i * 10_000, 1.0, T0 + i * 10_000))
+        .collect();
+    first.write(&[batch(vec![], rows)]).expect("write");
+    // Gone without merging, as after `kill -9`: the unmerged rows are committed and read.
+    drop(first);
+    assert_eq!(stored_count(dir.path()), 60);
+
+    let mut second = writer(dir.path(), &BridgeConfig::default());
+    assert_eq!(
+        second.rows_since_merge, 30,
+        "the next merge knows what is waiting"
+    );
+    let more = batch(vec![], vec![delta("d1", T0 + 590_000, 2.0, T0 + 590_001)]);
+    second.write(&[more]).expect("write");
+    assert_eq!(stored_count(dir.path()), 61);
+    second.merge_recent(T0 + 600_000).expect("merge");
+    assert_eq!(stored_count(dir.path()), 61, "each row moved once");
+    assert_eq!(count_rows(&second, 10_000), 60);
+}
+
+#[test]
+fn a_failed_merge_leaves_both_tables_as_they_were() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let counters = Arc::new(BridgeCounters::default());
+    let connection = schema::open(&db_path(dir.path())).expect("open");
+    let mut writer =
+        Writer::new(connection, &BridgeConfig::default(), counters.clone(), T0).expect("writer");
+    let many: Vec<RollupDelta> = (0..5_000)
+        .map(|i| delta("d1", T0 + i * 10_000, 1.0, T0 + i * 10_000))
+        .collect();
+    writer
+        .write(&[batch(vec![entry("d1")], many)])
+        .expect("write");
+    // No room to grow: the merge cannot insert into `rollups` (as with a full disk).
+    let pages: i64 = writer
+        .connection
+        .query_row("PRAGMA page_count", [], |row| row.get(0))
+        .expect("page count");
+    writer
+        .connection
+        .pragma_update(None, "max_page_count", pages)
+        .expect("limit");
+    let failed = writer.merge_recent(T0 + 1);
+    assert!(failed.is_err(), "the merge cannot fit");
+    writer.check(failed);
+    assert_eq!(counters.store_errors.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        recent_row_count(&writer),
+        5_000,
+        "nothing left the recent table"
+    );
+    let in_rollups: i64 = writer
+        .connection
+        .query_row("SELECT COUNT(*) FROM rollups", [], |row| row.get(0))
+        .expect("count");
+    assert_eq!(in_rollups, 0, "nothing reached rollups");
+    writer
+        .connection
+        .pragma_update(None, "max_page_count", 1_000_000)
+        .expect("limit");
+    writer.merge_recent(T0 + 2).expect("merge with room again");
+    assert_eq!(recent_row_count(&writer), 0);
+    assert_eq!(count_rows(&writer, 10_000), 5_000);
+}
+
+/// The tables as they were before `recent_rollups` existed.
+const SCHEMA_BEFORE_RECENT_ROLLUPS: &str = "
+CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE devices (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE,
+    group_path TEXT NOT NULL, first_seen INTEGER NOT NULL, last_seen INTEGER NOT NULL,
+    metrics_seen TEXT NOT NULL, state TEXT NOT NULL);
+CREATE TABLE metrics (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
+CREATE TABLE rollups (tier INTEGER NOT NULL, device INTEGER NOT NULL,
+    metric INTEGER NOT NULL, start INTEGER NOT NULL, count INTEGER NOT NULL,
+    sum REAL NOT NULL, min REAL NOT NULL, max REAL NOT NULL, last REAL NOT NULL,
+    last_ts INTEGER NOT NULL, PRIMARY KEY (tier, device, metric, start)) WITHOUT ROWID;
+CREATE INDEX rollups_by_time ON rollups (tier, start);
+CREATE TABLE alerts (device TEXT NOT NULL, rule TEXT NOT NULL, active INTEGER NOT NULL,
+    acknowledged INTEGER NOT NULL DEFAULT 0, raised_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL, detail TEXT NOT NULL DEFAULT '{}', PRIMARY KEY (device, rule));
+CREATE TABLE influx_outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, lines TEXT NOT NULL,
+    points INTEGER NOT NULL, bytes INTEGER NOT NULL);
+INSERT INTO meta VALUES ('cascaded_until_60000', 1704067200000);
+INSERT INTO metrics (id, name) VALUES (1, 't');
+INSERT INTO rollups VALUES (10000, 1, 1, 1704067200000, 2, 10.0, 4.0, 6.0, 6.0, 1704067200005);
+";
+
+#[test]
+fn a_database_from_before_the_recent_table_opens_with_its_rows() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let old = rusqlite::Connection::open(db_path(dir.path())).expect("create");
+    old.execute_batch(SCHEMA_BEFORE_RECENT_ROLLUPS)
+        .expect("old schema");
+    let tx = old.unchecked_transaction().expect("tx");
+    registry::upsert(&tx, &entry("d1")).expect("device");
+    tx.commit().expect("commit");
+    drop(old);
+
+    let mut writer = writer(dir.path(), &BridgeConfig::default());
+    assert_eq!(stored_count(dir.path()), 2, "the old rows are read");
+    assert_eq!(registry::load(&writer.connection).expect("load").len(), 1);
+    let more = batch(vec![], vec![delta("d1", T0, 1.0, T0 + 1)]);
+    writer.write(&[more]).expect("write");
+    assert_eq!(stored_count(dir.path()), 3, "new deltas merge with them");
+    writer.merge_recent(T0 + 10_000).expect("merge");
+    let merged = rows(&writer, 10_000);
+    assert_eq!(merged.len(), 1);
+    let v = merged[0].values;
+    assert_eq!(
+        (v.count, v.sum, v.min, v.max, v.last),
+        (3, 11.0, 1.0, 6.0, 6.0)
+    );
+    // The watermark written by the older version still holds: the minute cascades once.
+    writer.maintain(T0 + 60_000 + 7_000).expect("maintain");
+    assert_eq!(rows(&writer, 60_000)[0].values.count, 3);
+}
+
+#[test]
+fn the_store_thread_merges_the_recent_rows_when_it_stops() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let writer = writer(dir.path(), &BridgeConfig::default());
+    let (to_store, from_shards) = std::sync::mpsc::sync_channel(4);
+    let thread = std::thread::spawn(move || writer.run(&from_shards));
+    let rows = batch(vec![entry("d1")], vec![delta("d1", T0, 1.0, T0)]);
+    to_store.send((Instant::now(), rows)).expect("send");
+    drop(to_store);
+    thread.join().expect("store thread");
+    let connection = schema::open(&db_path(dir.path())).expect("open");
+    assert_eq!(recent::count(&connection).expect("count"), 0);
+    assert_eq!(stored_count(dir.path()), 1);
+}
+
+/// Bytes this process has handed to `write`-like system calls (WAL frames, checkpoints into
+/// the database file), from `/proc/self/io`; 0 where that file does not exist.
+fn bytes_written_by_process() -> u64 {
+    std::fs::read_to_string("/proc/self/io")
+        .ok()
+        .and_then(|io| {
+            io.lines()
+                .find_map(|line| line.strip_prefix("wchar: ")?.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn probe_setting(name: &str, default: i64) -> i64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Timing probe (not a test of behaviour): the reference load's store traffic, every device
+/// reporting 3 metrics every 5 s (a fifth of the fleet each second, as 10 s deltas), with the
+/// store thread's maintenance once per simulated second, fed as fast as the store takes it.
+/// Settings: `IOTMON_PROBE_SECONDS` simulated seconds (default 120), `IOTMON_PROBE_DEVICES`
+/// (default 10,000), `IOTMON_PROBE_REPORT_EVERY` simulated seconds between report lines
+/// (default 60). Prints, per report interval, the store thread's time per simulated second
+/// (writes and maintenance), its longest single maintenance pass, the bytes written per
+/// simulated second, and the sizes of the database and WAL files.
 #[test]
 #[ignore = "timing probe; run with --ignored --nocapture in release"]
 fn store_write_cost_probe() {
+    let seconds = probe_setting("IOTMON_PROBE_SECONDS", 120);
+    let fleet = probe_setting("IOTMON_PROBE_DEVICES", 10_000);
+    let report_every = probe_setting("IOTMON_PROBE_REPORT_EVERY", 60).max(1);
     let dir = tempfile::tempdir().expect("dir");
     let mut writer = writer(dir.path(), &BridgeConfig::default());
-    let devices: Vec<RegistryEntry> = (0..10_000).map(|i| entry(&format!("dev-{i:05}"))).collect();
+    let ids: Vec<iotmon_wire::DeviceId> =
+        (0..fleet).map(|i| format!("dev-{i:05}").into()).collect();
+    let devices: Vec<RegistryEntry> = ids.iter().map(|id| entry(id)).collect();
     writer
         .write(&[batch(devices, Vec::new())])
         .expect("registry");
     let metrics: [Arc<str>; 3] = ["temperature".into(), "humidity".into(), "pressure".into()];
-    let ids: Vec<iotmon_wire::DeviceId> =
-        (0..10_000).map(|i| format!("dev-{i:05}").into()).collect();
-    let mut total = Duration::ZERO;
-    let seconds: i64 = std::env::var("IOTMON_PROBE_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(120);
+    let (mut total, mut interval_write, mut interval_maintain) =
+        (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+    let mut interval_bytes = bytes_written_by_process();
+    let mut longest_maintenance = Duration::ZERO;
+    let file_mib = |path: std::path::PathBuf| {
+        std::fs::metadata(path).map_or(0.0, |m| m.len() as f64 / 1_048_576.0)
+    };
+    eprintln!(
+        "simulated s | write ms/s | maintain ms/s | total ms/s | longest maintain ms \
+         | MiB written/s | db MiB | WAL MiB"
+    );
     for second in 0..seconds {
         let now = T0 + second * 1000;
         let start = window_start(now, 10_000);
@@ -307,16 +603,68 @@ fn store_write_cost_probe() {
                 })
             })
             .collect();
+        // Two shards' batches, as the store thread receives them.
         let half = rollups.len() / 2;
         let (a, b) = rollups.split_at(half);
         let batches = [batch(Vec::new(), a.to_vec()), batch(Vec::new(), b.to_vec())];
         let began = Instant::now();
         writer.write(&batches).expect("write");
-        total += began.elapsed();
+        let written = Instant::now();
+        writer.maintain(now).expect("maintain");
+        interval_write += written - began;
+        interval_maintain += written.elapsed();
+        longest_maintenance = longest_maintenance.max(written.elapsed());
+        if (second + 1) % report_every == 0 {
+            let per_second = |d: Duration| d.as_secs_f64() * 1000.0 / report_every as f64;
+            let bytes = bytes_written_by_process();
+            let db = db_path(dir.path());
+            let wal = db.with_extension("db-wal");
+            eprintln!(
+                "{:>11} | {:>10.1} | {:>13.1} | {:>10.1} | {:>19.0} | {:>13.2} | {:>6.0} | {:>7.0}",
+                second + 1,
+                per_second(interval_write),
+                per_second(interval_maintain),
+                per_second(interval_write + interval_maintain),
+                longest_maintenance.as_secs_f64() * 1000.0,
+                (bytes - interval_bytes) as f64 / report_every as f64 / 1_048_576.0,
+                file_mib(db),
+                file_mib(wal),
+            );
+            total += interval_write + interval_maintain;
+            (interval_write, interval_maintain, interval_bytes) =
+                (Duration::ZERO, Duration::ZERO, bytes);
+            longest_maintenance = Duration::ZERO;
+        }
     }
     eprintln!(
-        "store write: {:.2} ms per second of reference load ({:.2} us per row)",
+        "store: {:.2} ms per simulated second over {seconds} s of {fleet} devices",
         total.as_secs_f64() * 1000.0 / seconds as f64,
-        total.as_secs_f64() * 1e6 / (seconds as f64 * 6000.0)
+    );
+    // A chart's query of the last hour (or what there is) as the store stands: from the
+    // series-ordered rows and the recent ones.
+    let end = T0 + seconds * 1000;
+    let reader = history::HistoryReader::new(dir.path(), &BridgeConfig::default());
+    let mut timings: Vec<Duration> = (0..50)
+        .map(|i| {
+            let began = Instant::now();
+            let series = reader
+                .query(&history::HistoryQuery {
+                    device: format!("dev-{:05}", i * 7 % fleet),
+                    metric: "temperature".into(),
+                    from: end - 3_600_000,
+                    to: end,
+                    max_points: 300,
+                    now: end,
+                })
+                .expect("history");
+            assert!(!series.points.is_empty());
+            began.elapsed()
+        })
+        .collect();
+    timings.sort();
+    eprintln!(
+        "history, one hour at 300 points: median {:.2} ms, slowest {:.2} ms",
+        timings[timings.len() / 2].as_secs_f64() * 1000.0,
+        timings[timings.len() - 1].as_secs_f64() * 1000.0,
     );
 }
