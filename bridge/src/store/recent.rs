@@ -34,35 +34,42 @@ pub struct StoredRow {
     pub values: Accumulator,
 }
 
-/// Merges `values` into the recent row of `(tier, start, device, metric)`: counts and sums
-/// add, min and max widen, `last` follows the newest timestamp. (In `DO UPDATE`, bare column
-/// names are the old row.)
-const ADD_TO_RECENT: &str = "
-INSERT INTO recent_rollups (tier, start, device, metric, count, sum, min, max, last, last_ts)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
-ON CONFLICT (tier, start, device, metric) DO UPDATE SET
+/// How two parts of one window merge, for both tables: counts and sums add, min and max
+/// widen, `last` follows the newest timestamp. (In `DO UPDATE`, bare column names are the
+/// old row.) A macro, so the statements below stay string literals.
+macro_rules! merge_on_conflict {
+    () => {
+        "DO UPDATE SET
     count = count + excluded.count,
     sum = sum + excluded.sum,
     min = min(min, excluded.min),
     max = max(max, excluded.max),
     last = CASE WHEN excluded.last_ts >= last_ts THEN excluded.last ELSE last END,
-    last_ts = max(last_ts, excluded.last_ts)";
+    last_ts = max(last_ts, excluded.last_ts)"
+    };
+}
+
+/// Merges `values` into the recent row of `(tier, start, device, metric)`.
+const ADD_TO_RECENT: &str = concat!(
+    "
+INSERT INTO recent_rollups (tier, start, device, metric, count, sum, min, max, last, last_ts)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+ON CONFLICT (tier, start, device, metric) ",
+    merge_on_conflict!()
+);
 
 /// Moves every recent row into `rollups`, merging with a row already there, in the order of
 /// `rollups`' key so that consecutive inserts land on the same pages. (The `WHERE true` keeps
 /// SQLite's parser from reading `ON CONFLICT` as part of the `SELECT`.)
-const MERGE_INTO_ROLLUPS: &str = "
+const MERGE_INTO_ROLLUPS: &str = concat!(
+    "
 INSERT INTO rollups (tier, device, metric, start, count, sum, min, max, last, last_ts)
 SELECT tier, device, metric, start, count, sum, min, max, last, last_ts
 FROM recent_rollups WHERE true
 ORDER BY tier, device, metric, start
-ON CONFLICT (tier, device, metric, start) DO UPDATE SET
-    count = count + excluded.count,
-    sum = sum + excluded.sum,
-    min = min(min, excluded.min),
-    max = max(max, excluded.max),
-    last = CASE WHEN excluded.last_ts >= last_ts THEN excluded.last ELSE last END,
-    last_ts = max(last_ts, excluded.last_ts)";
+ON CONFLICT (tier, device, metric, start) ",
+    merge_on_conflict!()
+);
 
 /// Every row of one tier with its window start in `[?2, ?3)`, from both tables, ordered by
 /// key and, within a key, `rollups` first (the older part, so ties of `last_ts` go to the
