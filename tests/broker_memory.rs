@@ -49,17 +49,29 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 /// Connects and drives the event loop in a task; returns the client once connected.
-async fn connect(port: u16, id: &str, received: Option<Arc<AtomicU64>>) -> AsyncClient {
+/// `subscribed` hears of the first SUBACK.
+async fn connect(
+    port: u16,
+    id: &str,
+    received: Option<Arc<AtomicU64>>,
+    subscribed: Option<tokio::sync::oneshot::Sender<()>>,
+) -> AsyncClient {
     let mut options = MqttOptions::new(id, "127.0.0.1", port);
     options.set_max_packet_size(64 * 1024, 64 * 1024);
     let (client, mut eventloop) = AsyncClient::new(options, 1000);
     let (up_tx, up) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         let mut up_tx = Some(up_tx);
+        let mut subscribed = subscribed;
         loop {
             match eventloop.poll().await {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     if let Some(tx) = up_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    if let Some(tx) = subscribed.take() {
                         let _ = tx.send(());
                     }
                 }
@@ -80,14 +92,20 @@ async fn connect(port: u16, id: &str, received: Option<Arc<AtomicU64>>) -> Async
     client
 }
 
-/// A client subscribed to `sensors/#` and the count of messages it has received.
+/// A client subscribed to `sensors/#` (the broker has acknowledged it) and the count of
+/// messages it has received.
 async fn subscribe_all(port: u16) -> (AsyncClient, Arc<AtomicU64>) {
     let received = Arc::new(AtomicU64::new(0));
-    let subscriber = connect(port, "mem-sub", Some(received.clone())).await;
+    let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
+    let subscriber = connect(port, "mem-sub", Some(received.clone()), Some(subscribed_tx)).await;
     subscriber
         .subscribe("sensors/#", QoS::AtMostOnce)
         .await
         .expect("subscribe queued");
+    tokio::time::timeout(support::DEADLINE, subscribed)
+        .await
+        .expect("SUBACK in time")
+        .expect("event loop alive");
     (subscriber, received)
 }
 
@@ -138,7 +156,7 @@ async fn broker_memory_plateaus_with_100k_distinct_topics() {
     let rounds = Arc::new(AtomicU64::new(0));
     let mut publishers = Vec::new();
     for share in 0..PUBLISHERS {
-        let client = connect(port, &format!("mem-pub-{share}"), None).await;
+        let client = connect(port, &format!("mem-pub-{share}"), None, None).await;
         publishers.push(tokio::spawn(publish_rounds(
             client,
             share,
