@@ -392,9 +392,9 @@ fn a_silent_client_is_dropped_after_its_keep_alive_and_its_will_fires() {
 
 #[tokio::test]
 async fn a_slow_subscriber_skips_messages_and_the_skip_is_counted() {
-    // A tiny log window: 1 KiB × (1 + 1) per filter.
+    // A tiny log window: 2 segments of 1 KiB per filter.
     let broker = BrokerProcess::start(
-        "allow_anonymous = true\nsegment_size = 1024\nsegment_count = 1",
+        "allow_anonymous = true\nsegment_size = 1024\nsegment_count = 2",
         &[],
         &[],
     );
@@ -433,6 +433,70 @@ async fn a_slow_subscriber_skips_messages_and_the_skip_is_counted() {
             && sample(&metrics, "iotmon_broker_cursor_jumps_total") > 0
     })
     .await;
+}
+
+/// A subscriber listed in `lossless_subscribers` that stops reading holds publishers back
+/// instead of skipping: once it reads again it gets every message, in order.
+#[tokio::test]
+async fn a_lossless_subscriber_gets_everything_while_publishers_wait() {
+    // A small log window (2 × 64 KiB per filter) and far more data than it and every socket
+    // buffer on the way hold: 40,000 messages of 1,000 bytes.
+    let broker = BrokerProcess::start(
+        "allow_anonymous = true\nsegment_size = 65536\nsegment_count = 2\n\
+         lossless_subscribers = [\"archiver\"]",
+        &[],
+        &[],
+    );
+    let port = broker.port("mqtt");
+    let mut archiver =
+        MosquittoSub::start(port, &["-h", "127.0.0.1", "-i", "archiver", "-t", "bulk/#"]);
+    archiver.freeze();
+    let count = 40_000;
+    let lines: String = (0..count).map(|n| format!("{n:0>1000}\n")).collect();
+    let mut publisher = std::process::Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-t",
+            "bulk/t",
+            "-l",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("mosquitto_pub runs");
+    let mut stdin = publisher.stdin.take().expect("stdin is piped");
+    std::thread::spawn(move || {
+        use std::io::Write;
+        let _ = stdin.write_all(lines.as_bytes());
+    });
+
+    eventually("publishers paused for the archiver", || async {
+        sample(&broker.metrics().await, "iotmon_broker_publishers_paused") == 1
+    })
+    .await;
+    assert!(
+        publisher.try_wait().expect("publisher status").is_none(),
+        "the publisher finished although the broker stopped reading it"
+    );
+
+    archiver.thaw();
+    let published = broker_support::wait_with_deadline(publisher, "mosquitto_pub -l");
+    assert!(published.status.success());
+    // Payload lines, in order: each message is its number, zero-padded.
+    let mut next = 0;
+    archiver.count_lines(count, |line| {
+        let payload = line.len() == 1000 && line.bytes().all(|b| b.is_ascii_digit());
+        if payload {
+            assert_eq!(line.parse::<usize>(), Ok(next), "out of order");
+            next += 1;
+        }
+        payload
+    });
+    let metrics = broker.metrics().await;
+    assert_eq!(sample(&metrics, "iotmon_broker_messages_skipped_total"), 0);
+    assert!(sample(&metrics, "iotmon_broker_publisher_pauses_total") >= 1);
 }
 
 #[test]

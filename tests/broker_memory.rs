@@ -3,7 +3,7 @@
 //! `sensors/...` topics, one subscriber reads `sensors/#`, and the broker's resident memory
 //! (VmRSS in /proc/<pid>/status) must stop growing once every topic has been seen.
 //!
-//! The router's log per filter is capped by `segment_size × (segment_count + 1)`; what grows
+//! The router's log per filter is capped by `segment_size × segment_count`; what grows
 //! with topics are rumqttd's per-topic maps (see docs/broker.md). Figures are printed; run
 //! with `--nocapture` to see them.
 
@@ -23,7 +23,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 const TOPICS: usize = 100_000;
 /// Publishing connections (gateway style: each carries a share of the devices).
 const PUBLISHERS: usize = 4;
-/// Small segments, so the log reaches its cap within the test: 1 MiB × (4 + 1) per filter.
+/// Small segments, so the log reaches its cap within the test: 4 × 1 MiB per filter.
 const BROKER: &str =
     "allow_anonymous = true\nsegment_size = 1048576\nsegment_count = 4\nmax_connections = 100";
 /// Messages per second from each publisher: 20K/s in all, so one round over every topic

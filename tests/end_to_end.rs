@@ -409,3 +409,46 @@ async fn split_roles_log_in_when_the_broker_checks_credentials() {
         );
     }
 }
+
+/// A device that connects with the client id of serve's in-process bridge link is refused;
+/// it does not take the id over (which would cut the bridge off from every reading).
+#[tokio::test]
+async fn a_device_cannot_take_the_bridges_client_id() {
+    let iotmon = Iotmon::serve();
+    let mqtt = iotmon.mqtt.expect("mqtt");
+    let options = rumqttc::MqttOptions::new("iotmon-bridge", mqtt.ip().to_string(), mqtt.port());
+    let (_client, mut eventloop) = rumqttc::AsyncClient::new(options, 10);
+    let refused = tokio::time::timeout(DEADLINE, eventloop.poll())
+        .await
+        .expect("the broker answers the CONNECT");
+    assert!(
+        matches!(
+            refused,
+            Err(rumqttc::ConnectionError::ConnectionRefused(
+                rumqttc::ConnectReturnCode::ServiceUnavailable
+            ))
+        ),
+        "{refused:?}"
+    );
+
+    // The bridge still gets readings.
+    let publisher = Publisher::connect(mqtt, "e2e-after-hijack").await;
+    let http = iotmon.http.expect("http");
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        publisher
+            .publish("sensors/lab/dev-survivor", r#"{"temperature": 20.5}"#)
+            .await;
+        let (status, body) = http_get(http, "/api/devices?q=dev-survivor").await;
+        assert_eq!(status, 200, "{body}");
+        let page: Value = serde_json::from_str(&body).expect("JSON page");
+        if page["total"] == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the bridge never got the reading: {page}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

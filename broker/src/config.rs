@@ -30,11 +30,17 @@ pub struct BrokerConfig {
     /// Largest MQTT packet a client may send, in bytes.
     pub max_packet_size: usize,
     /// Size of one segment of the router's in-memory log per subscription filter. The router
-    /// keeps at most `segment_count + 1` segments per filter, so this bounds broker memory
-    /// and sets how far a slow subscriber may lag before it skips messages.
+    /// keeps at most `segment_count` segments per filter, so this bounds broker memory and
+    /// sets how far a slow subscriber may lag before it skips messages.
     pub segment_size: usize,
-    /// Segments kept per subscription filter (see `segment_size`).
+    /// Segments kept per subscription filter (see `segment_size`); at least 2.
     pub segment_count: usize,
+    /// Client ids of MQTT subscribers that must never skip a message, such as an archiver.
+    /// When one falls so far behind that the log would drop messages it has not read, the
+    /// broker stops reading from publishers until it catches up (TCP slows them down). A
+    /// listed client that stops reading stops every publisher: list only trusted clients.
+    /// The bridge inside `iotmon serve` is always treated this way.
+    pub lossless_subscribers: Vec<String>,
 }
 
 /// An MQTT over TLS listener: where it listens and its certificate.
@@ -62,6 +68,7 @@ impl Default for BrokerConfig {
             max_packet_size: 16 * 1024,
             segment_size: 16 * 1024 * 1024,
             segment_count: 4,
+            lossless_subscribers: Vec::new(),
         }
     }
 }

@@ -56,6 +56,8 @@ pub enum BrokerError {
     Meters(String),
     #[error("broker setting {0} must be greater than zero")]
     ZeroLimit(&'static str),
+    #[error("broker setting segment_count must be at least 2")]
+    OneSegment,
     #[error("TLS {what} file {path} does not exist")]
     TlsFile { what: &'static str, path: PathBuf },
     #[error("device credentials file {path}: {reason}")]
@@ -145,6 +147,8 @@ impl EmbeddedBroker {
         let new_link: LinkFactory = Box::new(move |client_id| {
             let (link_tx, link_rx, _connack) = LinkBuilder::new(client_id, link_router.clone())
                 .clean_session(true)
+                .lossless(true)
+                .exclusive(true)
                 .build()?;
             Ok((link_tx, link_rx))
         });
@@ -228,6 +232,10 @@ impl EmbeddedBroker {
 
     /// Opens an in-process client link to the router: no socket, no MQTT encoding. Blocks
     /// briefly while the router registers it, so call it outside the async workers.
+    ///
+    /// In-process links are trusted consumers such as the bridge: the router never drops a
+    /// message they have not read (publishers wait instead, see
+    /// `BrokerConfig::lossless_subscribers`), and no MQTT client can take their client id.
     ///
     /// # Errors
     /// The router refused the link (connection limit) or has stopped.
@@ -330,6 +338,11 @@ fn validate(config: &BrokerConfig) -> Result<(), BrokerError> {
     if let Some((name, _)) = limits.iter().find(|(_, value)| *value == 0) {
         return Err(BrokerError::ZeroLimit(name));
     }
+    // With one segment, opening the next drops the only one: a lossless subscriber could
+    // not be kept from losing what it has not read.
+    if config.segment_count < 2 {
+        return Err(BrokerError::OneSegment);
+    }
     if let Some(tls) = &config.tls {
         for (what, path) in [("certificate", &tls.cert), ("key", &tls.key)] {
             if !path.exists() {
@@ -362,6 +375,7 @@ fn router_config(config: &BrokerConfig) -> RouterConfig {
         custom_segment: None,
         initialized_filters: None,
         shared_subscriptions_strategy: Default::default(),
+        lossless_subscribers: config.lossless_subscribers.clone(),
     }
 }
 
@@ -421,6 +435,14 @@ mod tests {
         assert!(matches!(
             validate(&zero),
             Err(BrokerError::ZeroLimit("segment_count"))
+        ));
+        let one_segment = BrokerConfig {
+            segment_count: 1,
+            ..BrokerConfig::default()
+        };
+        assert!(matches!(
+            validate(&one_segment),
+            Err(BrokerError::OneSegment)
         ));
         let tls = BrokerConfig {
             tls: Some(TlsListenerConfig {

@@ -71,6 +71,11 @@ pub struct BrokerMetrics {
     cursor_jumps: AtomicU64,
     /// Messages skipped that way.
     messages_skipped: AtomicU64,
+    /// Times the router stopped taking publishes so a lossless subscriber (the bridge) could
+    /// catch up instead of losing messages.
+    publisher_pauses: AtomicU64,
+    /// 1 while publishers are paused that way, as of the last router report.
+    publishers_paused: AtomicU64,
 }
 
 impl BrokerMetrics {
@@ -119,6 +124,10 @@ impl BrokerMetrics {
                     .fetch_add(router.total_publishes as u64, Ordering::Relaxed);
                 self.publishes_failed
                     .fetch_add(router.failed_publishes as u64, Ordering::Relaxed);
+                self.publisher_pauses
+                    .fetch_add(router.ingest_pauses as u64, Ordering::Relaxed);
+                self.publishers_paused
+                    .store(u64::from(router.ingest_paused), Ordering::Relaxed);
             }
             Meter::Subscription(_, subscription) => {
                 self.publishes_routed
@@ -167,7 +176,7 @@ impl MetricsSource for BrokerMetrics {
             Kind::Counter,
             &refusals,
         );
-        let rows: [(&str, &str, Kind, &AtomicU64); 7] = [
+        let rows: [(&str, &str, Kind, &AtomicU64); 9] = [
             (
                 "iotmon_broker_auth_cache_hits_total",
                 "Credential checks answered from the cache of recent successes.",
@@ -209,6 +218,19 @@ impl MetricsSource for BrokerMetrics {
                 "Messages slow subscribers skipped.",
                 Kind::Counter,
                 &self.messages_skipped,
+            ),
+            (
+                "iotmon_broker_publisher_pauses_total",
+                "Times the broker stopped reading publishers so a lossless subscriber (the \
+                 bridge) could catch up instead of skipping messages.",
+                Kind::Counter,
+                &self.publisher_pauses,
+            ),
+            (
+                "iotmon_broker_publishers_paused",
+                "1 while publishers wait for a lossless subscriber to catch up.",
+                Kind::Gauge,
+                &self.publishers_paused,
             ),
         ];
         for (name, help, kind, counter) in rows {

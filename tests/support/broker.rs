@@ -189,6 +189,22 @@ impl MosquittoSub {
         }
     }
 
+    /// Reads lines, without keeping them, until `counted` has accepted `wanted` of them;
+    /// fails at the deadline with how many it accepted.
+    pub fn count_lines(&mut self, wanted: usize, mut counted: impl FnMut(&str) -> bool) {
+        let deadline = Instant::now() + DEADLINE;
+        let mut count = 0;
+        while count < wanted {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.lines.recv_timeout(left).unwrap_or_else(|_| {
+                panic!("mosquitto_sub printed {count} of the {wanted} lines wanted")
+            });
+            if counted(&line) {
+                count += 1;
+            }
+        }
+    }
+
     /// Freezes the client (SIGSTOP): its socket stays open but it sends and reads nothing,
     /// not even keep-alive pings.
     pub fn freeze(&mut self) {

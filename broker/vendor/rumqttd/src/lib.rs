@@ -204,6 +204,11 @@ pub struct RouterConfig {
     // defaults to Round Robin
     #[serde(default)]
     pub shared_subscriptions_strategy: Strategy,
+    /// iotmon patch: client ids of remote subscribers that must not lose messages (see
+    /// `LinkBuilder::lossless`): while one lags so far that the next log segment would drop
+    /// messages it has not read, publishers wait.
+    #[serde(default)]
+    pub lossless_subscribers: Vec<String>,
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]

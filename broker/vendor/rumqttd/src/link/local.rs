@@ -49,6 +49,10 @@ pub struct LinkBuilder<'a> {
     dynamic_filters: bool,
     // default to 0, indicating to not use topic alias
     topic_alias_max: u16,
+    // iotmon patch: false by default (see `LinkBuilder::lossless`)
+    lossless: bool,
+    // iotmon patch: false by default (see `LinkBuilder::exclusive`)
+    exclusive: bool,
 }
 
 impl<'a> LinkBuilder<'a> {
@@ -62,7 +66,27 @@ impl<'a> LinkBuilder<'a> {
             last_will_properties: None,
             dynamic_filters: false,
             topic_alias_max: 0,
+            lossless: false,
+            exclusive: false,
         }
+    }
+
+    /// iotmon patch: the router never skips messages this link has not read. When it falls
+    /// behind so far that the next log segment would drop them, the router stops taking
+    /// publishes from other connections (they stop reading their sockets, so TCP slows the
+    /// publishers) until it catches up. A lossless link that stops reading stops every
+    /// publisher: only for trusted, in-process consumers such as iotmon's bridge.
+    pub fn lossless(mut self, lossless: bool) -> Self {
+        self.lossless = lossless;
+        self
+    }
+
+    /// iotmon patch: a later connection with this link's client id is refused instead of
+    /// replacing this link (upstream drops the older connection, so any client could
+    /// disconnect an in-process link by reusing its client id).
+    pub fn exclusive(mut self, exclusive: bool) -> Self {
+        self.exclusive = exclusive;
+        self
     }
 
     pub fn tenant_id(mut self, tenant_id: Option<String>) -> Self {
@@ -138,6 +162,8 @@ impl<'a> LinkBuilder<'a> {
         connection
             .last_will(self.last_will.take(), self.last_will_properties.take())
             .topic_alias_max(self.topic_alias_max);
+        connection.lossless = self.lossless;
+        connection.exclusive = self.exclusive;
         let incoming = Incoming::new(connection.client_id.to_owned());
         let (outgoing, link_rx) = Outgoing::new(connection.client_id.to_owned());
         let outgoing_data_buffer = outgoing.buffer();

@@ -3,7 +3,7 @@ use crate::link::network;
 use crate::link::network::Network;
 use crate::local::LinkBuilder;
 use crate::protocol::{ConnAck, Connect, ConnectReturnCode, Login, Packet, Protocol};
-use crate::router::{Event, Notification};
+use crate::router::{Event, Notification, MAX_PENDING_PACKETS};
 use crate::{ConnectionId, ConnectionSettings};
 
 use flume::{RecvError, SendError, Sender, TrySendError};
@@ -170,8 +170,13 @@ impl<P: Protocol> RemoteLink<P> {
         // Note:
         // Shouldn't result in bounded queue deadlocks because of blocking n/w send
         loop {
+            // iotmon patch: no more reads while `MAX_PENDING_PACKETS` packets wait for the
+            // router (it may have paused ingest for a lossless subscriber, see
+            // `LinkBuilder::lossless`); the router signals when it takes them. Upstream kept
+            // reading into an unbounded buffer.
+            let reading = link_tx.buffer().len() < MAX_PENDING_PACKETS;
             select! {
-                o = network.read_untimed() => {
+                o = network.read_untimed(), if reading => {
                     let packet = o?;
                     last_read = time::Instant::now();
                     let len = {
@@ -207,6 +212,10 @@ impl<P: Protocol> RemoteLink<P> {
                     }
                 }
                 () = &mut silence => {
+                    // iotmon patch: a connection we stopped reading is not silent.
+                    if !reading {
+                        last_read = time::Instant::now();
+                    }
                     let deadline = deadline_after(last_read, keepalive);
                     if deadline <= time::Instant::now() {
                         return Err(Error::Network(network::Error::KeepAlive(

@@ -33,6 +33,16 @@ pub struct Connection {
     pub(crate) broker_topic_aliases: Option<BrokerAliases>,
     /// subscription IDs for a connection
     pub(crate) subscription_ids: HashMap<Filter, usize>,
+    /// iotmon patch: a lossless subscriber. When it falls so far behind on a filter that
+    /// the next new segment would drop messages it has not read, the router stops taking
+    /// publishes from other connections until it catches up (see `Router::ingest_paused`).
+    pub(crate) lossless: bool,
+    /// iotmon patch: for a lossless subscriber, its read position in each subscribed
+    /// filter's log (the log's index in the router's data log, and the cursor).
+    pub(crate) log_positions: HashMap<Filter, (usize, (u64, u64))>,
+    /// iotmon patch: a later connection with the same client id is refused instead of
+    /// taking this one over (in-process links, such as iotmon's bridge).
+    pub(crate) exclusive: bool,
 }
 
 impl Connection {
@@ -66,6 +76,9 @@ impl Connection {
             topic_aliases: HashMap::new(),
             broker_topic_aliases: None,
             subscription_ids: HashMap::new(),
+            lossless: false,
+            log_positions: HashMap::new(),
+            exclusive: false,
         }
     }
 

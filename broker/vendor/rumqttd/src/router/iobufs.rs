@@ -26,6 +26,12 @@ pub struct Incoming {
     pub(crate) buffer: Arc<Mutex<VecDeque<Packet>>>,
     /// incoming metrics
     pub(crate) meter: IncomingMeter,
+    /// iotmon patch: in the router's list of connections whose packets wait for a lossless
+    /// subscriber to catch up.
+    pub(crate) deferred: bool,
+    /// iotmon patch: the connection has closed; remove it once its deferred packets are
+    /// handled.
+    pub(crate) closed_while_deferred: bool,
 }
 
 impl Incoming {
@@ -36,6 +42,8 @@ impl Incoming {
             buffer: Arc::new(Mutex::new(VecDeque::new())),
             meter: Default::default(),
             client_id,
+            deferred: false,
+            closed_while_deferred: false,
         }
     }
 

@@ -61,6 +61,9 @@ pub struct DataLog {
     retained_publishes: HashMap<Topic, PublishData>,
     /// List of filters associated with a topic
     publish_filters: HashMap<Topic, Vec<FilterIdx>>,
+    /// iotmon patch: how many times an append opened a new segment in some filter's log
+    /// (see `Router::lossless_subscriber_at_risk`).
+    pub(crate) segments_opened: u64,
 }
 
 impl DataLog {
@@ -87,6 +90,7 @@ impl DataLog {
             publish_filters,
             filter_indexes,
             retained_publishes,
+            segments_opened: 0,
         })
     }
 
@@ -450,6 +454,7 @@ mod test {
             custom_segment: None,
             initialized_filters: None,
             shared_subscriptions_strategy: Strategy::RoundRobin,
+            lossless_subscribers: Vec::new(),
         };
         let mut data = DataLog::new(config).unwrap();
         data.next_native_offset("topic/a");
@@ -470,6 +475,7 @@ mod test {
             custom_segment: None,
             initialized_filters: None,
             shared_subscriptions_strategy: Strategy::RoundRobin,
+            lossless_subscribers: Vec::new(),
         };
         let mut data = DataLog::new(config).unwrap();
         data.next_native_offset("+/+");

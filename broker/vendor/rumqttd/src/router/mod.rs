@@ -32,6 +32,10 @@ pub use waiters::Waiters;
 
 pub const MAX_SCHEDULE_ITERATIONS: usize = 100;
 pub const MAX_CHANNEL_CAPACITY: usize = 200;
+/// iotmon patch: a connection stops reading from its socket while this many of its packets
+/// wait for the router, so a router that is behind or has paused ingest (see
+/// `LinkBuilder::lossless`) slows publishers through TCP instead of buffering without bound.
+pub const MAX_PENDING_PACKETS: usize = 100;
 
 pub(crate) type FilterIdx = usize;
 
@@ -277,6 +281,11 @@ pub struct RouterMeter {
     pub total_subscriptions: usize,
     pub total_publishes: usize,
     pub failed_publishes: usize,
+    /// iotmon patch: times publishers were paused because a lossless subscriber would
+    /// otherwise have lost messages.
+    pub ingest_pauses: usize,
+    /// iotmon patch: whether publishers are paused for a lossless subscriber right now.
+    pub ingest_paused: bool,
 }
 
 impl RouterMeter {
@@ -297,6 +306,7 @@ impl RouterMeter {
     fn reset(&mut self) {
         self.total_publishes = 0;
         self.failed_publishes = 0;
+        self.ingest_pauses = 0;
     }
 }
 

@@ -26,7 +26,7 @@ use super::scheduler::{ScheduleReason, Scheduler};
 use super::shared_subs::SharedGroup;
 use super::{
     packetid, Connection, DataRequest, Event, FilterIdx, Meter, Notification, Print, RouterMeter,
-    ShadowRequest, MAX_CHANNEL_CAPACITY, MAX_SCHEDULE_ITERATIONS,
+    ShadowRequest, MAX_CHANNEL_CAPACITY, MAX_PENDING_PACKETS, MAX_SCHEDULE_ITERATIONS,
 };
 
 #[derive(Error, Debug)]
@@ -102,6 +102,16 @@ pub struct Router {
     shared_subscriptions: HashMap<String, SharedGroup>,
     /// Will messages per client_id
     last_wills: HashMap<String, (LastWill, Option<LastWillProperties>)>,
+    /// iotmon patch: connections whose unread messages must never be dropped (see
+    /// `LinkBuilder::lossless` and `RouterConfig::lossless_subscribers`).
+    lossless_ids: Vec<ConnectionId>,
+    /// iotmon patch: while true, publishes from connections other than the lossless ones
+    /// wait in their connections' buffers: a lossless subscriber is so far behind that the
+    /// next log segment opened would drop messages it has not read.
+    ingest_paused: bool,
+    /// iotmon patch: connections whose buffered packets wait for `ingest_paused` to clear,
+    /// oldest first, each once.
+    deferred: VecDeque<ConnectionId>,
 }
 
 impl Router {
@@ -143,6 +153,9 @@ impl Router {
             cache: Some(VecDeque::with_capacity(MAX_CHANNEL_CAPACITY)),
             shared_subscriptions: HashMap::new(),
             last_wills: HashMap::new(),
+            lossless_ids: Vec::new(),
+            ingest_paused: false,
+            deferred: VecDeque::new(),
         }
     }
 
@@ -227,6 +240,13 @@ impl Router {
             self.consume();
         }
 
+        // iotmon patch: once lossless subscribers have read far enough, take the publishes
+        // that waited.
+        if self.ingest_paused {
+            self.ingest_paused = self.lossless_subscriber_at_risk();
+        }
+        self.take_deferred();
+
         // self.send_all_alerts();
         Ok(())
     }
@@ -244,7 +264,7 @@ impl Router {
             Event::NewMeter(tx) => self.handle_new_meter(tx),
             Event::NewAlert(tx) => self.handle_new_alert(tx),
             Event::DeviceData => self.handle_device_payload(id),
-            Event::Disconnect => self.handle_disconnection(id, None),
+            Event::Disconnect => self.handle_connection_closed(id),
             Event::Ready => self.scheduler.reschedule(id, ScheduleReason::Ready),
             Event::Shadow(request) => {
                 retrieve_shadow(&mut self.datalog, &mut self.obufs[id], request)
@@ -285,6 +305,12 @@ impl Router {
 
             let connection_id = self.connection_map.get(&client_id);
             if let Some(connection_id) = connection_id {
+                // iotmon patch: an exclusive link (in-process, such as iotmon's bridge) is
+                // not taken over; the newcomer is refused (its link reports the refusal).
+                if self.connections[*connection_id].exclusive {
+                    error!("client id is taken by an in-process link, refusing the connection");
+                    return;
+                }
                 error!(
                     "Duplicate client_id, dropping previous connection with connection_id: {}",
                     connection_id
@@ -354,6 +380,12 @@ impl Router {
             );
         }
 
+        // iotmon patch: remote subscribers named in the config are lossless too.
+        if self.config.lossless_subscribers.contains(&client_id) {
+            connection.lossless = true;
+        }
+        let lossless = connection.lossless;
+
         let connection_id = self.connections.insert(connection);
         assert_eq!(self.ibufs.insert(incoming), connection_id);
         assert_eq!(self.obufs.insert(outgoing), connection_id);
@@ -363,6 +395,19 @@ impl Router {
 
         assert_eq!(self.ackslog.insert(ackslog), connection_id);
         assert_eq!(self.scheduler.add(tracker), connection_id);
+
+        // iotmon patch: track a lossless subscriber's read positions, including those of a
+        // restored session.
+        if lossless {
+            let connection = &mut self.connections[connection_id];
+            for request in &self.scheduler.trackers[connection_id].data_requests {
+                connection.log_positions.insert(
+                    request.filter.clone(),
+                    (request.filter_idx, request.cursor),
+                );
+            }
+            self.lossless_ids.push(connection_id);
+        }
 
         // Check if there are multiple data requests on same filter.
         debug_assert!(self
@@ -452,6 +497,11 @@ impl Router {
 
         // Remove connection from router
         let mut connection = self.connections.remove(id);
+        // iotmon patch: a lossless subscriber that leaves no longer holds publishers back.
+        if connection.lossless {
+            self.lossless_ids.retain(|&lossless| lossless != id);
+            self.ingest_paused = self.lossless_subscriber_at_risk();
+        }
         let _incoming = self.ibufs.remove(id);
         let outgoing = self.obufs.remove(id);
         let mut tracker = self.scheduler.remove(id);
@@ -541,12 +591,33 @@ impl Router {
             }
         };
 
+        // iotmon patch: while a lossless subscriber is at risk of losing messages, other
+        // connections' packets wait in their buffers.
+        let lossless = self.connections[id].lossless;
+        if self.ingest_paused && !lossless {
+            if !incoming.deferred {
+                incoming.deferred = true;
+                self.deferred.push_back(id);
+            }
+            return;
+        }
+
         let client_id = incoming.client_id.clone();
         let span = tracing::error_span!("incoming_payload", client_id);
         let _guard = span.enter();
 
         // Instead of exchanging, we should just append new incoming packets inside cache
         let mut packets = incoming.exchange(self.cache.take().unwrap());
+        // iotmon patch: a connection stops reading its socket once it has
+        // `MAX_PENDING_PACKETS` packets waiting for the router; tell it there is room again.
+        if packets.len() >= MAX_PENDING_PACKETS {
+            if let Some(outgoing) = self.obufs.get(id) {
+                outgoing.handle.try_send(()).ok();
+            }
+        }
+        // iotmon patch: set when a new log segment puts a lossless subscriber at risk; the
+        // packets not handled yet go back to the connection's buffer.
+        let mut stop_for_lossless = false;
 
         let mut force_ack = false;
         let mut new_data = false;
@@ -555,7 +626,8 @@ impl Router {
 
         // info!("{:15.15}[I] {:20} count = {}", client_id, "packets", packets.len());
 
-        for packet in packets.drain(0..) {
+        // iotmon patch: `pop_front` rather than `drain`, so the rest can be put back.
+        while let Some(packet) = packets.pop_front() {
             match packet {
                 Packet::Publish(publish, properties) => {
                     let span = tracing::error_span!("publish", topic = ?publish.topic, pkid = publish.pkid);
@@ -608,6 +680,7 @@ impl Router {
                     self.router_meters.total_publishes += 1;
 
                     // Try to append publish to commitlog
+                    let segments_opened = self.datalog.segments_opened;
                     match append_to_commitlog(
                         id,
                         publish.clone(),
@@ -644,6 +717,21 @@ impl Router {
                             reason = ?e, "Failed to write to incoming meter"
                         );
                     };
+
+                    // iotmon patch: only a new segment can put a lossless subscriber at risk.
+                    if self.datalog.segments_opened != segments_opened
+                        && !self.lossless_ids.is_empty()
+                        && self.lossless_subscriber_at_risk()
+                    {
+                        if !self.ingest_paused {
+                            self.ingest_paused = true;
+                            self.router_meters.ingest_pauses += 1;
+                        }
+                        if !lossless {
+                            stop_for_lossless = true;
+                            break;
+                        }
+                    }
                 }
                 Packet::Subscribe(mut subscribe, props) => {
                     let mut return_codes = Vec::new();
@@ -746,6 +834,8 @@ impl Router {
 
                             // remove the subscription id
                             connection.subscription_ids.remove(filter);
+                            // iotmon patch: see `Connection::log_positions`.
+                            connection.log_positions.remove(filter);
 
                             let unsuback = UnsubAck {
                                 pkid,
@@ -880,6 +970,18 @@ impl Router {
             }
         }
 
+        // iotmon patch: packets not handled wait, in order, ahead of any read since.
+        if stop_for_lossless {
+            let incoming = &mut self.ibufs[id];
+            let mut buffer = incoming.buffer.lock();
+            while let Some(packet) = packets.pop_back() {
+                buffer.push_front(packet);
+            }
+            drop(buffer);
+            incoming.deferred = true;
+            self.deferred.push_back(id);
+        }
+
         self.cache = Some(packets);
 
         // Prepare AcksRequest in tracker if router is operating in a
@@ -904,6 +1006,54 @@ impl Router {
         // 1 - 4. Hence we use a flag instead of diconnecting immediately
         if disconnect {
             self.handle_disconnection(id, disconnect_reason);
+        }
+    }
+
+    /// iotmon patch: whether a lossless subscriber has unread messages in a segment that
+    /// the next segment opened on its filter's log would drop.
+    fn lossless_subscriber_at_risk(&self) -> bool {
+        self.lossless_ids.iter().any(|&id| {
+            self.connections.get(id).is_some_and(|connection| {
+                connection
+                    .log_positions
+                    .values()
+                    .any(|&(filter_idx, cursor)| {
+                        self.datalog.native.get(filter_idx).is_some_and(|data| {
+                            let unread = cursor.1 < data.log.next_offset().1;
+                            unread && data.log.segments_to_spare(cursor.0) == 0
+                        })
+                    })
+            })
+        })
+    }
+
+    /// iotmon patch: handles the packets that waited while ingest was paused, oldest
+    /// connection first, until ingest pauses again.
+    fn take_deferred(&mut self) {
+        while !self.ingest_paused {
+            let Some(id) = self.deferred.pop_front() else {
+                return;
+            };
+            if let Some(incoming) = self.ibufs.get_mut(id) {
+                incoming.deferred = false;
+                self.handle_device_payload(id);
+            }
+            let closed = self
+                .ibufs
+                .get(id)
+                .is_some_and(|incoming| incoming.closed_while_deferred && !incoming.deferred);
+            if closed {
+                self.handle_disconnection(id, None);
+            }
+        }
+    }
+
+    /// iotmon patch: a connection whose packets wait for ingest to resume is removed only
+    /// once they are handled, so a device that publishes and disconnects loses nothing.
+    fn handle_connection_closed(&mut self, id: ConnectionId) {
+        match self.ibufs.get_mut(id) {
+            Some(incoming) if incoming.deferred => incoming.closed_while_deferred = true,
+            _ => self.handle_disconnection(id, None),
         }
     }
 
@@ -965,6 +1115,12 @@ impl Router {
         // call to `insert(_)` returns `true` if it didn't contain the filter_path already
         // i.e. its a new subscription
         if connection.subscriptions.insert(filter_path.clone()) {
+            // iotmon patch: a lossless subscriber's read positions are tracked.
+            if connection.lossless {
+                connection
+                    .log_positions
+                    .insert(filter_path.clone(), (filter_idx, cursor));
+            }
             let request = DataRequest {
                 filter: filter_path.clone(),
                 filter_idx,
@@ -1151,6 +1307,8 @@ impl Router {
 
     fn send_meters(&mut self) {
         let mut meters = Vec::with_capacity(10);
+        // iotmon patch: see `RouterMeter::ingest_paused`.
+        self.router_meters.ingest_paused = self.ingest_paused;
         if let Some(router_meter) = self.router_meters.get() {
             meters.push(Meter::Router(self.id, router_meter));
         }
@@ -1251,16 +1409,23 @@ fn append_to_commitlog(
     };
 
     let mut o = (0, 0);
+    let mut segment_opened = false;
     for filter_idx in filter_idxs {
-        let datalog = datalog.native.get_mut(filter_idx).unwrap();
+        let data = datalog.native.get_mut(filter_idx).unwrap();
+        let segment_before = data.log.next_offset().0;
         let publish_data = (publish.clone(), properties.clone());
-        let (offset, filter) = datalog.append(publish_data.into(), notifications);
+        let (offset, filter) = data.append(publish_data.into(), notifications);
         debug!(
             pkid,
             "Appended to commitlog: {}[{}, {})", filter, offset.0, offset.1,
         );
 
+        // iotmon patch: counted for `Router::lossless_subscriber_at_risk`.
+        segment_opened |= offset.0 != segment_before;
         o = offset;
+    }
+    if segment_opened {
+        datalog.segments_opened += 1;
     }
 
     // error!("{:15.15}[E] {:20} topic = {}", connections[id].client_id, "no-filter", topic);
@@ -1317,16 +1482,23 @@ fn append_will_message(
     };
 
     let mut o = (0, 0);
+    let mut segment_opened = false;
     for filter_idx in filter_idxs {
-        let datalog = datalog.native.get_mut(filter_idx).unwrap();
+        let data = datalog.native.get_mut(filter_idx).unwrap();
+        let segment_before = data.log.next_offset().0;
         let publish_data = (publish.clone(), properties.clone());
-        let (offset, filter) = datalog.append(publish_data.into(), notifications);
+        let (offset, filter) = data.append(publish_data.into(), notifications);
         debug!(
             pkid,
             "Appended to commitlog: {}[{}, {})", filter, offset.0, offset.1,
         );
 
+        // iotmon patch: counted for `Router::lossless_subscriber_at_risk`.
+        segment_opened |= offset.0 != segment_before;
         o = offset;
+    }
+    if segment_opened {
+        datalog.segments_opened += 1;
     }
 
     Ok(o)
@@ -1538,6 +1710,12 @@ fn forward_device_data(
     let filter_idx = request.filter_idx;
     request.read_count += publishes.len();
     request.cursor = next;
+    // iotmon patch: see `Connection::log_positions`.
+    if connection.lossless {
+        if let Some(position) = connection.log_positions.get_mut(&request.filter) {
+            position.1 = next;
+        }
+    }
     // println!("{:?} {:?} {}", start, next, request.read_count);
 
     if publishes.is_empty() {

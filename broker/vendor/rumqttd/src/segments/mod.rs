@@ -94,6 +94,14 @@ where
         (self.head, self.tail)
     }
 
+    /// iotmon patch: how many more segments can be opened before segment number `segment`
+    /// is dropped; 0 when opening the next one would drop it (and the messages a reader
+    /// there has not read yet).
+    pub fn segments_to_spare(&self, segment: u64) -> u64 {
+        let free = self.max_mem_segments.saturating_sub(self.segments.len()) as u64;
+        free + segment.saturating_sub(self.head)
+    }
+
     #[inline]
     pub fn memory_segments_count(&self) -> usize {
         self.segments.len()
