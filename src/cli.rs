@@ -421,9 +421,9 @@ pub struct BenchArgs {
     /// Length of each measurement window.
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     pub measure: Duration,
-    /// Config file for the `iotmon serve` under test.
-    #[arg(long)]
-    pub serve_config: Option<PathBuf>,
+    /// Config file for the `iotmon serve` or `iotmon broker` under test.
+    #[arg(long, alias = "serve-config")]
+    pub iotmon_config: Option<PathBuf>,
     /// broker: connection counts to compare at.
     #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
     pub connections: Vec<usize>,
@@ -477,7 +477,7 @@ impl BenchArgs {
             visible: self.visible,
             warmup: self.warmup,
             measure: self.measure,
-            serve_config: self.serve_config.clone(),
+            iotmon_config: self.iotmon_config.clone(),
             connections: self.connections.clone(),
             qos,
             rate: self.rate,

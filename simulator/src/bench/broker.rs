@@ -54,7 +54,8 @@ pub(crate) async fn compare(
     let mut ratios = Vec::new();
     'shapes: for &connections in &config.connections {
         for &qos in &config.qos {
-            let iotmon = Measured::start_iotmon(&config.iotmon, "broker", Vec::new()).await?;
+            let iotmon =
+                Measured::start_iotmon(&config.iotmon, "broker", config.config_args()).await?;
             let ours = search(config, iotmon, connections, qos, shutdown, &mut runs).await?;
             let theirs = if config.iotmon_only {
                 None

@@ -92,8 +92,9 @@ pub struct BenchConfig {
     pub warmup: Duration,
     /// Length of each measurement window.
     pub measure: Duration,
-    /// A config file passed to `iotmon serve` (e.g. to change `bridge.live_interval`).
-    pub serve_config: Option<PathBuf>,
+    /// A config file passed to `iotmon serve` or `iotmon broker` (e.g. to change
+    /// `bridge.live_interval`, or to list the broker bench's subscriber as lossless).
+    pub iotmon_config: Option<PathBuf>,
     /// `broker`: connection counts to compare at.
     pub connections: Vec<usize>,
     /// `broker`: QoS levels to compare at.
@@ -129,7 +130,7 @@ impl BenchConfig {
             visible: None,
             warmup: Duration::from_secs(10),
             measure: Duration::from_secs(20),
-            serve_config: None,
+            iotmon_config: None,
             connections: vec![1_000, 10_000],
             qos: vec![Qos::AtMostOnce, Qos::AtLeastOnce],
             rate: None,
@@ -139,6 +140,14 @@ impl BenchConfig {
             fleets: viewer_cost::DEFAULT_FLEETS.to_vec(),
             write_batch: None,
         }
+    }
+
+    /// The arguments that pass `iotmon_config` to the iotmon under test, if any.
+    fn config_args(&self) -> Vec<String> {
+        self.iotmon_config
+            .iter()
+            .flat_map(|path| ["--config".to_string(), path.display().to_string()])
+            .collect()
     }
 
     fn validate(&self) -> Result<(), SimulatorError> {

@@ -247,12 +247,7 @@ pub(crate) async fn measure(
     load: &Load,
     shutdown: &CancellationToken,
 ) -> Result<LoadPoint, SimulatorError> {
-    let extra: Vec<String> = config
-        .serve_config
-        .iter()
-        .flat_map(|path| ["--config".to_string(), path.display().to_string()])
-        .collect();
-    let serve = Measured::start_iotmon(&config.iotmon, "serve", extra).await?;
+    let serve = Measured::start_iotmon(&config.iotmon, "serve", config.config_args()).await?;
     let http = serve
         .http
         .ok_or_else(|| SimulatorError::Bench("serve printed no HTTP address".into()))?
