@@ -84,3 +84,87 @@ fn topic_string(topic: Bytes) -> String {
         Err(error) => String::from_utf8_lossy(error.as_bytes()).into_owned(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::BrokerConfig;
+
+    /// An MQTT 3.1.1 packet: `kind` and flags, the remaining length, then `body`.
+    fn packet(kind: u8, body: &[u8]) -> Vec<u8> {
+        let mut bytes = vec![kind];
+        let mut left = body.len();
+        loop {
+            let digit = (left % 128) as u8;
+            left /= 128;
+            bytes.push(if left > 0 { digit | 0x80 } else { digit });
+            if left == 0 {
+                break;
+            }
+        }
+        bytes.extend_from_slice(body);
+        bytes
+    }
+
+    fn with_length(text: &[u8]) -> Vec<u8> {
+        let mut bytes = (text.len() as u16).to_be_bytes().to_vec();
+        bytes.extend_from_slice(text);
+        bytes
+    }
+
+    /// The bridge's link is lossless: a device that publishes far more than the router's log
+    /// holds while the link is not reading is held back, and the link then gets every
+    /// message in order. (With an ordinary subscriber most of them would be skipped.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_bridge_link_gets_every_message_however_far_behind_it_falls() {
+        let config = BrokerConfig {
+            allow_anonymous: true,
+            mqtt_listen: "127.0.0.1:0".parse().expect("address"),
+            // A log window of 2 KiB per filter; 5,000 messages of ~200 bytes are 1 MB.
+            segment_size: 1024,
+            segment_count: 2,
+            ..BrokerConfig::default()
+        };
+        let mut broker =
+            EmbeddedBroker::start(config, std::path::Path::new("/nonexistent")).expect("starts");
+        let mut subscription =
+            LocalSubscription::open(&broker, "bridge-under-test", &["sensors/#"])
+                .expect("subscribes");
+        broker.listen().expect("listens");
+        let addr = broker.mqtt_addr().expect("an MQTT listener");
+
+        let sent = 5_000;
+        let device = std::thread::spawn(move || {
+            let mut stream = std::net::TcpStream::connect(addr).expect("connects");
+            let mut connect = with_length(b"MQTT");
+            connect.extend_from_slice(&[4, 0x02, 0, 60]);
+            connect.extend(with_length(b"firehose"));
+            stream.write_all(&packet(0x10, &connect)).expect("CONNECT");
+            for n in 0..sent {
+                let mut publish = with_length(b"sensors/lab/firehose");
+                publish.extend_from_slice(format!("{n:0>200}").as_bytes());
+                stream.write_all(&packet(0x30, &publish)).expect("PUBLISH");
+            }
+            // Hold the connection open until the reader is done.
+            stream
+        });
+
+        // Fall far behind before reading anything.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for n in 0..sent {
+            let message = tokio::time::timeout(Duration::from_secs(20), subscription.recv())
+                .await
+                .unwrap_or_else(|_| panic!("message {n} of {sent} never arrived"))
+                .expect("the link is open");
+            let number: usize = std::str::from_utf8(&message.payload)
+                .expect("text")
+                .parse()
+                .expect("a number");
+            assert_eq!(number, n, "messages skipped or out of order");
+        }
+        drop(device.join().expect("the device thread"));
+    }
+}
