@@ -390,6 +390,31 @@ fn a_silent_client_is_dropped_after_its_keep_alive_and_its_will_fires() {
     watcher.wait_for(|line| line == "status/plant/dev-silent offline");
 }
 
+/// Starts `mosquitto_pub -l` on `topic`, one message per line of `lines`. The lines are
+/// written from a thread, so a broker that stops reading fails the test's deadlines instead
+/// of hanging it.
+fn publish_lines(port: u16, topic: &str, lines: String) -> std::process::Child {
+    let mut publisher = std::process::Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-t",
+            topic,
+            "-l",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("mosquitto_pub runs");
+    let mut stdin = publisher.stdin.take().expect("stdin is piped");
+    std::thread::spawn(move || {
+        use std::io::Write;
+        let _ = stdin.write_all(lines.as_bytes());
+    });
+    publisher
+}
+
 #[tokio::test]
 async fn a_slow_subscriber_skips_messages_and_the_skip_is_counted() {
     // A tiny log window: 2 segments of 1 KiB per filter.
@@ -403,26 +428,7 @@ async fn a_slow_subscriber_skips_messages_and_the_skip_is_counted() {
     slow.freeze();
     // Far more than the window and the socket buffers hold, from one publisher.
     let lines = format!("{}\n", "x".repeat(200)).repeat(50_000);
-    let mut publisher = std::process::Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-t",
-            "slow/t",
-            "-l",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .expect("mosquitto_pub runs");
-    let mut stdin = publisher.stdin.take().expect("stdin is piped");
-    // Written from a thread, so a broker that stops reading fails the deadline below
-    // instead of hanging the test.
-    std::thread::spawn(move || {
-        use std::io::Write;
-        let _ = stdin.write_all(lines.as_bytes());
-    });
+    let publisher = publish_lines(port, "slow/t", lines);
     let published = broker_support::wait_with_deadline(publisher, "mosquitto_pub -l");
     assert!(published.status.success());
     // The subscriber comes back: the router moves its cursor past what it overwrote.
@@ -453,24 +459,7 @@ async fn a_lossless_subscriber_gets_everything_while_publishers_wait() {
     archiver.freeze();
     let count = 40_000;
     let lines: String = (0..count).map(|n| format!("{n:0>1000}\n")).collect();
-    let mut publisher = std::process::Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-t",
-            "bulk/t",
-            "-l",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .expect("mosquitto_pub runs");
-    let mut stdin = publisher.stdin.take().expect("stdin is piped");
-    std::thread::spawn(move || {
-        use std::io::Write;
-        let _ = stdin.write_all(lines.as_bytes());
-    });
+    let mut publisher = publish_lines(port, "bulk/t", lines);
 
     eventually("publishers paused for the archiver", || async {
         sample(&broker.metrics().await, "iotmon_broker_publishers_paused") == 1
