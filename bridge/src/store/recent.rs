@@ -21,6 +21,9 @@
 //! transaction), so merging them additively is the same as replacing them. Read both tables
 //! in one transaction: a merge slice committed between the two reads would otherwise be seen
 //! twice or not at all.
+//!
+//! A database written by a version of iotmon older than `recent_rollups` does not have the
+//! table until a writer opens it; readers (read-only) take a missing table as an empty one.
 
 use rusqlite::{params, CachedStatement, Connection, OptionalExtension, Row};
 
@@ -355,7 +358,8 @@ pub fn rows_in_range(
 /// `rollups` is read as one range. `recent_rollups` is ordered by time, so the series' rows
 /// there are found one window at a time: the next window start present in the table, then
 /// the series' row in it. That is two index seeks per window held (a few dozen: the table
-/// holds minutes), where a range read would scan every series of every window.
+/// holds minutes), where a range read would scan every series of every window. Without a
+/// `recent_rollups` table (a database of an older iotmon) the rows are those of `rollups`.
 ///
 /// # Errors
 /// A query failed.
@@ -372,6 +376,9 @@ pub fn series_rows(
     let mut rows = in_rollups.query(params![tier, device, metric, from, to])?;
     while let Some(row) = rows.next()? {
         merged.push((row.get(0)?, accumulator(row, 1)?));
+    }
+    if !table_exists(connection)? {
+        return Ok(merged);
     }
     let mut next_window = connection.prepare_cached(
         "SELECT start FROM recent_rollups WHERE tier = ?1 AND start >= ?2 AND start < ?3
@@ -398,6 +405,19 @@ pub fn series_rows(
         cursor = start + 1;
     }
     Ok(merge_by_start(merged, recent))
+}
+
+/// Whether `recent_rollups` exists: a database last written by an older iotmon lacks it, and
+/// a read-only reader cannot (and should not) create it; such a reader takes it as empty.
+///
+/// # Errors
+/// The query failed.
+pub fn table_exists(connection: &Connection) -> Result<bool, StoreError> {
+    Ok(connection
+        .prepare_cached(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'recent_rollups'",
+        )?
+        .exists([])?)
 }
 
 /// Merges two lists of windows, each ordered by start, into one with each start once; on

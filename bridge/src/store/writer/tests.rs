@@ -763,6 +763,31 @@ fn a_database_from_before_the_recent_table_opens_with_its_rows() {
 }
 
 #[test]
+fn a_reader_reads_a_database_of_an_older_bridge_without_changing_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let old = rusqlite::Connection::open(db_path(dir.path())).expect("create");
+    old.execute_batch(SCHEMA_BEFORE_RECENT_ROLLUPS)
+        .expect("old schema");
+    let tx = old.unchecked_transaction().expect("tx");
+    registry::upsert(&tx, &entry("d1")).expect("device");
+    tx.commit().expect("commit");
+    // No writer of this version opens it: only a reader, as a dashboard beside an old bridge.
+    let series = query(dir.path(), T0, T0 + 3_600_000, 1000);
+    let points: Vec<(i64, u64, f64, f64)> = series
+        .points
+        .iter()
+        .map(|p| (p.ts, p.count, p.min, p.max))
+        .collect();
+    assert_eq!(points, vec![(T0, 2, 4.0, 6.0)]);
+    let reader = history::HistoryReader::new(dir.path(), &BridgeConfig::default());
+    assert_eq!(reader.devices().expect("devices").len(), 1);
+    assert!(
+        !recent::table_exists(&old).expect("schema"),
+        "the reader leaves the old database as it was"
+    );
+}
+
+#[test]
 fn the_store_thread_merges_the_recent_rows_when_it_stops() {
     let dir = tempfile::tempdir().expect("tempdir");
     let writer = writer(dir.path(), &BridgeConfig::default());
