@@ -132,27 +132,29 @@ impl Writer {
     }
 
     /// Runs until every sender is gone, then returns after writing what was queued. While a
-    /// merge is under way, its slices run whenever no batch is waiting, so a batch waits for
-    /// at most one slice.
+    /// merge is under way, one of its slices runs after every wake-up, and the thread does not
+    /// sleep between them: a batch waits for at most one slice, and a merge goes on even when
+    /// batches arrive back to back.
     pub fn run(mut self, from_shards: &Receiver<(Instant, StoreBatch)>) {
         let mut last_maintenance = Instant::now();
         loop {
             let received = if self.merge.is_some() {
-                from_shards.try_recv().map_err(|closed| match closed {
-                    TryRecvError::Empty => RecvTimeoutError::Timeout,
-                    TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
-                })
+                from_shards
+                    .try_recv()
+                    .map_err(|empty_or_closed| match empty_or_closed {
+                        TryRecvError::Empty => RecvTimeoutError::Timeout,
+                        TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
+                    })
             } else {
                 from_shards.recv_timeout(MAINTENANCE_EVERY)
             };
             match received {
                 Ok((oldest, first)) => self.write_queued(oldest, first, from_shards),
-                Err(RecvTimeoutError::Timeout) => {
-                    let merged = self.merge_slice();
-                    self.check(merged);
-                }
+                Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
+            let merged = self.merge_slice();
+            self.check(merged);
             if last_maintenance.elapsed() >= MAINTENANCE_EVERY {
                 last_maintenance = Instant::now();
                 let maintained = self.maintain(unix_millis());
