@@ -8,17 +8,22 @@
 //! dirty page is a 4 KiB WAL frame, later copied into the database file by a checkpoint. The
 //! cost grew with the table. `recent_rollups` is keyed by time, `(tier, start, device,
 //! metric)`: a flush touches only the pages of the windows still open, a few hundred at most
-//! whatever the size of `rollups`. Every few minutes [`merge_into_rollups`] moves all of it into
+//! whatever the size of `rollups`. Every few minutes a [`MergePass`] moves all of it into
 //! `rollups` in key order, so each series' page is dirtied once per merge instead of once per
-//! flush.
+//! flush. The pass goes by slices of devices ([`merge_slice`]), each its own short
+//! transaction, so the store thread writes the shards' batches between slices: one merge of
+//! the whole table in one transaction blocked the thread for seconds.
 //!
 //! Readers see both tables. A key may be in either or in both (a window merged while still
 //! open and completed by later deltas, or a delta for a merged window): the two parts merge
 //! like deltas (counts and sums add, min and max widen, `last` follows the newest timestamp).
 //! Coarser tiers' rows are written once per window (their watermark advances in the same
 //! transaction), so merging them additively is the same as replacing them. Read both tables
-//! in one transaction: a merge committed between the two reads would otherwise be seen twice
-//! or not at all.
+//! in one transaction: a merge slice committed between the two reads would otherwise be seen
+//! twice or not at all.
+//!
+//! A database written by a version of iotmon older than `recent_rollups` does not have the
+//! table until a writer opens it; readers (read-only) take a missing table as an empty one.
 
 use rusqlite::{params, CachedStatement, Connection, OptionalExtension, Row};
 
@@ -58,18 +63,25 @@ ON CONFLICT (tier, start, device, metric) ",
     merge_on_conflict!()
 );
 
-/// Moves every recent row into `rollups`, merging with a row already there, in the order of
-/// `rollups`' key so that consecutive inserts land on the same pages. (The `WHERE true` keeps
-/// SQLite's parser from reading `ON CONFLICT` as part of the `SELECT`.)
+/// Moves the recent rows of one tier in the windows listed (`?2`, a JSON array of starts)
+/// and of the devices in `[?3, ?4)` into `rollups`, merging with a row already there, in the
+/// order of `rollups`' key so that consecutive inserts land on the same pages. Each window is
+/// an index seek (`IN` on the key's second column, then a range of devices).
 const MERGE_INTO_ROLLUPS: &str = concat!(
     "
 INSERT INTO rollups (tier, device, metric, start, count, sum, min, max, last, last_ts)
 SELECT tier, device, metric, start, count, sum, min, max, last, last_ts
-FROM recent_rollups WHERE true
-ORDER BY tier, device, metric, start
+FROM recent_rollups
+WHERE tier = ?1 AND start IN (SELECT value FROM json_each(?2)) AND device >= ?3 AND device < ?4
+ORDER BY device, metric, start
 ON CONFLICT (tier, device, metric, start) ",
     merge_on_conflict!()
 );
+
+/// Deletes the rows [`MERGE_INTO_ROLLUPS`] moved, with the same parameters.
+const DELETE_MOVED: &str = "
+DELETE FROM recent_rollups
+WHERE tier = ?1 AND start IN (SELECT value FROM json_each(?2)) AND device >= ?3 AND device < ?4";
 
 /// Every row of one tier with its window start in `[?2, ?3)`, from both tables, ordered by
 /// key and, within a key, `rollups` first (the older part, so ties of `last_ts` go to the
@@ -125,18 +137,179 @@ impl<'c> RecentRows<'c> {
     }
 }
 
-/// Moves every recent row into `rollups` and empties `recent_rollups`; returns the rows moved.
-/// Call it inside a transaction: on failure nothing has moved.
+/// One merge of `recent_rollups` into `rollups`, done in slices of devices, each slice its own
+/// transaction (see [`merge_slice`]), so that the store thread writes the shards' batches
+/// between slices instead of waiting for the whole merge.
+///
+/// Every committed state is one readers can use: a slice moves a set of rows out of
+/// `recent_rollups` and merges them into `rollups` in one transaction, and a key found in both
+/// tables merges like deltas. Rows written during the pass (new windows, deltas for devices
+/// already moved, new devices) stay in `recent_rollups` for the next pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MergePass {
+    /// The devices below this id have been moved in this pass.
+    next_device: i64,
+    /// One past the highest device id in `recent_rollups` when the pass began.
+    end_device: i64,
+    /// How many device ids the next slice reads, adapted to the rows per device seen.
+    span: i64,
+}
+
+/// Device ids the first slice of a pass reads; later slices adapt (at most doubling).
+const FIRST_SPAN: i64 = 16;
+
+impl MergePass {
+    /// A pass over every device with rows in `recent_rollups` now; `None` when it is empty.
+    ///
+    /// # Errors
+    /// A query failed.
+    pub fn begin(connection: &Connection) -> Result<Option<MergePass>, StoreError> {
+        let mut lowest = None::<i64>;
+        let mut highest = None::<i64>;
+        let mut first = connection.prepare_cached(
+            "SELECT device FROM recent_rollups WHERE tier = ?1 AND start = ?2
+             ORDER BY device LIMIT 1",
+        )?;
+        let mut last = connection.prepare_cached(
+            "SELECT device FROM recent_rollups WHERE tier = ?1 AND start = ?2
+             ORDER BY device DESC LIMIT 1",
+        )?;
+        for [tier, start] in windows(connection)? {
+            let low: i64 = first.query_row([tier, start], |row| row.get(0))?;
+            let high: i64 = last.query_row([tier, start], |row| row.get(0))?;
+            lowest = Some(lowest.map_or(low, |known| known.min(low)));
+            highest = Some(highest.map_or(high, |known| known.max(high)));
+        }
+        Ok(lowest.zip(highest).map(|(low, high)| MergePass {
+            next_device: low,
+            end_device: high.saturating_add(1),
+            span: FIRST_SPAN,
+        }))
+    }
+
+    /// Whether every device of the pass has been moved.
+    pub fn is_done(&self) -> bool {
+        self.next_device >= self.end_device
+    }
+}
+
+/// The windows `(tier, start)` present in `recent_rollups`, in key order: one index seek
+/// each (a few dozen: the table holds minutes). (Compared as a row value, `(tier, start)` after
+/// `(?, ?)`, listing them took about 30 ms at the reference load, as long as moving the rows
+/// of a slice: the search went through the tier's rows.)
+fn windows(connection: &Connection) -> Result<Vec<[i64; 2]>, StoreError> {
+    let mut next_tier = connection
+        .prepare_cached("SELECT tier FROM recent_rollups WHERE tier > ?1 ORDER BY tier LIMIT 1")?;
+    let mut next_start = connection.prepare_cached(
+        "SELECT start FROM recent_rollups WHERE tier = ?1 AND start > ?2
+         ORDER BY start LIMIT 1",
+    )?;
+    let mut found = Vec::new();
+    let mut tier = i64::MIN;
+    while let Some(next) = next_tier
+        .query_row([tier], |row| row.get::<_, i64>(0))
+        .optional()?
+    {
+        tier = next;
+        let mut start = i64::MIN;
+        while let Some(next) = next_start
+            .query_row([tier, start], |row| row.get::<_, i64>(0))
+            .optional()?
+        {
+            start = next;
+            found.push([tier, start]);
+        }
+    }
+    Ok(found)
+}
+
+/// Moves the recent rows of the pass's next devices into `rollups` (merging with rows already
+/// there) and deletes them from `recent_rollups`; returns the pass as it stands after this
+/// slice and the rows moved. A slice moves at most `max_rows` rows, whole devices only, unless
+/// one device alone has more (then it moves that device). Call it inside a transaction: on
+/// failure nothing has moved.
 ///
 /// # Errors
 /// A statement failed.
-pub fn merge_into_rollups(connection: &Connection) -> Result<usize, StoreError> {
-    let moved = connection.prepare_cached(MERGE_INTO_ROLLUPS)?.execute([])?;
-    // Without a WHERE clause SQLite drops the table's pages wholesale instead of row by row.
-    connection
-        .prepare_cached("DELETE FROM recent_rollups")?
-        .execute([])?;
-    Ok(moved)
+pub fn merge_slice(
+    connection: &Connection,
+    pass: MergePass,
+    max_rows: usize,
+) -> Result<(MergePass, usize), StoreError> {
+    let from = pass.next_device;
+    let mut to = from.saturating_add(pass.span).min(pass.end_device);
+    let windows = windows(connection)?;
+    // The devices of every row in the span, to choose where the slice ends.
+    let mut devices = Vec::new();
+    let mut in_window = connection.prepare_cached(
+        "SELECT device FROM recent_rollups
+         WHERE tier = ?1 AND start = ?2 AND device >= ?3 AND device < ?4",
+    )?;
+    for [tier, start] in &windows {
+        let mut found = in_window.query(params![tier, start, from, to])?;
+        while let Some(row) = found.next()? {
+            devices.push(row.get::<_, i64>(0)?);
+        }
+    }
+    let (read, read_span) = (devices.len(), to - from);
+    if devices.len() > max_rows {
+        to = slice_end(&mut devices, max_rows);
+    }
+    let mut into_rollups = connection.prepare_cached(MERGE_INTO_ROLLUPS)?;
+    let mut delete = connection.prepare_cached(DELETE_MOVED)?;
+    let (mut moved, mut deleted) = (0, 0);
+    for (tier, starts) in by_tier(&windows) {
+        moved += into_rollups.execute(params![tier, starts, from, to])?;
+        deleted += delete.execute(params![tier, starts, from, to])?;
+    }
+    debug_assert_eq!(deleted, moved, "a slice deletes exactly the rows it moved");
+    let next = MergePass {
+        next_device: to,
+        span: next_span(read_span, read, max_rows),
+        ..pass
+    };
+    Ok((next, moved))
+}
+
+/// The windows grouped by tier: each tier with its starts as a JSON array.
+fn by_tier(windows: &[[i64; 2]]) -> Vec<(i64, String)> {
+    let mut grouped: Vec<(i64, Vec<String>)> = Vec::new();
+    for [tier, start] in windows {
+        match grouped.last_mut() {
+            Some((known, starts)) if known == tier => starts.push(start.to_string()),
+            _ => grouped.push((*tier, vec![start.to_string()])),
+        }
+    }
+    grouped
+        .into_iter()
+        .map(|(tier, starts)| (tier, format!("[{}]", starts.join(","))))
+        .collect()
+}
+
+/// The first device id that a slice of at most `max_rows` rows of whole devices leaves out,
+/// given the device of every row (`devices`, sorted here); the first device's successor when
+/// that device alone has more rows.
+fn slice_end(devices: &mut [i64], max_rows: usize) -> i64 {
+    devices.sort_unstable();
+    let cut = devices[max_rows.min(devices.len() - 1)];
+    if cut == devices[0] {
+        cut.saturating_add(1)
+    } else {
+        cut
+    }
+}
+
+/// Device ids for the next slice, given that the last one read `read` rows from `span` ids:
+/// as many as should hold about three quarters of `max_rows`, at most twice the last span.
+fn next_span(span: i64, read: usize, max_rows: usize) -> i64 {
+    let span = span.max(1);
+    let wanted = (max_rows as i64).saturating_mul(3) / 4;
+    let estimate = if read == 0 {
+        i64::MAX
+    } else {
+        wanted.saturating_mul(span) / read as i64
+    };
+    estimate.clamp(1, span.saturating_mul(2))
 }
 
 /// Rows in `recent_rollups`, e.g. left by a run that stopped before merging them.
@@ -185,7 +358,8 @@ pub fn rows_in_range(
 /// `rollups` is read as one range. `recent_rollups` is ordered by time, so the series' rows
 /// there are found one window at a time: the next window start present in the table, then
 /// the series' row in it. That is two index seeks per window held (a few dozen: the table
-/// holds minutes), where a range read would scan every series of every window.
+/// holds minutes), where a range read would scan every series of every window. Without a
+/// `recent_rollups` table (a database of an older iotmon) the rows are those of `rollups`.
 ///
 /// # Errors
 /// A query failed.
@@ -202,6 +376,9 @@ pub fn series_rows(
     let mut rows = in_rollups.query(params![tier, device, metric, from, to])?;
     while let Some(row) = rows.next()? {
         merged.push((row.get(0)?, accumulator(row, 1)?));
+    }
+    if !table_exists(connection)? {
+        return Ok(merged);
     }
     let mut next_window = connection.prepare_cached(
         "SELECT start FROM recent_rollups WHERE tier = ?1 AND start >= ?2 AND start < ?3
@@ -228,6 +405,19 @@ pub fn series_rows(
         cursor = start + 1;
     }
     Ok(merge_by_start(merged, recent))
+}
+
+/// Whether `recent_rollups` exists: a database last written by an older iotmon lacks it, and
+/// a read-only reader cannot (and should not) create it; such a reader takes it as empty.
+///
+/// # Errors
+/// The query failed.
+pub fn table_exists(connection: &Connection) -> Result<bool, StoreError> {
+    Ok(connection
+        .prepare_cached(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'recent_rollups'",
+        )?
+        .exists([])?)
 }
 
 /// Merges two lists of windows, each ordered by start, into one with each start once; on

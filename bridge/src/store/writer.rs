@@ -1,14 +1,15 @@
 //! The store thread: writes the shards' batches in one transaction per wake-up into the
 //! time-ordered `recent_rollups`, and once a second cascades closed windows into the coarser
-//! tiers, exports closed windows to the InfluxDB outbox (when enabled), and, every few
-//! minutes, merges `recent_rollups` into `rollups` and applies retention.
+//! tiers, exports closed windows to the InfluxDB outbox (when enabled), applies retention,
+//! and every few minutes starts a merge of `recent_rollups` into `rollups`, which goes on in
+//! slices between the shards' batches.
 //!
 //! Errors (disk full, I/O) never stop the thread: the transaction is rolled back, counted in
 //! `iotmon_store_errors_total`, logged at most once per interval, and the thread goes on.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,7 +22,7 @@ use crate::influx::line::{self, ExportRow};
 use crate::pipeline::unix_millis;
 use crate::rollup::{window_start, Accumulator};
 use crate::shard::StoreBatch;
-use crate::store::recent::{self, RecentRows};
+use crate::store::recent::{self, MergePass, RecentRows};
 use crate::store::registry::{self, Ids};
 use crate::store::StoreError;
 use crate::FastMap;
@@ -36,17 +37,20 @@ const MAX_WINDOWS_PER_PASS: usize = 1000;
 const LINES_PER_WRITE: usize = 5000;
 /// Least time between two logged store errors.
 const ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
-/// How often `recent_rollups` is merged into `rollups` (ms of the clock `maintain` is given).
-/// A merge writes the newest pages of every active series once, where merging every flush
-/// into `rollups` wrote them every second; the price of a longer interval is a larger recent
-/// table and a longer merge (about 30 windows of every series at 5 minutes, 2–6 s at the
-/// reference load), during which the shards' batches wait in the store's queue.
+/// How often a merge of `recent_rollups` into `rollups` starts (ms of the clock `maintain` is
+/// given). A merge writes the newest pages of every active series once, where merging every
+/// flush into `rollups` wrote them every second; the price of a longer interval is a larger
+/// recent table for readers to look through (about 30 windows of every series at 5 minutes).
 const MERGE_EVERY_MS: i64 = 5 * 60_000;
 /// Rows written into `recent_rollups` since the last merge that make a merge due before
 /// [`MERGE_EVERY_MS`] (about 80 MiB of table at ~40 bytes a row): the bound on that table
 /// for fleets much larger than the reference one. If merges keep failing (a full disk) the
 /// table grows beyond it, and each maintenance pass tries again.
 const MERGE_AT_ROWS: u64 = 2_000_000;
+/// Most rows one merge slice moves (one transaction, whole devices), which bounds how long a
+/// batch from the shards waits behind the merge: at the reference load about 100 devices'
+/// worth of five minutes, a few hundred of `rollups`' pages.
+const MERGE_SLICE_ROWS: usize = 10_000;
 
 /// One tier as the writer uses it.
 #[derive(Debug, Clone, Copy)]
@@ -69,11 +73,16 @@ pub struct Writer {
     ids: Ids,
     last_retention: Option<Instant>,
     last_error_log: Option<Instant>,
-    /// When `recent_rollups` was last merged into `rollups`, on `maintain`'s clock.
+    /// When the last completed merge of `recent_rollups` into `rollups` started, on
+    /// `maintain`'s clock.
     last_merge_ms: i64,
-    /// Rows written into `recent_rollups` since then (an upper bound on its size: a write
-    /// into an existing row counts too).
+    /// Rows written into `recent_rollups` since then (with the rows not yet moved, an upper
+    /// bound on its size: a write into an existing row counts too).
     rows_since_merge: u64,
+    /// The merge under way, moved a slice at a time between batches, with its start time.
+    merge: Option<(MergePass, i64)>,
+    /// Most rows per merge slice: [`MERGE_SLICE_ROWS`], smaller in tests.
+    merge_slice_rows: usize,
 }
 
 impl Writer {
@@ -111,6 +120,8 @@ impl Writer {
             last_error_log: None,
             last_merge_ms: now_ms,
             rows_since_merge,
+            merge: None,
+            merge_slice_rows: MERGE_SLICE_ROWS,
         };
         for tier in &writer.tiers {
             let start = window_start(now_ms, tier.width);
@@ -120,25 +131,30 @@ impl Writer {
         Ok(writer)
     }
 
-    /// Runs until every sender is gone, then returns after writing what was queued.
+    /// Runs until every sender is gone, then returns after writing what was queued. While a
+    /// merge is under way, one of its slices runs after every wake-up, and the thread does not
+    /// sleep between them: a batch waits for at most one slice, and a merge goes on even when
+    /// batches arrive back to back.
     pub fn run(mut self, from_shards: &Receiver<(Instant, StoreBatch)>) {
         let mut last_maintenance = Instant::now();
         loop {
-            match from_shards.recv_timeout(MAINTENANCE_EVERY) {
-                Ok((oldest, first)) => {
-                    let mut batches = vec![first];
-                    batches.extend(from_shards.try_iter().map(|(_, batch)| batch));
-                    self.counters
-                        .store_queued_batches
-                        .fetch_sub(batches.len() as u64, Ordering::Relaxed);
-                    let written = self.write(&batches);
-                    self.check(written);
-                    let lag = u64::try_from(oldest.elapsed().as_millis()).unwrap_or(u64::MAX);
-                    self.counters.store_lag_ms.store(lag, Ordering::Relaxed);
-                }
+            let received = if self.merge.is_some() {
+                from_shards
+                    .try_recv()
+                    .map_err(|empty_or_closed| match empty_or_closed {
+                        TryRecvError::Empty => RecvTimeoutError::Timeout,
+                        TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
+                    })
+            } else {
+                from_shards.recv_timeout(MAINTENANCE_EVERY)
+            };
+            match received {
+                Ok((oldest, first)) => self.write_queued(oldest, first, from_shards),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
+            let merged = self.merge_slice();
+            self.check(merged);
             if last_maintenance.elapsed() >= MAINTENANCE_EVERY {
                 last_maintenance = Instant::now();
                 let maintained = self.maintain(unix_millis());
@@ -150,6 +166,24 @@ impl Writer {
         let merged = self.merge_recent(unix_millis());
         self.check(merged);
         info!("store closed");
+    }
+
+    /// Writes `first` and every batch queued behind it, and records the store's lag.
+    fn write_queued(
+        &mut self,
+        oldest: Instant,
+        first: StoreBatch,
+        from_shards: &Receiver<(Instant, StoreBatch)>,
+    ) {
+        let mut batches = vec![first];
+        batches.extend(from_shards.try_iter().map(|(_, batch)| batch));
+        self.counters
+            .store_queued_batches
+            .fetch_sub(batches.len() as u64, Ordering::Relaxed);
+        let written = self.write(&batches);
+        self.check(written);
+        let lag = u64::try_from(oldest.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.counters.store_lag_ms.store(lag, Ordering::Relaxed);
     }
 
     /// Writes batches in one transaction: registry first (rollups refer to devices), then
@@ -189,16 +223,53 @@ impl Writer {
         Ok(())
     }
 
-    /// Moves `recent_rollups` into `rollups` in one transaction, as of `now_ms`.
+    /// Moves every row of `recent_rollups` into `rollups` now, slice by slice (each slice its
+    /// own transaction), as of `now_ms`; a merge under way is started over (the rows it moved
+    /// are gone from `recent_rollups`, so that costs little).
     ///
     /// # Errors
-    /// A statement failed; nothing moved, the merge is tried again at the next maintenance.
+    /// A slice failed; what earlier slices moved stays moved, the rest stays in
+    /// `recent_rollups`, and a later merge moves it.
     pub fn merge_recent(&mut self, now_ms: i64) -> Result<(), StoreError> {
-        let tx = self.connection.transaction()?;
-        recent::merge_into_rollups(&tx)?;
-        tx.commit()?;
-        self.last_merge_ms = now_ms;
+        self.begin_merge(now_ms)?;
+        while self.merge.is_some() {
+            self.merge_slice()?;
+        }
+        Ok(())
+    }
+
+    /// Starts a merge as of `now_ms` (completes it at once when `recent_rollups` is empty).
+    ///
+    /// # Errors
+    /// The recent table cannot be read.
+    fn begin_merge(&mut self, now_ms: i64) -> Result<(), StoreError> {
+        let pass = MergePass::begin(&self.connection)?;
         self.rows_since_merge = 0;
+        self.merge = pass.map(|pass| (pass, now_ms));
+        if self.merge.is_none() {
+            self.last_merge_ms = now_ms;
+        }
+        Ok(())
+    }
+
+    /// Moves the next slice of the merge under way, if any, in one transaction; the merge is
+    /// complete once the slice that moves its last devices commits.
+    ///
+    /// # Errors
+    /// A statement failed: that slice is rolled back and the merge abandoned; the next
+    /// maintenance starts another (the merge is still due).
+    pub fn merge_slice(&mut self) -> Result<(), StoreError> {
+        let Some((pass, started_ms)) = self.merge.take() else {
+            return Ok(());
+        };
+        let tx = self.connection.transaction()?;
+        let (pass, _moved) = recent::merge_slice(&tx, pass, self.merge_slice_rows)?;
+        tx.commit()?;
+        if pass.is_done() {
+            self.last_merge_ms = started_ms;
+        } else {
+            self.merge = Some((pass, started_ms));
+        }
         Ok(())
     }
 
@@ -209,8 +280,8 @@ impl Writer {
     }
 
     /// Cascades closed windows into coarser tiers, exports closed windows to the outbox,
-    /// applies retention when due, and merges `recent_rollups` into `rollups` when due; all
-    /// as of `now_ms`.
+    /// applies retention when due, and starts a merge of `recent_rollups` into `rollups` when
+    /// one is due and none is under way ([`Writer::merge_slice`] moves it); all as of `now_ms`.
     ///
     /// # Errors
     /// Any statement failed; that pass is rolled back and retried next time.
@@ -254,8 +325,8 @@ impl Writer {
         if retention_due {
             self.last_retention = Some(Instant::now());
         }
-        if self.merge_due(now_ms) {
-            self.merge_recent(now_ms)?;
+        if self.merge.is_none() && self.merge_due(now_ms) {
+            self.begin_merge(now_ms)?;
         }
         Ok(())
     }

@@ -368,6 +368,16 @@ fn cascade_and_export_read_windows_split_between_the_two_tables() {
     );
 }
 
+/// Runs the slices of the merge under way until it is complete; returns how many it took.
+fn finish_merge(writer: &mut Writer) -> usize {
+    let mut slices = 0;
+    while writer.merge.is_some() {
+        writer.merge_slice().expect("merge slice");
+        slices += 1;
+    }
+    slices
+}
+
 #[test]
 fn merges_come_every_interval_or_at_the_row_bound() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -378,6 +388,9 @@ fn merges_come_every_interval_or_at_the_row_bound() {
     // The delta and the minute it cascaded into.
     assert_eq!(recent_row_count(&writer), 2, "not yet due");
     writer.maintain(T0 + MERGE_EVERY_MS).expect("maintain");
+    assert!(writer.merge.is_some(), "a merge starts when due");
+    assert_eq!(recent_row_count(&writer), 2, "and moves nothing yet");
+    assert_eq!(finish_merge(&mut writer), 1);
     assert_eq!(recent_row_count(&writer), 0, "merged when due");
     assert_eq!(stored_count(dir.path()), 1);
 
@@ -385,6 +398,7 @@ fn merges_come_every_interval_or_at_the_row_bound() {
     let rows = batch(vec![], vec![delta("d1", T0 + 10_000, 1.0, T0 + 10_000)]);
     writer.write(&[rows]).expect("write");
     writer.maintain(T0 + MERGE_EVERY_MS + 1).expect("maintain");
+    finish_merge(&mut writer);
     assert_eq!(recent_row_count(&writer), 0, "merged at the row bound");
     assert_eq!(stored_count(dir.path()), 2);
 }
@@ -466,6 +480,236 @@ fn a_failed_merge_leaves_both_tables_as_they_were() {
     assert_eq!(count_rows(&writer, 10_000), 5_000);
 }
 
+/// A delta of `metric` for `device`, with a value and timestamp of its own (whole numbers, so
+/// sums are exact in any order).
+fn metric_delta(device: usize, metric: usize, start: i64, value: i64) -> RollupDelta {
+    RollupDelta {
+        device: format!("d{device:02}").into(),
+        metric: format!("m{metric}").into(),
+        start,
+        values: Accumulator::new(value as f64, start + value),
+    }
+}
+
+/// What every reader should see: each key's deltas merged in the order they were written.
+type Expected = BTreeMap<(i64, String, String), Accumulator>;
+
+fn write_expected(writer: &mut Writer, expected: &mut Expected, deltas: Vec<RollupDelta>) {
+    for delta in &deltas {
+        let key = (
+            delta.start,
+            delta.device.to_string(),
+            delta.metric.to_string(),
+        );
+        expected
+            .entry(key)
+            .and_modify(|values| values.merge(&delta.values))
+            .or_insert(delta.values);
+    }
+    let devices = deltas.iter().map(|d| entry(&d.device)).collect();
+    writer.write(&[batch(devices, deltas)]).expect("write");
+}
+
+/// The 10 s rows as the cascade and export read them, and as a chart reads each series,
+/// checked against `expected`.
+fn assert_readers_see(writer: &Writer, dir: &std::path::Path, expected: &Expected, when: &str) {
+    let names: BTreeMap<(i64, i64), (String, String)> = {
+        let mut statement = writer
+            .connection
+            .prepare("SELECT d.id, d.name, m.id, m.name FROM devices d, metrics m")
+            .expect("names");
+        let rows = statement
+            .query_map([], |row| {
+                Ok(((row.get(0)?, row.get(2)?), (row.get(1)?, row.get(3)?)))
+            })
+            .expect("query");
+        rows.map(|row| row.expect("row")).collect()
+    };
+    let seen: Expected = rows(writer, 10_000)
+        .into_iter()
+        .map(|row| {
+            let (device, metric) = names[&(row.device, row.metric)].clone();
+            ((row.start, device, metric), row.values)
+        })
+        .collect();
+    assert_eq!(&seen, expected, "rows in range, {when}");
+    let reader = history::HistoryReader::new(dir, &BridgeConfig::default());
+    for device in ["d00", "d07", "d19"] {
+        let series = reader
+            .query(&history::HistoryQuery {
+                device: device.into(),
+                metric: "m1".into(),
+                from: T0,
+                to: T0 + 600_000,
+                max_points: 1000,
+                now: T0 + 600_000,
+            })
+            .expect("history");
+        let points: Vec<(i64, u64, f64, f64, f64)> = series
+            .points
+            .iter()
+            .map(|p| (p.ts, p.count, p.min, p.max, p.last))
+            .collect();
+        let wanted: Vec<(i64, u64, f64, f64, f64)> = expected
+            .iter()
+            .filter(|((_, d, m), _)| d == device && m == "m1")
+            .map(|((start, _, _), v)| (*start, v.count, v.min, v.max, v.last))
+            .collect();
+        assert_eq!(points, wanted, "history of {device}, {when}");
+    }
+}
+
+#[test]
+fn a_merge_in_slices_shows_readers_the_same_rows_at_every_commit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut writer = writer(dir.path(), &BridgeConfig::default());
+    writer.merge_slice_rows = 50;
+    let mut expected = Expected::new();
+    // 20 devices × 3 metrics × 8 windows; the first 4 windows merged into `rollups`, then
+    // more deltas for windows 2..8: windows 2 and 3 are split between the two tables.
+    let deltas = |windows: std::ops::Range<i64>, value: i64| -> Vec<RollupDelta> {
+        windows
+            .flat_map(|w| {
+                (0..20).flat_map(move |d| {
+                    (0..3).map(move |m| metric_delta(d, m, T0 + w * 10_000, value + w))
+                })
+            })
+            .collect()
+    };
+    write_expected(&mut writer, &mut expected, deltas(0..4, 100));
+    writer.merge_recent(T0).expect("first merge");
+    write_expected(&mut writer, &mut expected, deltas(2..8, 200));
+    assert_readers_see(&writer, dir.path(), &expected, "before the merge");
+
+    writer.maintain(T0 + MERGE_EVERY_MS).expect("maintain");
+    let mut slices = 0;
+    while writer.merge.is_some() {
+        let before = recent_row_count(&writer);
+        writer.merge_slice().expect("slice");
+        let moved = before - recent_row_count(&writer);
+        assert!(moved <= 50, "slice {slices} moved {moved} rows");
+        slices += 1;
+        assert_readers_see(
+            &writer,
+            dir.path(),
+            &expected,
+            &format!("after slice {slices}"),
+        );
+        // Batches between slices: a device already moved, one not yet, a new window.
+        let more = vec![
+            metric_delta(0, 1, T0 + 30_000, 1000 + slices),
+            metric_delta(19, 1, T0 + 30_000, 2000 + slices),
+            metric_delta(7, 1, T0 + 90_000, 3000 + slices),
+        ];
+        write_expected(&mut writer, &mut expected, more);
+        assert_readers_see(&writer, dir.path(), &expected, "after a write");
+    }
+    // 18 rows per device (6 windows × 3 metrics) and more for the three written between
+    // slices: two devices per slice at most, so at least 10 slices.
+    assert!(slices >= 10, "{slices} slices");
+    assert!(
+        recent_row_count(&writer) > 0,
+        "rows written during the merge wait for the next one"
+    );
+    writer.merge_recent(T0 + 2 * MERGE_EVERY_MS).expect("merge");
+    assert_eq!(recent_row_count(&writer), 0);
+    assert_readers_see(&writer, dir.path(), &expected, "after the last merge");
+}
+
+#[test]
+fn a_merge_slice_moves_whole_devices_and_no_more_rows_than_its_bound() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut writer = writer(dir.path(), &BridgeConfig::default());
+    // 30 devices with 30 rows each (3 metrics × 10 windows), and one with 150.
+    let mut deltas: Vec<RollupDelta> = (0..10)
+        .flat_map(|w| {
+            (0..30).flat_map(move |d| (0..3).map(move |m| metric_delta(d, m, T0 + w * 10_000, 1)))
+        })
+        .collect();
+    deltas
+        .extend((0..50).flat_map(|w| (0..3).map(move |m| metric_delta(30, m, T0 + w * 10_000, 1))));
+    let devices = (0..=30).map(|d| entry(&format!("d{d:02}"))).collect();
+    writer.write(&[batch(devices, deltas)]).expect("write");
+    let mut pass = recent::MergePass::begin(&writer.connection)
+        .expect("begin")
+        .expect("rows to merge");
+    let mut moved_per_slice = Vec::new();
+    while !pass.is_done() {
+        let tx = writer.connection.transaction().expect("tx");
+        let (next, moved) = recent::merge_slice(&tx, pass, 100).expect("slice");
+        tx.commit().expect("commit");
+        moved_per_slice.push(moved);
+        pass = next;
+    }
+    assert_eq!(moved_per_slice.iter().sum::<usize>(), 30 * 30 + 150);
+    assert_eq!(recent_row_count(&writer), 0);
+    let (last, whole) = moved_per_slice.split_last().expect("slices");
+    assert_eq!(
+        *last, 150,
+        "a device with more rows than the bound moves alone"
+    );
+    for moved in whole {
+        assert!(*moved <= 100 && moved % 30 == 0, "{moved_per_slice:?}");
+    }
+    assert_eq!(count_rows(&writer, 10_000), 30 * 30 + 150);
+}
+
+#[test]
+fn a_merge_under_way_is_not_started_again_and_a_failed_slice_abandons_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut writer = writer(dir.path(), &BridgeConfig::default());
+    writer.merge_slice_rows = 40;
+    let deltas: Vec<RollupDelta> = (0..10)
+        .flat_map(|w| {
+            (0..10).flat_map(move |d| (0..3).map(move |m| metric_delta(d, m, T0 + w * 10_000, 1)))
+        })
+        .collect();
+    let devices = (0..10).map(|d| entry(&format!("d{d:02}"))).collect();
+    writer.write(&[batch(devices, deltas)]).expect("write");
+    writer.maintain(T0 + MERGE_EVERY_MS).expect("maintain");
+    writer.merge_slice().expect("slice");
+    let under_way = writer.merge;
+    writer
+        .maintain(T0 + MERGE_EVERY_MS + 1_000)
+        .expect("maintain");
+    assert_eq!(writer.merge, under_way, "the merge goes on where it was");
+    // Each device has 30 rows of 10 s and 6 of the two minutes the maintenance cascaded: one
+    // device per slice.
+    assert_eq!(recent_row_count(&writer), 9 * 36);
+    // No room to grow: the next slice fails, is rolled back, and the merge is abandoned.
+    let pages: i64 = writer
+        .connection
+        .query_row("PRAGMA page_count", [], |row| row.get(0))
+        .expect("page count");
+    writer
+        .connection
+        .pragma_update(None, "max_page_count", pages)
+        .expect("limit");
+    let mut failed = Ok(());
+    while failed.is_ok() && writer.merge.is_some() {
+        failed = writer.merge_slice();
+    }
+    assert!(failed.is_err(), "a slice cannot fit");
+    assert_eq!(writer.merge, None);
+    assert_eq!(
+        count_rows(&writer, 10_000),
+        300,
+        "every row once, in one table or the other"
+    );
+    writer
+        .connection
+        .pragma_update(None, "max_page_count", 1_000_000)
+        .expect("limit");
+    // Still due: the next maintenance starts a merge again, which moves the rest.
+    writer
+        .maintain(T0 + MERGE_EVERY_MS + 2_000)
+        .expect("maintain");
+    assert!(writer.merge.is_some());
+    finish_merge(&mut writer);
+    assert_eq!(recent_row_count(&writer), 0);
+    assert_eq!(count_rows(&writer, 10_000), 300);
+}
+
 /// The tables as they were before `recent_rollups` existed.
 const SCHEMA_BEFORE_RECENT_ROLLUPS: &str = "
 CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -519,6 +763,31 @@ fn a_database_from_before_the_recent_table_opens_with_its_rows() {
 }
 
 #[test]
+fn a_reader_reads_a_database_of_an_older_bridge_without_changing_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let old = rusqlite::Connection::open(db_path(dir.path())).expect("create");
+    old.execute_batch(SCHEMA_BEFORE_RECENT_ROLLUPS)
+        .expect("old schema");
+    let tx = old.unchecked_transaction().expect("tx");
+    registry::upsert(&tx, &entry("d1")).expect("device");
+    tx.commit().expect("commit");
+    // No writer of this version opens it: only a reader, as a dashboard beside an old bridge.
+    let series = query(dir.path(), T0, T0 + 3_600_000, 1000);
+    let points: Vec<(i64, u64, f64, f64)> = series
+        .points
+        .iter()
+        .map(|p| (p.ts, p.count, p.min, p.max))
+        .collect();
+    assert_eq!(points, vec![(T0, 2, 4.0, 6.0)]);
+    let reader = history::HistoryReader::new(dir.path(), &BridgeConfig::default());
+    assert_eq!(reader.devices().expect("devices").len(), 1);
+    assert!(
+        !recent::table_exists(&old).expect("schema"),
+        "the reader leaves the old database as it was"
+    );
+}
+
+#[test]
 fn the_store_thread_merges_the_recent_rows_when_it_stops() {
     let dir = tempfile::tempdir().expect("tempdir");
     let writer = writer(dir.path(), &BridgeConfig::default());
@@ -552,22 +821,56 @@ fn probe_setting(name: &str, default: i64) -> i64 {
         .unwrap_or(default)
 }
 
+/// Time of the store thread over one report interval of the probe.
+#[derive(Default)]
+struct ProbeInterval {
+    write: Duration,
+    maintain: Duration,
+    merge: Duration,
+    /// The longest single write, maintenance pass and merge slice: how long a batch could
+    /// wait behind the store thread.
+    longest: [Duration; 3],
+    /// Merges completed, and the store time the longest of them took over all its slices.
+    merges: u32,
+    longest_merge: Duration,
+    longest_merge_slices: u32,
+}
+
+impl ProbeInterval {
+    /// Records how long a step of `kind` (0 write, 1 maintenance, 2 slice) took.
+    fn step(&mut self, kind: usize, took: Duration) -> Duration {
+        self.longest[kind] = self.longest[kind].max(took);
+        took
+    }
+}
+
 /// Timing probe (not a test of behaviour): the reference load's store traffic, every device
 /// reporting 3 metrics every 5 s (a fifth of the fleet each second, as 10 s deltas), with the
-/// store thread's maintenance once per simulated second, fed as fast as the store takes it.
+/// store thread's maintenance once per simulated second and the slices of a merge under way
+/// between them, fed as fast as the store takes it.
 /// Settings: `IOTMON_PROBE_SECONDS` simulated seconds (default 120), `IOTMON_PROBE_DEVICES`
 /// (default 10,000), `IOTMON_PROBE_REPORT_EVERY` simulated seconds between report lines
-/// (default 60). Prints, per report interval, the store thread's time per simulated second
-/// (writes and maintenance), its longest single maintenance pass, the bytes written per
-/// simulated second, and the sizes of the database and WAL files.
+/// (default 60), `IOTMON_PROBE_SLICES_PER_SECOND` merge slices at most per simulated second
+/// (default 10; the store thread runs them whenever no batch waits, which at the reference
+/// load is most of the time). Prints, per report interval, the store thread's time per
+/// simulated second (writes, maintenance, merge slices), its longest single step (what a batch
+/// could wait behind), the merges completed and the longest one's total time and slices, the
+/// bytes written per simulated second, and the sizes of the database and WAL files.
 #[test]
 #[ignore = "timing probe; run with --ignored --nocapture in release"]
 fn store_write_cost_probe() {
     let seconds = probe_setting("IOTMON_PROBE_SECONDS", 120);
     let fleet = probe_setting("IOTMON_PROBE_DEVICES", 10_000);
     let report_every = probe_setting("IOTMON_PROBE_REPORT_EVERY", 60).max(1);
+    let slices_per_second = probe_setting("IOTMON_PROBE_SLICES_PER_SECOND", 10).max(1);
     let dir = tempfile::tempdir().expect("dir");
     let mut writer = writer(dir.path(), &BridgeConfig::default());
+    if let Ok(kib) = std::env::var("IOTMON_PROBE_CACHE_KIB") {
+        writer
+            .connection
+            .pragma_update(None, "cache_size", format!("-{kib}"))
+            .expect("cache");
+    }
     let ids: Vec<iotmon_wire::DeviceId> =
         (0..fleet).map(|i| format!("dev-{i:05}").into()).collect();
     let devices: Vec<RegistryEntry> = ids.iter().map(|id| entry(id)).collect();
@@ -575,15 +878,16 @@ fn store_write_cost_probe() {
         .write(&[batch(devices, Vec::new())])
         .expect("registry");
     let metrics: [Arc<str>; 3] = ["temperature".into(), "humidity".into(), "pressure".into()];
-    let (mut total, mut interval_write, mut interval_maintain) =
-        (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+    let mut total = Duration::ZERO;
+    let mut interval = ProbeInterval::default();
+    let (mut merge_took, mut merge_slices) = (Duration::ZERO, 0);
     let mut interval_bytes = bytes_written_by_process();
-    let mut longest_maintenance = Duration::ZERO;
     let file_mib = |path: std::path::PathBuf| {
         std::fs::metadata(path).map_or(0.0, |m| m.len() as f64 / 1_048_576.0)
     };
     eprintln!(
-        "simulated s | write ms/s | maintain ms/s | total ms/s | longest maintain ms \
+        "simulated s | write ms/s | maintain ms/s | merge ms/s | total ms/s \
+         | longest write / maintain / slice ms | merges | longest merge ms (slices) \
          | MiB written/s | db MiB | WAL MiB"
     );
     for second in 0..seconds {
@@ -609,31 +913,58 @@ fn store_write_cost_probe() {
         let batches = [batch(Vec::new(), a.to_vec()), batch(Vec::new(), b.to_vec())];
         let began = Instant::now();
         writer.write(&batches).expect("write");
-        let written = Instant::now();
+        let took = interval.step(0, began.elapsed());
+        interval.write += took;
+        let began = Instant::now();
         writer.maintain(now).expect("maintain");
-        interval_write += written - began;
-        interval_maintain += written.elapsed();
-        longest_maintenance = longest_maintenance.max(written.elapsed());
+        let took = interval.step(1, began.elapsed());
+        interval.maintain += took;
+        for _ in 0..slices_per_second {
+            if writer.merge.is_none() {
+                break;
+            }
+            let began = Instant::now();
+            writer.merge_slice().expect("merge slice");
+            let took = interval.step(2, began.elapsed());
+            interval.merge += took;
+            merge_took += took;
+            merge_slices += 1;
+            if writer.merge.is_none() {
+                interval.merges += 1;
+                if merge_took > interval.longest_merge {
+                    interval.longest_merge = merge_took;
+                    interval.longest_merge_slices = merge_slices;
+                }
+                (merge_took, merge_slices) = (Duration::ZERO, 0);
+            }
+        }
         if (second + 1) % report_every == 0 {
             let per_second = |d: Duration| d.as_secs_f64() * 1000.0 / report_every as f64;
+            let ms = |d: Duration| d.as_secs_f64() * 1000.0;
             let bytes = bytes_written_by_process();
             let db = db_path(dir.path());
             let wal = db.with_extension("db-wal");
+            let busy = interval.write + interval.maintain + interval.merge;
             eprintln!(
-                "{:>11} | {:>10.1} | {:>13.1} | {:>10.1} | {:>19.0} | {:>13.2} | {:>6.0} | {:>7.0}",
+                "{:>11} | {:>10.1} | {:>13.1} | {:>10.1} | {:>10.1} | {:>11.0} / {:>8.0} / {:>5.0} | {:>6} | {:>17.0} ({:>4}) | {:>13.2} | {:>6.0} | {:>7.0}",
                 second + 1,
-                per_second(interval_write),
-                per_second(interval_maintain),
-                per_second(interval_write + interval_maintain),
-                longest_maintenance.as_secs_f64() * 1000.0,
+                per_second(interval.write),
+                per_second(interval.maintain),
+                per_second(interval.merge),
+                per_second(busy),
+                ms(interval.longest[0]),
+                ms(interval.longest[1]),
+                ms(interval.longest[2]),
+                interval.merges,
+                ms(interval.longest_merge),
+                interval.longest_merge_slices,
                 (bytes - interval_bytes) as f64 / report_every as f64 / 1_048_576.0,
                 file_mib(db),
                 file_mib(wal),
             );
-            total += interval_write + interval_maintain;
-            (interval_write, interval_maintain, interval_bytes) =
-                (Duration::ZERO, Duration::ZERO, bytes);
-            longest_maintenance = Duration::ZERO;
+            total += busy;
+            interval = ProbeInterval::default();
+            interval_bytes = bytes;
         }
     }
     eprintln!(
