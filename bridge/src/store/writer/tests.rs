@@ -239,15 +239,7 @@ fn a_full_disk_is_counted_and_the_writer_goes_on() {
     writer
         .write(&[batch(vec![entry("d1")], vec![])])
         .expect("write");
-    // SQLite's page limit stands in for a full disk: the next growth fails with SQLITE_FULL.
-    let pages: i64 = writer
-        .connection
-        .query_row("PRAGMA page_count", [], |row| row.get(0))
-        .expect("page count");
-    writer
-        .connection
-        .pragma_update(None, "max_page_count", pages)
-        .expect("limit");
+    fill_the_disk(&writer);
     let many = (0..5_000)
         .map(|i| delta("d1", T0 + i * 10_000, 1.0, T0 + i * 10_000))
         .collect();
@@ -273,6 +265,19 @@ fn a_full_disk_is_counted_and_the_writer_goes_on() {
 }
 
 /// Sum of the counts of every point of d1's `t` over the first hour.
+/// Stands in for a full disk: SQLite's page limit set to the pages in use, so the next
+/// growth of the file fails with SQLITE_FULL.
+fn fill_the_disk(writer: &Writer) {
+    let pages: i64 = writer
+        .connection
+        .query_row("PRAGMA page_count", [], |row| row.get(0))
+        .expect("page count");
+    writer
+        .connection
+        .pragma_update(None, "max_page_count", pages)
+        .expect("limit");
+}
+
 fn stored_count(dir: &std::path::Path) -> u64 {
     query(dir, T0, T0 + 3_600_000, 1000)
         .points
@@ -449,14 +454,7 @@ fn a_failed_merge_leaves_both_tables_as_they_were() {
         .write(&[batch(vec![entry("d1")], many)])
         .expect("write");
     // No room to grow: the merge cannot insert into `rollups` (as with a full disk).
-    let pages: i64 = writer
-        .connection
-        .query_row("PRAGMA page_count", [], |row| row.get(0))
-        .expect("page count");
-    writer
-        .connection
-        .pragma_update(None, "max_page_count", pages)
-        .expect("limit");
+    fill_the_disk(&writer);
     let failed = writer.merge_recent(T0 + 1);
     assert!(failed.is_err(), "the merge cannot fit");
     writer.check(failed);
@@ -677,14 +675,7 @@ fn a_merge_under_way_is_not_started_again_and_a_failed_slice_abandons_it() {
     // device per slice.
     assert_eq!(recent_row_count(&writer), 9 * 36);
     // No room to grow: the next slice fails, is rolled back, and the merge is abandoned.
-    let pages: i64 = writer
-        .connection
-        .query_row("PRAGMA page_count", [], |row| row.get(0))
-        .expect("page count");
-    writer
-        .connection
-        .pragma_update(None, "max_page_count", pages)
-        .expect("limit");
+    fill_the_disk(&writer);
     let mut failed = Ok(());
     while failed.is_ok() && writer.merge.is_some() {
         failed = writer.merge_slice();
@@ -732,16 +723,22 @@ INSERT INTO metrics (id, name) VALUES (1, 't');
 INSERT INTO rollups VALUES (10000, 1, 1, 1704067200000, 2, 10.0, 4.0, 6.0, 6.0, 1704067200005);
 ";
 
-#[test]
-fn a_database_from_before_the_recent_table_opens_with_its_rows() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let old = rusqlite::Connection::open(db_path(dir.path())).expect("create");
+/// A database in `dir` as an older bridge left it: one device, one 10 s row of it. The
+/// connection stays open for the caller to inspect the file.
+fn database_of_an_older_bridge(dir: &std::path::Path) -> rusqlite::Connection {
+    let old = rusqlite::Connection::open(db_path(dir)).expect("create");
     old.execute_batch(SCHEMA_BEFORE_RECENT_ROLLUPS)
         .expect("old schema");
     let tx = old.unchecked_transaction().expect("tx");
     registry::upsert(&tx, &entry("d1")).expect("device");
     tx.commit().expect("commit");
-    drop(old);
+    old
+}
+
+#[test]
+fn a_database_from_before_the_recent_table_opens_with_its_rows() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    drop(database_of_an_older_bridge(dir.path()));
 
     let mut writer = writer(dir.path(), &BridgeConfig::default());
     assert_eq!(stored_count(dir.path()), 2, "the old rows are read");
@@ -765,12 +762,7 @@ fn a_database_from_before_the_recent_table_opens_with_its_rows() {
 #[test]
 fn a_reader_reads_a_database_of_an_older_bridge_without_changing_it() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let old = rusqlite::Connection::open(db_path(dir.path())).expect("create");
-    old.execute_batch(SCHEMA_BEFORE_RECENT_ROLLUPS)
-        .expect("old schema");
-    let tx = old.unchecked_transaction().expect("tx");
-    registry::upsert(&tx, &entry("d1")).expect("device");
-    tx.commit().expect("commit");
+    let old = database_of_an_older_bridge(dir.path());
     // No writer of this version opens it: only a reader, as a dashboard beside an old bridge.
     let series = query(dir.path(), T0, T0 + 3_600_000, 1000);
     let points: Vec<(i64, u64, f64, f64)> = series
