@@ -53,6 +53,8 @@ pub struct LinkBuilder<'a> {
     lossless: bool,
     // iotmon patch: false by default (see `LinkBuilder::exclusive`)
     exclusive: bool,
+    // iotmon patch: the registered connection's incarnation, set by `connect_event`.
+    incarnation: u64,
 }
 
 impl<'a> LinkBuilder<'a> {
@@ -68,6 +70,7 @@ impl<'a> LinkBuilder<'a> {
             topic_alias_max: 0,
             lossless: false,
             exclusive: false,
+            incarnation: 0,
         }
     }
 
@@ -164,6 +167,7 @@ impl<'a> LinkBuilder<'a> {
             .topic_alias_max(self.topic_alias_max);
         connection.lossless = self.lossless;
         connection.exclusive = self.exclusive;
+        self.incarnation = connection.incarnation;
         let incoming = Incoming::new(connection.client_id.to_owned());
         let (outgoing, link_rx) = Outgoing::new(connection.client_id.to_owned());
         let outgoing_data_buffer = outgoing.buffer();
@@ -184,7 +188,11 @@ impl<'a> LinkBuilder<'a> {
         outgoing_data_buffer: Arc<Mutex<VecDeque<Notification>>>,
         incoming_data_buffer: Arc<Mutex<VecDeque<Packet>>>,
     ) -> Result<(LinkTx, LinkRx, Notification), LinkError> {
-        let notification = outgoing_data_buffer.lock().pop_front().unwrap();
+        // iotmon patch: no unwrap; an empty buffer means the router did not accept us.
+        let notification = outgoing_data_buffer
+            .lock()
+            .pop_front()
+            .ok_or(LinkError::NotConnectionAck)?;
 
         // Right now link identifies failure with dropped rx in router,
         // which is probably ok. We need this here to get id assigned by router
@@ -194,7 +202,8 @@ impl<'a> LinkBuilder<'a> {
         };
 
         let tx = LinkTx::new(id, self.router_tx.clone(), incoming_data_buffer);
-        let rx = LinkRx::new(id, self.router_tx, link_rx, outgoing_data_buffer);
+        let mut rx = LinkRx::new(id, self.router_tx, link_rx, outgoing_data_buffer);
+        rx.incarnation = self.incarnation;
         Ok((tx, rx, notification))
     }
 }
@@ -388,6 +397,8 @@ pub struct LinkRx {
     router_rx: Receiver<()>,
     send_buffer: Arc<Mutex<VecDeque<Notification>>>,
     cache: VecDeque<Notification>,
+    // iotmon patch: see `LinkRx::incarnation`.
+    incarnation: u64,
 }
 
 impl LinkRx {
@@ -405,11 +416,19 @@ impl LinkRx {
             // iotmon patch: grows on first use; a remote link never uses it (see
             // `Outgoing::new`).
             cache: VecDeque::new(),
+            incarnation: 0,
         }
     }
 
     pub fn id(&self) -> ConnectionId {
         self.connection_id
+    }
+
+    /// iotmon patch: which connection this is, unlike [`LinkRx::id`], which the router
+    /// gives to the next connection once this one is gone. Events about this connection
+    /// sent after it may have been replaced (its `Disconnect`, its last will) carry it.
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
     }
 
     pub fn recv(&mut self) -> Result<Option<Notification>, LinkError> {

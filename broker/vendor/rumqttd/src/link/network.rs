@@ -77,6 +77,13 @@ impl<P: Protocol> Network<P> {
     }
 
     pub fn set_keepalive(&mut self, keepalive: u16) {
+        // iotmon patch: 0 turns the keep-alive off (MQTT 3.1.2.10); upstream's 0 s limit
+        // would close the connection at once. Such a connection ends when its socket does
+        // (the listener sets TCP keep-alive, which also ends half-open ones).
+        if keepalive == 0 {
+            self.keepalive = Duration::MAX;
+            return;
+        }
         let keepalive = Duration::from_secs(keepalive as u64);
         self.keepalive = keepalive + keepalive.mul_f32(0.5);
     }

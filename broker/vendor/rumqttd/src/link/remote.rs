@@ -53,6 +53,8 @@ pub enum Error {
 pub struct RemoteLink<P> {
     connect: Connect,
     pub(crate) connection_id: ConnectionId,
+    /// iotmon patch: see `LinkRx::incarnation`.
+    pub(crate) incarnation: u64,
     network: Network<P>,
     link_tx: LinkTx,
     link_rx: LinkRx,
@@ -135,6 +137,7 @@ impl<P: Protocol> RemoteLink<P> {
         Ok(RemoteLink {
             connect,
             connection_id: id,
+            incarnation: link_rx.incarnation(),
             network,
             link_tx,
             link_rx,
@@ -282,12 +285,9 @@ where
         return Err(e);
     }
 
-    // When keep_alive feature is disabled client can live forever, which is not good in
-    // distributed broker context so currenlty we don't allow it.
-    if connect.keep_alive == 0 {
-        return Err(Error::ZeroKeepAlive);
-    }
-
+    // iotmon patch: keep alive 0 is accepted. Upstream closed the socket without a CONNACK,
+    // but MQTT 3.1.1 (3.1.2.10) and 5 (3.1.2.10) say 0 turns the keep-alive mechanism off,
+    // and many embedded clients send it (see `Network::set_keepalive`).
     let empty_client_id = connect.client_id.is_empty();
     let clean_session = connect.clean_session;
 

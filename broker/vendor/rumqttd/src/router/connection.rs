@@ -43,7 +43,15 @@ pub struct Connection {
     /// iotmon patch: a later connection with the same client id is refused instead of
     /// taking this one over (in-process links, such as iotmon's bridge).
     pub(crate) exclusive: bool,
+    /// iotmon patch: unique for every connection ever registered. The router reuses a
+    /// closed connection's id at once, so a message from a connection's task that arrives
+    /// after a takeover (its `Disconnect`, its last will) must say which connection it is
+    /// about, or it would act on the newcomer that took the same id.
+    pub(crate) incarnation: u64,
 }
+
+/// iotmon patch: the source of [`Connection::incarnation`].
+static NEXT_INCARNATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl Connection {
     /// Create connection state to hold identifying information of connecting device
@@ -78,6 +86,7 @@ impl Connection {
             subscription_ids: HashMap::new(),
             lossless: false,
             log_positions: HashMap::new(),
+            incarnation: NEXT_INCARNATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             exclusive: false,
         }
     }

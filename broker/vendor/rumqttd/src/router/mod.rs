@@ -57,8 +57,10 @@ pub enum Event {
     Ready,
     /// Data for native commitlog
     DeviceData,
-    /// Disconnection request
-    Disconnect,
+    /// Disconnection request. iotmon patch: names the connection's incarnation, so that a
+    /// late request from a connection already replaced by a takeover (which took its id)
+    /// does not disconnect the newcomer.
+    Disconnect { incarnation: u64 },
     /// Shadow
     Shadow(ShadowRequest),
     /// Collect and send alerts to all alerts links
@@ -67,8 +69,14 @@ pub enum Event {
     SendMeters,
     /// Get metrics of a connection or all connections
     PrintStatus(Print),
-    /// Publish Will message
-    PublishWill((String, Option<String>)),
+    /// Publish Will message. iotmon patch: the will of one connection incarnation (a
+    /// newcomer with the same client id has a will of its own), with its tenant; or, with
+    /// `publish: false`, forget it (a session resumed before the will delay passed).
+    LastWill {
+        incarnation: u64,
+        tenant_id: Option<String>,
+        publish: bool,
+    },
 }
 
 /// Notification from router to connection

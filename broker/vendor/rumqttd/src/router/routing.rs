@@ -101,7 +101,9 @@ pub struct Router {
     /// Shared subscriptions map <group-name, group>
     shared_subscriptions: HashMap<String, SharedGroup>,
     /// Will messages per client_id
-    last_wills: HashMap<String, (LastWill, Option<LastWillProperties>)>,
+    /// iotmon patch: keyed by connection incarnation, not client id: after a takeover the
+    /// old connection's will is still to be published while the newcomer's waits.
+    last_wills: HashMap<u64, (LastWill, Option<LastWillProperties>)>,
     /// iotmon patch: connections whose unread messages must never be dropped (see
     /// `LinkBuilder::lossless` and `RouterConfig::lossless_subscribers`).
     lossless_ids: Vec<ConnectionId>,
@@ -264,7 +266,7 @@ impl Router {
             Event::NewMeter(tx) => self.handle_new_meter(tx),
             Event::NewAlert(tx) => self.handle_new_alert(tx),
             Event::DeviceData => self.handle_device_payload(id),
-            Event::Disconnect => self.handle_connection_closed(id),
+            Event::Disconnect { incarnation } => self.handle_connection_closed(id, incarnation),
             Event::Ready => self.scheduler.reschedule(id, ScheduleReason::Ready),
             Event::Shadow(request) => {
                 retrieve_shadow(&mut self.datalog, &mut self.obufs[id], request)
@@ -276,11 +278,21 @@ impl Router {
                 self.send_meters();
             }
             Event::PrintStatus(metrics) => print_status(self, metrics),
-            Event::PublishWill((client_id, _tenant_id)) => self.handle_last_will(
-                client_id,
-                #[cfg(feature = "validate-tenant-prefix")]
-                _tenant_id,
-            ),
+            Event::LastWill {
+                incarnation,
+                tenant_id: _tenant_id,
+                publish,
+            } => {
+                if publish {
+                    self.handle_last_will(
+                        incarnation,
+                        #[cfg(feature = "validate-tenant-prefix")]
+                        _tenant_id,
+                    )
+                } else {
+                    self.last_wills.remove(&incarnation);
+                }
+            }
         }
     }
 
@@ -375,7 +387,7 @@ impl Router {
 
         if let Some(will) = connection.last_will.take() {
             self.last_wills.insert(
-                client_id.clone(),
+                connection.incarnation,
                 (will, connection.last_will_properties.take()),
             );
         }
@@ -465,6 +477,14 @@ impl Router {
 
         let span = tracing::info_span!("incoming_disconnect", client_id);
         let _guard = span.enter();
+
+        // iotmon patch: acks still pending go out before the close. A connection taken over
+        // by a newcomer with its client id before the router flushed its CONNACK never got
+        // one: its link saw the close first and answered the client "server unavailable",
+        // although the broker had accepted it (a takeover must always win).
+        if let (Some(acks), Some(outgoing)) = (self.ackslog.get_mut(id), self.obufs.get_mut(id)) {
+            ack_device_data(acks, outgoing);
+        }
 
         // must handle last will before sending disconnect packet
         // as the disconnecting client might have subscribed to will topic.
@@ -594,6 +614,7 @@ impl Router {
         // iotmon patch: while a lossless subscriber is at risk of losing messages, other
         // connections' packets wait in their buffers.
         let lossless = self.connections[id].lossless;
+        let incarnation = self.connections[id].incarnation;
         if self.ingest_paused && !lossless {
             if !incoming.deferred {
                 incoming.deferred = true;
@@ -961,7 +982,7 @@ impl Router {
                     let _guard = span.enter();
                     disconnect = true;
                     // delete the last will message
-                    self.last_wills.remove(&client_id);
+                    self.last_wills.remove(&incarnation);
                     break;
                 }
                 incoming => {
@@ -1050,7 +1071,12 @@ impl Router {
 
     /// iotmon patch: a connection whose packets wait for ingest to resume is removed only
     /// once they are handled, so a device that publishes and disconnects loses nothing.
-    fn handle_connection_closed(&mut self, id: ConnectionId) {
+    fn handle_connection_closed(&mut self, id: ConnectionId, incarnation: u64) {
+        // iotmon patch: a connection taken over is gone already, and its id may now be the
+        // newcomer's: its late close must not disconnect the newcomer.
+        if self.connections.get(id).map(|c| c.incarnation) != Some(incarnation) {
+            return;
+        }
         match self.ibufs.get_mut(id) {
             Some(incoming) if incoming.deferred => incoming.closed_while_deferred = true,
             _ => self.handle_disconnection(id, None),
@@ -1250,13 +1276,13 @@ impl Router {
 
     pub fn handle_last_will(
         &mut self,
-        client_id: String,
+        incarnation: u64,
         #[cfg(feature = "validate-tenant-prefix")] tenant_id: Option<String>,
     ) {
         #[cfg(feature = "validate-tenant-prefix")]
         let tenant_prefix = tenant_id.map(|id| format!("/tenants/{id}/"));
 
-        let Some((will, will_props)) = self.last_wills.remove(&client_id) else {
+        let Some((will, will_props)) = self.last_wills.remove(&incarnation) else {
             return;
         };
 

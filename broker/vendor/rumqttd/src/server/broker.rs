@@ -400,9 +400,13 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
                 Ok((s, r)) => (s, r),
                 Err(e) => {
                     error!(error=?e, "Unable to accept socket.");
+                    // iotmon patch: an accept that fails (out of file descriptors, say)
+                    // fails again at once; upstream retried in a busy loop at full CPU.
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
                     continue;
                 }
             };
+            set_tcp_keepalive(&stream);
 
             info!(name=?self.config.name, ?addr, count, "accept");
 
@@ -542,20 +546,23 @@ async fn remote<P: Protocol>(
         client_id = format!("{tenant_id}.{client_id}");
     }
 
-    if let Some(sender) = will_handlers.lock().unwrap().remove(&client_id) {
+    // iotmon patch: tell an earlier connection of this client id, still waiting out its
+    // will delay, whether its session ended (clean start: publish the will now) or goes on
+    // in this one (cancel it). Upstream unwrapped the send, which fails once that
+    // connection's task has ended, and did so holding the map's lock: a client reconnecting
+    // quickly panicked the task, poisoned the lock, and every later connection on the
+    // listener panicked on it. Now the sender is taken out before sending, a task that has
+    // ended is ignored, and our own sender is kept to remove exactly our entry later.
+    let (will_tx, will_rx) = flume::bounded::<AwaitingWill>(1);
+    let previous = lock_will_handlers(&will_handlers).insert(client_id.clone(), will_tx.clone());
+    if let Some(sender) = previous {
         let awaiting_will = if clean_session {
             AwaitingWill::Fire
         } else {
             AwaitingWill::Cancel
         };
-        sender.try_send(awaiting_will).unwrap();
+        sender.try_send(awaiting_will).ok();
     }
-
-    let (will_tx, will_rx) = flume::bounded::<AwaitingWill>(1);
-    will_handlers
-        .lock()
-        .unwrap()
-        .insert(client_id.clone(), will_tx);
 
     // Start the link
     let mut link = match RemoteLink::new(
@@ -571,11 +578,13 @@ async fn remote<P: Protocol>(
         Ok(l) => l,
         Err(e) => {
             error!(error=?e, "Remote link error");
+            forget_will_handler(&will_handlers, &client_id, &will_tx);
             return;
         }
     };
 
     let connection_id = link.connection_id;
+    let incarnation = link.incarnation;
     let will_delay_interval = link.will_delay_interval;
     let mut send_disconnect = true;
 
@@ -601,7 +610,7 @@ async fn remote<P: Protocol>(
     };
 
     if send_disconnect {
-        let disconnect = Event::Disconnect;
+        let disconnect = Event::Disconnect { incarnation };
         let message = (connection_id, disconnect);
         // iotmon patch: async send; the router's inbox is bounded and may be full.
         router_tx.send_async(message).await.ok();
@@ -610,29 +619,73 @@ async fn remote<P: Protocol>(
     // this is important to stop the connection
     drop(link);
 
-    let publish_will = match tokio::time::timeout(
-        Duration::from_secs(will_delay_interval as u64),
-        will_rx.recv_async(),
-    )
-    .await
-    {
-        Ok(w) => w.is_ok_and(|k| k == AwaitingWill::Fire),
-        Err(_) => {
-            // no need to keep the sender after timeout
-            will_handlers.lock().unwrap().remove(&client_id);
-            // as will delay interval has passed, publish the will message
-            true
-        }
-    };
+    // iotmon patch: without a will delay the will is published at once, whatever a newcomer
+    // with this client id says (MQTT 3.1.1 has no delay: MQTT-3.1.2-8 wants the will
+    // published when the connection closes without DISCONNECT, takeovers included); upstream
+    // let a persistent-session newcomer cancel it.
+    let publish_will = will_delay_interval == 0
+        || match tokio::time::timeout(
+            Duration::from_secs(will_delay_interval as u64),
+            will_rx.recv_async(),
+        )
+        .await
+        {
+            // A newcomer says whether the session ended (publish) or resumed (cancel).
+            Ok(w) => w.is_ok_and(|k| k == AwaitingWill::Fire),
+            // As will delay interval has passed, publish the will message
+            Err(_) => true,
+        };
+    forget_will_handler(&will_handlers, &client_id, &will_tx);
 
-    if publish_will {
-        let message = Event::PublishWill((client_id, tenant_id));
-        // is this connection_id really correct at this point?
-        // as we have disconnected already, some other connection
-        // might be using this connection ID!
-        // It won't matter in this case as we don't use it
-        // but might affect logs?
-        // iotmon patch: async send, as above.
-        router_tx.send_async((connection_id, message)).await.ok();
+    // iotmon patch: the will is named by this connection's incarnation, so it is this
+    // connection's will that is published (or forgotten), not a newcomer's; the router
+    // ignores the connection id. A connection that sent DISCONNECT has no will left.
+    let message = Event::LastWill {
+        incarnation,
+        tenant_id,
+        publish: publish_will,
+    };
+    router_tx.send_async((connection_id, message)).await.ok();
+}
+
+/// iotmon patch: how long the accept loop waits after a failed accept.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+
+/// iotmon patch: TCP keep-alive on every accepted socket, so that the peer of a connection
+/// that vanished without a FIN (a device that lost power, a NAT that forgot it) is found
+/// out even when MQTT's own keep-alive is off (keep alive 0): probes after 60 s of
+/// silence, every 10 s, and the kernel's count of unanswered probes (9 on Linux) closes it.
+fn set_tcp_keepalive(stream: &tokio::net::TcpStream) {
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(10));
+    if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive) {
+        warn!(error = ?e, "could not set TCP keep-alive on an accepted socket");
+    }
+}
+
+/// iotmon patch: the will handlers' lock, whole even if a task once panicked holding it
+/// (the map stays consistent: every change is a single insert or remove).
+fn lock_will_handlers(
+    will_handlers: &Mutex<HashMap<String, Sender<AwaitingWill>>>,
+) -> std::sync::MutexGuard<'_, HashMap<String, Sender<AwaitingWill>>> {
+    will_handlers
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// iotmon patch: removes this connection's will handler, unless a newcomer with the same
+/// client id has put its own in its place already.
+fn forget_will_handler(
+    will_handlers: &Mutex<HashMap<String, Sender<AwaitingWill>>>,
+    client_id: &str,
+    own: &Sender<AwaitingWill>,
+) {
+    let mut handlers = lock_will_handlers(will_handlers);
+    if handlers
+        .get(client_id)
+        .is_some_and(|sender| sender.same_channel(own))
+    {
+        handlers.remove(client_id);
     }
 }
