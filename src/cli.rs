@@ -129,6 +129,7 @@ impl ServeArgs {
         if self.allow_anonymous {
             config.broker.allow_anonymous = true;
         }
+        config.validate()?;
         Ok(config)
     }
 }

@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use iotmon_bridge::alerts::rules::RuleError;
+use iotmon_bridge::alerts::{AlertsConfig, RuleSet};
 use iotmon_bridge::BridgeConfig;
 use iotmon_broker::BrokerConfig;
 use iotmon_dashboard::DashboardConfig;
@@ -19,6 +21,8 @@ pub struct Config {
     pub broker: BrokerConfig,
     pub bridge: BridgeConfig,
     pub dashboard: DashboardConfig,
+    /// Alert rules (`[[alerts.rules]]`) and alert history.
+    pub alerts: AlertsConfig,
 }
 
 impl Default for Config {
@@ -28,22 +32,54 @@ impl Default for Config {
             broker: BrokerConfig::default(),
             bridge: BridgeConfig::default(),
             dashboard: DashboardConfig::default(),
+            alerts: AlertsConfig::default(),
         }
     }
 }
 
 impl Config {
-    /// Reads `path`, or the defaults when no file is given.
+    /// Reads `path`, or the defaults when no file is given, and checks its alert rules.
     ///
     /// # Errors
-    /// The file cannot be read, is not valid TOML, or holds an unknown key.
+    /// The file cannot be read, is not valid TOML, holds an unknown key, or has an alert
+    /// rule that cannot be used (the error names the rule's line).
     pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
         let Some(path) = path else {
             return Ok(Config::default());
         };
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config file {}", path.display()))?;
-        toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+        Config::parse(&text).with_context(|| format!("invalid config file {}", path.display()))
+    }
+
+    /// Parses a configuration file's text and checks its alert rules.
+    ///
+    /// # Errors
+    /// Not valid TOML, an unknown key, or an unusable alert rule.
+    pub fn parse(text: &str) -> anyhow::Result<Config> {
+        let config: Config = toml::from_str(text)?;
+        if let Err(error) = RuleSet::new(&config.alerts) {
+            return Err(rule_error_at_line(text, &error));
+        }
+        Ok(config)
+    }
+
+    /// Checks every role's settings (after command-line flags are applied).
+    ///
+    /// # Errors
+    /// The first setting that cannot be used, named by its key.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.bridge.validate()?;
+        self.dashboard.validate()?;
+        Ok(())
+    }
+
+    /// The checked alert rules.
+    ///
+    /// # Errors
+    /// A rule that cannot be used (configurations from [`Config::load`] have none).
+    pub fn rules(&self) -> anyhow::Result<RuleSet> {
+        Ok(RuleSet::new(&self.alerts)?)
     }
 
     /// The defaults as TOML, for `iotmon config`.
@@ -55,9 +91,53 @@ impl Config {
     }
 }
 
+/// `error` with the line of its rule's `[[alerts.rules]]` header in `text`.
+fn rule_error_at_line(text: &str, error: &RuleError) -> anyhow::Error {
+    let line = text
+        .lines()
+        .enumerate()
+        .filter(|(_, line)| line.trim() == "[[alerts.rules]]")
+        .nth(error.index)
+        .map(|(number, _)| number + 1);
+    match line {
+        Some(line) => anyhow::anyhow!("line {line}: {error}"),
+        None => anyhow::anyhow!("{error}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bad_alert_rule_is_refused_with_its_line() {
+        let text = "data_dir = \"/tmp\"\n\n[[alerts.rules]]\nname = \"ok\"\noffline = true\n\n[[alerts.rules]]\nname = \"hot\"\nmetric = \"t\"\nabove = 30.0\nclear = 35.0\n";
+        let error = Config::parse(text).expect_err("clear above trigger");
+        let message = format!("{error:#}");
+        assert!(message.contains("line 7"), "{message}");
+        assert!(message.contains("\"hot\""), "{message}");
+        assert!(
+            message.contains("clear (35) must not be above"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn every_setting_that_would_stop_a_role_is_refused_by_its_key() {
+        for (text, key) in [
+            ("[dashboard]\ntick = \"0s\"\n", "dashboard.tick"),
+            ("[dashboard]\nheartbeat = \"0s\"\n", "dashboard.heartbeat"),
+            ("[dashboard]\nviewer_queue = 0\n", "dashboard.viewer_queue"),
+            ("[bridge]\nlive_interval = \"0s\"\n", "bridge.live_interval"),
+        ] {
+            let config = Config::parse(text).expect("parses");
+            let error = config.validate().expect_err(text);
+            assert!(error.to_string().contains(key), "{text}: {error}");
+        }
+        Config::default()
+            .validate()
+            .expect("the defaults are valid");
+    }
 
     #[test]
     fn defaults_round_trip_through_toml() {

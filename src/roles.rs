@@ -6,10 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use iotmon_bridge::alerts::store::AlertReader;
+use iotmon_bridge::alerts::{Alerting, RuleSet};
 use iotmon_bridge::store::HistoryReader;
 use iotmon_bridge::{source, BridgeCounters, INPUT_CAPACITY, LIVE_CAPACITY};
 use iotmon_broker::credentials::registry_path;
 use iotmon_broker::{EmbeddedBroker, ListenerKind, LocalSubscription};
+use iotmon_dashboard::alerts::AlertAccess;
 use iotmon_dashboard::DERIVED_CAPACITY;
 use iotmon_simulator::viewers::ViewerConfig;
 use iotmon_simulator::{FleetConfig, Progress};
@@ -37,6 +40,12 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let counters = Arc::new(BridgeCounters::default());
     let store = open_store(&config, counters.clone())?;
+    let (alerting, alert_commands) = open_alerting(&config)?;
+    let alert_access = AlertAccess {
+        commands: Some(alert_commands),
+        history: Some(AlertReader::new(&config.data_dir)),
+        rules: rules_json(&alerting.rules),
+    };
     let broker = start_broker(&config)?;
     // The bridge subscribes before the listener opens, so no early reading is lost.
     let (mut broker, subscription) = tokio::task::spawn_blocking(move || {
@@ -69,6 +78,7 @@ pub async fn serve(
     ));
     tasks.spawn(iotmon_bridge::run(
         config.bridge.clone(),
+        alerting,
         from_broker,
         live_updates,
         counters.clone(),
@@ -94,6 +104,7 @@ pub async fn serve(
         derived,
         sources,
         Some(history),
+        alert_access,
         shutdown.clone(),
     )
     .await;
@@ -149,6 +160,8 @@ pub async fn bridge(
     info!(broker = %broker_url, client_id = login.client_id, "bridge starting");
     let counters = Arc::new(BridgeCounters::default());
     let store = open_store(&config, counters.clone())?;
+    // Commands reach a split bridge's alerts only through a dashboard in its process.
+    let (alerting, _no_commands) = open_alerting(&config)?;
     let http = match http_listen {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
@@ -166,6 +179,7 @@ pub async fn bridge(
     };
     iotmon_bridge::standalone::run(
         config.bridge,
+        alerting,
         broker_url,
         &login,
         config.broker.max_packet_size,
@@ -201,6 +215,29 @@ fn open_store(
     Ok(Some(store))
 }
 
+/// Opens the alert store in the data directory (created by [`open_store`]) with the
+/// configured rules; returns the bridge's alerting and where operators' commands go.
+fn open_alerting(
+    config: &Config,
+) -> anyhow::Result<(
+    Alerting,
+    tokio::sync::mpsc::Sender<iotmon_wire::alert::AlertRequest>,
+)> {
+    let rules = Arc::new(config.rules()?);
+    Alerting::open(rules, &config.alerts, Some(&config.data_dir)).with_context(|| {
+        format!(
+            "cannot open the alert store in {}",
+            config.data_dir.display()
+        )
+    })
+}
+
+/// The rules as `/api/rules` serves them.
+fn rules_json(rules: &RuleSet) -> Arc<serde_json::Value> {
+    let value = serde_json::to_value(rules.rules()).unwrap_or_default();
+    Arc::new(serde_json::json!({ "rules": value }))
+}
+
 /// Runs a dashboard alone, fed from `broker_url`, until `shutdown`.
 ///
 /// # Errors
@@ -232,12 +269,21 @@ pub async fn dashboard(
             "no store in the data directory: /api/history is unavailable"
         );
     }
+    let alert_reader = iotmon_bridge::alerts::store::alerts_db_path(&config.data_dir)
+        .exists()
+        .then(|| AlertReader::new(&config.data_dir));
+    let alert_access = AlertAccess {
+        commands: None,
+        history: alert_reader,
+        rules: rules_json(&config.rules()?),
+    };
     let served = iotmon_dashboard::run(
         config.dashboard,
         http,
         derived,
         Vec::new(),
         history,
+        alert_access,
         shutdown.clone(),
     )
     .await;

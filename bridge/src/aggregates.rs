@@ -111,6 +111,8 @@ pub struct ShardGroup {
     pub group: GroupPath,
     pub online: u64,
     pub offline: u64,
+    /// Devices with an active alert.
+    pub alerting: u64,
     pub metrics: Vec<(Arc<str>, PartialMetric)>,
 }
 
@@ -118,6 +120,7 @@ pub struct ShardGroup {
 struct GroupPartial {
     online: u64,
     offline: u64,
+    alerting: u64,
     metrics: FastMap<Arc<str>, MetricPartial>,
     /// Already listed in `GroupPartials::dirty`.
     dirty: bool,
@@ -174,6 +177,17 @@ impl GroupPartials {
         });
     }
 
+    /// A device under `group` started (`alerting`) or stopped having an active alert.
+    pub fn alerting_changed(&mut self, group: &str, alerting: bool) {
+        self.for_each_level(group, |partial| {
+            partial.alerting = if alerting {
+                partial.alerting + 1
+            } else {
+                partial.alerting.saturating_sub(1)
+            };
+        });
+    }
+
     fn for_each_level(&mut self, group: &str, mut change: impl FnMut(&mut GroupPartial)) {
         for level in group_prefixes(group) {
             let partial = match self.groups.get_mut(level) {
@@ -199,6 +213,7 @@ impl GroupPartials {
                 Some(ShardGroup {
                     online: partial.online,
                     offline: partial.offline,
+                    alerting: partial.alerting,
                     metrics: partial
                         .metrics
                         .iter()
@@ -279,6 +294,7 @@ fn merge(group: GroupPath, slots: &[Option<ShardGroup>], now_ms: i64) -> GroupAg
     for partial in slots.iter().flatten() {
         devices.online += partial.online;
         devices.offline += partial.offline;
+        devices.alerting += partial.alerting;
         for (name, metric) in &partial.metrics {
             metrics
                 .entry(name.clone())

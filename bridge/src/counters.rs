@@ -42,6 +42,17 @@ pub struct BridgeCounters {
     pub influx_points_dropped: AtomicU64,
     /// Bytes waiting in the InfluxDB outbox (gauge).
     pub influx_outbox_bytes: AtomicU64,
+    /// Alerts raised (new alerts, not reactivations).
+    pub alerts_raised: AtomicU64,
+    /// Alert transitions of any kind (raised, cleared, acknowledged, shelved, ...).
+    pub alert_transitions: AtomicU64,
+    /// Open alerts (gauge).
+    pub alerts_open: AtomicU64,
+    /// Alert store writes that failed; their changes are kept and written again.
+    pub alert_store_errors: AtomicU64,
+    /// Times a shard's condition changes waited for the alert manager (its queue was full);
+    /// they went at the next live tick.
+    pub alert_events_deferred: AtomicU64,
 }
 
 impl BridgeCounters {
@@ -54,7 +65,7 @@ impl BridgeCounters {
     }
 
     /// Every unlabelled counter with its metric name and help.
-    fn plain(&self) -> [(&'static str, &'static str, Kind, &AtomicU64); 14] {
+    fn plain(&self) -> [(&'static str, &'static str, Kind, &AtomicU64); 19] {
         use Kind::{Counter, Gauge};
         [
             ("iotmon_ingest_messages_total", "Messages received on device topics.", Counter, &self.messages),
@@ -71,6 +82,11 @@ impl BridgeCounters {
             ("iotmon_influx_write_errors_total", "Failed InfluxDB writes (retried from the outbox).", Counter, &self.influx_write_errors),
             ("iotmon_influx_points_dropped_total", "Points dropped from the full InfluxDB outbox (oldest first).", Counter, &self.influx_points_dropped),
             ("iotmon_influx_outbox_bytes", "Bytes waiting in the InfluxDB outbox.", Gauge, &self.influx_outbox_bytes),
+            ("iotmon_alerts_raised_total", "Alerts raised.", Counter, &self.alerts_raised),
+            ("iotmon_alert_transitions_total", "Alert transitions (raised, cleared, acknowledged, shelved, ...).", Counter, &self.alert_transitions),
+            ("iotmon_alerts_open", "Open alerts.", Gauge, &self.alerts_open),
+            ("iotmon_alert_store_errors_total", "Alert store writes that failed (kept and written again).", Counter, &self.alert_store_errors),
+            ("iotmon_alert_events_deferred_total", "Times condition changes waited for the alert manager's queue.", Counter, &self.alert_events_deferred),
         ]
     }
 }

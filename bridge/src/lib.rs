@@ -6,9 +6,11 @@
 //! [`aggregates`] incrementally per group, [`rollup`] deltas) → the dashboard in-process or
 //! [`live_publisher`] on `iotmon/...` topics; the [`store`] thread (SQLite) keeps rollup tiers
 //! and the device registry, serves history, and feeds the [`influx`] sink's outbox.
-//! [`standalone`] composes the pieces for `iotmon bridge --broker ...`.
+//! [`alerts`] evaluates rules in the shards and keeps the alert lifecycle, persisted and
+//! pushed to dashboards at once. [`standalone`] composes the pieces for `iotmon bridge --broker ...`.
 
 pub mod aggregates;
+pub mod alerts;
 pub mod config;
 pub mod counters;
 pub mod influx;

@@ -1,8 +1,9 @@
 //! Publishing derived data when the bridge runs in a process of its own, so any number of
 //! dashboards can subscribe: device states on `iotmon/live/<group>/<device>`, group aggregates
-//! on `iotmon/agg/<group>` (JSON, QoS 0).
+//! on `iotmon/agg/<group>` (JSON, QoS 0), alerts on `iotmon/alerts/<subject>` (JSON, QoS 1:
+//! an alert must arrive, and it is never coalesced away).
 
-use iotmon_wire::topics::{agg_topic, live_topic};
+use iotmon_wire::topics::{agg_topic, alert_topic, live_topic};
 use iotmon_wire::Derived;
 use rumqttc::{AsyncClient, QoS};
 use serde::Serialize;
@@ -25,6 +26,10 @@ pub async fn publish_live(
                 None => break,
             },
         };
+        let qos = match batch {
+            Derived::Alerts(_) => QoS::AtLeastOnce,
+            _ => QoS::AtMostOnce,
+        };
         let messages: Vec<(String, Option<Vec<u8>>)> = match batch {
             Derived::Devices(devices) => devices
                 .iter()
@@ -34,12 +39,16 @@ pub async fn publish_live(
                 .iter()
                 .map(|aggregate| (agg_topic(&aggregate.group), encode(aggregate)))
                 .collect(),
+            Derived::Alerts(alerts) => alerts
+                .iter()
+                .map(|alert| (alert_topic(&alert.subject), encode(alert)))
+                .collect(),
         };
         for (topic, payload) in messages {
             let Some(payload) = payload else { continue };
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                published = client.publish(topic, QoS::AtMostOnce, false, payload) => {
+                published = client.publish(topic, qos, false, payload) => {
                     if published.is_err() {
                         return;
                     }

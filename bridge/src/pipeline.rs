@@ -24,9 +24,12 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info};
 
 use crate::aggregates::{AggregateMerger, ShardGroup};
+use crate::alerts::lifecycle::AlertBook;
+use crate::alerts::manager::{self, ManagerInput, ManagerOutputs};
+use crate::alerts::Alerting;
 use crate::config::BridgeConfig;
 use crate::counters::BridgeCounters;
-use crate::shard::Shard;
+use crate::shard::{SavedConditions, Shard};
 use crate::store::{OpenStore, StoreHandle};
 
 /// Messages queued per shard. When full, the dispatcher waits (and with it the broker link).
@@ -69,9 +72,11 @@ fn routing_key(topic: &str) -> &str {
 
 /// Runs the bridge until `shutdown` or until its input ends. With `store`, devices from the
 /// registry are restored first and every flush interval's rollups and registry changes go to
-/// it; at the end the store is flushed and closed.
+/// it; at the end the store is flushed and closed. `alerting` brings the rules and the alerts
+/// and conditions saved before a restart.
 pub async fn run(
     config: BridgeConfig,
+    alerting: Alerting,
     mut from_broker: mpsc::Receiver<Message>,
     live_updates: mpsc::Sender<Derived>,
     counters: Arc<BridgeCounters>,
@@ -96,14 +101,51 @@ pub async fn run(
         }
         None => (None, Vec::new(), None),
     };
+    let Alerting {
+        rules,
+        store: alert_store,
+        saved,
+        requests,
+        retention,
+    } = alerting;
+    let now_ms = clock.now_ms();
     let mut shards: Vec<Shard> = (0..count)
-        .map(|_| Shard::new(config.clone(), counters.clone()))
+        .map(|_| Shard::new(config.clone(), counters.clone(), rules.clone()))
         .collect();
     let restored_count = restored.len();
     for entry in restored {
-        shards[shard_of(&entry.state.id, count)].restore(entry);
+        shards[shard_of(&entry.state.id, count)].restore(entry, now_ms);
     }
-    info!(shards = count, restored = restored_count, "bridge starting");
+    let mut conditions: std::collections::HashMap<&str, SavedConditions> = Default::default();
+    for (rule, device, phase) in &saved.conditions {
+        if let Some(index) = rules.index_of(rule) {
+            conditions.entry(device).or_default().push((index, *phase));
+        }
+    }
+    for (device, saved) in conditions {
+        shards[shard_of(device, count)].restore_alerts(device, saved, now_ms);
+    }
+    info!(
+        shards = count,
+        restored = restored_count,
+        rules = rules.rules().len(),
+        open_alerts = saved.open.len(),
+        "bridge starting"
+    );
+    let (to_alerts, from_shards_to_alerts) = mpsc::channel(manager::MANAGER_CAPACITY);
+    tasks.spawn(manager::run(
+        AlertBook::new(rules, saved, now_ms),
+        from_shards_to_alerts,
+        requests,
+        ManagerOutputs {
+            live_updates: live_updates.clone(),
+            store: alert_store,
+            counters: counters.clone(),
+            clock,
+            retention_ms: i64::try_from(retention.as_millis()).unwrap_or(i64::MAX),
+        },
+        shutdown.clone(),
+    ));
     let (to_aggregator, from_shards) = mpsc::channel(count * 16);
     let mut inputs = Vec::with_capacity(count);
     for (index, shard) in shards.into_iter().enumerate() {
@@ -113,6 +155,7 @@ pub async fn run(
             index,
             live_updates: live_updates.clone(),
             to_aggregator: to_aggregator.clone(),
+            to_alerts: to_alerts.clone(),
             to_store: store_handle.clone(),
             counters: counters.clone(),
             clock,
@@ -137,8 +180,9 @@ pub async fn run(
         shutdown.clone(),
     ));
     tasks.close();
-    dispatch(&mut from_broker, &inputs, &shutdown).await;
+    dispatch(&mut from_broker, &inputs, &to_alerts, &shutdown).await;
     drop(inputs);
+    drop(to_alerts);
     tasks.wait().await;
     if let Some(writer) = writer {
         let _ = tokio::task::spawn_blocking(move || writer.join()).await;
@@ -161,6 +205,7 @@ async fn run_influx(
 async fn dispatch(
     from_broker: &mut mpsc::Receiver<Message>,
     inputs: &[mpsc::Sender<ShardInput>],
+    to_alerts: &mpsc::Sender<ManagerInput>,
     shutdown: &CancellationToken,
 ) {
     loop {
@@ -176,6 +221,7 @@ async fn dispatch(
             for input in inputs {
                 let _ = input.send(ShardInput::SyncAll).await;
             }
+            let _ = to_alerts.send(ManagerInput::SyncAll).await;
             continue;
         }
         let shard = shard_of(routing_key(&message.topic), inputs.len());
@@ -195,6 +241,7 @@ struct ShardOutputs {
     index: usize,
     live_updates: mpsc::Sender<Derived>,
     to_aggregator: mpsc::Sender<(usize, Vec<ShardGroup>)>,
+    to_alerts: mpsc::Sender<ManagerInput>,
     to_store: Option<StoreHandle>,
     counters: Arc<BridgeCounters>,
     clock: Clock,
@@ -206,7 +253,8 @@ fn ticker(period: Duration) -> Interval {
     ticker
 }
 
-/// One shard's loop: handles its messages; each live interval sends its changed devices,
+/// One shard's loop: handles its messages, handing alert condition changes to the alert
+/// manager at once; each live interval checks alert deadlines and sends its changed devices,
 /// each aggregation window checks silence and sends its changed groups, each flush interval
 /// hands its rollup deltas and registry changes to the store. Flushes everything at the end.
 async fn run_shard(
@@ -223,11 +271,16 @@ async fn run_shard(
         tokio::select! {
             () = shutdown.cancelled() => break,
             input = from_dispatch.recv() => match input {
-                Some(ShardInput::Message(message)) => shard.handle(&message, outputs.clock.now_ms()),
+                Some(ShardInput::Message(message)) => {
+                    shard.handle(&message, outputs.clock.now_ms());
+                    send_alert_events(&mut shard, &outputs);
+                }
                 Some(ShardInput::SyncAll) => shard.mark_all_changed(),
                 None => break,
             },
             _ = live.tick() => {
+                shard.check_alert_deadlines(outputs.clock.now_ms());
+                send_alert_events(&mut shard, &outputs);
                 if flush_live(&mut shard, &outputs, &config) == Flush::Closed {
                     break;
                 }
@@ -239,6 +292,33 @@ async fn run_shard(
     flush_live(&mut shard, &outputs, &config);
     send_groups(&mut shard, &outputs, outputs.clock.now_ms());
     send_to_store(&mut shard, &outputs);
+    let events = shard.take_alert_events();
+    if !events.is_empty() {
+        let _ = outputs
+            .to_alerts
+            .send(ManagerInput::Conditions(events))
+            .await;
+    }
+}
+
+/// Hands the shard's alert condition changes to the manager without waiting; if its queue is
+/// full they stay with the shard, in order, for the next call.
+fn send_alert_events(shard: &mut Shard, outputs: &ShardOutputs) {
+    let events = shard.take_alert_events();
+    if events.is_empty() {
+        return;
+    }
+    match outputs.to_alerts.try_send(ManagerInput::Conditions(events)) {
+        Ok(()) => {}
+        Err(TrySendError::Full(ManagerInput::Conditions(events))) => {
+            outputs
+                .counters
+                .alert_events_deferred
+                .fetch_add(1, Ordering::Relaxed);
+            shard.defer_alert_events(events);
+        }
+        Err(_) => {}
+    }
 }
 
 /// Hands the changed devices that are due (see `live_min_gap`) to the live stream without
@@ -410,6 +490,7 @@ mod tests {
         let shutdown = CancellationToken::new();
         let bridge = tokio::spawn(run(
             config,
+            Alerting::disabled(),
             from_broker,
             live_updates,
             Arc::default(),
@@ -447,6 +528,7 @@ mod tests {
                         .find(|a| &*a.group == "hq" && a.devices.online + a.devices.offline == 4)
                         .or(hq);
                 }
+                Derived::Alerts(_) => panic!("no rules, no alerts"),
             }
         }
         let hq = hq.expect("hq aggregate");

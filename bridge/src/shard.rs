@@ -12,6 +12,9 @@ use iotmon_wire::topics;
 use iotmon_wire::{DeviceId, DeviceState, GroupPath, MetricValue, Metrics};
 
 use crate::aggregates::{GroupPartials, ShardGroup};
+use crate::alerts::condition::Phase;
+use crate::alerts::evaluator::{ConditionEvent, DeviceAlerts, DeviceContext, Evaluator};
+use crate::alerts::rules::{RuleIndex, RuleSet};
 use crate::config::BridgeConfig;
 use crate::counters::BridgeCounters;
 use crate::ingest::{self, Reading, RejectReason};
@@ -55,6 +58,22 @@ struct Device {
     registry_queued_ms: i64,
     /// When its state was last handed to the live stream.
     live_sent_ms: i64,
+    /// The alert rules that select it, with their conditions.
+    alerts: DeviceAlerts,
+}
+
+/// Saved alert conditions of one device: (rule, phase).
+pub type SavedConditions = Vec<(RuleIndex, Phase)>;
+
+/// What makes a device's alert conditions be evaluated.
+#[derive(Debug, Clone, Copy)]
+enum AlertTrigger<'a> {
+    /// A reading with these metrics, stamped `ts`.
+    Reading(&'a [(Arc<str>, MetricValue)], i64),
+    /// Its presence changed; `by_status` when the device said so (last will, status).
+    Presence { by_status: bool },
+    /// A rule's deadline came due.
+    Deadline(RuleIndex),
 }
 
 /// How often a device reporting nothing new (same group, same metrics) has its registry row
@@ -79,17 +98,29 @@ pub struct Shard {
     /// device is looked at about once per silence limit, not on every reading.
     silence_checks: BTreeMap<i64, Vec<DeviceId>>,
     reject_log: RejectLog,
+    /// Alert rules, conditions' deadlines, and the phase changes for the alert manager.
+    evaluator: Evaluator,
+    /// Saved alert conditions of devices not (yet) in the registry, applied when they appear
+    /// (a device first seen just before a crash has conditions but no registry row yet).
+    saved_conditions: FastMap<DeviceId, SavedConditions>,
 }
 
 impl Shard {
-    pub fn new(config: Arc<BridgeConfig>, counters: Arc<BridgeCounters>) -> Self {
+    pub fn new(
+        config: Arc<BridgeConfig>,
+        counters: Arc<BridgeCounters>,
+        rules: Arc<RuleSet>,
+    ) -> Self {
         let base = config
             .rollups
             .tiers
             .first()
             .map_or(10_000, |tier| tier.width_ms());
         let grace = i64::try_from(config.rollups.grace.as_millis()).unwrap_or(i64::MAX);
+        let default_silence = silence_limit_ms(&config, None);
         Shard {
+            evaluator: Evaluator::new(rules, default_silence),
+            saved_conditions: FastMap::default(),
             rollups: RollupBuffer::new(base, grace),
             config,
             counters,
@@ -137,7 +168,7 @@ impl Shard {
         if let Some(device) = self.devices.get_mut(&id) {
             device.last_seen = now_ms;
         }
-        self.set_online(&id, online);
+        self.set_online(&id, online, true, now_ms);
         if online {
             self.schedule_check(&id, now_ms);
         }
@@ -148,6 +179,14 @@ impl Shard {
     pub fn apply(&mut self, group: &str, device: &str, reading: Reading, now_ms: i64) {
         let id = self.device(group, device, now_ms);
         self.add_to_rollups(&id, &reading, now_ms);
+        let Some(entry) = self.devices.get_mut(&id) else {
+            return;
+        };
+        // Alerts see the readings that become the latest state, not late ones.
+        if reading.ts >= entry.state.ts || entry.state.metrics.is_empty() {
+            let trigger = AlertTrigger::Reading(&reading.metrics, reading.ts);
+            self.evaluate_alerts(&id, now_ms, trigger);
+        }
         let Some(entry) = self.devices.get_mut(&id) else {
             return;
         };
@@ -174,7 +213,7 @@ impl Shard {
             entry.registry_queued_ms = now_ms;
             self.registry_changed.insert(id.clone());
         }
-        self.set_online(&id, true);
+        self.set_online(&id, true, false, now_ms);
         self.schedule_check(&id, now_ms);
         self.changed.insert(id);
     }
@@ -203,8 +242,12 @@ impl Shard {
                 online: false,
             };
             self.groups.presence_changed(group, false, true);
-            self.devices
-                .insert(id.clone(), Device::new(state, now_ms, now_ms));
+            let mut device = Device::new(state, now_ms, now_ms);
+            device.alerts = self.evaluator.select(&id, group, DeviceAlerts::default());
+            self.devices.insert(id.clone(), device);
+            if let Some(saved) = self.saved_conditions.remove(&id) {
+                self.restore_conditions(&id, &saved, now_ms);
+            }
             self.changed.insert(id.clone());
             return id;
         };
@@ -222,6 +265,16 @@ impl Shard {
         let from = std::mem::replace(&mut entry.state.group, to.clone());
         entry.registry_queued_ms = i64::MIN;
         let online = entry.state.online;
+        let was_alerting = entry.alerts.is_alerting();
+        let alerts = std::mem::take(&mut entry.alerts);
+        entry.alerts = self.evaluator.select(id, &to, alerts);
+        let alerting = entry.alerts.is_alerting();
+        if was_alerting {
+            self.groups.alerting_changed(&from, false);
+        }
+        if alerting {
+            self.groups.alerting_changed(&to, true);
+        }
         for (name, value) in &entry.state.metrics {
             self.groups
                 .value_changed(&from, name, Some(value.as_f64()), None);
@@ -233,7 +286,7 @@ impl Shard {
         self.changed.insert(id.clone());
     }
 
-    fn set_online(&mut self, id: &DeviceId, online: bool) {
+    fn set_online(&mut self, id: &DeviceId, online: bool, by_status: bool, now_ms: i64) {
         let Some(entry) = self.devices.get_mut(id) else {
             return;
         };
@@ -245,6 +298,91 @@ impl Shard {
         self.groups.presence_changed(&group, !online, false);
         self.groups.presence_changed(&group, online, true);
         self.changed.insert(id.clone());
+        self.evaluate_alerts(id, now_ms, AlertTrigger::Presence { by_status });
+    }
+
+    /// Evaluates the device's alert conditions on `trigger`, keeping its groups' alerting
+    /// counts in step.
+    fn evaluate_alerts(&mut self, id: &DeviceId, now_ms: i64, trigger: AlertTrigger<'_>) {
+        if !self.evaluator.has_rules() {
+            return;
+        }
+        let Some(device) = self.devices.get_mut(id) else {
+            return;
+        };
+        let was_alerting = device.alerts.is_alerting();
+        let context = DeviceContext {
+            id: &device.state.id,
+            group: &device.state.group,
+            last_seen: device.last_seen,
+            online: device.state.online,
+        };
+        let alerts = &mut device.alerts;
+        match trigger {
+            AlertTrigger::Reading(metrics, ts) => {
+                self.evaluator
+                    .on_reading(alerts, context, metrics, ts, now_ms);
+            }
+            AlertTrigger::Presence { by_status } => {
+                self.evaluator
+                    .on_presence(alerts, context, by_status, now_ms);
+            }
+            AlertTrigger::Deadline(rule) => {
+                self.evaluator.on_deadline(alerts, context, rule, now_ms);
+            }
+        }
+        let alerting = device.alerts.is_alerting();
+        if alerting != was_alerting {
+            let group = device.state.group.clone();
+            self.groups.alerting_changed(&group, alerting);
+        }
+    }
+
+    /// Evaluates the alert conditions whose delay or silence check is due at `now_ms`.
+    pub fn check_alert_deadlines(&mut self, now_ms: i64) {
+        for (id, rule) in self.evaluator.take_due(now_ms) {
+            self.evaluate_alerts(&id, now_ms, AlertTrigger::Deadline(rule));
+        }
+    }
+
+    /// Condition phase changes since the previous call, for the alert manager.
+    pub fn take_alert_events(&mut self) -> Vec<ConditionEvent> {
+        self.evaluator.take_events()
+    }
+
+    /// Puts back phase changes the manager could not take yet.
+    pub fn defer_alert_events(&mut self, events: Vec<ConditionEvent>) {
+        self.evaluator.defer_events(events);
+    }
+
+    /// Restores the saved alert conditions of `id` (after a restart), or keeps them until
+    /// the device appears. Call after the registry is restored.
+    pub fn restore_alerts(&mut self, id: &str, saved: SavedConditions, now_ms: i64) {
+        let Some(device) = self.devices.get(id) else {
+            self.saved_conditions.insert(id.into(), saved);
+            return;
+        };
+        let id = device.state.id.clone();
+        self.restore_conditions(&id, &saved, now_ms);
+    }
+
+    fn restore_conditions(&mut self, id: &DeviceId, saved: &[(RuleIndex, Phase)], now_ms: i64) {
+        let Some(device) = self.devices.get_mut(id) else {
+            return;
+        };
+        let was_alerting = device.alerts.is_alerting();
+        let context = DeviceContext {
+            id: &device.state.id,
+            group: &device.state.group,
+            last_seen: device.last_seen,
+            online: device.state.online,
+        };
+        self.evaluator
+            .restore(&mut device.alerts, context, saved, now_ms);
+        if device.alerts.is_alerting() != was_alerting {
+            let group = device.state.group.clone();
+            self.groups.alerting_changed(&group, !was_alerting);
+        }
     }
 
     fn schedule_check(&mut self, id: &DeviceId, now_ms: i64) {
@@ -284,7 +422,7 @@ impl Shard {
             .last_seen
             .saturating_add(silence_limit_ms(&self.config, entry.interval_ms));
         if now_ms >= deadline {
-            self.set_online(id, false);
+            self.set_online(id, false, false, now_ms);
             self.registry_changed.insert(id.clone());
         } else {
             entry.check_scheduled = true;
@@ -296,7 +434,9 @@ impl Shard {
     }
 
     /// Restores a device from the registry after a restart: offline until it reports again.
-    pub fn restore(&mut self, entry: RegistryEntry) {
+    /// Its saved alert conditions follow with [`Shard::restore_alerts`]; offline rules are
+    /// checked again after a silence even without them.
+    pub fn restore(&mut self, entry: RegistryEntry, now_ms: i64) {
         let mut state = entry.state;
         state.online = false;
         let id = state.id.clone();
@@ -308,10 +448,12 @@ impl Shard {
             self.groups
                 .value_changed(&state.group, name, None, Some(value.as_f64()));
         }
-        self.devices.insert(
-            id.clone(),
-            Device::new(state, entry.first_seen, entry.last_seen),
-        );
+        let mut device = Device::new(state, entry.first_seen, entry.last_seen);
+        device.alerts = self
+            .evaluator
+            .select(&id, &device.state.group, DeviceAlerts::default());
+        self.devices.insert(id.clone(), device);
+        self.restore_conditions(&id, &[], now_ms);
         self.changed.insert(id);
     }
 
@@ -410,6 +552,7 @@ impl Device {
             check_scheduled: false,
             registry_queued_ms: i64::MIN,
             live_sent_ms: i64::MIN,
+            alerts: DeviceAlerts::default(),
         }
     }
 

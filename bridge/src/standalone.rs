@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::alerts::Alerting;
 use crate::config::BridgeConfig;
 use crate::counters::BridgeCounters;
 use crate::live_publisher::publish_live;
@@ -20,9 +21,11 @@ use crate::{pipeline, INPUT_CAPACITY, LIVE_CAPACITY};
 const CLIENT_QUEUE: usize = 1024;
 
 /// Runs the bridge against the broker at `broker` until `shutdown`, keeping rollups and the
-/// registry in `store` when given.
+/// registry in `store` when given, raising alerts by `alerting`.
+#[allow(clippy::too_many_arguments)] // Each is one of the bridge's separate inputs.
 pub async fn run(
     config: BridgeConfig,
+    alerting: Alerting,
     broker: BrokerUrl,
     login: &Login,
     max_packet_size: usize,
@@ -36,6 +39,7 @@ pub async fn run(
     let (live_updates, to_publish) = mpsc::channel(LIVE_CAPACITY);
     let plan = SessionPlan {
         subscriptions: FILTERS.iter().map(|filter| filter.to_string()).collect(),
+        reliable_subscriptions: Vec::new(),
         announce: None,
     };
     let tasks = TaskTracker::new();
@@ -50,6 +54,7 @@ pub async fn run(
     tasks.close();
     pipeline::run(
         config,
+        alerting,
         from_broker,
         live_updates,
         counters,

@@ -1,4 +1,7 @@
 //! The HTTP routes: the web UI, the REST API, health and metrics, and the WebSocket upgrade.
+//! The alert routes are in [`alerts`].
+
+mod alerts;
 
 use std::sync::Arc;
 
@@ -6,7 +9,7 @@ use axum::extract::{Query, Request, State, WebSocketUpgrade};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use iotmon_wire::metrics::{write_metric, Kind, MetricsSource};
 use serde::Deserialize;
@@ -17,6 +20,7 @@ use tokio_util::task::TaskTracker;
 use iotmon_bridge::pipeline::unix_millis;
 use iotmon_bridge::store::{HistoryQuery, HistoryReader, HistorySeries};
 
+use crate::alerts::AlertAccess;
 use crate::hub::{DevicePage, DeviceQuery, GroupNode, HubHandle};
 use crate::session::{serve_viewer, SessionLimits};
 
@@ -41,6 +45,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// The store's history, when this dashboard can read it (always in `serve`).
     pub history: Option<HistoryReader>,
+    /// Alert commands, history and rules.
+    pub alerts: AlertAccess,
     /// Other parts of the process whose counters `/metrics` exports (the bridge in `serve`).
     pub metrics_sources: Vec<Arc<dyn MetricsSource>>,
 }
@@ -58,6 +64,12 @@ pub fn router(state: AppState) -> Router {
         .route("/api/devices", get(devices))
         .route("/api/groups", get(groups))
         .route("/api/history", get(history))
+        .route("/api/alerts", get(alerts::list))
+        .route("/api/alerts/{id}", get(alerts::one))
+        .route("/api/alerts/{id}/ack", post(alerts::acknowledge))
+        .route("/api/alerts/{id}/shelve", post(alerts::shelve))
+        .route("/api/alerts/{id}/unshelve", post(alerts::unshelve))
+        .route("/api/rules", get(alerts::rules))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .merge(guarded)
@@ -75,6 +87,10 @@ pub enum ApiError {
     /// The viewer token is missing or wrong.
     Unauthorized,
     NotFound,
+    /// No open alert with this id (or, for history, none at all).
+    NoSuchAlert(iotmon_wire::AlertId),
+    /// Alert commands cannot be carried out here (why).
+    AlertsUnavailable(&'static str),
     /// `max_viewers` are connected already.
     TooManyViewers,
     /// History needs the store, which this dashboard cannot read.
@@ -95,6 +111,8 @@ impl IntoResponse for ApiError {
                     .to_string(),
             ),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "no such route".to_string()),
+            ApiError::NoSuchAlert(id) => (StatusCode::NOT_FOUND, format!("no open alert {id}")),
+            ApiError::AlertsUnavailable(why) => (StatusCode::SERVICE_UNAVAILABLE, why.to_string()),
             ApiError::NoStore => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "history is not available: this dashboard has no access to the store \
@@ -143,6 +161,7 @@ async fn websocket(
         .map_err(|_| ApiError::TooManyViewers)?;
     let AppState {
         hub,
+        alerts,
         limits,
         sessions,
         shutdown,
@@ -154,7 +173,7 @@ async fn websocket(
         .max_message_size(max_message_bytes)
         .max_frame_size(max_message_bytes)
         .on_upgrade(move |socket| {
-            sessions.track_future(serve_viewer(socket, hub, limits, shutdown, slot))
+            sessions.track_future(serve_viewer(socket, hub, alerts, limits, shutdown, slot))
         }))
 }
 

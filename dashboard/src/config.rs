@@ -46,6 +46,51 @@ pub struct DashboardConfig {
     pub token: Option<String>,
 }
 
+/// A dashboard setting that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("dashboard.{0} must be greater than zero")]
+pub struct ConfigError(pub &'static str);
+
+impl DashboardConfig {
+    /// Checks what serde cannot: every interval, queue and limit is non-zero (a zero tick or
+    /// heartbeat would make tokio panic; a zero queue could never carry a frame).
+    ///
+    /// # Errors
+    /// The first setting at fault.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (key, value) in [
+            ("tick", self.tick),
+            ("heartbeat", self.heartbeat),
+            ("idle_timeout", self.idle_timeout),
+            ("stall_limit", self.stall_limit),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError(key));
+            }
+        }
+        for (key, value) in [
+            ("viewer_queue", self.viewer_queue),
+            ("max_viewers", self.max_viewers),
+            ("max_view_devices", self.max_view_devices),
+            ("max_view_groups", self.max_view_groups),
+            ("max_message_bytes", self.max_message_bytes),
+            (
+                "max_messages_per_second",
+                self.max_messages_per_second as usize,
+            ),
+            (
+                "max_view_changes_per_second",
+                self.max_view_changes_per_second as usize,
+            ),
+        ] {
+            if value == 0 {
+                return Err(ConfigError(key));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Default for DashboardConfig {
     fn default() -> Self {
         DashboardConfig {

@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use iotmon_wire::metrics::{write_metric, Kind, MetricsSource};
-use iotmon_wire::{Derived, DeviceId, DeviceState, GroupAggregate, GroupPath};
+use iotmon_wire::topics::{group_prefixes, in_group};
+use iotmon_wire::{Alert, AlertId, Derived, DeviceId, DeviceState, GroupAggregate, GroupPath};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
@@ -53,6 +54,8 @@ pub enum HubCommand {
         query: DeviceQuery,
         reply: oneshot::Sender<DevicePage>,
     },
+    /// The open alerts, for `/api/alerts`.
+    ListAlerts { reply: oneshot::Sender<Vec<Alert>> },
 }
 
 /// What a viewer has on screen.
@@ -129,6 +132,10 @@ pub struct HubStats {
     pub frames_deferred: AtomicU64,
     /// Viewers that fell behind and were owed a resynchronising snapshot.
     pub resync_snapshots: AtomicU64,
+    /// `alert` frames queued to viewers.
+    pub alert_frames_sent: AtomicU64,
+    /// Open alerts known to the dashboard.
+    pub open_alerts: AtomicUsize,
 }
 
 impl MetricsSource for HubStats {
@@ -161,6 +168,27 @@ impl MetricsSource for HubStats {
             "Times a viewer's queue was full and its changes were held, coalesced.",
             Kind::Counter,
             &[("", self.frames_deferred.load(Ordering::Relaxed))],
+        );
+        write_metric(
+            out,
+            "iotmon_viewer_resync_snapshots_total",
+            "Times a viewer fell behind and was owed a resynchronising snapshot.",
+            Kind::Counter,
+            &[("", self.resync_snapshots.load(Ordering::Relaxed))],
+        );
+        write_metric(
+            out,
+            "iotmon_viewer_alert_frames_sent_total",
+            "Alert frames queued to viewers (pushed at once, not on the tick).",
+            Kind::Counter,
+            &[("", self.alert_frames_sent.load(Ordering::Relaxed))],
+        );
+        write_metric(
+            out,
+            "iotmon_dashboard_open_alerts",
+            "Open alerts known to the dashboard.",
+            Kind::Gauge,
+            &[("", load(&self.open_alerts))],
         );
     }
 }
@@ -197,6 +225,15 @@ impl HubHandle {
     pub async fn list_groups(&self) -> Option<Vec<GroupNode>> {
         let (reply, answer) = oneshot::channel();
         if !self.send(HubCommand::ListGroups { reply }).await {
+            return None;
+        }
+        answer.await.ok()
+    }
+
+    /// The open alerts, or `None` once the hub stopped.
+    pub async fn list_alerts(&self) -> Option<Vec<Alert>> {
+        let (reply, answer) = oneshot::channel();
+        if !self.send(HubCommand::ListAlerts { reply }).await {
             return None;
         }
         answer.await.ok()
@@ -304,6 +341,11 @@ enum Frame<'a> {
         groups: Vec<&'a GroupAggregate>,
         #[serde(skip_serializing_if = "Option::is_none")]
         total: Option<usize>,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        alerts: Vec<&'a Alert>,
+    },
+    Alert {
+        alert: &'a Alert,
     },
     Update {
         seq: u64,
@@ -336,6 +378,8 @@ pub struct Hub {
     group_watchers: HashMap<GroupPath, HashSet<ViewerId>>,
     /// Viewers with something to send at the next tick.
     dirty: HashSet<ViewerId>,
+    /// The open alerts.
+    alerts: HashMap<AlertId, Alert>,
     stats: Arc<HubStats>,
 }
 
@@ -350,6 +394,7 @@ impl Hub {
             aggregates: HashMap::new(),
             group_watchers: HashMap::new(),
             dirty: HashSet::new(),
+            alerts: HashMap::new(),
             stats,
         }
     }
@@ -365,6 +410,9 @@ impl Hub {
             }
             HubCommand::Gauges { reply } => {
                 let _ = reply.send(self.gauges());
+            }
+            HubCommand::ListAlerts { reply } => {
+                let _ = reply.send(self.alerts.values().cloned().collect());
             }
             HubCommand::ListDevices { query, reply } => {
                 // The asker may have gone; nothing to do then.
@@ -491,6 +539,76 @@ impl Hub {
         match batch {
             Derived::Devices(states) => self.apply_devices(states),
             Derived::Aggregates(aggregates) => self.apply_aggregates(aggregates),
+            Derived::Alerts(alerts) => self.apply_alerts(alerts),
+        }
+    }
+
+    /// Pushes each changed alert at once to every viewer whose scope holds it: the device is
+    /// in its view, or under one of its groups. A viewer whose queue is full gets it in the
+    /// snapshot it is then owed.
+    fn apply_alerts(&mut self, alerts: Vec<Alert>) {
+        for alert in alerts {
+            // Copies of one alert may arrive twice (a resend after a dashboard asked for
+            // everything); only a newer one counts.
+            if self
+                .alerts
+                .get(&alert.id)
+                .is_some_and(|known| known.seq >= alert.seq)
+            {
+                continue;
+            }
+            for id in self.viewers_in_scope(&alert) {
+                self.push_alert(id, &alert);
+            }
+            if alert.state.is_open() {
+                self.alerts.insert(alert.id, alert);
+            } else {
+                self.alerts.remove(&alert.id);
+            }
+        }
+        self.stats
+            .open_alerts
+            .store(self.alerts.len(), Ordering::Relaxed);
+    }
+
+    fn viewers_in_scope(&self, alert: &Alert) -> HashSet<ViewerId> {
+        let mut viewers: HashSet<ViewerId> = self
+            .watchers
+            .get(&*alert.subject)
+            .into_iter()
+            .flatten()
+            .copied()
+            .collect();
+        for group in group_prefixes(&alert.group) {
+            if let Some(watchers) = self.group_watchers.get(group) {
+                viewers.extend(watchers);
+            }
+        }
+        viewers
+    }
+
+    fn push_alert(&mut self, id: ViewerId, alert: &Alert) {
+        let Some(viewer) = self.viewers.get_mut(&id) else {
+            return;
+        };
+        if viewer.needs_snapshot {
+            // The snapshot it is owed will carry the alert.
+            self.dirty.insert(id);
+            return;
+        }
+        match offer(&viewer.outbound, &Frame::Alert { alert }) {
+            Offer::Queued => {
+                self.stats.alert_frames_sent.fetch_add(1, Ordering::Relaxed);
+            }
+            Offer::Full => {
+                self.stats.frames_deferred.fetch_add(1, Ordering::Relaxed);
+                self.stats.resync_snapshots.fetch_add(1, Ordering::Relaxed);
+                viewer.needs_snapshot = true;
+                viewer.pending.clear();
+                viewer.pending_groups.clear();
+                self.dirty.insert(id);
+            }
+            Offer::Gone => self.leave(id),
         }
     }
 
@@ -568,6 +686,7 @@ impl Hub {
                 devices: jsons_of(&mut self.devices, viewer.view.iter()),
                 groups: aggregates_of(&self.aggregates, viewer.groups.iter()),
                 total: viewer.group_total,
+                alerts: alerts_in_scope(&self.alerts, viewer),
             };
             (snapshot, true)
         } else if viewer.pending.is_empty() && viewer.pending_groups.is_empty() {
@@ -733,10 +852,26 @@ fn aggregates_of<'a>(
     groups.filter_map(|group| aggregates.get(group)).collect()
 }
 
-/// Whether a device under `path` belongs to `group` (the group itself or a subgroup).
-fn in_group(path: &str, group: &str) -> bool {
-    path.strip_prefix(group)
-        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+/// The open alerts in `viewer`'s scope, most severe first, then newest first.
+fn alerts_in_scope<'a>(alerts: &'a HashMap<AlertId, Alert>, viewer: &Viewer) -> Vec<&'a Alert> {
+    let mut in_scope: Vec<&Alert> = alerts
+        .values()
+        .filter(|alert| {
+            viewer.view.contains(&*alert.subject)
+                || viewer
+                    .groups
+                    .iter()
+                    .any(|group| in_group(&alert.group, group))
+        })
+        .collect();
+    in_scope.sort_by(|a, b| {
+        (a.severity, std::cmp::Reverse(a.changed_at), a.id).cmp(&(
+            b.severity,
+            std::cmp::Reverse(b.changed_at),
+            b.id,
+        ))
+    });
+    in_scope
 }
 
 /// The JSON of the known devices among `ids`, serializing those not serialized since their
@@ -985,6 +1120,65 @@ mod tests {
         }
     }
 
+    fn alert(id: AlertId, subject: &str, group: &str, seq: u64) -> Alert {
+        Alert {
+            id,
+            rule: "hot".into(),
+            subject: subject.into(),
+            group: group.into(),
+            severity: iotmon_wire::Severity::Major,
+            state: iotmon_wire::AlertState::ActiveUnacknowledged,
+            message: "t 31 above 30".into(),
+            value: Some(31.0),
+            raised_at: 1,
+            changed_at: 1,
+            acknowledged_by: None,
+            acknowledged_at: None,
+            shelved_until: None,
+            shelved_by: None,
+            seq,
+        }
+    }
+
+    #[test]
+    fn alerts_go_at_once_to_the_viewers_whose_view_or_groups_hold_them_and_no_one_else() {
+        let mut hub = Hub::new(Arc::default());
+        let (by_device, mut device_frames) = mpsc::channel(16);
+        let (by_group, mut group_frames) = mpsc::channel(16);
+        let (elsewhere, mut other_frames) = mpsc::channel(16);
+        hub.join(1, by_device);
+        hub.join(2, by_group);
+        hub.join(3, elsewhere);
+        hub.apply(Derived::Devices(vec![placed("d1", "hq/floor-1")]));
+        hub.set_view(1, ViewSpec::Devices(vec!["d1".into()]));
+        hub.set_groups(2, vec!["hq".into()]);
+        hub.set_groups(3, vec!["plant".into()]);
+        for frames in [&mut device_frames, &mut group_frames, &mut other_frames] {
+            frames.try_recv().expect("the snapshot of the view");
+        }
+        hub.apply(Derived::Alerts(vec![alert(1, "d1", "hq/floor-1", 1)]));
+        // No tick: the alert frames are queued already.
+        for frames in [&mut device_frames, &mut group_frames] {
+            let frame = frames.try_recv().expect("an alert frame at once");
+            let message: ServerMessage = serde_json::from_str(&frame).expect("a message");
+            assert!(matches!(message, ServerMessage::Alert { alert } if alert.id == 1));
+        }
+        assert!(other_frames.try_recv().is_err(), "out of scope: nothing");
+        // An older copy (a resend) changes nothing; a new viewer's snapshot carries it.
+        hub.apply(Derived::Alerts(vec![alert(1, "d1", "hq/floor-1", 0)]));
+        assert!(device_frames.try_recv().is_err());
+        hub.set_groups(3, vec!["hq/floor-1".into()]);
+        let snapshot: ServerMessage =
+            serde_json::from_str(&other_frames.try_recv().expect("snapshot")).expect("message");
+        assert!(matches!(snapshot, ServerMessage::Snapshot { alerts, .. } if alerts.len() == 1));
+        // A closed alert goes out once more and is forgotten.
+        let mut closed = alert(1, "d1", "hq/floor-1", 2);
+        closed.state = iotmon_wire::AlertState::Closed;
+        hub.apply(Derived::Alerts(vec![closed]));
+        assert!(device_frames.try_recv().is_ok());
+        assert!(hub.alerts.is_empty());
+    }
+
     #[test]
     fn frames_read_back_as_server_messages() {
         let devices = [state("a", 1.5), placed("b", "hq/floor-1")];
@@ -993,6 +1187,7 @@ mod tests {
             .map(|device| device_json(device).expect("serializable"))
             .collect();
         let groups = [aggregate("hq", 3)];
+        let alerts = [alert(7, "a", "hq", 1)];
         let cases = [
             (
                 Frame::Snapshot {
@@ -1000,12 +1195,14 @@ mod tests {
                     devices: jsons.clone(),
                     groups: groups.iter().collect(),
                     total: Some(12),
+                    alerts: alerts.iter().collect(),
                 },
                 ServerMessage::Snapshot {
                     seq: 4,
                     devices: devices.to_vec(),
                     groups: groups.to_vec(),
                     total: Some(12),
+                    alerts: alerts.to_vec(),
                 },
             ),
             (
@@ -1014,12 +1211,20 @@ mod tests {
                     devices: Vec::new(),
                     groups: Vec::new(),
                     total: None,
+                    alerts: Vec::new(),
                 },
                 ServerMessage::Snapshot {
                     seq: 0,
                     devices: Vec::new(),
                     groups: Vec::new(),
                     total: None,
+                    alerts: Vec::new(),
+                },
+            ),
+            (
+                Frame::Alert { alert: &alerts[0] },
+                ServerMessage::Alert {
+                    alert: alerts[0].clone(),
                 },
             ),
             (

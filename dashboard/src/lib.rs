@@ -3,9 +3,11 @@
 //! - [`config`]: settings and defaults.
 //! - [`hub`]: the latest state of every device and every viewer's view; builds the frames.
 //! - [`session`]: one viewer's WebSocket, and the limits enforced on it ([`rate`]).
+//! - [`alerts`]: operators' alert commands, alert history and rules for the REST API.
 //! - [`api`]: HTTP routes (web UI, REST, `/ws`, `/healthz`, `/metrics`).
 //! - [`source`]: device states from MQTT when the dashboard runs apart from the bridge.
 
+pub mod alerts;
 pub mod api;
 pub mod config;
 pub mod hub;
@@ -70,6 +72,7 @@ pub async fn run(
     derived: mpsc::Receiver<Derived>,
     metrics_sources: Vec<Arc<dyn MetricsSource>>,
     history: Option<iotmon_bridge::store::HistoryReader>,
+    alerts: alerts::AlertAccess,
     shutdown: CancellationToken,
 ) -> Result<(), DashboardError> {
     let (hub, hub_task) = hub::hub(config.tick, derived, shutdown.clone());
@@ -94,6 +97,7 @@ pub async fn run(
         shutdown: shutdown.clone(),
         metrics_sources,
         history,
+        alerts,
     };
     let served = axum::serve(listener, api::router(state))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())

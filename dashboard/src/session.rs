@@ -6,14 +6,16 @@
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
+use iotmon_bridge::pipeline::unix_millis;
 use iotmon_wire::viewer::{ClientMessage, ServerMessage};
-use iotmon_wire::GroupPath;
+use iotmon_wire::{AlertCommand, GroupPath};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::time::MissedTickBehavior;
 use tokio_tungstenite::tungstenite;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use crate::alerts::{AlertAccess, CommandFailure};
 use crate::hub::{HubCommand, HubHandle, ViewSpec, ViewerId};
 use crate::rate::TokenBucket;
 
@@ -59,6 +61,7 @@ enum Ending {
 pub async fn serve_viewer(
     socket: WebSocket,
     hub: HubHandle,
+    alerts: AlertAccess,
     limits: SessionLimits,
     shutdown: CancellationToken,
     _slot: OwnedSemaphorePermit,
@@ -83,6 +86,7 @@ pub async fn serve_viewer(
         ),
         last_heard: now,
         hub,
+        alerts,
         limits,
         socket,
     };
@@ -96,6 +100,7 @@ pub async fn serve_viewer(
 struct Session {
     id: ViewerId,
     hub: HubHandle,
+    alerts: AlertAccess,
     limits: SessionLimits,
     socket: WebSocket,
     /// Rate of all messages from the viewer.
@@ -201,6 +206,14 @@ impl Session {
                     .await
             }
             Ok(Request::Ping) => self.reply(&ServerMessage::Pong).await,
+            Ok(Request::Alert(command)) => {
+                // Success shows as the `alert` frame every viewer in scope receives.
+                match self.alerts.command(command).await {
+                    Ok(_) => None,
+                    Err(CommandFailure::Refused(why)) => self.reply(&error(why)).await,
+                    Err(CommandFailure::Unavailable(why)) => self.reply(&error(why)).await,
+                }
+            }
             Err(message) => self.reply(&error(message)).await,
         }
     }
@@ -271,7 +284,14 @@ enum Request {
     View(ViewSpec),
     Groups(Vec<GroupPath>),
     Ping,
+    Alert(AlertCommand),
 }
+
+/// Longest shelving a viewer may ask for: 30 days.
+const MAX_SHELVE_MINUTES: u32 = 30 * 24 * 60;
+
+/// Who an alert command is by, when the viewer does not say.
+const ANONYMOUS_OPERATOR: &str = "viewer";
 
 /// Parses and checks a viewer's message; the error says what was wrong, for the viewer.
 fn parse_client_message(text: &str, limits: &SessionLimits) -> Result<Request, String> {
@@ -291,6 +311,36 @@ fn parse_client_message(text: &str, limits: &SessionLimits) -> Result<Request, S
             offset,
             limit,
         } => view_spec(devices, group, offset, limit, limits.max_view_devices).map(Request::View),
+        ClientMessage::Ack { id, by } => Ok(Request::Alert(AlertCommand::Acknowledge {
+            id,
+            by: operator(by)?,
+        })),
+        ClientMessage::Shelve { id, minutes, by } => {
+            if minutes == 0 || minutes > MAX_SHELVE_MINUTES {
+                return Err(format!(
+                    "shelve for 1 to {MAX_SHELVE_MINUTES} minutes, not {minutes}"
+                ));
+            }
+            let until = unix_millis().saturating_add(i64::from(minutes) * 60_000);
+            Ok(Request::Alert(AlertCommand::Shelve {
+                id,
+                until,
+                by: operator(by)?,
+            }))
+        }
+        ClientMessage::Unshelve { id, by } => Ok(Request::Alert(AlertCommand::Unshelve {
+            id,
+            by: operator(by)?,
+        })),
+    }
+}
+
+/// The operator's name a command carries: 1 to 64 characters, or the default.
+fn operator(by: Option<String>) -> Result<String, String> {
+    match by {
+        None => Ok(ANONYMOUS_OPERATOR.to_string()),
+        Some(name) if (1..=64).contains(&name.chars().count()) => Ok(name),
+        Some(_) => Err("`by` must be 1 to 64 characters".to_string()),
     }
 }
 

@@ -4,8 +4,8 @@
 
 use bytes::Bytes;
 use iotmon_wire::mqtt::{drive_session, BrokerUrl, Login, Message, SessionPlan};
-use iotmon_wire::topics::{AGG_FILTER, LIVE_FILTER, SYNC_REQUEST};
-use iotmon_wire::{Derived, DeviceState, GroupAggregate};
+use iotmon_wire::topics::{AGG_FILTER, ALERTS_FILTER, LIVE_FILTER, SYNC_REQUEST};
+use iotmon_wire::{Alert, Derived, DeviceState, GroupAggregate};
 use rumqttc::AsyncClient;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -28,6 +28,7 @@ pub async fn from_broker(
     let (messages_tx, mut messages) = mpsc::channel::<Message>(INPUT_CAPACITY);
     let plan = SessionPlan {
         subscriptions: vec![LIVE_FILTER.to_string(), AGG_FILTER.to_string()],
+        reliable_subscriptions: vec![ALERTS_FILTER.to_string()],
         announce: Some((SYNC_REQUEST.to_string(), Bytes::new())),
     };
     let session = tokio::spawn(drive_session(
@@ -52,7 +53,9 @@ pub async fn from_broker(
 /// A device state (`iotmon/live/...`) or a group aggregate (`iotmon/agg/...`); unreadable
 /// payloads are logged and skipped.
 fn decode(message: &Message) -> Option<Derived> {
-    let decoded = if message.topic.starts_with("iotmon/agg/") {
+    let decoded = if message.topic.starts_with("iotmon/alerts/") {
+        serde_json::from_slice::<Alert>(&message.payload).map(|alert| Derived::Alerts(vec![alert]))
+    } else if message.topic.starts_with("iotmon/agg/") {
         serde_json::from_slice::<GroupAggregate>(&message.payload)
             .map(|aggregate| Derived::Aggregates(vec![aggregate]))
     } else {

@@ -24,7 +24,7 @@ pub struct MetricAggregate {
 pub struct DeviceCounts {
     pub online: u64,
     pub offline: u64,
-    /// Devices with an open alert. Always 0 until alerts exist; kept so the shape is stable.
+    /// Devices with an active alert (raised and not yet cleared).
     pub alerting: u64,
 }
 

@@ -3,6 +3,7 @@
 //! to an external MQTT broker.
 //!
 //! - [`device`]: a device's latest state, as the bridge derives it and viewers receive it.
+//! - [`alert`]: alerts, their lifecycle, and what operators ask of them.
 //! - [`aggregate`]: group aggregates (per metric count/mean/min/max, devices online/offline).
 //! - [`derived`]: the batches the bridge hands to dashboards.
 //! - [`topics`]: the topic tree (`sensors/...`, `iotmon/live/...`) and its parsing.
@@ -11,6 +12,7 @@
 //! - [`mqtt`]: `mqtt://host:port` addresses and a resilient client session loop.
 
 pub mod aggregate;
+pub mod alert;
 pub mod derived;
 pub mod device;
 pub mod metrics;
@@ -19,5 +21,6 @@ pub mod topics;
 pub mod viewer;
 
 pub use aggregate::{DeviceCounts, GroupAggregate, MetricAggregate};
+pub use alert::{Alert, AlertCommand, AlertId, AlertState, Severity};
 pub use derived::Derived;
 pub use device::{DeviceId, DeviceState, GroupPath, MetricValue, Metrics};

@@ -149,6 +149,8 @@ impl Login {
 pub struct SessionPlan {
     /// Filters subscribed at QoS 0 after every ConnAck (rumqttc does not restore them).
     pub subscriptions: Vec<String>,
+    /// Filters subscribed at QoS 1 (messages that must arrive, such as alerts).
+    pub reliable_subscriptions: Vec<String>,
     /// A message published after the subscriptions on every connect, e.g. a request for the
     /// other side to resend its state.
     pub announce: Option<(String, Bytes)>,
@@ -264,8 +266,17 @@ async fn say_goodbye(eventloop: &mut EventLoop, client: &AsyncClient) {
 }
 
 async fn establish(client: AsyncClient, plan: SessionPlan) {
-    for filter in &plan.subscriptions {
-        if let Err(error) = client.subscribe(filter.as_str(), QoS::AtMostOnce).await {
+    let filters = plan
+        .subscriptions
+        .iter()
+        .map(|filter| (filter, QoS::AtMostOnce))
+        .chain(
+            plan.reliable_subscriptions
+                .iter()
+                .map(|filter| (filter, QoS::AtLeastOnce)),
+        );
+    for (filter, qos) in filters {
+        if let Err(error) = client.subscribe(filter.as_str(), qos).await {
             warn!(%error, filter, "subscribe failed");
         }
     }

@@ -7,6 +7,8 @@
 //!   `offline`: a device's presence, when it says so itself.
 //! - `iotmon/agg/<group path>`: a group's aggregate, published by the bridge each aggregation
 //!   window when the roles run as separate processes.
+//! - `iotmon/alerts/<subject>`: an alert's latest state (QoS 1), published by the bridge at
+//!   once on every change when the roles run as separate processes.
 //! - `iotmon/sync/request`: published by a dashboard when it (re)connects; the bridge answers by
 //!   republishing every device's state so the new dashboard starts complete.
 
@@ -20,6 +22,8 @@ pub const LIVE_FILTER: &str = "iotmon/live/#";
 pub const STATUS_FILTER: &str = "status/#";
 /// Filter a dashboard subscribes to for group aggregates.
 pub const AGG_FILTER: &str = "iotmon/agg/#";
+/// Filter a dashboard subscribes to for alerts.
+pub const ALERTS_FILTER: &str = "iotmon/alerts/#";
 /// Topic a dashboard publishes to ask the bridge for a full republish.
 pub const SYNC_REQUEST: &str = "iotmon/sync/request";
 
@@ -27,6 +31,7 @@ const SENSORS_ROOT: &str = "sensors";
 const LIVE_ROOT: &str = "iotmon/live";
 const STATUS_ROOT: &str = "status";
 const AGG_ROOT: &str = "iotmon/agg";
+const ALERTS_ROOT: &str = "iotmon/alerts";
 
 /// Group levels allowed between the root and the device id.
 pub const MAX_GROUP_LEVELS: usize = 8;
@@ -113,6 +118,17 @@ pub fn group_prefixes(group: &str) -> impl Iterator<Item = &str> {
         .match_indices('/')
         .map(move |(at, _)| &group[..at])
         .chain(std::iter::once(group))
+}
+
+/// Whether a device under `path` belongs to `group` (the group itself or a subgroup).
+pub fn in_group(path: &str, group: &str) -> bool {
+    path.strip_prefix(group)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// The topic the bridge publishes an alert about `subject` (a device id or group path) on.
+pub fn alert_topic(subject: &str) -> String {
+    format!("{ALERTS_ROOT}/{subject}")
 }
 
 /// The topic a device publishes its readings on.

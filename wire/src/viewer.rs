@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::aggregate::GroupAggregate;
+use crate::alert::{Alert, AlertId};
 use crate::device::{DeviceId, DeviceState, GroupPath};
 
 /// Messages a viewer sends to the dashboard.
@@ -30,6 +31,25 @@ pub enum ClientMessage {
     Groups { groups: Vec<GroupPath> },
     /// Liveness check; answered with `pong`.
     Ping,
+    /// Acknowledge an alert, as `by` (an operator's name; "viewer" when absent).
+    Ack {
+        id: AlertId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
+    },
+    /// Shelve an alert for `minutes`: hidden from the active list, still tracked.
+    Shelve {
+        id: AlertId,
+        minutes: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
+    },
+    /// End an alert's shelving early.
+    Unshelve {
+        id: AlertId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<String>,
+    },
 }
 
 impl ClientMessage {
@@ -60,6 +80,10 @@ pub enum ServerMessage {
         /// For a group view: how many devices the group holds, over all pages.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         total: Option<usize>,
+        /// The open alerts in the viewer's scope: about a device in the view, or under a
+        /// subscribed group (absent when none).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        alerts: Vec<Alert>,
     },
     /// Devices in the view, and subscribed groups, whose state changed since the previous
     /// message.
@@ -69,6 +93,9 @@ pub enum ServerMessage {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         groups: Vec<GroupAggregate>,
     },
+    /// An alert in the viewer's scope changed (raised, cleared, acknowledged, shelved,
+    /// closed): sent at once, not on the tick.
+    Alert { alert: Alert },
     /// Answer to `ping`.
     Pong,
     /// The viewer's last message was not understood or not allowed; the session goes on.

@@ -8,7 +8,11 @@ use iotmon_wire::MetricValue;
 use super::*;
 
 fn shard() -> Shard {
-    Shard::new(Arc::new(BridgeConfig::default()), Arc::default())
+    Shard::new(
+        Arc::new(BridgeConfig::default()),
+        Arc::default(),
+        Arc::default(),
+    )
 }
 
 fn message(topic: &str, payload: &str) -> Message {
@@ -139,7 +143,11 @@ fn silence_follows_the_observed_interval() {
 #[test]
 fn status_messages_set_presence_and_bad_ones_are_counted() {
     let counters = Arc::new(BridgeCounters::default());
-    let mut shard = Shard::new(Arc::new(BridgeConfig::default()), counters.clone());
+    let mut shard = Shard::new(
+        Arc::new(BridgeConfig::default()),
+        counters.clone(),
+        Arc::default(),
+    );
     shard.handle(&message("status/hq/d1", "online"), 1);
     assert!(shard.take_changed()[0].online);
     shard.handle(&message("status/hq/d1", "offline"), 2);
@@ -156,7 +164,11 @@ fn status_messages_set_presence_and_bad_ones_are_counted() {
 #[test]
 fn bad_messages_are_counted_and_good_ones_still_flow() {
     let counters = Arc::new(BridgeCounters::default());
-    let mut shard = Shard::new(Arc::new(BridgeConfig::default()), counters.clone());
+    let mut shard = Shard::new(
+        Arc::new(BridgeConfig::default()),
+        counters.clone(),
+        Arc::default(),
+    );
     shard.handle(&message("sensors/hq/d1", "garbage"), 1_000);
     shard.handle(&message("sensors/d1", r#"{"t":1}"#), 1_000);
     shard.handle(&message("sensors/hq/d1", r#"{"t":1}"#), 1_000);
@@ -169,7 +181,11 @@ fn bad_messages_are_counted_and_good_ones_still_flow() {
 #[test]
 fn the_store_batch_carries_rollup_deltas_and_registry_changes_once() {
     let counters = Arc::new(BridgeCounters::default());
-    let mut shard = Shard::new(Arc::new(BridgeConfig::default()), counters.clone());
+    let mut shard = Shard::new(
+        Arc::new(BridgeConfig::default()),
+        counters.clone(),
+        Arc::default(),
+    );
     shard.apply("hq", "d1", reading(1_000, &[("t", 1.0)]), 1_000);
     shard.apply("hq", "d1", reading(2_000, &[("t", 3.0)]), 2_000);
     shard.apply("hq", "d1", reading(1_000, &[("t", 9.0)]), 100_000);
@@ -188,17 +204,20 @@ fn restored_devices_are_offline_and_counted_in_their_groups() {
     let mut shard = shard();
     let mut metrics = Metrics::new();
     metrics.insert("t".into(), MetricValue::Number(4.0));
-    shard.restore(RegistryEntry {
-        state: DeviceState {
-            id: "d1".into(),
-            group: "hq/a".into(),
-            ts: 5,
-            metrics,
-            online: true,
+    shard.restore(
+        RegistryEntry {
+            state: DeviceState {
+                id: "d1".into(),
+                group: "hq/a".into(),
+                ts: 5,
+                metrics,
+                online: true,
+            },
+            first_seen: 1,
+            last_seen: 5,
         },
-        first_seen: 1,
-        last_seen: 5,
-    });
+        10,
+    );
     let changed = shard.take_changed();
     assert!(!changed[0].online);
     let groups = shard.take_groups();

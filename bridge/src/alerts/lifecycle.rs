@@ -1,0 +1,486 @@
+//! The alert lifecycle (ISA-18.2, see [`iotmon_wire::alert`]): the [`AlertBook`] of open
+//! alerts, turning condition phase changes and operator commands into alert transitions.
+//! Synchronous and clock-free (time comes with each call), so it is tested without tasks.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use iotmon_wire::alert::AlertTransition;
+use iotmon_wire::{Alert, AlertCommand, AlertId, AlertState};
+use thiserror::Error;
+
+use super::condition::Phase;
+use super::evaluator::ConditionEvent;
+use super::rules::{Condition, Rule, RuleSet};
+use super::store::{Changes, Saved};
+
+/// Why an operator's command was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum CommandError {
+    #[error("no open alert {0}")]
+    NotFound(AlertId),
+    #[error("shelving must end in the future")]
+    ShelveInPast,
+}
+
+/// The open alerts, one per rule and subject, and the changes not yet stored.
+#[derive(Debug)]
+pub struct AlertBook {
+    rules: Arc<RuleSet>,
+    open: HashMap<AlertId, Alert>,
+    /// (rule name, subject) → the open alert about it.
+    by_subject: HashMap<(Arc<str>, Arc<str>), AlertId>,
+    next_id: AlertId,
+    next_seq: u64,
+    unsaved: Changes,
+}
+
+impl AlertBook {
+    /// The book as the store left it. Alerts and conditions of rules no longer configured
+    /// are closed and forgotten (an alert nothing can clear would stay open for ever).
+    pub fn new(rules: Arc<RuleSet>, saved: Saved, now_ms: i64) -> AlertBook {
+        let mut book = AlertBook {
+            rules,
+            open: HashMap::new(),
+            by_subject: HashMap::new(),
+            next_id: saved.next_id.max(1),
+            next_seq: 1,
+            unsaved: Changes::default(),
+        };
+        for alert in saved.open {
+            book.next_seq = book.next_seq.max(alert.seq + 1);
+            if book.rules.index_of(&alert.rule).is_some() {
+                book.insert(alert);
+            } else {
+                book.close_orphan(alert, now_ms);
+            }
+        }
+        for (rule, device, _) in &saved.conditions {
+            if book.rules.index_of(rule).is_none() {
+                book.unsaved
+                    .conditions
+                    .push((rule.clone(), device.clone(), Phase::Normal));
+            }
+        }
+        book
+    }
+
+    fn insert(&mut self, alert: Alert) {
+        self.by_subject
+            .insert((alert.rule.clone(), alert.subject.clone()), alert.id);
+        self.open.insert(alert.id, alert);
+    }
+
+    fn close_orphan(&mut self, mut alert: Alert, now_ms: i64) {
+        alert.state = AlertState::Closed;
+        alert.changed_at = now_ms;
+        alert.message = format!("closed: rule {} is no longer configured", alert.rule);
+        self.record(&mut alert, "closed", None, None, now_ms);
+    }
+
+    /// Open alerts, in no particular order.
+    pub fn open_alerts(&self) -> impl Iterator<Item = &Alert> {
+        self.open.values()
+    }
+
+    /// A condition changed phase: raises, reactivates or clears the alert of its rule and
+    /// device. Returns the alert as changed, if it did.
+    pub fn on_condition(&mut self, event: &ConditionEvent) -> Option<Alert> {
+        let rule = self.rules.get(event.rule)?.clone();
+        self.unsaved.conditions.push((
+            rule.name.to_string(),
+            event.device.to_string(),
+            event.phase,
+        ));
+        let key = (rule.name.clone(), Arc::<str>::from(&*event.device));
+        let open = self.by_subject.get(&key).copied();
+        match (event.phase, open) {
+            (Phase::Firing, None) => Some(self.raise(&rule, event)),
+            (Phase::Firing, Some(id)) => self.reactivate(id, &rule, event),
+            (Phase::Normal, Some(id)) => self.clear(id, &rule, event),
+            _ => None,
+        }
+    }
+
+    fn raise(&mut self, rule: &Rule, event: &ConditionEvent) -> Alert {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut alert = Alert {
+            id,
+            rule: rule.name.clone(),
+            subject: Arc::from(&*event.device),
+            group: event.group.clone(),
+            severity: rule.severity,
+            state: AlertState::ActiveUnacknowledged,
+            message: describe(rule, event.value, true),
+            value: event.value,
+            raised_at: event.at,
+            changed_at: event.at,
+            acknowledged_by: None,
+            acknowledged_at: None,
+            shelved_until: None,
+            shelved_by: None,
+            seq: 0,
+        };
+        self.record(&mut alert, "raised", event.value, None, event.at);
+        self.insert(alert.clone());
+        alert
+    }
+
+    fn reactivate(&mut self, id: AlertId, rule: &Rule, event: &ConditionEvent) -> Option<Alert> {
+        let mut alert = self.open.remove(&id)?;
+        if alert.state.is_active() {
+            // Already active (a restart replayed it): nothing new.
+            self.open.insert(id, alert);
+            return None;
+        }
+        // The condition came back before anyone acknowledged the clear: the same alert.
+        alert.state = AlertState::ActiveUnacknowledged;
+        alert.group = event.group.clone();
+        alert.changed_at = event.at;
+        alert.value = event.value;
+        alert.message = describe(rule, event.value, true);
+        self.record(&mut alert, "reactivated", event.value, None, event.at);
+        self.open.insert(id, alert.clone());
+        Some(alert)
+    }
+
+    fn clear(&mut self, id: AlertId, rule: &Rule, event: &ConditionEvent) -> Option<Alert> {
+        let mut alert = self.open.remove(&id)?;
+        if !alert.state.is_active() {
+            self.open.insert(id, alert);
+            return None;
+        }
+        alert.state = AlertState::of(false, alert.state.is_acknowledged());
+        alert.changed_at = event.at;
+        alert.value = event.value;
+        alert.message = describe(rule, event.value, false);
+        self.record(&mut alert, "cleared", event.value, None, event.at);
+        self.keep_if_open(alert.clone());
+        Some(alert)
+    }
+
+    /// Applies an operator's command at `now_ms`.
+    ///
+    /// # Errors
+    /// The alert is not open, or a shelving ends in the past.
+    pub fn on_command(
+        &mut self,
+        command: &AlertCommand,
+        now_ms: i64,
+    ) -> Result<Alert, CommandError> {
+        let id = command.id();
+        let mut alert = self.open.remove(&id).ok_or(CommandError::NotFound(id))?;
+        let result = apply_command(&mut alert, command, now_ms);
+        match result {
+            Ok(Some((event, by))) => {
+                alert.changed_at = now_ms;
+                let value = alert.value;
+                self.record(&mut alert, event, value, Some(by), now_ms);
+                self.keep_if_open(alert.clone());
+                Ok(alert)
+            }
+            Ok(None) => {
+                self.open.insert(id, alert.clone());
+                Ok(alert)
+            }
+            Err(error) => {
+                self.open.insert(id, alert);
+                Err(error)
+            }
+        }
+    }
+
+    /// Ends the shelving of alerts whose shelf time is over at `now_ms`.
+    pub fn expire_shelves(&mut self, now_ms: i64) -> Vec<Alert> {
+        let expired: Vec<AlertId> = self
+            .open
+            .values()
+            .filter(|alert| alert.shelved_until.is_some_and(|until| until <= now_ms))
+            .map(|alert| alert.id)
+            .collect();
+        let mut changed = Vec::new();
+        for id in expired {
+            if let Some(mut alert) = self.open.remove(&id) {
+                alert.shelved_until = None;
+                alert.shelved_by = None;
+                alert.changed_at = now_ms;
+                let value = alert.value;
+                self.record(&mut alert, "unshelved", value, None, now_ms);
+                self.open.insert(id, alert.clone());
+                changed.push(alert);
+            }
+        }
+        changed
+    }
+
+    /// The earliest end of a shelving, if any alert is shelved.
+    pub fn next_shelf_expiry(&self) -> Option<i64> {
+        self.open
+            .values()
+            .filter_map(|alert| alert.shelved_until)
+            .min()
+    }
+
+    fn keep_if_open(&mut self, alert: Alert) {
+        if alert.state.is_open() {
+            self.open.insert(alert.id, alert);
+        } else {
+            self.by_subject
+                .remove(&(alert.rule.clone(), alert.subject.clone()));
+        }
+    }
+
+    /// Stamps a new `seq` and queues the alert and its transition for the store.
+    fn record(
+        &mut self,
+        alert: &mut Alert,
+        event: &str,
+        value: Option<f64>,
+        by: Option<String>,
+        ts: i64,
+    ) {
+        alert.seq = self.next_seq;
+        self.next_seq += 1;
+        self.unsaved.transitions.push(AlertTransition {
+            alert: alert.id,
+            ts,
+            event: event.to_string(),
+            state: alert.state,
+            value,
+            by,
+        });
+        self.unsaved.alerts.push(alert.clone());
+    }
+
+    /// The changes since the previous call, for the store.
+    pub fn take_changes(&mut self) -> Changes {
+        std::mem::take(&mut self.unsaved)
+    }
+}
+
+/// What `command` does to `alert`: the transition's name and who made it, or `None` when it
+/// changes nothing (acknowledging twice).
+fn apply_command(
+    alert: &mut Alert,
+    command: &AlertCommand,
+    now_ms: i64,
+) -> Result<Option<(&'static str, String)>, CommandError> {
+    match command {
+        AlertCommand::Acknowledge { by, .. } => {
+            if alert.state.is_acknowledged() {
+                return Ok(None);
+            }
+            alert.state = AlertState::of(alert.state.is_active(), true);
+            alert.acknowledged_by = Some(by.clone());
+            alert.acknowledged_at = Some(now_ms);
+            let event = if alert.state.is_open() {
+                "acknowledged"
+            } else {
+                "closed"
+            };
+            Ok(Some((event, by.clone())))
+        }
+        AlertCommand::Shelve { until, by, .. } => {
+            if *until <= now_ms {
+                return Err(CommandError::ShelveInPast);
+            }
+            alert.shelved_until = Some(*until);
+            alert.shelved_by = Some(by.clone());
+            Ok(Some(("shelved", by.clone())))
+        }
+        AlertCommand::Unshelve { by, .. } => {
+            if alert.shelved_until.is_none() {
+                return Ok(None);
+            }
+            alert.shelved_until = None;
+            alert.shelved_by = None;
+            Ok(Some(("unshelved", by.clone())))
+        }
+    }
+}
+
+/// A one-line description: `temperature 31.2 above 30`, `temperature back to 27.5`,
+/// `offline`, `back online`.
+fn describe(rule: &Rule, value: Option<f64>, active: bool) -> String {
+    let shown = |v: Option<f64>| v.map_or_else(String::new, |v| format!(" {}", round(v)));
+    match &rule.condition {
+        Condition::Threshold {
+            metric,
+            direction,
+            trigger,
+            ..
+        } if active => format!("{metric}{} {} {trigger}", shown(value), direction.word()),
+        Condition::Rate {
+            metric,
+            direction,
+            trigger,
+            ..
+        } if active => format!(
+            "{metric} changing{}/min, {} {trigger}/min",
+            shown(value),
+            direction.word()
+        ),
+        Condition::Threshold { metric, .. } | Condition::Rate { metric, .. } => {
+            format!("{metric} back to normal{}", shown(value))
+        }
+        Condition::Offline { .. } if active => "offline".to_string(),
+        Condition::Offline { .. } => "back online".to_string(),
+    }
+}
+
+/// Rounds for display to 3 significant decimals.
+fn round(value: f64) -> f64 {
+    (value * 1000.0).round() / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use iotmon_wire::Severity;
+
+    use super::*;
+    use crate::alerts::rules::AlertsConfig;
+
+    fn book() -> AlertBook {
+        let config: AlertsConfig = toml::from_str(
+            "[[rules]]\nname = \"hot\"\nmetric = \"t\"\nabove = 30.0\nseverity = \"major\"\n",
+        )
+        .expect("rules");
+        let rules = Arc::new(RuleSet::new(&config).expect("valid"));
+        AlertBook::new(rules, Saved::default(), 0)
+    }
+
+    fn event(phase: Phase, at: i64, value: f64) -> ConditionEvent {
+        ConditionEvent {
+            rule: 0,
+            device: "d1".into(),
+            group: "hq/a".into(),
+            phase,
+            at,
+            value: Some(value),
+        }
+    }
+
+    fn ack(id: AlertId) -> AlertCommand {
+        AlertCommand::Acknowledge {
+            id,
+            by: "ana".into(),
+        }
+    }
+
+    #[test]
+    fn an_alert_goes_active_acknowledged_cleared_and_closed_with_every_transition_stored() {
+        let mut book = book();
+        let raised = book
+            .on_condition(&event(Phase::Firing, 10, 31.0))
+            .expect("raised");
+        assert_eq!(raised.state, AlertState::ActiveUnacknowledged);
+        assert_eq!(raised.severity, Severity::Major);
+        assert_eq!(raised.message, "t 31 above 30");
+        let acked = book.on_command(&ack(raised.id), 20).expect("acked");
+        assert_eq!(acked.state, AlertState::ActiveAcknowledged);
+        assert_eq!(acked.acknowledged_by.as_deref(), Some("ana"));
+        let cleared = book
+            .on_condition(&event(Phase::Normal, 30, 27.0))
+            .expect("cleared");
+        assert_eq!(cleared.state, AlertState::Closed);
+        assert_eq!(book.open_alerts().count(), 0);
+        let changes = book.take_changes();
+        let events: Vec<&str> = changes
+            .transitions
+            .iter()
+            .map(|t| t.event.as_str())
+            .collect();
+        assert_eq!(events, ["raised", "acknowledged", "cleared"]);
+        assert_eq!(changes.conditions.len(), 2);
+        // A new breach after closing is a new alert.
+        let again = book
+            .on_condition(&event(Phase::Firing, 40, 32.0))
+            .expect("raised");
+        assert_ne!(again.id, raised.id);
+    }
+
+    #[test]
+    fn a_condition_that_returns_before_acknowledgement_reactivates_the_same_alert() {
+        let mut book = book();
+        let raised = book
+            .on_condition(&event(Phase::Firing, 10, 31.0))
+            .expect("raised");
+        let cleared = book
+            .on_condition(&event(Phase::Normal, 20, 27.0))
+            .expect("cleared");
+        assert_eq!(cleared.state, AlertState::ClearedUnacknowledged);
+        let back = book
+            .on_condition(&event(Phase::Firing, 30, 33.0))
+            .expect("back");
+        assert_eq!(back.id, raised.id, "one open alert per device and rule");
+        assert_eq!(back.state, AlertState::ActiveUnacknowledged);
+        assert!(back.seq > cleared.seq);
+        // Acknowledging a cleared alert closes it.
+        book.on_condition(&event(Phase::Normal, 40, 27.0));
+        let closed = book.on_command(&ack(raised.id), 50).expect("acked");
+        assert_eq!(closed.state, AlertState::Closed);
+        assert_eq!(
+            book.on_command(&ack(raised.id), 60),
+            Err(CommandError::NotFound(raised.id))
+        );
+    }
+
+    #[test]
+    fn pending_phases_are_stored_but_raise_nothing() {
+        let mut book = book();
+        assert!(book
+            .on_condition(&event(Phase::Pending { since: 5 }, 5, 31.0))
+            .is_none());
+        let changes = book.take_changes();
+        assert!(changes.alerts.is_empty());
+        assert_eq!(
+            changes.conditions,
+            vec![("hot".into(), "d1".into(), Phase::Pending { since: 5 })]
+        );
+    }
+
+    #[test]
+    fn shelving_hides_until_it_expires() {
+        let mut book = book();
+        let raised = book
+            .on_condition(&event(Phase::Firing, 10, 31.0))
+            .expect("raised");
+        let shelve = |until| AlertCommand::Shelve {
+            id: raised.id,
+            until,
+            by: "ana".into(),
+        };
+        assert_eq!(
+            book.on_command(&shelve(5), 10),
+            Err(CommandError::ShelveInPast)
+        );
+        let shelved = book.on_command(&shelve(1_000), 10).expect("shelved");
+        assert!(shelved.is_shelved(500));
+        assert_eq!(book.next_shelf_expiry(), Some(1_000));
+        assert!(book.expire_shelves(999).is_empty());
+        let back = book.expire_shelves(1_000);
+        assert_eq!(back.len(), 1);
+        assert!(!back[0].is_shelved(1_000));
+        assert_eq!(back[0].state, AlertState::ActiveUnacknowledged);
+    }
+
+    #[test]
+    fn alerts_of_rules_no_longer_configured_are_closed_at_start() {
+        let mut first = book();
+        let raised = first
+            .on_condition(&event(Phase::Firing, 10, 31.0))
+            .expect("raised");
+        let saved = Saved {
+            open: vec![raised],
+            conditions: vec![("gone".into(), "d1".into(), Phase::Firing)],
+            next_id: 2,
+        };
+        let rules = Arc::new(RuleSet::default());
+        let mut book = AlertBook::new(rules, saved, 100);
+        assert_eq!(book.open_alerts().count(), 0);
+        let changes = book.take_changes();
+        assert_eq!(changes.alerts[0].state, AlertState::Closed);
+        assert_eq!(changes.conditions[0].2, Phase::Normal);
+    }
+}
