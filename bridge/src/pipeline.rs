@@ -116,14 +116,19 @@ pub async fn run(
     for entry in restored {
         shards[shard_of(&entry.state.id, count)].restore(entry, now_ms);
     }
-    let mut conditions: std::collections::HashMap<&str, SavedConditions> = Default::default();
-    for (rule, device, phase) in &saved.conditions {
-        if let Some(index) = rules.index_of(rule) {
-            conditions.entry(device).or_default().push((index, *phase));
+    let mut conditions: std::collections::HashMap<(&str, &str), SavedConditions> =
+        Default::default();
+    for saved in &saved.conditions {
+        if let Some(index) = rules.index_of(&saved.rule) {
+            let device = (saved.device.as_str(), saved.group.as_str());
+            conditions
+                .entry(device)
+                .or_default()
+                .push((index, saved.phase));
         }
     }
-    for (device, saved) in conditions {
-        shards[shard_of(device, count)].restore_alerts(device, saved, now_ms);
+    for ((device, group), saved) in conditions {
+        shards[shard_of(device, count)].restore_alerts(device, group, saved, now_ms);
     }
     info!(
         shards = count,

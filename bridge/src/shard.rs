@@ -100,9 +100,6 @@ pub struct Shard {
     reject_log: RejectLog,
     /// Alert rules, conditions' deadlines, and the phase changes for the alert manager.
     evaluator: Evaluator,
-    /// Saved alert conditions of devices not (yet) in the registry, applied when they appear
-    /// (a device first seen just before a crash has conditions but no registry row yet).
-    saved_conditions: FastMap<DeviceId, SavedConditions>,
 }
 
 impl Shard {
@@ -120,7 +117,6 @@ impl Shard {
         let default_silence = silence_limit_ms(&config, None);
         Shard {
             evaluator: Evaluator::new(rules, default_silence),
-            saved_conditions: FastMap::default(),
             rollups: RollupBuffer::new(base, grace),
             config,
             counters,
@@ -245,9 +241,6 @@ impl Shard {
             let mut device = Device::new(state, now_ms, now_ms);
             device.alerts = self.evaluator.select(&id, group, DeviceAlerts::default());
             self.devices.insert(id.clone(), device);
-            if let Some(saved) = self.saved_conditions.remove(&id) {
-                self.restore_conditions(&id, &saved, now_ms);
-            }
             self.changed.insert(id.clone());
             return id;
         };
@@ -355,11 +348,26 @@ impl Shard {
         self.evaluator.defer_events(events);
     }
 
-    /// Restores the saved alert conditions of `id` (after a restart), or keeps them until
-    /// the device appears. Call after the registry is restored.
-    pub fn restore_alerts(&mut self, id: &str, saved: SavedConditions, now_ms: i64) {
+    /// Restores the saved alert conditions of device `id` under `group` (after a restart).
+    /// Call after the registry is restored: a device the registry lost (first seen just
+    /// before a crash) is restored too, offline and without values, so that its alerts go on.
+    pub fn restore_alerts(&mut self, id: &str, group: &str, saved: SavedConditions, now_ms: i64) {
+        if !self.devices.contains_key(id) {
+            let state = DeviceState {
+                id: id.into(),
+                group: group.into(),
+                ts: 0,
+                metrics: Metrics::new(),
+                online: false,
+            };
+            let entry = RegistryEntry {
+                state,
+                first_seen: now_ms,
+                last_seen: now_ms,
+            };
+            self.restore(entry, now_ms);
+        }
         let Some(device) = self.devices.get(id) else {
-            self.saved_conditions.insert(id.into(), saved);
             return;
         };
         let id = device.state.id.clone();
@@ -584,3 +592,6 @@ pub fn silence_limit_ms(config: &BridgeConfig, interval_ms: Option<f64>) -> i64 
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod alert_tests;

@@ -388,9 +388,31 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 
 /// A plain HTTP GET with extra header lines (each ending in `\r\n`).
 pub async fn http_get_with(addr: SocketAddr, path: &str, headers: &str) -> (u16, String) {
+    http_request(addr, "GET", path, headers, "").await
+}
+
+/// A plain HTTP POST of a JSON body; returns the status code and body.
+pub async fn http_post(addr: SocketAddr, path: &str, json: &Value) -> (u16, String) {
+    let body = json.to_string();
+    let headers = format!(
+        "Content-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    http_request(addr, "POST", path, &headers, &body).await
+}
+
+/// One HTTP/1.1 request on a connection of its own; returns the status code and body.
+async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).await.expect("HTTP connect");
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Connection: close\r\n\r\n");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Connection: close\r\n\r\n{body}"
+    );
     stream
         .write_all(request.as_bytes())
         .await

@@ -12,7 +12,7 @@ use thiserror::Error;
 use super::condition::Phase;
 use super::evaluator::ConditionEvent;
 use super::rules::{Condition, Rule, RuleSet};
-use super::store::{Changes, Saved};
+use super::store::{Changes, Saved, SavedCondition};
 
 /// Why an operator's command was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -55,11 +55,12 @@ impl AlertBook {
                 book.close_orphan(alert, now_ms);
             }
         }
-        for (rule, device, _) in &saved.conditions {
-            if book.rules.index_of(rule).is_none() {
-                book.unsaved
-                    .conditions
-                    .push((rule.clone(), device.clone(), Phase::Normal));
+        for condition in &saved.conditions {
+            if book.rules.index_of(&condition.rule).is_none() {
+                book.unsaved.conditions.push(SavedCondition {
+                    phase: Phase::Normal,
+                    ..condition.clone()
+                });
             }
         }
         book
@@ -87,11 +88,12 @@ impl AlertBook {
     /// device. Returns the alert as changed, if it did.
     pub fn on_condition(&mut self, event: &ConditionEvent) -> Option<Alert> {
         let rule = self.rules.get(event.rule)?.clone();
-        self.unsaved.conditions.push((
-            rule.name.to_string(),
-            event.device.to_string(),
-            event.phase,
-        ));
+        self.unsaved.conditions.push(SavedCondition {
+            rule: rule.name.to_string(),
+            device: event.device.to_string(),
+            group: event.group.to_string(),
+            phase: event.phase,
+        });
         let key = (rule.name.clone(), Arc::<str>::from(&*event.device));
         let open = self.by_subject.get(&key).copied();
         match (event.phase, open) {
@@ -436,7 +438,12 @@ mod tests {
         assert!(changes.alerts.is_empty());
         assert_eq!(
             changes.conditions,
-            vec![("hot".into(), "d1".into(), Phase::Pending { since: 5 })]
+            vec![SavedCondition {
+                rule: "hot".into(),
+                device: "d1".into(),
+                group: "hq/a".into(),
+                phase: Phase::Pending { since: 5 }
+            }]
         );
     }
 
@@ -473,7 +480,12 @@ mod tests {
             .expect("raised");
         let saved = Saved {
             open: vec![raised],
-            conditions: vec![("gone".into(), "d1".into(), Phase::Firing)],
+            conditions: vec![SavedCondition {
+                rule: "gone".into(),
+                device: "d1".into(),
+                group: "hq/a".into(),
+                phase: Phase::Firing,
+            }],
             next_id: 2,
         };
         let rules = Arc::new(RuleSet::default());
@@ -481,6 +493,6 @@ mod tests {
         assert_eq!(book.open_alerts().count(), 0);
         let changes = book.take_changes();
         assert_eq!(changes.alerts[0].state, AlertState::Closed);
-        assert_eq!(changes.conditions[0].2, Phase::Normal);
+        assert_eq!(changes.conditions[0].phase, Phase::Normal);
     }
 }

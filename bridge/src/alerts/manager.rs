@@ -64,6 +64,17 @@ pub async fn run(
     housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut unsaved = book.take_changes();
     let mut last_prune = i64::MIN;
+    // Dashboards start knowing the alerts still open from before a restart.
+    let open: Vec<Alert> = book.open_alerts().cloned().collect();
+    if !open.is_empty()
+        && outputs
+            .live_updates
+            .send(Derived::Alerts(open))
+            .await
+            .is_err()
+    {
+        return;
+    }
     loop {
         let mut replies = Vec::new();
         let changed: Vec<Alert> = tokio::select! {
@@ -147,8 +158,8 @@ fn merge(unsaved: &mut Changes, mut new: Changes, counters: &BridgeCounters) {
     }
     // Only the latest version of an alert or condition needs writing.
     dedup_latest(&mut unsaved.alerts, |alert| alert.id);
-    dedup_latest(&mut unsaved.conditions, |(rule, device, _)| {
-        (rule.clone(), device.clone())
+    dedup_latest(&mut unsaved.conditions, |saved| {
+        (saved.rule.clone(), saved.device.clone())
     });
 }
 

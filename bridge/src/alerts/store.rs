@@ -38,6 +38,7 @@ CREATE INDEX IF NOT EXISTS alert_transitions_by_alert ON alert_transitions (aler
 CREATE TABLE IF NOT EXISTS alert_conditions (
     rule TEXT NOT NULL,
     device TEXT NOT NULL,
+    group_path TEXT NOT NULL,
     phase TEXT NOT NULL,
     PRIMARY KEY (rule, device)
 ) WITHOUT ROWID;
@@ -57,12 +58,23 @@ pub fn alerts_db_path(data_dir: &Path) -> PathBuf {
     data_dir.join(ALERTS_DB_FILE)
 }
 
+/// A condition not in `Normal`, as saved: enough to restore it, and its device, after a
+/// restart (even a device whose registry row the crash lost).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SavedCondition {
+    pub rule: String,
+    pub device: String,
+    pub group: String,
+    /// `Normal` deletes the saved condition.
+    pub phase: Phase,
+}
+
 /// What the store holds at start-up.
 #[derive(Debug, Default)]
 pub struct Saved {
     pub open: Vec<Alert>,
-    /// (rule name, device id, phase) of conditions not in `Normal`.
-    pub conditions: Vec<(String, String, Phase)>,
+    /// Conditions not in `Normal`.
+    pub conditions: Vec<SavedCondition>,
     /// The next alert id to hand out.
     pub next_id: AlertId,
 }
@@ -72,8 +84,7 @@ pub struct Saved {
 pub struct Changes {
     pub alerts: Vec<Alert>,
     pub transitions: Vec<AlertTransition>,
-    /// (rule name, device id, phase): `Normal` deletes the row.
-    pub conditions: Vec<(String, String, Phase)>,
+    pub conditions: Vec<SavedCondition>,
 }
 
 impl Changes {
@@ -118,19 +129,23 @@ impl AlertStore {
         }
         let mut conditions = self
             .connection
-            .prepare("SELECT rule, device, phase FROM alert_conditions")?;
+            .prepare("SELECT rule, device, group_path, phase FROM alert_conditions")?;
         let rows = conditions.query_map([], |row| {
             Ok((
                 row.get::<_, String>(0)?,
                 row.get::<_, String>(1)?,
                 row.get::<_, String>(2)?,
+                row.get::<_, String>(3)?,
             ))
         })?;
         for row in rows {
-            let (rule, device, phase) = row?;
-            saved
-                .conditions
-                .push((rule, device, serde_json::from_str(&phase)?));
+            let (rule, device, group, phase) = row?;
+            saved.conditions.push(SavedCondition {
+                rule,
+                device,
+                group,
+                phase: serde_json::from_str(&phase)?,
+            });
         }
         let max_id: Option<i64> = self
             .connection
@@ -177,16 +192,19 @@ impl AlertStore {
                 ])?;
             }
             let mut save = tx.prepare_cached(
-                "INSERT INTO alert_conditions (rule, device, phase) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (rule, device) DO UPDATE SET phase = excluded.phase",
+                "INSERT INTO alert_conditions (rule, device, group_path, phase)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (rule, device) DO UPDATE SET
+                     group_path = excluded.group_path, phase = excluded.phase",
             )?;
             let mut forget =
                 tx.prepare_cached("DELETE FROM alert_conditions WHERE rule = ?1 AND device = ?2")?;
-            for (rule, device, phase) in &changes.conditions {
-                if *phase == Phase::Normal {
-                    forget.execute(params![rule, device])?;
+            for saved in &changes.conditions {
+                if saved.phase == Phase::Normal {
+                    forget.execute(params![saved.rule, saved.device])?;
                 } else {
-                    save.execute(params![rule, device, serde_json::to_string(phase)?])?;
+                    let phase = serde_json::to_string(&saved.phase)?;
+                    save.execute(params![saved.rule, saved.device, saved.group, phase])?;
                 }
             }
         }

@@ -1,0 +1,276 @@
+//! Alerts end to end, with the real binary: a device (rumqttc) breaches a rule, a WebSocket
+//! viewer receives the alert at once, operators acknowledge it over REST and over the
+//! WebSocket, and open alerts and pending delays survive a graceful restart and a `kill -9`.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::{http_get, http_post, Iotmon, Publisher, TempDir, Viewer, DEADLINE};
+
+const RULES: &str = r#"
+[[alerts.rules]]
+name = "hot"
+groups = ["hq/**"]
+metric = "t"
+above = 30.0
+clear = 28.0
+severity = "critical"
+
+[[alerts.rules]]
+name = "pressure-high"
+metric = "p"
+above = 10.0
+for = "3s"
+severity = "minor"
+"#;
+
+/// The latest `alert` frame the viewer received about `subject` under rule `rule`.
+fn latest_alert<'a>(viewer: &'a Viewer, rule: &str, subject: &str) -> Option<&'a Value> {
+    viewer.messages.iter().rev().find_map(|message| {
+        let alert = message.get("alert")?;
+        (message["type"] == "alert" && alert["rule"] == rule && alert["subject"] == subject)
+            .then_some(alert)
+    })
+}
+
+/// Reads until the viewer's latest alert about (`rule`, `subject`) is in `state`.
+async fn expect_alert_state(viewer: &mut Viewer, rule: &str, subject: &str, state: &str) -> Value {
+    let arrived = viewer
+        .read_until(DEADLINE, |v| {
+            latest_alert(v, rule, subject).is_some_and(|alert| alert["state"] == state)
+        })
+        .await;
+    assert!(
+        arrived,
+        "no {state} alert {rule} on {subject}: {:?}",
+        viewer.messages
+    );
+    latest_alert(viewer, rule, subject)
+        .cloned()
+        .expect("just seen")
+}
+
+async fn get_json(addr: std::net::SocketAddr, path: &str) -> Value {
+    let (status, body) = http_get(addr, path).await;
+    assert_eq!(status, 200, "GET {path}: {body}");
+    serde_json::from_str(&body).expect("JSON")
+}
+
+/// Polls `/api/alerts{query}` until `until` holds for its alert list.
+async fn alerts_until(
+    addr: std::net::SocketAddr,
+    query: &str,
+    until: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let answer = get_json(addr, &format!("/api/alerts{query}")).await;
+        let alerts = answer["alerts"].as_array().cloned().unwrap_or_default();
+        if until(&alerts) {
+            return alerts;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/api/alerts{query} never matched: {alerts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_breach_reaches_the_viewer_at_once_and_operators_acknowledge_it_by_rest_and_websocket() {
+    let iotmon = Iotmon::serve_with_config(RULES);
+    let http = iotmon.http.expect("http");
+    let device = Publisher::connect(iotmon.mqtt.expect("mqtt"), "d1").await;
+    let mut viewer = Viewer::connect(&iotmon.ws_url()).await;
+    viewer
+        .send(json!({"type": "groups", "groups": ["hq"]}))
+        .await;
+    assert!(viewer.read_until(DEADLINE, |v| v.got("snapshot")).await);
+
+    device.publish("sensors/hq/a/d1", r#"{"t":35.5}"#).await;
+    let raised = expect_alert_state(&mut viewer, "hot", "d1", "active_unacknowledged").await;
+    assert_eq!(raised["severity"], "critical");
+    assert_eq!(raised["group"], "hq/a");
+    assert_eq!(raised["message"], "t 35.5 above 30");
+    let id = raised["id"].as_u64().expect("an id");
+
+    // Listed, and counted in the group's aggregate.
+    let open = alerts_until(http, "", |alerts| alerts.len() == 1).await;
+    assert_eq!(open[0]["id"], id);
+    let groups = get_json(http, "/api/groups").await;
+    let hq = &groups["groups"][0];
+    assert_eq!(hq["group"], "hq");
+
+    // Acknowledge by REST: the viewer sees it at once.
+    let (status, body) = http_post(
+        http,
+        &format!("/api/alerts/{id}/ack"),
+        &json!({"by": "ana"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let acked = expect_alert_state(&mut viewer, "hot", "d1", "active_acknowledged").await;
+    assert_eq!(acked["acknowledged_by"], "ana");
+
+    // Inside the deadband nothing changes; below the clear level the alert closes.
+    device.publish("sensors/hq/a/d1", r#"{"t":29.0}"#).await;
+    device.publish("sensors/hq/a/d1", r#"{"t":27.0}"#).await;
+    let closed = expect_alert_state(&mut viewer, "hot", "d1", "closed").await;
+    assert_eq!(closed["id"], id, "the same alert, never a second one");
+    alerts_until(http, "", |alerts| alerts.is_empty()).await;
+
+    // History from the store: the alert and every transition, with who and the value.
+    let history = alerts_until(http, "?state=closed", |alerts| alerts.len() == 1).await;
+    assert_eq!(history[0]["id"], id);
+    let detail = get_json(http, &format!("/api/alerts/{id}")).await;
+    let events: Vec<&str> = detail["transitions"]
+        .as_array()
+        .expect("transitions")
+        .iter()
+        .map(|t| t["event"].as_str().expect("event"))
+        .collect();
+    assert_eq!(events, ["raised", "acknowledged", "cleared"]);
+    assert_eq!(detail["transitions"][1]["by"], "ana");
+
+    // Acknowledge over the WebSocket.
+    device.publish("sensors/hq/b/d2", r#"{"t":40}"#).await;
+    let second = expect_alert_state(&mut viewer, "hot", "d2", "active_unacknowledged").await;
+    viewer
+        .send(json!({"type": "ack", "id": second["id"], "by": "bo"}))
+        .await;
+    let acked = expect_alert_state(&mut viewer, "hot", "d2", "active_acknowledged").await;
+    assert_eq!(acked["acknowledged_by"], "bo");
+
+    // Mistakes get a clear answer and the session goes on.
+    viewer.send(json!({"type": "ack", "id": 999_999})).await;
+    assert!(
+        viewer
+            .read_until(DEADLINE, |v| v.messages.iter().any(|m| m["type"]
+                == "error"
+                && m["message"]
+                    .as_str()
+                    .is_some_and(|t| t.contains("no open alert 999999"))))
+            .await
+    );
+    let (status, _) = http_post(http, "/api/alerts/999999/ack", &json!({})).await;
+    assert_eq!(status, 404);
+    let (status, _) = http_post(
+        http,
+        &format!("/api/alerts/{}/shelve", second["id"]),
+        &json!({"minutes": 0}),
+    )
+    .await;
+    assert_eq!(status, 400);
+
+    // Shelve: hidden for a while, still tracked, and said so to viewers.
+    let (status, body) = http_post(
+        http,
+        &format!("/api/alerts/{}/shelve", second["id"]),
+        &json!({"minutes": 30, "by": "ana"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        viewer
+            .read_until(DEADLINE, |v| latest_alert(v, "hot", "d2").is_some_and(
+                |a| a["shelved_by"] == "ana" && a["shelved_until"].is_i64()
+            ))
+            .await
+    );
+
+    // The rules as configured.
+    let rules = get_json(http, "/api/rules").await;
+    assert_eq!(rules["rules"][0]["name"], "hot");
+    assert_eq!(rules["rules"][1]["for_ms"], 3000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_alerts_and_pending_delays_survive_kill_9_and_acknowledgements_a_restart() {
+    let data_dir = TempDir::new("alerts-restart");
+    let config = format!("{}/iotmon.toml", data_dir.path());
+    std::fs::write(&config, RULES).expect("config written");
+    let mut iotmon = Iotmon::serve_in(data_dir.path(), &["--config", &config]);
+    let http = iotmon.http.expect("http");
+    let device = Publisher::connect(iotmon.mqtt.expect("mqtt"), "d1").await;
+    // One device, in this order: the pressure condition starts its 3 s on-delay, then the
+    // temperature alert fires. Both changes go to the store in that order, so once the
+    // alert is in the store the pending delay is too.
+    device.publish("sensors/hq/a/d1", r#"{"p":12}"#).await;
+    device.publish("sensors/hq/a/d1", r#"{"t":35}"#).await;
+    let stored = alerts_until(http, "?from=0", |alerts| alerts.len() == 1).await;
+    drop(device);
+    let hot_id = stored[0]["id"].clone();
+    assert_eq!(stored[0]["rule"], "hot");
+
+    // kill -9 before the on-delay ends: no reading arrives after the restart, yet the
+    // pressure alert fires when its delay runs out, and the hot alert is the same one.
+    iotmon.kill_hard();
+    let mut iotmon = Iotmon::serve_in(data_dir.path(), &["--config", &config]);
+    let http = iotmon.http.expect("http");
+    let open = alerts_until(http, "", |alerts| alerts.len() == 2).await;
+    let by_rule = |rule: &str| {
+        open.iter()
+            .find(|alert| alert["rule"] == rule)
+            .unwrap_or_else(|| panic!("an open {rule} alert: {open:?}"))
+            .clone()
+    };
+    assert_eq!(by_rule("hot")["id"], hot_id, "not lost, not duplicated");
+    assert_eq!(by_rule("hot")["state"], "active_unacknowledged");
+    assert_eq!(by_rule("pressure-high")["subject"], "d1");
+
+    // An acknowledgement survives a graceful restart.
+    let (status, body) = http_post(http, &format!("/api/alerts/{hot_id}/ack"), &json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(iotmon.terminate(Duration::from_secs(10)).success());
+    let iotmon = Iotmon::serve_in(data_dir.path(), &["--config", &config]);
+    let http = iotmon.http.expect("http");
+    let open = alerts_until(http, "", |alerts| alerts.len() == 2).await;
+    let hot = open
+        .iter()
+        .find(|alert| alert["id"] == hot_id)
+        .expect("still open");
+    assert_eq!(hot["state"], "active_acknowledged");
+    assert_eq!(hot["acknowledged_by"], "api");
+}
+
+#[test]
+fn a_bad_rule_is_refused_at_start_up_with_the_line_at_fault() {
+    let data_dir = TempDir::new("alerts-bad-rule");
+    let config = format!("{}/iotmon.toml", data_dir.path());
+    let text =
+        format!("{RULES}\n[[alerts.rules]]\nname = \"broken\"\nmetric = \"t\"\nrate_above = 1.0\n");
+    std::fs::write(&config, &text).expect("config written");
+    let line = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.trim() == "[[alerts.rules]]")
+        .nth(2)
+        .map(|(n, _)| n + 1)
+        .expect("third rule");
+    let output = Command::new(env!("CARGO_BIN_EXE_iotmon"))
+        .args(["serve", "--config", &config, "--data-dir", data_dir.path()])
+        .args([
+            "--mqtt-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .expect("iotmon runs");
+    assert!(!output.status.success(), "a bad rule stops start-up");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&format!("line {line}")), "{stderr}");
+    assert!(
+        stderr.contains("\"broken\"") && stderr.contains("needs a `window`"),
+        "{stderr}"
+    );
+    assert!(
+        output.stdout.is_empty(),
+        "nothing started: {:?}",
+        output.stdout
+    );
+}
