@@ -57,16 +57,6 @@ CREATE TABLE IF NOT EXISTS recent_rollups (
     last_ts INTEGER NOT NULL,
     PRIMARY KEY (tier, start, device, metric)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS alerts (
-    device TEXT NOT NULL,
-    rule TEXT NOT NULL,
-    active INTEGER NOT NULL,
-    acknowledged INTEGER NOT NULL DEFAULT 0,
-    raised_at INTEGER NOT NULL,
-    updated_at INTEGER NOT NULL,
-    detail TEXT NOT NULL DEFAULT '{}',
-    PRIMARY KEY (device, rule)
-);
 CREATE TABLE IF NOT EXISTS influx_outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     lines TEXT NOT NULL,
