@@ -274,3 +274,56 @@ fn a_bad_rule_is_refused_at_start_up_with_the_line_at_fault() {
         output.stdout
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_floor_mostly_offline_raises_one_group_alert_that_suppresses_its_devices_alerts() {
+    let iotmon = Iotmon::serve_with_config(
+        r#"
+[[alerts.rules]]
+name = "silent"
+offline = true
+severity = "major"
+
+[[alerts.rules]]
+name = "floor-offline"
+scope = "group"
+groups = ["hq/*/floor-3"]
+offline_share_above = 0.5
+severity = "critical"
+"#,
+    );
+    let http = iotmon.http.expect("http");
+    let mqtt = iotmon.mqtt.expect("mqtt");
+    let device = Publisher::connect(mqtt, "gateway").await;
+    for id in ["d1", "d2", "d3"] {
+        device
+            .publish(&format!("sensors/hq/a/floor-3/{id}"), r#"{"t":20}"#)
+            .await;
+    }
+    let mut viewer = Viewer::connect(&iotmon.ws_url()).await;
+    viewer
+        .send(json!({"type": "groups", "groups": ["hq"]}))
+        .await;
+    // Two of three devices say they are gone (their last will, as a gateway relays it).
+    for id in ["d1", "d2"] {
+        device
+            .publish(&format!("status/hq/a/floor-3/{id}"), "offline")
+            .await;
+    }
+    let floor = expect_alert_state(
+        &mut viewer,
+        "floor-offline",
+        "hq/a/floor-3",
+        "active_unacknowledged",
+    )
+    .await;
+    assert_eq!(floor["group"], "hq/a/floor-3");
+    let floor_id = floor["id"].as_u64().expect("id");
+    // The devices' own alerts are there, explained by the floor's.
+    let suppressed = alerts_until(http, "?suppressed=true", |alerts| alerts.len() == 2).await;
+    assert!(suppressed
+        .iter()
+        .all(|alert| alert["suppressed_by"] == floor_id && alert["rule"] == "silent"));
+    let shown = alerts_until(http, "?suppressed=false", |alerts| alerts.len() == 1).await;
+    assert_eq!(shown[0]["id"], floor_id);
+}

@@ -24,6 +24,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info};
 
 use crate::aggregates::{AggregateMerger, ShardGroup};
+use crate::alerts::group_evaluator::GroupEvaluator;
 use crate::alerts::lifecycle::AlertBook;
 use crate::alerts::manager::{self, ManagerInput, ManagerOutputs};
 use crate::alerts::Alerting;
@@ -116,10 +117,16 @@ pub async fn run(
     for entry in restored {
         shards[shard_of(&entry.state.id, count)].restore(entry, now_ms);
     }
+    let mut group_rules = GroupEvaluator::new(rules.clone());
     let mut conditions: std::collections::HashMap<(&str, &str), SavedConditions> =
         Default::default();
     for saved in &saved.conditions {
-        if let Some(index) = rules.index_of(&saved.rule) {
+        let Some(index) = rules.index_of(&saved.rule) else {
+            continue;
+        };
+        if rules.get(index).is_some_and(|rule| rule.is_group_rule()) {
+            group_rules.restore(index, &saved.group, saved.phase);
+        } else {
             let device = (saved.device.as_str(), saved.group.as_str());
             conditions
                 .entry(device)
@@ -178,10 +185,14 @@ pub async fn run(
     tasks.spawn(run_aggregator(
         count,
         from_shards,
-        live_updates,
+        group_rules,
         config.aggregate_interval,
-        counters,
-        clock,
+        AggregatorOutputs {
+            live_updates,
+            to_alerts: to_alerts.clone(),
+            counters,
+            clock,
+        },
         shutdown.clone(),
     ));
     tasks.close();
@@ -368,14 +379,23 @@ fn send_to_store(shard: &mut Shard, outputs: &ShardOutputs) {
     }
 }
 
-/// Merges the shards' partials and emits the changed groups' aggregates each window.
+/// Where the aggregator's output goes.
+#[derive(Debug)]
+struct AggregatorOutputs {
+    live_updates: mpsc::Sender<Derived>,
+    to_alerts: mpsc::Sender<ManagerInput>,
+    counters: Arc<BridgeCounters>,
+    clock: Clock,
+}
+
+/// Merges the shards' partials and emits the changed groups' aggregates each window, after
+/// evaluating the group alert rules on them.
 async fn run_aggregator(
     shards: usize,
     mut from_shards: mpsc::Receiver<(usize, Vec<ShardGroup>)>,
-    live_updates: mpsc::Sender<Derived>,
+    mut groups: GroupEvaluator,
     window: Duration,
-    counters: Arc<BridgeCounters>,
-    clock: Clock,
+    outputs: AggregatorOutputs,
     shutdown: CancellationToken,
 ) {
     let mut merger = AggregateMerger::new(shards);
@@ -384,43 +404,79 @@ async fn run_aggregator(
         tokio::select! {
             () = shutdown.cancelled() => break,
             partials = from_shards.recv() => match partials {
-                Some((shard, groups)) => groups.into_iter().for_each(|group| merger.update(shard, group)),
+                Some((shard, partials)) => partials.into_iter().for_each(|group| merger.update(shard, group)),
                 None => break,
             },
             _ = ticker.tick() => {
-                if emit_aggregates(&mut merger, &live_updates, &counters, clock.now_ms()) == Flush::Closed {
+                if emit_aggregates(&mut merger, &mut groups, &outputs) == Flush::Closed {
                     break;
                 }
             }
         }
     }
-    while let Ok((shard, groups)) = from_shards.try_recv() {
-        groups
+    while let Ok((shard, partials)) = from_shards.try_recv() {
+        partials
             .into_iter()
             .for_each(|group| merger.update(shard, group));
     }
-    emit_aggregates(&mut merger, &live_updates, &counters, clock.now_ms());
+    emit_aggregates(&mut merger, &mut groups, &outputs);
+    let events = groups.take_events();
+    if !events.is_empty() {
+        let _ = outputs
+            .to_alerts
+            .send(ManagerInput::Conditions(events))
+            .await;
+    }
 }
 
 fn emit_aggregates(
     merger: &mut AggregateMerger,
-    live_updates: &mpsc::Sender<Derived>,
-    counters: &BridgeCounters,
-    now_ms: i64,
+    groups: &mut GroupEvaluator,
+    outputs: &AggregatorOutputs,
 ) -> Flush {
+    let now_ms = outputs.clock.now_ms();
     let aggregates = merger.take(now_ms);
+    for aggregate in &aggregates {
+        groups.on_aggregate(aggregate, now_ms);
+    }
+    groups.check_deadlines(now_ms);
+    send_group_events(groups, outputs);
     if aggregates.is_empty() {
         return Flush::Idle;
     }
-    match live_updates.try_send(Derived::Aggregates(aggregates)) {
+    match outputs
+        .live_updates
+        .try_send(Derived::Aggregates(aggregates))
+    {
         Ok(()) => Flush::Sent,
         Err(TrySendError::Full(Derived::Aggregates(aggregates))) => {
-            counters.aggregates_deferred.fetch_add(1, Ordering::Relaxed);
+            outputs
+                .counters
+                .aggregates_deferred
+                .fetch_add(1, Ordering::Relaxed);
             merger.defer(aggregates);
             Flush::Deferred
         }
         Err(TrySendError::Full(_)) => Flush::Deferred,
         Err(TrySendError::Closed(_)) => Flush::Closed,
+    }
+}
+
+/// Hands group rule changes to the alert manager without waiting (kept for the next window
+/// when its queue is full).
+fn send_group_events(groups: &mut GroupEvaluator, outputs: &AggregatorOutputs) {
+    let events = groups.take_events();
+    if events.is_empty() {
+        return;
+    }
+    if let Err(TrySendError::Full(ManagerInput::Conditions(events))) =
+        outputs.to_alerts.try_send(ManagerInput::Conditions(events))
+    {
+        outputs
+            .counters
+            .alert_events_deferred
+            .fetch_add(1, Ordering::Relaxed);
+        groups.defer_events(events);
     }
 }
 

@@ -1136,6 +1136,7 @@ mod tests {
             acknowledged_at: None,
             shelved_until: None,
             shelved_by: None,
+            suppressed_by: None,
             seq,
         }
     }

@@ -157,6 +157,11 @@ pub struct Alert {
     pub shelved_until: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shelved_by: Option<String>,
+    /// The active group alert that explains this one (a floor mostly offline explains each
+    /// of its devices being offline): tracked and counted, shown on demand, not in the
+    /// active list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suppressed_by: Option<AlertId>,
     /// `iotmon/alerts/...` messages are republished on resynchronisation; `seq` lets a
     /// receiver keep the newest of two copies of one alert (it grows with every change).
     pub seq: u64,
@@ -181,7 +186,7 @@ pub struct AlertTransition {
     /// When, ms since the Unix epoch.
     pub ts: i64,
     /// What happened: `raised`, `cleared`, `reactivated`, `acknowledged`, `shelved`,
-    /// `unshelved`, `closed`.
+    /// `unshelved`, `suppressed`, `unsuppressed`, `closed`.
     pub event: String,
     /// The state after it.
     pub state: AlertState,

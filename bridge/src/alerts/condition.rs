@@ -164,6 +164,7 @@ mod tests {
             condition: Condition::Offline { after_ms: None },
             for_ms,
             keep_firing_for_ms,
+            suppress_children: false,
         }
     }
 

@@ -148,6 +148,8 @@ impl Evaluator {
                         level_breached(*direction, *trigger, *clear, rate, state.breached);
                     Some((breached, Some(rate)))
                 }),
+                // Evaluated on groups by the aggregator, never selected for a device.
+                Condition::GroupStat { .. } | Condition::GroupShare { .. } => None,
                 Condition::Offline { after_ms } => {
                     // One silence check per device and rule at a time, not one per reading:
                     // when it comes due it looks at the latest receipt and goes again.

@@ -6,12 +6,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use iotmon_wire::alert::AlertTransition;
-use iotmon_wire::{Alert, AlertCommand, AlertId, AlertState};
+use iotmon_wire::{Alert, AlertCommand, AlertId, AlertState, GroupPath};
 use thiserror::Error;
 
 use super::condition::Phase;
 use super::evaluator::ConditionEvent;
-use super::rules::{Condition, Rule, RuleSet};
+use super::rules::{Condition, Rule, RuleSet, Share, Stat};
 use super::store::{Changes, Saved, SavedCondition};
 
 /// Why an operator's command was refused.
@@ -33,6 +33,8 @@ pub struct AlertBook {
     next_id: AlertId,
     next_seq: u64,
     unsaved: Changes,
+    /// Active group alerts whose rule suppresses the alerts under their group.
+    suppressors: HashMap<AlertId, GroupPath>,
 }
 
 impl AlertBook {
@@ -46,6 +48,7 @@ impl AlertBook {
             next_id: saved.next_id.max(1),
             next_seq: 1,
             unsaved: Changes::default(),
+            suppressors: HashMap::new(),
         };
         for alert in saved.open {
             book.next_seq = book.next_seq.max(alert.seq + 1);
@@ -63,7 +66,70 @@ impl AlertBook {
                 });
             }
         }
+        let suppressors: Vec<(AlertId, GroupPath)> = book
+            .open
+            .values()
+            .filter(|alert| alert.state.is_active() && book.suppresses(alert))
+            .map(|alert| (alert.id, alert.group.clone()))
+            .collect();
+        book.suppressors.extend(suppressors);
         book
+    }
+
+    /// Whether `alert`'s rule suppresses the alerts under its group while active.
+    fn suppresses(&self, alert: &Alert) -> bool {
+        self.rules
+            .index_of(&alert.rule)
+            .and_then(|index| self.rules.get(index))
+            .is_some_and(|rule| rule.suppress_children)
+    }
+
+    /// The active suppressor whose group holds `alert`, other than `alert` itself.
+    fn suppressor_of(&self, alert: &Alert) -> Option<AlertId> {
+        self.suppressors
+            .iter()
+            .filter(|(id, group)| **id != alert.id && alert.is_under(group))
+            .map(|(id, _)| *id)
+            .min()
+    }
+
+    /// After `changed` (an alert that just became active or inactive), updates which open
+    /// alerts are suppressed; returns those whose suppression changed.
+    fn resuppress(&mut self, changed: &Alert, now_ms: i64) -> Vec<Alert> {
+        if !self.suppresses(changed) {
+            return Vec::new();
+        }
+        if changed.state.is_active() {
+            self.suppressors.insert(changed.id, changed.group.clone());
+        } else {
+            self.suppressors.remove(&changed.id);
+        }
+        let candidates: Vec<AlertId> = self
+            .open
+            .values()
+            .filter(|alert| alert.id != changed.id && alert.is_under(&changed.group))
+            .map(|alert| alert.id)
+            .collect();
+        let mut updated = Vec::new();
+        for id in candidates {
+            let Some(mut alert) = self.open.remove(&id) else {
+                continue;
+            };
+            let by = self.suppressor_of(&alert);
+            if by != alert.suppressed_by {
+                alert.suppressed_by = by;
+                let event = if by.is_some() {
+                    "suppressed"
+                } else {
+                    "unsuppressed"
+                };
+                let value = alert.value;
+                self.record(&mut alert, event, value, None, now_ms);
+                updated.push(alert.clone());
+            }
+            self.open.insert(id, alert);
+        }
+        updated
     }
 
     fn insert(&mut self, alert: Alert) {
@@ -85,8 +151,18 @@ impl AlertBook {
     }
 
     /// A condition changed phase: raises, reactivates or clears the alert of its rule and
-    /// device. Returns the alert as changed, if it did.
-    pub fn on_condition(&mut self, event: &ConditionEvent) -> Option<Alert> {
+    /// subject. Returns the alerts as changed: that one, and those whose suppression it
+    /// changed.
+    pub fn on_condition(&mut self, event: &ConditionEvent) -> Vec<Alert> {
+        let Some(alert) = self.apply_condition(event) else {
+            return Vec::new();
+        };
+        let mut changed = self.resuppress(&alert, event.at);
+        changed.insert(0, alert);
+        changed
+    }
+
+    fn apply_condition(&mut self, event: &ConditionEvent) -> Option<Alert> {
         let rule = self.rules.get(event.rule)?.clone();
         self.unsaved.conditions.push(SavedCondition {
             rule: rule.name.to_string(),
@@ -122,8 +198,10 @@ impl AlertBook {
             acknowledged_at: None,
             shelved_until: None,
             shelved_by: None,
+            suppressed_by: None,
             seq: 0,
         };
+        alert.suppressed_by = self.suppressor_of(&alert);
         self.record(&mut alert, "raised", event.value, None, event.at);
         self.insert(alert.clone());
         alert
@@ -328,7 +406,56 @@ fn describe(rule: &Rule, value: Option<f64>, active: bool) -> String {
         }
         Condition::Offline { .. } if active => "offline".to_string(),
         Condition::Offline { .. } => "back online".to_string(),
+        Condition::GroupStat {
+            metric,
+            stat,
+            direction,
+            trigger,
+            ..
+        } if active => format!(
+            "{} {metric}{} {} {trigger}",
+            stat_word(*stat),
+            shown(value),
+            direction.word()
+        ),
+        Condition::GroupStat { metric, stat, .. } => {
+            format!(
+                "{} {metric} back to normal{}",
+                stat_word(*stat),
+                shown(value)
+            )
+        }
+        Condition::GroupShare { share, trigger, .. } if active => format!(
+            "{}% of devices {}, above {}%",
+            percent(value.unwrap_or_default()),
+            share_word(*share),
+            percent(*trigger)
+        ),
+        Condition::GroupShare { share, .. } => format!(
+            "{}% of devices {}, back to normal",
+            percent(value.unwrap_or_default()),
+            share_word(*share)
+        ),
     }
+}
+
+fn stat_word(stat: Stat) -> &'static str {
+    match stat {
+        Stat::Mean => "mean",
+        Stat::Min => "min",
+        Stat::Max => "max",
+    }
+}
+
+fn share_word(share: Share) -> &'static str {
+    match share {
+        Share::Offline => "offline",
+        Share::Alerting => "alerting",
+    }
+}
+
+fn percent(share: f64) -> f64 {
+    (share * 1000.0).round() / 10.0
 }
 
 /// Rounds for display to 3 significant decimals.
@@ -375,6 +502,8 @@ mod tests {
         let mut book = book();
         let raised = book
             .on_condition(&event(Phase::Firing, 10, 31.0))
+            .into_iter()
+            .next()
             .expect("raised");
         assert_eq!(raised.state, AlertState::ActiveUnacknowledged);
         assert_eq!(raised.severity, Severity::Major);
@@ -384,6 +513,8 @@ mod tests {
         assert_eq!(acked.acknowledged_by.as_deref(), Some("ana"));
         let cleared = book
             .on_condition(&event(Phase::Normal, 30, 27.0))
+            .into_iter()
+            .next()
             .expect("cleared");
         assert_eq!(cleared.state, AlertState::Closed);
         assert_eq!(book.open_alerts().count(), 0);
@@ -398,6 +529,8 @@ mod tests {
         // A new breach after closing is a new alert.
         let again = book
             .on_condition(&event(Phase::Firing, 40, 32.0))
+            .into_iter()
+            .next()
             .expect("raised");
         assert_ne!(again.id, raised.id);
     }
@@ -407,19 +540,27 @@ mod tests {
         let mut book = book();
         let raised = book
             .on_condition(&event(Phase::Firing, 10, 31.0))
+            .into_iter()
+            .next()
             .expect("raised");
         let cleared = book
             .on_condition(&event(Phase::Normal, 20, 27.0))
+            .into_iter()
+            .next()
             .expect("cleared");
         assert_eq!(cleared.state, AlertState::ClearedUnacknowledged);
         let back = book
             .on_condition(&event(Phase::Firing, 30, 33.0))
+            .into_iter()
+            .next()
             .expect("back");
         assert_eq!(back.id, raised.id, "one open alert per device and rule");
         assert_eq!(back.state, AlertState::ActiveUnacknowledged);
         assert!(back.seq > cleared.seq);
         // Acknowledging a cleared alert closes it.
-        book.on_condition(&event(Phase::Normal, 40, 27.0));
+        book.on_condition(&event(Phase::Normal, 40, 27.0))
+            .into_iter()
+            .next();
         let closed = book.on_command(&ack(raised.id), 50).expect("acked");
         assert_eq!(closed.state, AlertState::Closed);
         assert_eq!(
@@ -433,6 +574,8 @@ mod tests {
         let mut book = book();
         assert!(book
             .on_condition(&event(Phase::Pending { since: 5 }, 5, 31.0))
+            .into_iter()
+            .next()
             .is_none());
         let changes = book.take_changes();
         assert!(changes.alerts.is_empty());
@@ -452,6 +595,8 @@ mod tests {
         let mut book = book();
         let raised = book
             .on_condition(&event(Phase::Firing, 10, 31.0))
+            .into_iter()
+            .next()
             .expect("raised");
         let shelve = |until| AlertCommand::Shelve {
             id: raised.id,
@@ -473,10 +618,71 @@ mod tests {
     }
 
     #[test]
+    fn a_group_alert_suppresses_its_devices_alerts_while_active() {
+        let config: AlertsConfig = toml::from_str(
+            r#"
+            [[rules]]
+            name = "silent"
+            offline = true
+            [[rules]]
+            name = "floor-offline"
+            scope = "group"
+            offline_share_above = 0.5
+            "#,
+        )
+        .expect("rules");
+        let rules = Arc::new(RuleSet::new(&config).expect("valid"));
+        let mut book = AlertBook::new(rules, Saved::default(), 0);
+        let offline = |device: &str, group: &str, phase, at| ConditionEvent {
+            rule: 0,
+            device: device.into(),
+            group: group.into(),
+            phase,
+            at,
+            value: None,
+        };
+        let floor = |phase, at| ConditionEvent {
+            rule: 1,
+            device: "hq/f3".into(),
+            group: "hq/f3".into(),
+            phase,
+            at,
+            value: Some(0.6),
+        };
+        let first = book.on_condition(&offline("d1", "hq/f3", Phase::Firing, 1));
+        assert_eq!(first[0].suppressed_by, None, "nothing explains it yet");
+        // The floor's alert explains d1's, and any new one under the floor.
+        let changed = book.on_condition(&floor(Phase::Firing, 2));
+        let floor_id = changed[0].id;
+        assert_eq!(changed.len(), 2);
+        assert_eq!(changed[1].suppressed_by, Some(floor_id));
+        let second = book.on_condition(&offline("d2", "hq/f3", Phase::Firing, 3));
+        assert_eq!(second[0].suppressed_by, Some(floor_id));
+        let elsewhere = book.on_condition(&offline("d3", "hq/f2", Phase::Firing, 3));
+        assert_eq!(elsewhere[0].suppressed_by, None, "another floor");
+        // The floor clears: its devices' alerts stand on their own again.
+        let changed = book.on_condition(&floor(Phase::Normal, 4));
+        assert_eq!(changed.len(), 3);
+        assert!(changed[1..]
+            .iter()
+            .all(|alert| alert.suppressed_by.is_none()));
+        let events: Vec<String> = book
+            .take_changes()
+            .transitions
+            .into_iter()
+            .map(|t| t.event)
+            .collect();
+        assert_eq!(events.iter().filter(|e| *e == "suppressed").count(), 1);
+        assert_eq!(events.iter().filter(|e| *e == "unsuppressed").count(), 2);
+    }
+
+    #[test]
     fn alerts_of_rules_no_longer_configured_are_closed_at_start() {
         let mut first = book();
         let raised = first
             .on_condition(&event(Phase::Firing, 10, 31.0))
+            .into_iter()
+            .next()
             .expect("raised");
         let saved = Saved {
             open: vec![raised],

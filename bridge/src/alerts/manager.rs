@@ -81,7 +81,7 @@ pub async fn run(
             () = shutdown.cancelled() => break,
             input = from_shards.recv() => match input {
                 Some(ManagerInput::Conditions(events)) => {
-                    events.iter().filter_map(|event| book.on_condition(event)).collect()
+                    events.iter().flat_map(|event| book.on_condition(event)).collect()
                 }
                 Some(ManagerInput::SyncAll) => book.open_alerts().cloned().collect(),
                 None => break,

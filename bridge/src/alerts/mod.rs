@@ -11,12 +11,14 @@
 //! - [`rules`]: the `[[alerts.rules]]` configuration, checked, and device selection.
 //! - [`condition`]: one rule on one device: deadband, on/off delays, rate window.
 //! - [`evaluator`]: a shard's conditions and deadline queue.
+//! - [`group_evaluator`]: group rules, on each window's aggregates.
 //! - [`lifecycle`]: open alerts and their transitions.
 //! - [`manager`]: the task that owns the lifecycle.
 //! - [`store`]: the alert store, `alerts.db`.
 
 pub mod condition;
 pub mod evaluator;
+pub mod group_evaluator;
 pub mod lifecycle;
 pub mod manager;
 pub mod rules;

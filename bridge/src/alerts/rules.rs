@@ -11,6 +11,12 @@
 //! for = "30s"                     # on-delay
 //! keep_firing_for = "1m"          # off-delay
 //! severity = "major"
+//!
+//! [[alerts.rules]]
+//! name = "floor-offline"
+//! scope = "group"                 # on a group's live aggregate, not on each device
+//! groups = ["hq/*/floor-3"]
+//! offline_share_above = 0.2       # more than 20 % of the floor offline
 //! ```
 
 use std::sync::Arc;
@@ -49,6 +55,9 @@ pub struct RuleConfig {
     /// Unique name: how alerts, the store and `/api/rules` refer to the rule.
     pub name: String,
     pub severity: Severity,
+    /// `device` (the default): evaluated on each selected device. `group`: evaluated on the
+    /// live aggregate of each group that `groups` selects.
+    pub scope: Scope,
     /// Group-path patterns of the devices it applies to (`hq/*/floor-3`, `hq/**`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<String>,
@@ -70,6 +79,20 @@ pub struct RuleConfig {
     /// Fires when the value falls faster than this (a negative number), per minute.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_below: Option<f64>,
+    /// For a group rule on a metric: which statistic of the group (`mean`, `min`, `max`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aggregate: Option<Stat>,
+    /// For a group rule: fires when more than this share (0 to 1) of its devices is offline.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offline_share_above: Option<f64>,
+    /// For a group rule: fires when more than this share (0 to 1) of its devices is alerting.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alerting_share_above: Option<f64>,
+    /// For a group rule: while it is active, the alerts of the group's devices are marked
+    /// suppressed (still tracked and counted, shown on demand) instead of flooding screens.
+    /// On by default for group rules.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suppress_children: Option<bool>,
     /// The level at which a firing threshold or rate rule clears (the deadband): below it for
     /// `above`, above it for `below`. Defaults to the trigger level itself.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -104,6 +127,33 @@ pub struct RuleConfig {
     pub keep_firing_for: Option<Duration>,
 }
 
+/// What a rule is evaluated on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    #[default]
+    Device,
+    Group,
+}
+
+/// A statistic of a group's aggregate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stat {
+    #[default]
+    Mean,
+    Min,
+    Max,
+}
+
+/// Which share of a group's devices a group rule watches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Share {
+    Offline,
+    Alerting,
+}
+
 /// Index of a rule in its [`RuleSet`]: what a device's alert state refers to.
 pub type RuleIndex = usize;
 
@@ -118,6 +168,18 @@ pub struct Rule {
     pub for_ms: i64,
     /// Off-delay, ms.
     pub keep_firing_for_ms: i64,
+    /// For a group rule: its devices' alerts are suppressed while it is active.
+    pub suppress_children: bool,
+}
+
+impl Rule {
+    /// Whether it is evaluated on groups rather than devices.
+    pub fn is_group_rule(&self) -> bool {
+        matches!(
+            self.condition,
+            Condition::GroupStat { .. } | Condition::GroupShare { .. }
+        )
+    }
 }
 
 /// What a rule watches.
@@ -142,14 +204,32 @@ pub enum Condition {
     },
     /// The device is offline (status or silence), or silent longer than `after_ms`.
     Offline { after_ms: Option<i64> },
+    /// A statistic of a metric over a group's devices beyond `trigger`, until back beyond
+    /// `clear`.
+    GroupStat {
+        metric: Arc<str>,
+        stat: Stat,
+        direction: Direction,
+        trigger: f64,
+        clear: f64,
+    },
+    /// The share of a group's devices offline (or alerting) above `trigger`, until back
+    /// below `clear`.
+    GroupShare {
+        share: Share,
+        trigger: f64,
+        clear: f64,
+    },
 }
 
 impl Condition {
     /// The metric it watches, if any.
     pub fn metric(&self) -> Option<&Arc<str>> {
         match self {
-            Condition::Threshold { metric, .. } | Condition::Rate { metric, .. } => Some(metric),
-            Condition::Offline { .. } => None,
+            Condition::Threshold { metric, .. }
+            | Condition::Rate { metric, .. }
+            | Condition::GroupStat { metric, .. } => Some(metric),
+            Condition::Offline { .. } | Condition::GroupShare { .. } => None,
         }
     }
 }
@@ -189,6 +269,12 @@ pub struct Selector {
 }
 
 impl Selector {
+    /// Whether group `group` itself is selected (group rules; no patterns: every group).
+    pub fn matches_group(&self, group: &str) -> bool {
+        let levels: Vec<&str> = group.split('/').collect();
+        self.groups.is_empty() || self.groups.iter().any(|p| glob_matches(p, &levels))
+    }
+
     /// Whether a device `id` under `group` is selected.
     pub fn matches(&self, id: &str, group: &str) -> bool {
         if self.groups.is_empty() && self.devices.is_empty() {
@@ -274,14 +360,29 @@ impl RuleSet {
         self.rules.iter().position(|rule| &*rule.name == name)
     }
 
-    /// The rules that apply to device `id` under `group`.
+    /// The device rules that apply to device `id` under `group`.
     pub fn for_device(&self, id: &str, group: &str) -> Vec<RuleIndex> {
         self.rules
             .iter()
             .enumerate()
-            .filter(|(_, rule)| rule.select.matches(id, group))
+            .filter(|(_, rule)| !rule.is_group_rule() && rule.select.matches(id, group))
             .map(|(index, _)| index)
             .collect()
+    }
+
+    /// The group rules that apply to the group `group`.
+    pub fn for_group(&self, group: &str) -> Vec<RuleIndex> {
+        self.rules
+            .iter()
+            .enumerate()
+            .filter(|(_, rule)| rule.is_group_rule() && rule.select.matches_group(group))
+            .map(|(index, _)| index)
+            .collect()
+    }
+
+    /// Whether any rule is a group rule.
+    pub fn has_group_rules(&self) -> bool {
+        self.rules.iter().any(Rule::is_group_rule)
     }
 }
 
@@ -290,7 +391,17 @@ fn check_rule(raw: &RuleConfig) -> Result<Rule, String> {
         return Err("name must be 1 to 128 characters".into());
     }
     let select = check_selector(raw)?;
-    let condition = check_condition(raw)?;
+    let group_only = raw.aggregate.is_some()
+        || raw.offline_share_above.is_some()
+        || raw.alerting_share_above.is_some()
+        || raw.suppress_children.is_some();
+    if raw.scope == Scope::Device && group_only {
+        return Err("aggregate, offline_share_above, alerting_share_above and suppress_children need scope = \"group\"".into());
+    }
+    let condition = match raw.scope {
+        Scope::Device => check_condition(raw)?,
+        Scope::Group => check_group_condition(raw)?,
+    };
     Ok(Rule {
         name: raw.name.as_str().into(),
         severity: raw.severity,
@@ -298,6 +409,7 @@ fn check_rule(raw: &RuleConfig) -> Result<Rule, String> {
         condition,
         for_ms: millis(raw.for_),
         keep_firing_for_ms: millis(raw.keep_firing_for),
+        suppress_children: raw.scope == Scope::Group && raw.suppress_children.unwrap_or(true),
     })
 }
 
@@ -346,6 +458,66 @@ fn check_condition(raw: &RuleConfig) -> Result<Condition, String> {
             Err("needs a condition: above, below, rate_above, rate_below or offline".into())
         }
         _ => Err("has more than one condition (one of above, below, rate_above, rate_below, offline per rule)".into()),
+    }
+}
+
+fn check_group_condition(raw: &RuleConfig) -> Result<Condition, String> {
+    if !raw.devices.is_empty() {
+        return Err("a group rule selects groups, not devices".into());
+    }
+    if raw.offline || raw.rate_above.is_some() || raw.rate_below.is_some() {
+        return Err("a group rule takes above/below a metric's aggregate, offline_share_above or alerting_share_above".into());
+    }
+    if raw.window.is_some() || raw.offline_after.is_some() {
+        return Err("window and offline_after belong to device rules".into());
+    }
+    let shares = [
+        (Share::Offline, raw.offline_share_above),
+        (Share::Alerting, raw.alerting_share_above),
+    ];
+    let given: Vec<(Share, f64)> = shares
+        .iter()
+        .filter_map(|(share, value)| value.map(|value| (*share, value)))
+        .collect();
+    let levels = usize::from(raw.above.is_some()) + usize::from(raw.below.is_some());
+    match (given.as_slice(), levels) {
+        ([(share, trigger)], 0) => {
+            if raw.metric.is_some() || raw.aggregate.is_some() {
+                return Err("a share rule takes no metric or aggregate".into());
+            }
+            let clear = raw.clear.unwrap_or(*trigger);
+            let in_range = |v: f64| (0.0..=1.0).contains(&v);
+            if !in_range(*trigger) || !in_range(clear) || clear > *trigger {
+                return Err("shares are between 0 and 1, and clear must not be above the trigger".into());
+            }
+            Ok(Condition::GroupShare {
+                share: *share,
+                trigger: *trigger,
+                clear,
+            })
+        }
+        ([], 1) => {
+            let key = if raw.above.is_some() { "above" } else { "below" };
+            let trigger = raw.above.or(raw.below).unwrap_or_default();
+            let Condition::Threshold {
+                metric,
+                direction,
+                trigger,
+                clear,
+            } = check_level(raw, key, trigger)?
+            else {
+                return Err("a group rule on a metric takes above or below".into());
+            };
+            Ok(Condition::GroupStat {
+                metric,
+                stat: raw.aggregate.unwrap_or_default(),
+                direction,
+                trigger,
+                clear,
+            })
+        }
+        ([], 0) => Err("a group rule needs a condition: above, below, offline_share_above or alerting_share_above".into()),
+        _ => Err("has more than one condition".into()),
     }
 }
 
@@ -500,6 +672,22 @@ mod tests {
                 "name = \"a\"\noffline = true\ngroups = [\"hq/x*\"]",
                 "whole levels",
             ),
+            (
+                "name = \"a\"\nscope = \"group\"\ndevices = [\"d1\"]\noffline_share_above = 0.2",
+                "selects groups, not devices",
+            ),
+            (
+                "name = \"a\"\nscope = \"group\"\noffline_share_above = 1.5",
+                "between 0 and 1",
+            ),
+            (
+                "name = \"a\"\noffline_share_above = 0.5",
+                "need scope = \"group\"",
+            ),
+            (
+                "name = \"a\"\nscope = \"group\"\noffline = true",
+                "a group rule takes",
+            ),
         ];
         for (body, expected) in cases {
             let text = format!("[[rules]]\nname = \"ok\"\noffline = true\n[[rules]]\n{body}\n");
@@ -513,6 +701,37 @@ mod tests {
             .expect_err("duplicate")
             .problem
             .contains("name"));
+    }
+
+    #[test]
+    fn group_rules_select_groups_and_suppress_their_devices_by_default() {
+        let set = rules(
+            r#"
+            [[rules]]
+            name = "warm-floor"
+            scope = "group"
+            groups = ["hq/*/floor-3"]
+            metric = "t"
+            aggregate = "max"
+            above = 30.0
+            "#,
+        )
+        .expect("valid");
+        let rule = &set.rules()[0];
+        assert!(rule.is_group_rule() && rule.suppress_children);
+        assert!(matches!(
+            rule.condition,
+            Condition::GroupStat {
+                stat: Stat::Max,
+                ..
+            }
+        ));
+        assert_eq!(set.for_group("hq/a/floor-3"), vec![0]);
+        assert!(set.for_group("hq/a").is_empty());
+        assert!(
+            set.for_device("d1", "hq/a/floor-3").is_empty(),
+            "not a device rule"
+        );
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub(super) struct AlertsParams {
     /// Only alerts under this group (the group itself or a subgroup).
     group: Option<String>,
     severity: Option<String>,
+    /// Only suppressed alerts (`true`: those a group alert explains) or only the others.
+    suppressed: Option<bool>,
     /// History: raised at or after, ms since the epoch.
     from: Option<i64>,
     /// History: raised before, ms since the epoch.
@@ -82,7 +84,12 @@ pub(super) async fn list(
         });
         open
     };
-    alerts.retain(|alert| severity.is_none_or(|s| alert.severity == s));
+    alerts.retain(|alert| {
+        severity.is_none_or(|s| alert.severity == s)
+            && params
+                .suppressed
+                .is_none_or(|wanted| alert.suppressed_by.is_some() == wanted)
+    });
     alerts.truncate(limit);
     Ok(Json(AlertList { alerts }))
 }
