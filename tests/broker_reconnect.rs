@@ -9,82 +9,40 @@ mod support;
 #[path = "support/broker.rs"]
 mod broker_support;
 
+#[path = "support/mqtt.rs"]
+mod mqtt;
+
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use broker_support::{eventually, BrokerProcess};
+use mqtt::{Connect, RawClient, Version, ANSWER};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 const ANONYMOUS: &str = "allow_anonymous = true";
-
-/// How long a raw client waits for one answer from the broker.
-const ANSWER: Duration = Duration::from_secs(10);
 
 /// A last will: topic and payload.
 type Will<'a> = Option<(&'a str, &'a str)>;
 
 /// An MQTT 3.1.1 CONNECT.
-fn connect_packet(client_id: &str, keep_alive: u16, clean: bool, will: Will) -> Vec<u8> {
-    let mut flags = if clean { 0x02 } else { 0x00 };
-    let mut body = vec![0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04];
-    let mut payload = Vec::new();
-    put_str(client_id, &mut payload);
-    if let Some((topic, message)) = will {
-        flags |= 0x04; // will flag, will QoS 0, not retained
-        put_str(topic, &mut payload);
-        put_str(message, &mut payload);
-    }
-    body.push(flags);
-    body.extend_from_slice(&keep_alive.to_be_bytes());
-    body.extend_from_slice(&payload);
-    framed(0x10, &body)
+fn connect_packet<'a>(
+    client_id: &'a str,
+    keep_alive: u16,
+    clean: bool,
+    will: Will<'a>,
+) -> Connect<'a> {
+    let mut connect = Connect::new(Version::V311, client_id).keep_alive(keep_alive);
+    connect.clean = clean;
+    connect.will = will.map(|(topic, message)| mqtt::Will::new(topic, message));
+    connect
 }
 
-const PINGREQ: [u8; 2] = [0xC0, 0x00];
-const PINGRESP: [u8; 2] = [0xD0, 0x00];
-
-fn put_str(text: &str, out: &mut Vec<u8>) {
-    let len = u16::try_from(text.len()).expect("a short string");
-    out.extend_from_slice(&len.to_be_bytes());
-    out.extend_from_slice(text.as_bytes());
-}
-
-/// A packet of type byte `header` around `body` (bodies here are under 128 bytes).
-fn framed(header: u8, body: &[u8]) -> Vec<u8> {
-    let len = u8::try_from(body.len()).expect("a body under 128 bytes");
-    assert!(len < 128, "one length byte");
-    let mut packet = vec![header, len];
-    packet.extend_from_slice(body);
-    packet
-}
-
-/// Connects and returns the socket with the CONNACK's return code.
-async fn connect(broker: SocketAddr, packet: &[u8]) -> (TcpStream, u8) {
-    let mut socket = TcpStream::connect(broker).await.expect("broker accepts");
-    socket.write_all(packet).await.expect("CONNECT sent");
-    let mut connack = [0u8; 4];
-    tokio::time::timeout(ANSWER, socket.read_exact(&mut connack))
-        .await
-        .expect("a CONNACK in time")
-        .expect("a CONNACK, not a closed socket");
-    assert_eq!(connack[..2], [0x20, 0x02], "a CONNACK packet");
-    (socket, connack[3])
-}
-
-/// Whether the connection still answers a PINGREQ.
-async fn answers_ping(socket: &mut TcpStream) -> bool {
-    if socket.write_all(&PINGREQ).await.is_err() {
-        return false;
-    }
-    let mut answer = [0u8; 2];
-    matches!(
-        tokio::time::timeout(ANSWER, socket.read_exact(&mut answer)).await,
-        Ok(Ok(_)) if answer == PINGRESP
-    )
+/// Connects and returns the connection with the CONNACK's return code.
+async fn connect(broker: SocketAddr, packet: Connect<'_>) -> (RawClient, u8) {
+    let (client, connack) = RawClient::connect(broker, packet).await;
+    (client, connack.code)
 }
 
 /// A well-behaved rumqttc client subscribed to `filter`, collecting the payloads it gets.
@@ -149,9 +107,9 @@ async fn broker_serves_everyone(
         },
     )
     .await;
-    let (mut socket, code) = connect(broker, &connect_packet("newcomer", 30, true, None)).await;
+    let (mut socket, code) = connect(broker, connect_packet("newcomer", 30, true, None)).await;
     assert_eq!(code, 0, "a newcomer is accepted after the storm");
-    assert!(answers_ping(&mut socket).await, "the newcomer is served");
+    assert!(socket.answers_ping().await, "the newcomer is served");
 }
 
 /// One client id, `rounds` times: CONNECT, CONNACK, close without DISCONNECT, at once again.
@@ -165,7 +123,7 @@ async fn sequential_storm(
     for round in 0..rounds {
         let message = format!("gone-{round}");
         let will = will_topic.map(|topic| (topic, message.as_str()));
-        let (socket, code) = connect(broker, &connect_packet(client_id, 30, clean, will)).await;
+        let (socket, code) = connect(broker, connect_packet(client_id, 30, clean, will)).await;
         assert_eq!(
             code, 0,
             "round {round} of {client_id}: the takeover is accepted"
@@ -241,7 +199,7 @@ async fn overlapping_connects_of_one_client_id_are_each_accepted_and_the_last_on
             let will = (!clean).then_some(("will/overlap", "gone"));
             for _ in 0..20 {
                 let (socket, code) =
-                    connect(addr, &connect_packet("flaky-overlap", 30, clean, will)).await;
+                    connect(addr, connect_packet("flaky-overlap", 30, clean, will)).await;
                 assert_eq!(code, 0, "an overlapping takeover is accepted");
                 drop(socket);
             }
@@ -261,19 +219,19 @@ async fn a_connection_that_replaces_one_just_closed_is_not_dropped_by_the_old_on
     // its connection id); it must not close the newcomer.
     for round in 0..200 {
         let packet = connect_packet("flaky-late-close", 30, true, None);
-        let (old, _) = connect(addr, &packet).await;
+        let (old, _) = connect(addr, packet).await;
         drop(old);
-        let (mut new, code) = connect(addr, &packet).await;
+        let (mut new, code) = connect(addr, packet).await;
         assert_eq!(code, 0, "round {round}: the newcomer is accepted");
         // Time for the old connection's close to reach the router; then the newcomer must
         // still be there (two pings: the first may be answered before the close arrives).
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(
-            answers_ping(&mut new).await,
+            new.answers_ping().await,
             "round {round}: the newcomer is still served"
         );
         assert!(
-            answers_ping(&mut new).await,
+            new.answers_ping().await,
             "round {round}: the newcomer is still served"
         );
     }
@@ -284,21 +242,18 @@ async fn keep_alive_0_is_accepted_and_the_connection_is_never_timed_out() {
     let broker = BrokerProcess::start(ANONYMOUS, &[], &[]);
     let addr = broker.listeners["mqtt"];
     // MQTT 3.1.1 §3.1.2.10: a keep alive of 0 turns the keep-alive mechanism off.
-    let (mut socket, code) = connect(addr, &connect_packet("no-keep-alive", 0, true, None)).await;
+    let (mut socket, code) = connect(addr, connect_packet("no-keep-alive", 0, true, None)).await;
     assert_eq!(code, 0, "keep alive 0 is accepted");
     // Silent for longer than any keep-alive limit derived from 0 would allow; still there.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(
-        answers_ping(&mut socket).await,
+        socket.answers_ping().await,
         "the connection is still served"
     );
-    let (mut other, code) = connect(addr, &connect_packet("", 0, true, None)).await;
+    let (mut other, code) = connect(addr, connect_packet("", 0, true, None)).await;
     assert_eq!(
         code, 0,
         "keep alive 0 with an empty client id and a clean session"
     );
-    assert!(
-        answers_ping(&mut other).await,
-        "that connection is served too"
-    );
+    assert!(other.answers_ping().await, "that connection is served too");
 }

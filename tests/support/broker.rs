@@ -301,3 +301,56 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Debian's mosquitto broker (2.0.11) on a free port, anonymous, in memory; killed when
+/// dropped. One listener serves MQTT 3.1.1 and 5.
+pub struct MosquittoBroker {
+    child: Child,
+    pub addr: SocketAddr,
+    _dir: TempDir,
+}
+
+impl MosquittoBroker {
+    /// Starts `/usr/sbin/mosquitto` and waits until it accepts connections.
+    pub fn start() -> MosquittoBroker {
+        let dir = TempDir::new("mosquitto");
+        // A port the system just handed out and gave back; mosquitto cannot bind port 0.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let config = format!("{}/mosquitto.conf", dir.path());
+        std::fs::write(
+            &config,
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\n"),
+        )
+        .expect("config written");
+        let child = Command::new("/usr/sbin/mosquitto")
+            .args(["-c", &config])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto runs (Debian package mosquitto)");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = Instant::now() + DEADLINE;
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto did not listen in time"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        MosquittoBroker {
+            child,
+            addr,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for MosquittoBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -55,6 +55,10 @@ pub struct LinkBuilder<'a> {
     exclusive: bool,
     // iotmon patch: the registered connection's incarnation, set by `connect_event`.
     incarnation: u64,
+    // iotmon patch: none by default (see `LinkBuilder::session_expiry`)
+    session_expiry: Option<u32>,
+    // iotmon patch: none by default (see `LinkBuilder::max_packet_size`)
+    max_packet_size: Option<u32>,
 }
 
 impl<'a> LinkBuilder<'a> {
@@ -71,6 +75,8 @@ impl<'a> LinkBuilder<'a> {
             lossless: false,
             exclusive: false,
             incarnation: 0,
+            session_expiry: None,
+            max_packet_size: None,
         }
     }
 
@@ -117,6 +123,23 @@ impl<'a> LinkBuilder<'a> {
 
     pub fn clean_session(mut self, clean: bool) -> Self {
         self.clean_session = clean;
+        self
+    }
+
+    /// iotmon patch: an MQTT 5 client's Session Expiry Interval in seconds (absent: 0). With
+    /// 0 the session is not stored when the connection ends, whatever `clean_session` says
+    /// (MQTT 5 §3.1.2.11.2); otherwise it is discarded once that long has passed since
+    /// (MQTT-3.1.2-23; 0xFFFFFFFF: never). `None` (MQTT 3.1.1): `clean_session` decides, and
+    /// a stored session never expires.
+    pub fn session_expiry(mut self, seconds: Option<u32>) -> Self {
+        self.session_expiry = seconds;
+        self
+    }
+
+    /// iotmon patch: the largest packet the client accepts (MQTT 5 Maximum Packet Size);
+    /// larger publishes are dropped for it, as if sent (MQTT 5 MQTT-3.1.2-24 and -25).
+    pub fn max_packet_size(mut self, max: Option<u32>) -> Self {
+        self.max_packet_size = max;
         self
     }
 
@@ -167,6 +190,12 @@ impl<'a> LinkBuilder<'a> {
             .topic_alias_max(self.topic_alias_max);
         connection.lossless = self.lossless;
         connection.exclusive = self.exclusive;
+        connection.keep_session = !self.clean_session && self.session_expiry != Some(0);
+        connection.session_expiry = self
+            .session_expiry
+            .filter(|&seconds| seconds != u32::MAX)
+            .map(|seconds| std::time::Duration::from_secs(seconds.into()));
+        connection.max_packet_size = self.max_packet_size;
         self.incarnation = connection.incarnation;
         let incoming = Incoming::new(connection.client_id.to_owned());
         let (outgoing, link_rx) = Outgoing::new(connection.client_id.to_owned());

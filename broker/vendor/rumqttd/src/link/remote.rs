@@ -101,6 +101,11 @@ impl<P: Protocol> RemoteLink<P> {
         let built = LinkBuilder::new(client_id, router_tx)
             .tenant_id(tenant_id)
             .clean_session(clean_session)
+            // iotmon patch: see `LinkBuilder::session_expiry`. Upstream kept every Clean
+            // Start 0 session until the broker stopped.
+            .session_expiry(P::MQTT5.then_some(session_expiry))
+            // iotmon patch: see `LinkBuilder::max_packet_size`.
+            .max_packet_size(props.as_ref().and_then(|p| p.max_packet_size))
             .last_will(lastwill)
             .last_will_properties(lastwill_props)
             .dynamic_filters(dynamic_filters)
@@ -265,7 +270,23 @@ where
         let packet = network.read().await?;
         Ok::<_, network::Error>(packet)
     })
-    .await??;
+    .await?;
+    // iotmon patch: a CONNECT of a protocol level this listener does not speak gets CONNACK
+    // 0x01 (MQTT 5: 0x84) before the close (MQTT-3.1.2-2); upstream closed without a word.
+    let packet = match packet {
+        Err(network::Error::Protocol(crate::protocol::Error::InvalidProtocolLevel(level))) => {
+            let ack = ConnAck {
+                session_present: false,
+                code: ConnectReturnCode::RefusedProtocolVersion,
+            };
+            network.write(Packet::ConnAck(ack, None)).await.ok();
+            return Err(network::Error::Protocol(
+                crate::protocol::Error::InvalidProtocolLevel(level),
+            )
+            .into());
+        }
+        packet => packet?,
+    };
 
     let (connect, _props, login) = match packet {
         Packet::Connect(ref connect, ref props, _, _, ref login) => (connect, props, login),

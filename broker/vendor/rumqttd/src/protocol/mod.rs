@@ -600,6 +600,30 @@ pub fn has_wildcards(s: &str) -> bool {
     s.contains('+') || s.contains('#')
 }
 
+/// iotmon patch: fixed header flags other than those a packet type defines are a malformed
+/// packet (MQTT 3.1.1 MQTT-2.2.2-2, MQTT 5 MQTT-2.1.3-1). PUBLISH's flags are its own;
+/// PUBREL, SUBSCRIBE and UNSUBSCRIBE carry 0010, every other packet 0000.
+pub(crate) fn check_fixed_header_flags(byte1: u8) -> Result<(), Error> {
+    let required = match byte1 >> 4 {
+        3 => return Ok(()),
+        6 | 8 | 10 => 0b0010,
+        _ => 0b0000,
+    };
+    if byte1 & 0x0F != required {
+        return Err(Error::MalformedPacket);
+    }
+    Ok(())
+}
+
+/// iotmon patch: a PUBLISH's topic name must not contain wildcards (MQTT 3.1.1 and 5
+/// MQTT-3.3.2-2); upstream routed such a PUBLISH to subscribers of the same filter string.
+pub(crate) fn check_topic_name(topic: &[u8]) -> Result<(), Error> {
+    if topic.iter().any(|b| *b == b'+' || *b == b'#') {
+        return Err(Error::MalformedPacket);
+    }
+    Ok(())
+}
+
 /// Checks if a topic is valid
 pub fn valid_topic(topic: &str) -> bool {
     if topic.contains('+') {
@@ -746,6 +770,9 @@ pub enum Error {
 }
 
 pub trait Protocol {
+    /// iotmon patch: whether this is MQTT 5, where a session outlives its connection only
+    /// with a Session Expiry Interval above 0.
+    const MQTT5: bool = false;
     fn read_mut(&mut self, stream: &mut BytesMut, max_size: usize) -> Result<Packet, Error>;
     fn write(&self, packet: Packet, write: &mut BytesMut) -> Result<usize, Error>;
 }

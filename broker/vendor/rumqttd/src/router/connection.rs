@@ -19,6 +19,14 @@ pub struct Connection {
     pub dynamic_filters: bool,
     /// Clean session
     pub clean: bool,
+    /// iotmon patch: whether the session is stored when the connection ends: Clean Session 0
+    /// in MQTT 3.1.1; in MQTT 5, Clean Start 0 only starts from a stored session, and the
+    /// session outlives the connection only with a Session Expiry Interval above 0
+    /// (see `LinkBuilder::session_ends_with_connection`).
+    pub keep_session: bool,
+    /// iotmon patch: how long a stored session outlives its connection (MQTT 5 Session
+    /// Expiry Interval); `None`: until the broker stops.
+    pub session_expiry: Option<std::time::Duration>,
     /// Subscriptions
     pub subscriptions: HashSet<Filter>,
     /// Last will of this connection
@@ -37,6 +45,9 @@ pub struct Connection {
     /// the next new segment would drop messages it has not read, the router stops taking
     /// publishes from other connections until it catches up (see `Router::ingest_paused`).
     pub(crate) lossless: bool,
+    /// iotmon patch: the MQTT 5 client's Maximum Packet Size; larger publishes are not sent
+    /// to it (see `forward_device_data`).
+    pub(crate) max_packet_size: Option<u32>,
     /// iotmon patch: for a lossless subscriber, its read position in each subscribed
     /// filter's log (the log's index in the router's data log, and the cursor).
     pub(crate) log_positions: HashMap<Filter, (usize, (u64, u64))>,
@@ -77,6 +88,8 @@ impl Connection {
             tenant_prefix,
             dynamic_filters,
             clean,
+            keep_session: !clean,
+            session_expiry: None,
             subscriptions: HashSet::default(),
             last_will: None,
             last_will_properties: None,
@@ -85,6 +98,7 @@ impl Connection {
             broker_topic_aliases: None,
             subscription_ids: HashMap::new(),
             lossless: false,
+            max_packet_size: None,
             log_positions: HashMap::new(),
             incarnation: NEXT_INCARNATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             exclusive: false,

@@ -8,7 +8,7 @@ use parking_lot::Mutex;
 use tracing::{error, warn};
 
 use crate::{
-    protocol::Packet,
+    protocol::{Packet, QoS},
     router::{FilterIdx, MAX_CHANNEL_CAPACITY},
     Cursor, Notification,
 };
@@ -59,6 +59,16 @@ impl Incoming {
     }
 }
 
+/// iotmon patch: see `Outgoing::redelivery`.
+enum Redelivery {
+    /// Not sent before.
+    New,
+    /// Delivered before the session's last connection ended.
+    Delivered,
+    /// In flight when the session's last connection ended: again, with this packet id.
+    Again(u16),
+}
+
 #[derive(Debug)]
 pub struct Outgoing {
     /// Identifier associated with connected client
@@ -68,7 +78,10 @@ pub struct Outgoing {
     /// Handle which is given to router to allow router to communicate with this connection
     pub(crate) handle: Sender<()>,
     /// The buffer to keep track of inflight packets.
-    inflight_buffer: VecDeque<(u16, FilterIdx, Option<Cursor>)>,
+    pub(crate) inflight_buffer: VecDeque<(u16, FilterIdx, Option<Cursor>)>,
+    /// iotmon patch: publishes in flight when the connection that last held this persistent
+    /// session ended (see `Outgoing::resume`), not yet sent again.
+    redeliveries: VecDeque<(u16, FilterIdx, Option<Cursor>)>,
     /// PubRels waiting for PubComp
     pub(crate) unacked_pubrels: VecDeque<u16>,
     /// Last packet id
@@ -93,6 +106,7 @@ impl Outgoing {
             client_id,
             data_buffer: Arc::new(Mutex::new(data_buffer)),
             inflight_buffer,
+            redeliveries: VecDeque::new(),
             unacked_pubrels,
             handle,
             last_pkid: 0,
@@ -105,6 +119,58 @@ impl Outgoing {
     #[inline]
     pub(crate) fn buffer(&self) -> Arc<Mutex<VecDeque<Notification>>> {
         self.data_buffer.clone()
+    }
+
+    /// iotmon patch: resumes a persistent session whose last connection ended with
+    /// `inflight` publishes unacknowledged. The router re-reads them from the log; each goes
+    /// out again with its packet id and DUP set (MQTT-4.4.0-1, MQTT-3.3.1-1), and what the
+    /// re-read meets before the last of them on the same filter was delivered already (at
+    /// QoS 0, or acknowledged) and is skipped. Upstream sent them again as new messages with
+    /// new packet ids, and sent QoS 0 messages twice.
+    pub(crate) fn resume(&mut self, inflight: VecDeque<(u16, FilterIdx, Option<Cursor>)>) {
+        self.last_pkid = inflight.iter().map(|(pkid, ..)| *pkid).max().unwrap_or(0);
+        if self.last_pkid == MAX_PKID {
+            self.last_pkid = 0;
+        }
+        self.redeliveries = inflight;
+    }
+
+    /// iotmon patch: what this connection's session still owes, for `resume`: the
+    /// redeliveries not sent yet, then the publishes in flight.
+    pub(crate) fn unacknowledged(&mut self) -> VecDeque<(u16, FilterIdx, Option<Cursor>)> {
+        let mut owed = std::mem::take(&mut self.redeliveries);
+        owed.append(&mut self.inflight_buffer);
+        owed
+    }
+
+    /// iotmon patch: whether a publish read at `cursor` of `filter_idx` is one to send again
+    /// (with its packet id), one delivered already, or new. See `resume`.
+    fn redelivery(
+        redeliveries: &mut VecDeque<(u16, FilterIdx, Option<Cursor>)>,
+        filter_idx: FilterIdx,
+        cursor: Option<Cursor>,
+    ) -> Redelivery {
+        let Some(cursor) = cursor else {
+            return Redelivery::New;
+        };
+        let last = redeliveries
+            .iter()
+            .filter(|(_, filter, _)| *filter == filter_idx)
+            .filter_map(|(.., at)| *at)
+            .max();
+        let Some(last) = last else {
+            return Redelivery::New;
+        };
+        if cursor > last {
+            return Redelivery::New;
+        }
+        let position = redeliveries
+            .iter()
+            .position(|(_, filter, at)| *filter == filter_idx && *at == Some(cursor));
+        match position.and_then(|position| redeliveries.remove(position)) {
+            Some((pkid, ..)) => Redelivery::Again(pkid),
+            None => Redelivery::Delivered,
+        }
     }
 
     pub fn free_slots(&self) -> usize {
@@ -141,6 +207,26 @@ impl Outgoing {
         }
 
         for mut p in publishes {
+            // iotmon patch: see `resume`.
+            match Self::redelivery(&mut self.redeliveries, filter_idx, p.cursor) {
+                Redelivery::New => {}
+                Redelivery::Delivered => continue,
+                Redelivery::Again(pkid) => {
+                    p.publish.pkid = pkid;
+                    p.publish.dup = true;
+                    self.inflight_buffer.push_back((pkid, filter_idx, p.cursor));
+                    self.meter.publish_count += 1;
+                    buffer.push_back(Notification::Forward(p));
+                    continue;
+                }
+            }
+            // iotmon patch: a message delivered at QoS 0 under a subscription granted more
+            // (see `forward_device_data`) takes no packet id and awaits no acknowledgement.
+            if p.publish.qos == QoS::AtMostOnce {
+                self.meter.publish_count += 1;
+                buffer.push_back(Notification::Forward(p));
+                continue;
+            }
             // Index and pkid of current outgoing packet
             self.last_pkid += 1;
             p.publish.pkid = self.last_pkid;

@@ -362,6 +362,8 @@ impl Router {
                     // for using in acklog
                     pending_acks.clone_from(&session_state.unacked_pubrels);
                     outgoing.unacked_pubrels = session_state.unacked_pubrels;
+                    // iotmon patch: see `Outgoing::resume`.
+                    outgoing.resume(session_state.unacked_publishes);
                     session_state.tracker
                 },
             )
@@ -523,7 +525,7 @@ impl Router {
             self.ingest_paused = self.lossless_subscriber_at_risk();
         }
         let _incoming = self.ibufs.remove(id);
-        let outgoing = self.obufs.remove(id);
+        let mut outgoing = self.obufs.remove(id);
         let mut tracker = self.scheduler.remove(id);
         self.connection_map.remove(&client_id);
         self.ackslog.remove(id);
@@ -565,7 +567,8 @@ impl Router {
         }
 
         // Save state for persistent sessions
-        if !connection.clean {
+        // iotmon patch: see `Connection::keep_session`.
+        if connection.keep_session {
             // Add inflight data requests back to tracker
             inflight_data_requests
                 .into_iter()
@@ -585,11 +588,15 @@ impl Router {
                 }
             }
 
+            // iotmon patch: see `Outgoing::resume`.
+            let unacked_publishes = outgoing.unacknowledged();
             self.graveyard.save_state(
                 tracker,
                 connection.subscriptions,
                 connection.events,
                 outgoing.unacked_pubrels,
+                unacked_publishes,
+                connection.session_expiry,
             );
         } else {
             tracker.pause(PauseReason::Busy);
@@ -767,11 +774,20 @@ impl Router {
                         info!("Adding subscription on topic {}", f.path);
                         let connection = self.connections.get_mut(id).unwrap();
 
+                        // iotmon patch: a filter that is not valid (a misplaced wildcard,
+                        // MQTT-4.7.1-2 and -3; upstream never checked) or not allowed (a `$`
+                        // topic other than `$share`; upstream closed the connection) is
+                        // refused in the SUBACK with 0x80 (MQTT-3.9.3; MQTT 5: "unspecified
+                        // error"); the packet's other filters are still subscribed.
+                        if !protocol::valid_filter(&f.path) {
+                            warn!("Invalid topic filter {}", f.path);
+                            return_codes.push(SubscribeReasonCode::Failure);
+                            continue;
+                        }
                         if let Err(e) = validate_subscription(connection, f) {
                             warn!(reason = ?e,"Subscription cannot be validated: {}", e);
-
-                            disconnect = true;
-                            break;
+                            return_codes.push(SubscribeReasonCode::Failure);
+                            continue;
                         }
 
                         let mut filter = f.path.clone();
@@ -819,7 +835,13 @@ impl Router {
                 Packet::Unsubscribe(unsubscribe, _) => {
                     let connection = self.connections.get_mut(id).unwrap();
                     let pkid = unsubscribe.pkid;
+                    // iotmon patch: one UNSUBACK per UNSUBSCRIBE, with a reason per filter
+                    // (MQTT-3.10.4-4 to -6; MQTT 5 MQTT-3.11.3-1), also when no filter was
+                    // subscribed. Upstream sent one UNSUBACK per filter removed and none
+                    // for a filter not subscribed.
+                    let mut reasons = Vec::with_capacity(unsubscribe.filters.len());
                     for filter in &unsubscribe.filters {
+                        reasons.push(UnsubAckReason::NoSubscriptionExisted);
                         let span = tracing::info_span!("unsubscribe", topic = filter, pkid);
                         let _guard = span.enter();
 
@@ -858,18 +880,15 @@ impl Router {
                             // iotmon patch: see `Connection::log_positions`.
                             connection.log_positions.remove(filter);
 
-                            let unsuback = UnsubAck {
-                                pkid,
-                                // reasons are used in MQTTv5
-                                reasons: vec![UnsubAckReason::Success],
-                            };
-                            let ackslog = self.ackslog.get_mut(id).unwrap();
-                            ackslog.unsuback(unsuback);
+                            *reasons.last_mut().unwrap() = UnsubAckReason::Success;
                             self.scheduler.untrack(id, filter);
                             self.datalog.remove_waiters_for_id(id, filter);
-                            force_ack = true;
                         }
                     }
+                    let unsuback = UnsubAck { pkid, reasons };
+                    let ackslog = self.ackslog.get_mut(id).unwrap();
+                    ackslog.unsuback(unsuback);
+                    force_ack = true;
                 }
                 Packet::PubAck(puback, _) => {
                     let span = tracing::info_span!("puback", pkid = puback.pkid);
@@ -983,6 +1002,14 @@ impl Router {
                     disconnect = true;
                     // delete the last will message
                     self.last_wills.remove(&incarnation);
+                    break;
+                }
+                // iotmon patch: a second CONNECT is a protocol violation that closes the
+                // connection (MQTT-3.1.0-2); upstream ignored it. Its will is published,
+                // as for any close without DISCONNECT.
+                Packet::Connect(..) => {
+                    warn!("Second CONNECT on a connection, disconnecting");
+                    disconnect = true;
                     break;
                 }
                 incoming => {
@@ -1135,8 +1162,10 @@ impl Router {
 
         // check is group is None because retained messages aren't sent
         // for shared subscriptions
-        // TODO: use retain forward rules
-        let forward_retained = group.is_none();
+        // iotmon patch: nor with MQTT 5 Retain Handling 2 (MQTT 5 MQTT-3.3.1-11). (Retain
+        // Handling 1 is what happens anyway: retained messages go to new subscriptions only.)
+        let forward_retained =
+            group.is_none() && filter.retain_forward_rule != protocol::RetainForwardRule::Never;
 
         // call to `insert(_)` returns `true` if it didn't contain the filter_path already
         // i.e. its a new subscription
@@ -1162,11 +1191,24 @@ impl Router {
             self.scheduler.track(id, request);
             self.scheduler.reschedule(id, ScheduleReason::NewFilter);
             debug_assert!(self.scheduler.check_tracker_duplicates(id).is_none())
+        } else {
+            // iotmon patch: a SUBSCRIBE of a filter already subscribed replaces the
+            // subscription: its QoS applies from now on and the retained messages are sent
+            // again (MQTT-3.8.4-3; in MQTT 5 unless Retain Handling is 1), and the subscriber
+            // keeps its place in the log, losing nothing. Upstream kept the first
+            // subscription as it was.
+            let existing = match self.datalog.remove_waiters_for_id(id, filter_path) {
+                Some(request) => Some(request),
+                None => self.scheduler.take(id, filter_path),
+            };
+            if let Some(mut request) = existing {
+                request.qos = filter.qos as u8;
+                request.forward_retained = forward_retained
+                    && filter.retain_forward_rule != protocol::RetainForwardRule::OnNewSubscribe;
+                self.scheduler.track(id, request);
+                self.scheduler.reschedule(id, ScheduleReason::NewFilter);
+            }
         }
-
-        // TODO: figure out how we can update existing DataRequest
-        // helpful in re-subscriptions and forwarding retained messages on
-        // every subscribe
 
         let meter = &mut self.ibufs.get_mut(id).unwrap().meter;
         meter.register_subscription(filter_path.clone());
@@ -1763,12 +1805,18 @@ fn forward_device_data(
     }
 
     let subscription_id = connection.subscription_ids.get(&request.filter);
+    let max_packet_size = connection.max_packet_size;
 
     // Fill and notify device data
     let forwards = publishes
         .into_iter()
         .map(|((mut publish, mut properties), offset)| {
-            publish.qos = protocol::qos(qos).unwrap();
+            // iotmon patch: a message goes out at the lower of its published QoS and the
+            // granted QoS (MQTT-3.8.4-6; MQTT 5 MQTT-3.8.4-8). Upstream used the granted QoS,
+            // upgrading QoS 0 and 1 messages for subscribers granted more.
+            if publish.qos as u8 > qos {
+                publish.qos = protocol::qos(qos).unwrap();
+            }
 
             // if there is some topic alias to use, set it in publish properties
             if topic_alias.is_some() {
@@ -1795,6 +1843,16 @@ fn forward_device_data(
                 publish,
                 properties,
             }
+        })
+        // iotmon patch: a publish larger than the MQTT 5 client's Maximum Packet Size is
+        // dropped for it, as if sent (MQTT 5 MQTT-3.1.2-24 and -25); upstream sent it and
+        // the client had to disconnect. (A dropped publish that would have set up a topic
+        // alias leaves the client without it: do not combine topic aliases with this.)
+        .filter(move |forward| {
+            max_packet_size.map_or(true, |max| {
+                protocol::v5::publish_packet_len(&forward.publish, &forward.properties)
+                    <= max as usize
+            })
         });
 
     let (len, inflight) = outgoing.push_forwards(forwards, qos, filter_idx);

@@ -42,6 +42,10 @@ pub fn read(
     }
 
     let connect_flags = read_u8(&mut bytes)?;
+    // iotmon patch: the reserved connect flag must be 0 (MQTT-3.1.2-3).
+    if connect_flags & 0x01 != 0 {
+        return Err(Error::MalformedPacket);
+    }
     let clean_session = (connect_flags & 0b10) != 0;
     let keep_alive = read_u16(&mut bytes)?;
 

@@ -293,6 +293,8 @@ impl Protocol for V4 {
         // Test with a stream with exactly the size to check border panics
         let packet = stream.split_to(fixed_header.frame_length());
         let packet_type = fixed_header.packet_type()?;
+        // iotmon patch: see `check_fixed_header_flags`.
+        check_fixed_header_flags(fixed_header.byte1)?;
 
         if fixed_header.remaining_len == 0 {
             // no payload packets

@@ -11,6 +11,11 @@ pub fn read(fixed_header: FixedHeader, mut bytes: Bytes) -> Result<Subscribe, Er
     bytes.advance(variable_header_index);
 
     let pkid = read_u16(&mut bytes)?;
+    // iotmon patch: a SUBSCRIBE needs a non-zero packet identifier (MQTT 3.1.1
+    // MQTT-2.3.1-1, MQTT 5 MQTT-2.2.1-3).
+    if pkid == 0 {
+        return Err(Error::PacketIdZero);
+    }
     let filters = filter::read(&mut bytes)?;
 
     match filters.len() {
@@ -54,6 +59,10 @@ mod filter {
             let path = read_mqtt_bytes(bytes)?;
             let path = std::str::from_utf8(&path)?.to_owned();
             let options = read_u8(bytes)?;
+            // iotmon patch: the upper six bits are reserved and must be 0 (MQTT-3.8.3-4).
+            if options & 0b1111_1100 != 0 {
+                return Err(Error::MalformedPacket);
+            }
             let requested_qos = options & 0b0000_0011;
 
             filters.push(Filter {

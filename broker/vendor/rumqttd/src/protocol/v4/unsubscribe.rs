@@ -6,6 +6,11 @@ pub fn read(fixed_header: FixedHeader, mut bytes: Bytes) -> Result<Unsubscribe, 
     bytes.advance(variable_header_index);
 
     let pkid = read_u16(&mut bytes)?;
+    // iotmon patch: an UNSUBSCRIBE needs a non-zero packet identifier (MQTT 3.1.1
+    // MQTT-2.3.1-1, MQTT 5 MQTT-2.2.1-3).
+    if pkid == 0 {
+        return Err(Error::PacketIdZero);
+    }
     let mut payload_bytes = fixed_header.remaining_len - 2;
     let mut filters = Vec::with_capacity(1);
 

@@ -408,6 +408,8 @@ fn connect_code(return_code: ConnectReturnCode) -> u8 {
         // iotmon patch: the MQTT 3.1.1 name of the same refusal, so code shared by both
         // protocols can use it (upstream hit `unreachable!` here).
         ConnectReturnCode::ServiceUnavailable => 136,
+        // iotmon patch: likewise for an unsupported protocol level (3.1.1 code 1).
+        ConnectReturnCode::RefusedProtocolVersion => 132,
         ConnectReturnCode::ServerBusy => 137,
         ConnectReturnCode::Banned => 138,
         ConnectReturnCode::BadAuthenticationMethod => 140,

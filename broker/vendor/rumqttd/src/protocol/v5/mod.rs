@@ -357,7 +357,19 @@ fn read_u32(stream: &mut Bytes) -> Result<u32, Error> {
 #[derive(Debug, Clone)]
 pub struct V5;
 
+/// iotmon patch: the size of `publish` as the MQTT 5 PUBLISH packet sent to a subscriber,
+/// which carries a packet identifier at QoS 1 and 2 (not assigned yet when this is asked).
+pub(crate) fn publish_packet_len(
+    publish: &Publish,
+    properties: &Option<PublishProperties>,
+) -> usize {
+    let unassigned_id = publish.qos != QoS::AtMostOnce && publish.pkid == 0;
+    let len = publish::len(publish, properties) + if unassigned_id { 2 } else { 0 };
+    1 + len_len(len) + len
+}
+
 impl Protocol for V5 {
+    const MQTT5: bool = true;
     /// Reads a stream of bytes and extracts next MQTT packet out of it
     fn read_mut(&mut self, stream: &mut BytesMut, max_size: usize) -> Result<Packet, Error> {
         let fixed_header = check(stream.iter(), max_size)?;
@@ -365,6 +377,8 @@ impl Protocol for V5 {
         // Test with a stream with exactly the size to check border panics
         let packet = stream.split_to(fixed_header.frame_length());
         let packet_type = fixed_header.packet_type()?;
+        // iotmon patch: see `check_fixed_header_flags`.
+        check_fixed_header_flags(fixed_header.byte1)?;
 
         if fixed_header.remaining_len == 0 {
             // no payload packets

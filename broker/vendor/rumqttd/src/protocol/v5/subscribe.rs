@@ -25,6 +25,11 @@ pub fn read(
     bytes.advance(variable_header_index);
 
     let pkid = read_u16(&mut bytes)?;
+    // iotmon patch: a SUBSCRIBE needs a non-zero packet identifier (MQTT 3.1.1
+    // MQTT-2.3.1-1, MQTT 5 MQTT-2.2.1-3).
+    if pkid == 0 {
+        return Err(Error::PacketIdZero);
+    }
     let properties = properties::read(&mut bytes)?;
 
     // variable header size = 2 (packet identifier)
@@ -33,6 +38,10 @@ pub fn read(
     while bytes.has_remaining() {
         let path = read_mqtt_string(&mut bytes)?;
         let options = read_u8(&mut bytes)?;
+        // iotmon patch: bits 6 and 7 are reserved and must be 0 (MQTT-3.8.3-5).
+        if options & 0b1100_0000 != 0 {
+            return Err(Error::MalformedPacket);
+        }
         let requested_qos = options & 0b0000_0011;
 
         let nolocal = ((options >> 2) & 0b0000_0001);
