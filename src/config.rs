@@ -71,6 +71,7 @@ impl Config {
     pub fn validate(&self) -> anyhow::Result<()> {
         self.bridge.validate()?;
         self.dashboard.validate()?;
+        self.alerts.webhook.validate().map_err(anyhow::Error::msg)?;
         Ok(())
     }
 
@@ -129,6 +130,7 @@ mod tests {
             ("[dashboard]\nheartbeat = \"0s\"\n", "dashboard.heartbeat"),
             ("[dashboard]\nviewer_queue = 0\n", "dashboard.viewer_queue"),
             ("[bridge]\nlive_interval = \"0s\"\n", "bridge.live_interval"),
+            ("[alerts.webhook]\nurl = \"ftp://x\"\n", "alerts.webhook.url"),
         ] {
             let config = Config::parse(text).expect("parses");
             let error = config.validate().expect_err(text);

@@ -53,6 +53,12 @@ pub struct BridgeCounters {
     /// Times a shard's condition changes waited for the alert manager (its queue was full);
     /// they went at the next live tick.
     pub alert_events_deferred: AtomicU64,
+    /// Alert transitions posted to the webhook.
+    pub webhook_sent: AtomicU64,
+    /// Webhook posts that failed (each retried with backoff).
+    pub webhook_failures: AtomicU64,
+    /// Transitions dropped because the webhook's queue or outbox was full.
+    pub webhook_dropped: AtomicU64,
 }
 
 impl BridgeCounters {
@@ -65,7 +71,7 @@ impl BridgeCounters {
     }
 
     /// Every unlabelled counter with its metric name and help.
-    fn plain(&self) -> [(&'static str, &'static str, Kind, &AtomicU64); 19] {
+    fn plain(&self) -> [(&'static str, &'static str, Kind, &AtomicU64); 22] {
         use Kind::{Counter, Gauge};
         [
             ("iotmon_ingest_messages_total", "Messages received on device topics.", Counter, &self.messages),
@@ -87,6 +93,9 @@ impl BridgeCounters {
             ("iotmon_alerts_open", "Open alerts.", Gauge, &self.alerts_open),
             ("iotmon_alert_store_errors_total", "Alert store writes that failed (kept and written again).", Counter, &self.alert_store_errors),
             ("iotmon_alert_events_deferred_total", "Times condition changes waited for the alert manager's queue.", Counter, &self.alert_events_deferred),
+            ("iotmon_webhook_sent_total", "Alert transitions posted to the webhook.", Counter, &self.webhook_sent),
+            ("iotmon_webhook_failures_total", "Webhook posts that failed (retried with backoff).", Counter, &self.webhook_failures),
+            ("iotmon_webhook_dropped_total", "Alert transitions dropped because the webhook's queue or outbox was full.", Counter, &self.webhook_dropped),
         ]
     }
 }

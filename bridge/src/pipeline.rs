@@ -27,7 +27,7 @@ use crate::aggregates::{AggregateMerger, ShardGroup};
 use crate::alerts::group_evaluator::GroupEvaluator;
 use crate::alerts::lifecycle::AlertBook;
 use crate::alerts::manager::{self, ManagerInput, ManagerOutputs};
-use crate::alerts::Alerting;
+use crate::alerts::{webhook, Alerting};
 use crate::config::BridgeConfig;
 use crate::counters::BridgeCounters;
 use crate::shard::{SavedConditions, Shard};
@@ -108,7 +108,12 @@ pub async fn run(
         saved,
         requests,
         retention,
+        webhook,
     } = alerting;
+    let webhook = webhook::start(&webhook, counters.clone(), &tasks, shutdown.clone())
+        .inspect_err(|error| tracing::error!(%error, "alert webhook not started"))
+        .ok()
+        .flatten();
     let now_ms = clock.now_ms();
     let mut shards: Vec<Shard> = (0..count)
         .map(|_| Shard::new(config.clone(), counters.clone(), rules.clone()))
@@ -155,6 +160,7 @@ pub async fn run(
             counters: counters.clone(),
             clock,
             retention_ms: i64::try_from(retention.as_millis()).unwrap_or(i64::MAX),
+            webhook,
         },
         shutdown.clone(),
     ));

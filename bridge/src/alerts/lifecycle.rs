@@ -311,7 +311,8 @@ impl AlertBook {
         }
     }
 
-    /// Stamps a new `seq` and queues the alert and its transition for the store.
+    /// Stamps a new `seq` and queues the alert and its transition for the store, always as a
+    /// pair (the webhook sink relies on it: the n-th transition goes with the n-th alert).
     fn record(
         &mut self,
         alert: &mut Alert,

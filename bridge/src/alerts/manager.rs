@@ -15,6 +15,7 @@ use tracing::{error, warn};
 use super::evaluator::ConditionEvent;
 use super::lifecycle::AlertBook;
 use super::store::{AlertStore, Changes};
+use super::webhook::{Notification, WebhookHandle};
 use crate::counters::BridgeCounters;
 use crate::pipeline::Clock;
 
@@ -50,6 +51,8 @@ pub struct ManagerOutputs {
     pub clock: Clock,
     /// Closed alerts older than this are pruned from the store.
     pub retention_ms: i64,
+    /// The webhook sink, when one is configured.
+    pub webhook: Option<WebhookHandle>,
 }
 
 /// Runs the manager until `shutdown` or until the shards are gone.
@@ -115,7 +118,9 @@ pub async fn run(
         {
             // Nobody watches any more (shutting down); the store still gets the changes.
         }
-        merge(&mut unsaved, book.take_changes(), &outputs.counters);
+        let changes = book.take_changes();
+        notify(outputs.webhook.as_ref(), &changes);
+        merge(&mut unsaved, changes, &outputs.counters);
         save(&mut outputs, &mut unsaved).await;
         for (reply, outcome) in replies {
             // The asker may have gone; the change stands.
@@ -130,6 +135,20 @@ pub async fn run(
     }
     merge(&mut unsaved, book.take_changes(), &outputs.counters);
     save(&mut outputs, &mut unsaved).await;
+}
+
+/// Hands every transition, with its alert as it stands, to the webhook sink.
+fn notify(webhook: Option<&WebhookHandle>, changes: &Changes) {
+    let Some(webhook) = webhook else {
+        return;
+    };
+    // The book records each transition with the alert as it stood after it, in pairs.
+    for (transition, alert) in changes.transitions.iter().zip(&changes.alerts) {
+        webhook.notify(Notification {
+            transition: transition.clone(),
+            alert: alert.clone(),
+        });
+    }
 }
 
 /// Adds `new` to the changes waiting for the store, dropping the oldest beyond the bound.

@@ -15,6 +15,7 @@
 //! - [`lifecycle`]: open alerts and their transitions.
 //! - [`manager`]: the task that owns the lifecycle.
 //! - [`store`]: the alert store, `alerts.db`.
+//! - [`webhook`]: the optional webhook sink.
 
 pub mod condition;
 pub mod evaluator;
@@ -23,6 +24,7 @@ pub mod lifecycle;
 pub mod manager;
 pub mod rules;
 pub mod store;
+pub mod webhook;
 
 pub use rules::{AlertsConfig, RuleSet};
 
@@ -47,6 +49,8 @@ pub struct Alerting {
     pub requests: mpsc::Receiver<AlertRequest>,
     /// How long closed alerts stay in the store.
     pub retention: Duration,
+    /// Where transitions are posted, if anywhere.
+    pub webhook: webhook::WebhookConfig,
 }
 
 impl Alerting {
@@ -74,6 +78,7 @@ impl Alerting {
             saved,
             requests,
             retention: config.history_retention,
+            webhook: config.webhook.clone(),
         };
         Ok((alerting, to_manager))
     }
@@ -87,6 +92,7 @@ impl Alerting {
             saved: Saved::default(),
             requests,
             retention: Duration::ZERO,
+            webhook: webhook::WebhookConfig::default(),
         }
     }
 }

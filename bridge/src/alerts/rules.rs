@@ -33,6 +33,8 @@ pub struct AlertsConfig {
     /// How long closed alerts and their transitions stay in the store.
     #[serde(with = "humantime_serde")]
     pub history_retention: Duration,
+    /// Where every alert transition is posted, if anywhere.
+    pub webhook: super::webhook::WebhookConfig,
     /// The rules, evaluated in the bridge shard that owns each device.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<RuleConfig>,
@@ -42,6 +44,7 @@ impl Default for AlertsConfig {
     fn default() -> Self {
         AlertsConfig {
             history_retention: Duration::from_secs(90 * 24 * 3600),
+            webhook: super::webhook::WebhookConfig::default(),
             rules: Vec::new(),
         }
     }
