@@ -130,7 +130,10 @@ mod tests {
             ("[dashboard]\nheartbeat = \"0s\"\n", "dashboard.heartbeat"),
             ("[dashboard]\nviewer_queue = 0\n", "dashboard.viewer_queue"),
             ("[bridge]\nlive_interval = \"0s\"\n", "bridge.live_interval"),
-            ("[alerts.webhook]\nurl = \"ftp://x\"\n", "alerts.webhook.url"),
+            (
+                "[alerts.webhook]\nurl = \"ftp://x\"\n",
+                "alerts.webhook.url",
+            ),
         ] {
             let config = Config::parse(text).expect("parses");
             let error = config.validate().expect_err(text);

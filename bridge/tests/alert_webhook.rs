@@ -77,6 +77,7 @@ fn notification(id: u64, event: &str) -> Notification {
         state: AlertState::ActiveUnacknowledged,
         message: "t 31 above 30".into(),
         value: Some(31.0),
+        reading_ts: None,
         raised_at: 1,
         changed_at: 1,
         acknowledged_by: None,

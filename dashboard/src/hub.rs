@@ -1130,6 +1130,7 @@ mod tests {
             state: iotmon_wire::AlertState::ActiveUnacknowledged,
             message: "t 31 above 30".into(),
             value: Some(31.0),
+            reading_ts: None,
             raised_at: 1,
             changed_at: 1,
             acknowledged_by: None,

@@ -143,6 +143,10 @@ pub struct Alert {
     /// The value that caused the latest transition (absent for offline alerts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<f64>,
+    /// The device's own timestamp (ms) of the reading that caused the latest raise, clear or
+    /// reactivation, when a reading did: how far the alert is from the measurement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reading_ts: Option<i64>,
     /// When it was raised, ms since the Unix epoch.
     pub raised_at: i64,
     /// When it last changed state, ms since the Unix epoch.

@@ -25,6 +25,9 @@ pub struct ConditionEvent {
     pub at: i64,
     /// The value that caused it (the metric's, or the rate), absent for offline rules.
     pub value: Option<f64>,
+    /// The device's timestamp of the reading that caused it, when a reading did (not a
+    /// deadline or presence change).
+    pub reading_ts: Option<i64>,
 }
 
 /// One device's alert conditions.
@@ -163,8 +166,14 @@ impl Evaluator {
             };
             if let Some((breached, value)) = observed {
                 if state.observe(breached, now_ms, rule) {
-                    self.queue
-                        .changed(*index, state.phase, rule, device, now_ms, value);
+                    self.queue.changed(
+                        *index,
+                        state.phase,
+                        rule,
+                        device,
+                        now_ms,
+                        (value, Some(ts)),
+                    );
                 }
             }
         }
@@ -190,7 +199,7 @@ impl Evaluator {
             let breached = !device.online && (by_status || after_ms.is_none());
             if (device.online || breached) && state.observe(breached, now_ms, rule) {
                 self.queue
-                    .changed(*index, state.phase, rule, device, now_ms, None);
+                    .changed(*index, state.phase, rule, device, now_ms, (None, None));
             }
         }
     }
@@ -260,7 +269,7 @@ impl Evaluator {
             if silent && !state.breached {
                 if state.observe(true, now_ms, rule) {
                     self.queue
-                        .changed(rule_index, state.phase, rule, device, now_ms, None);
+                        .changed(rule_index, state.phase, rule, device, now_ms, (None, None));
                 }
                 return;
             }
@@ -272,7 +281,7 @@ impl Evaluator {
         }
         if state.expire(now_ms, rule) {
             self.queue
-                .changed(rule_index, state.phase, rule, device, now_ms, None);
+                .changed(rule_index, state.phase, rule, device, now_ms, (None, None));
         }
     }
 
@@ -302,7 +311,7 @@ impl Queue {
         rule: &Rule,
         device: DeviceContext<'_>,
         now_ms: i64,
-        value: Option<f64>,
+        (value, reading_ts): (Option<f64>, Option<i64>),
     ) {
         if let Some(at) = phase.deadline(rule) {
             self.schedule(at, device.id, rule_index);
@@ -314,6 +323,7 @@ impl Queue {
             phase,
             at: now_ms,
             value,
+            reading_ts,
         });
     }
 

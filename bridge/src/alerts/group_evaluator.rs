@@ -77,6 +77,7 @@ impl GroupEvaluator {
                     phase: state.phase,
                     at: now_ms,
                     value: Some(value),
+                    reading_ts: None,
                 });
             }
         }
@@ -97,6 +98,7 @@ impl GroupEvaluator {
                     phase: state.phase,
                     at: now_ms,
                     value: None,
+                    reading_ts: None,
                 });
             }
         }

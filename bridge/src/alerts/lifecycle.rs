@@ -192,6 +192,7 @@ impl AlertBook {
             state: AlertState::ActiveUnacknowledged,
             message: describe(rule, event.value, true),
             value: event.value,
+            reading_ts: event.reading_ts,
             raised_at: event.at,
             changed_at: event.at,
             acknowledged_by: None,
@@ -219,6 +220,7 @@ impl AlertBook {
         alert.group = event.group.clone();
         alert.changed_at = event.at;
         alert.value = event.value;
+        alert.reading_ts = event.reading_ts;
         alert.message = describe(rule, event.value, true);
         self.record(&mut alert, "reactivated", event.value, None, event.at);
         self.open.insert(id, alert.clone());
@@ -234,6 +236,7 @@ impl AlertBook {
         alert.state = AlertState::of(false, alert.state.is_acknowledged());
         alert.changed_at = event.at;
         alert.value = event.value;
+        alert.reading_ts = event.reading_ts;
         alert.message = describe(rule, event.value, false);
         self.record(&mut alert, "cleared", event.value, None, event.at);
         self.keep_if_open(alert.clone());
@@ -488,6 +491,7 @@ mod tests {
             phase,
             at,
             value: Some(value),
+            reading_ts: Some(at),
         }
     }
 
@@ -641,6 +645,7 @@ mod tests {
             phase,
             at,
             value: None,
+            reading_ts: None,
         };
         let floor = |phase, at| ConditionEvent {
             rule: 1,
@@ -649,6 +654,7 @@ mod tests {
             phase,
             at,
             value: Some(0.6),
+            reading_ts: None,
         };
         let first = book.on_condition(&offline("d1", "hq/f3", Phase::Firing, 1));
         assert_eq!(first[0].suppressed_by, None, "nothing explains it yet");
