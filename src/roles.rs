@@ -12,7 +12,7 @@ use iotmon_bridge::store::HistoryReader;
 use iotmon_bridge::{source, BridgeCounters, INPUT_CAPACITY, LIVE_CAPACITY};
 use iotmon_broker::credentials::registry_path;
 use iotmon_broker::{EmbeddedBroker, ListenerKind, LocalSubscription};
-use iotmon_dashboard::alerts::AlertAccess;
+use iotmon_dashboard::alerts::{AlertAccess, CommandRoute, BROKER_COMMAND_CAPACITY};
 use iotmon_dashboard::DERIVED_CAPACITY;
 use iotmon_simulator::viewers::ViewerConfig;
 use iotmon_simulator::{FleetConfig, Progress};
@@ -42,7 +42,7 @@ pub async fn serve(
     let store = open_store(&config, counters.clone())?;
     let (alerting, alert_commands) = open_alerting(&config)?;
     let alert_access = AlertAccess {
-        commands: Some(alert_commands),
+        commands: Some(CommandRoute::InProcess(alert_commands)),
         history: Some(AlertReader::new(&config.data_dir)),
         rules: rules_json(&alerting.rules),
     };
@@ -160,8 +160,8 @@ pub async fn bridge(
     info!(broker = %broker_url, client_id = login.client_id, "bridge starting");
     let counters = Arc::new(BridgeCounters::default());
     let store = open_store(&config, counters.clone())?;
-    // Commands reach a split bridge's alerts only through a dashboard in its process.
-    let (alerting, _no_commands) = open_alerting(&config)?;
+    // Split, operators' commands arrive over the broker (`iotmon/commands/alerts`).
+    let (alerting, _in_process_commands) = open_alerting(&config)?;
     let http = match http_listen {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
@@ -251,11 +251,13 @@ pub async fn dashboard(
     let http = iotmon_dashboard::bind(&config.dashboard).await?;
     announce_http(http.local_addr()?);
     let (to_hub, derived) = mpsc::channel(DERIVED_CAPACITY);
+    let (alert_commands, commands_to_publish) = mpsc::channel(BROKER_COMMAND_CAPACITY);
     let source = tokio::spawn(iotmon_dashboard::source::from_broker(
         broker_url,
         login,
         config.broker.max_packet_size,
         to_hub,
+        commands_to_publish,
         shutdown.clone(),
     ));
     // History comes from the bridge's store: readable when this dashboard shares the
@@ -273,7 +275,7 @@ pub async fn dashboard(
         .exists()
         .then(|| AlertReader::new(&config.data_dir));
     let alert_access = AlertAccess {
-        commands: None,
+        commands: Some(CommandRoute::Broker(alert_commands)),
         history: alert_reader,
         rules: rules_json(&config.rules()?),
     };

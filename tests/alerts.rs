@@ -4,6 +4,9 @@
 
 mod support;
 
+#[path = "../simulator/tests/support/mosquitto.rs"]
+mod mosquitto;
+
 use std::process::Command;
 use std::time::Duration;
 
@@ -326,4 +329,81 @@ severity = "critical"
         .all(|alert| alert["suppressed_by"] == floor_id && alert["rule"] == "silent"));
     let shown = alerts_until(http, "?suppressed=false", |alerts| alerts.len() == 1).await;
     assert_eq!(shown[0]["id"], floor_id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_across_processes_on_mosquitto_alerts_reach_every_dashboard_and_acks_reach_the_bridge(
+) {
+    let mosquitto = mosquitto::Mosquitto::start();
+    let url = format!("mqtt://127.0.0.1:{}", mosquitto.port);
+    let data = TempDir::new("alerts-split");
+    let config = format!("{}/iotmon.toml", data.path());
+    std::fs::write(&config, RULES).expect("config written");
+    let bridge_dir = format!("{}/bridge", data.path());
+    let _bridge = Iotmon::start(
+        &[
+            "bridge",
+            "--broker",
+            &url,
+            "--config",
+            &config,
+            "--data-dir",
+            &bridge_dir,
+        ],
+        false,
+        false,
+    );
+    let dashboard_args = [
+        "dashboard",
+        "--broker",
+        &url,
+        "--config",
+        &config,
+        "--http-listen",
+        "127.0.0.1:0",
+    ];
+    let dashboard = Iotmon::start(&dashboard_args, false, true);
+    let mut viewer = Viewer::connect(&dashboard.ws_url()).await;
+    viewer
+        .send(json!({"type": "groups", "groups": ["hq"]}))
+        .await;
+    let device = Publisher::connect(
+        std::net::SocketAddr::from(([127, 0, 0, 1], mosquitto.port)),
+        "d1",
+    )
+    .await;
+    // The bridge may still be subscribing: repeat the breach (one alert however often).
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while latest_alert(&viewer, "hot", "d1").is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no alert through mosquitto"
+        );
+        device.publish("sensors/hq/a/d1", r#"{"t":33}"#).await;
+        viewer
+            .read_until(Duration::from_millis(300), |v| {
+                latest_alert(v, "hot", "d1").is_some()
+            })
+            .await;
+    }
+    let id = latest_alert(&viewer, "hot", "d1").expect("seen")["id"].clone();
+
+    // Acknowledged through the dashboard: handed to the bridge over the broker (202), and
+    // the change comes back to the viewer.
+    let http = dashboard.http.expect("http");
+    let (status, body) = http_post(
+        http,
+        &format!("/api/alerts/{id}/ack"),
+        &json!({"by": "ana"}),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let acked = expect_alert_state(&mut viewer, "hot", "d1", "active_acknowledged").await;
+    assert_eq!(acked["id"], id);
+
+    // A dashboard that starts late gets the open alert.
+    let late = Iotmon::start(&dashboard_args, false, true);
+    let open = alerts_until(late.http.expect("http"), "", |alerts| alerts.len() == 1).await;
+    assert_eq!(open[0]["id"], id);
+    assert_eq!(open[0]["state"], "active_acknowledged");
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::time::Instant;
 
 use iotmon_wire::mqtt::Message;
-use iotmon_wire::topics::SYNC_REQUEST;
+use iotmon_wire::topics::{ALERT_COMMANDS, SYNC_REQUEST};
 use iotmon_wire::Derived;
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::time::{Interval, MissedTickBehavior};
@@ -238,6 +238,15 @@ async fn dispatch(
                 None => return,
             },
         };
+        if message.topic == ALERT_COMMANDS {
+            match serde_json::from_slice(&message.payload) {
+                Ok(command) => {
+                    let _ = to_alerts.send(ManagerInput::Command(command)).await;
+                }
+                Err(error) => debug!(%error, "unreadable alert command ignored"),
+            }
+            continue;
+        }
         if message.topic == SYNC_REQUEST {
             debug!("a dashboard asked for every device state");
             for input in inputs {

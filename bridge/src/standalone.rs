@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use iotmon_wire::mqtt::{drive_session, BrokerUrl, Login, SessionPlan};
+use iotmon_wire::topics::ALERT_COMMANDS;
 use rumqttc::AsyncClient;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -39,7 +40,7 @@ pub async fn run(
     let (live_updates, to_publish) = mpsc::channel(LIVE_CAPACITY);
     let plan = SessionPlan {
         subscriptions: FILTERS.iter().map(|filter| filter.to_string()).collect(),
-        reliable_subscriptions: Vec::new(),
+        reliable_subscriptions: vec![ALERT_COMMANDS.to_string()],
         announce: None,
     };
     let tasks = TaskTracker::new();

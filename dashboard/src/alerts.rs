@@ -13,12 +13,34 @@ use tokio::sync::{mpsc, oneshot};
 /// How long a command may wait for the alert manager before the caller is told it failed.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Where operators' commands go.
+#[derive(Debug, Clone)]
+pub enum CommandRoute {
+    /// The alert manager of the bridge in this process, which answers with the outcome.
+    InProcess(mpsc::Sender<AlertRequest>),
+    /// The broker, to a bridge in another process (`iotmon/commands/alerts`, QoS 1): the
+    /// outcome arrives as the changed alert, like any other alert change.
+    Broker(mpsc::Sender<AlertCommand>),
+}
+
+/// Capacity of the queue of commands waiting to be published to the broker. When full, a
+/// command is refused with "try again".
+pub const BROKER_COMMAND_CAPACITY: usize = 64;
+
+/// What became of a command.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CommandOutcome {
+    /// Carried out: the alert as changed (boxed: much larger than the other variant).
+    Applied(Box<Alert>),
+    /// Handed to the broker for the bridge that owns the alert.
+    Forwarded,
+}
+
 /// The dashboard's access to alerting.
 #[derive(Debug, Clone, Default)]
 pub struct AlertAccess {
-    /// Where operators' commands go: the alert manager of the bridge in this process. `None`
-    /// when the dashboard runs apart from the bridge (commands are then refused).
-    pub commands: Option<mpsc::Sender<AlertRequest>>,
+    /// Where operators' commands go; `None`: nowhere (they are refused).
+    pub commands: Option<CommandRoute>,
     /// Alert history, when this dashboard can read the alert store.
     pub history: Option<AlertReader>,
     /// The configured rules, as `/api/rules` serves them.
@@ -35,33 +57,50 @@ pub enum CommandFailure {
 }
 
 impl AlertAccess {
-    /// Sends `command` to the alert manager and waits for the alert as changed.
+    /// Carries out `command`: in process, waits for the alert as changed; through the
+    /// broker, hands it over.
     ///
     /// # Errors
-    /// Refused by the manager, or no manager answered.
-    pub async fn command(&self, command: AlertCommand) -> Result<Alert, CommandFailure> {
-        let Some(commands) = &self.commands else {
-            return Err(CommandFailure::Unavailable(
-                "alerts can only be changed through a dashboard that runs with the bridge (iotmon serve)",
-            ));
-        };
-        let (reply, answer) = oneshot::channel();
-        let sent = tokio::time::timeout(
-            COMMAND_TIMEOUT,
-            commands.send(AlertRequest { command, reply }),
-        )
-        .await;
-        if !matches!(sent, Ok(Ok(()))) {
-            return Err(CommandFailure::Unavailable(
-                "the alert manager is not answering",
-            ));
-        }
-        match tokio::time::timeout(COMMAND_TIMEOUT, answer).await {
-            Ok(Ok(Ok(alert))) => Ok(alert),
-            Ok(Ok(Err(refusal))) => Err(CommandFailure::Refused(refusal)),
-            _ => Err(CommandFailure::Unavailable(
-                "the alert manager is not answering",
+    /// Refused by the manager, or no manager answered, or too many commands wait.
+    pub async fn command(&self, command: AlertCommand) -> Result<CommandOutcome, CommandFailure> {
+        match &self.commands {
+            None => Err(CommandFailure::Unavailable(
+                "alert commands are not available on this dashboard",
             )),
+            Some(CommandRoute::InProcess(commands)) => in_process(commands, command)
+                .await
+                .map(|alert| CommandOutcome::Applied(Box::new(alert))),
+            Some(CommandRoute::Broker(commands)) => match commands.try_send(command) {
+                Ok(()) => Ok(CommandOutcome::Forwarded),
+                Err(_) => Err(CommandFailure::Unavailable(
+                    "too many alert commands are waiting for the broker; try again",
+                )),
+            },
         }
+    }
+}
+
+/// Sends `command` to the alert manager in this process and waits for the outcome.
+async fn in_process(
+    commands: &mpsc::Sender<AlertRequest>,
+    command: AlertCommand,
+) -> Result<Alert, CommandFailure> {
+    let (reply, answer) = oneshot::channel();
+    let sent = tokio::time::timeout(
+        COMMAND_TIMEOUT,
+        commands.send(AlertRequest { command, reply }),
+    )
+    .await;
+    if !matches!(sent, Ok(Ok(()))) {
+        return Err(CommandFailure::Unavailable(
+            "the alert manager is not answering",
+        ));
+    }
+    match tokio::time::timeout(COMMAND_TIMEOUT, answer).await {
+        Ok(Ok(Ok(alert))) => Ok(alert),
+        Ok(Ok(Err(refusal))) => Err(CommandFailure::Refused(refusal)),
+        _ => Err(CommandFailure::Unavailable(
+            "the alert manager is not answering",
+        )),
     }
 }

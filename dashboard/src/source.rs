@@ -4,9 +4,9 @@
 
 use bytes::Bytes;
 use iotmon_wire::mqtt::{drive_session, BrokerUrl, Login, Message, SessionPlan};
-use iotmon_wire::topics::{AGG_FILTER, ALERTS_FILTER, LIVE_FILTER, SYNC_REQUEST};
-use iotmon_wire::{Alert, Derived, DeviceState, GroupAggregate};
-use rumqttc::AsyncClient;
+use iotmon_wire::topics::{AGG_FILTER, ALERTS_FILTER, ALERT_COMMANDS, LIVE_FILTER, SYNC_REQUEST};
+use iotmon_wire::{Alert, AlertCommand, Derived, DeviceState, GroupAggregate};
+use rumqttc::{AsyncClient, QoS};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
@@ -16,12 +16,14 @@ const INPUT_CAPACITY: usize = 4096;
 
 /// Subscribes to the bridge's device states on `broker` and feeds them to `to_hub` until
 /// `shutdown`. On every (re)connect it asks the bridge to resend all states, so a dashboard
-/// that starts late, or lost its connection, is complete again.
+/// that starts late, or lost its connection, is complete again. Operators' alert commands
+/// from `alert_commands` are published for the bridge at QoS 1.
 pub async fn from_broker(
     broker: BrokerUrl,
     login: Login,
     max_packet_size: usize,
     to_hub: mpsc::Sender<Derived>,
+    mut alert_commands: mpsc::Receiver<AlertCommand>,
     shutdown: CancellationToken,
 ) {
     let (client, eventloop) = AsyncClient::new(broker.options_for(&login, max_packet_size), 64);
@@ -33,21 +35,39 @@ pub async fn from_broker(
     };
     let session = tokio::spawn(drive_session(
         eventloop,
-        client,
+        client.clone(),
         plan,
         Some(messages_tx),
         shutdown.clone(),
     ));
-    while let Some(message) = messages.recv().await {
-        let Some(derived) = decode(&message) else {
-            continue;
-        };
-        if to_hub.send(derived).await.is_err() {
-            break;
+    loop {
+        tokio::select! {
+            message = messages.recv() => {
+                let Some(message) = message else { break };
+                let Some(derived) = decode(&message) else {
+                    continue;
+                };
+                if to_hub.send(derived).await.is_err() {
+                    break;
+                }
+            }
+            Some(command) = alert_commands.recv() => publish_command(&client, &command).await,
         }
     }
     shutdown.cancel();
     let _ = session.await;
+}
+
+async fn publish_command(client: &AsyncClient, command: &AlertCommand) {
+    let Ok(payload) = serde_json::to_vec(command) else {
+        return;
+    };
+    if let Err(error) = client
+        .publish(ALERT_COMMANDS, QoS::AtLeastOnce, false, payload)
+        .await
+    {
+        warn!(%error, "alert command not published");
+    }
 }
 
 /// A device state (`iotmon/live/...`) or a group aggregate (`iotmon/agg/...`); unreadable

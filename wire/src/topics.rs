@@ -9,6 +9,8 @@
 //!   window when the roles run as separate processes.
 //! - `iotmon/alerts/<subject>`: an alert's latest state (QoS 1), published by the bridge at
 //!   once on every change when the roles run as separate processes.
+//! - `iotmon/commands/alerts`: operators' alert commands (acknowledge, shelve), JSON, QoS 1,
+//!   published by a dashboard that runs apart from the bridge.
 //! - `iotmon/sync/request`: published by a dashboard when it (re)connects; the bridge answers by
 //!   republishing every device's state so the new dashboard starts complete.
 
@@ -24,6 +26,8 @@ pub const STATUS_FILTER: &str = "status/#";
 pub const AGG_FILTER: &str = "iotmon/agg/#";
 /// Filter a dashboard subscribes to for alerts.
 pub const ALERTS_FILTER: &str = "iotmon/alerts/#";
+/// Topic a dashboard publishes operators' alert commands on, for the bridge.
+pub const ALERT_COMMANDS: &str = "iotmon/commands/alerts";
 /// Topic a dashboard publishes to ask the bridge for a full republish.
 pub const SYNC_REQUEST: &str = "iotmon/sync/request";
 

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use iotmon_wire::alert::AlertRequest;
-use iotmon_wire::{Alert, Derived};
+use iotmon_wire::{Alert, AlertCommand, Derived};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, warn};
+use tracing::{debug, error, warn};
 
 use super::evaluator::ConditionEvent;
 use super::lifecycle::AlertBook;
@@ -26,6 +26,9 @@ pub enum ManagerInput {
     Conditions(Vec<ConditionEvent>),
     /// A dashboard asked for everything: resend every open alert.
     SyncAll,
+    /// An operator's command from a dashboard in another process (no one waits for the
+    /// outcome: the changed alert is published like any other).
+    Command(AlertCommand),
 }
 
 /// Capacity of the shards' queue into the manager. When full, a shard keeps its events and
@@ -87,6 +90,15 @@ pub async fn run(
                     events.iter().flat_map(|event| book.on_condition(event)).collect()
                 }
                 Some(ManagerInput::SyncAll) => book.open_alerts().cloned().collect(),
+                Some(ManagerInput::Command(command)) => {
+                    match book.on_command(&command, outputs.clock.now_ms()) {
+                        Ok(alert) => vec![alert],
+                        Err(error) => {
+                            debug!(%error, "alert command from a dashboard refused");
+                            Vec::new()
+                        }
+                    }
+                }
                 None => break,
             },
             Some(request) = requests.recv() => {
@@ -128,9 +140,11 @@ pub async fn run(
         }
     }
     // Whatever the shards flushed at shutdown.
-    while let Ok(ManagerInput::Conditions(events)) = from_shards.try_recv() {
-        for event in &events {
-            book.on_condition(event);
+    while let Ok(input) = from_shards.try_recv() {
+        if let ManagerInput::Conditions(events) = input {
+            for event in &events {
+                book.on_condition(event);
+            }
         }
     }
     merge(&mut unsaved, book.take_changes(), &outputs.counters);

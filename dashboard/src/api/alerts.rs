@@ -12,7 +12,7 @@ use iotmon_wire::{Alert, AlertCommand, AlertId, AlertState, Severity};
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, AppState};
-use crate::alerts::CommandFailure;
+use crate::alerts::{CommandFailure, CommandOutcome};
 
 /// Most alerts one `/api/alerts` answer holds.
 const MAX_ALERTS: usize = 1000;
@@ -147,7 +147,7 @@ pub(super) async fn acknowledge(
     State(state): State<AppState>,
     Path(id): Path<AlertId>,
     body: Option<Json<ByBody>>,
-) -> Result<Json<Alert>, ApiError> {
+) -> Result<Response, ApiError> {
     let by = operator(body.map(|Json(b)| b.by).unwrap_or_default())?;
     command(&state, AlertCommand::Acknowledge { id, by }).await
 }
@@ -156,7 +156,7 @@ pub(super) async fn shelve(
     State(state): State<AppState>,
     Path(id): Path<AlertId>,
     Json(body): Json<ShelveBody>,
-) -> Result<Json<Alert>, ApiError> {
+) -> Result<Response, ApiError> {
     if body.minutes == 0 || body.minutes > MAX_SHELVE_MINUTES {
         return Err(ApiError::BadRequest(format!(
             "minutes must be between 1 and {MAX_SHELVE_MINUTES}"
@@ -171,7 +171,7 @@ pub(super) async fn unshelve(
     State(state): State<AppState>,
     Path(id): Path<AlertId>,
     body: Option<Json<ByBody>>,
-) -> Result<Json<Alert>, ApiError> {
+) -> Result<Response, ApiError> {
     let by = operator(body.map(|Json(b)| b.by).unwrap_or_default())?;
     command(&state, AlertCommand::Unshelve { id, by }).await
 }
@@ -180,10 +180,17 @@ pub(super) async fn rules(State(state): State<AppState>) -> Response {
     (StatusCode::OK, Json(state.alerts.rules.as_ref().clone())).into_response()
 }
 
-async fn command(state: &AppState, command: AlertCommand) -> Result<Json<Alert>, ApiError> {
+/// Carries out a command: 200 with the alert as changed, or 202 when it went to a bridge in
+/// another process (the change reaches viewers as an `alert` message).
+async fn command(state: &AppState, command: AlertCommand) -> Result<Response, ApiError> {
     let id = command.id();
     match state.alerts.command(command).await {
-        Ok(alert) => Ok(Json(alert)),
+        Ok(CommandOutcome::Applied(alert)) => Ok(Json(*alert).into_response()),
+        Ok(CommandOutcome::Forwarded) => Ok((
+            StatusCode::ACCEPTED,
+            Json(serde_json::json!({ "accepted": true, "id": id })),
+        )
+            .into_response()),
         Err(CommandFailure::Refused(why)) if why.starts_with("no open alert") => {
             Err(ApiError::NoSuchAlert(id))
         }
