@@ -36,12 +36,19 @@ fn main() -> anyhow::Result<()> {
         Command::Devices(args) => return devices::run(args),
         _ => {}
     }
+    let shutdown = CancellationToken::new();
+    iotmon_wire::supervise::install(shutdown.clone());
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    runtime.block_on(run(cli.command))
+    let result = runtime.block_on(run(cli.command, shutdown));
+    if let Some(reason) = iotmon_wire::supervise::fatal_reason() {
+        // Exit status 70 (EX_SOFTWARE): an internal error; a supervisor should restart us.
+        eprintln!("iotmon stopped: {reason}");
+        std::process::exit(70);
+    }
+    result
 }
 
-async fn run(command: Command) -> anyhow::Result<()> {
-    let shutdown = CancellationToken::new();
+async fn run(command: Command, shutdown: CancellationToken) -> anyhow::Result<()> {
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     let role = run_role(command, shutdown.clone());
     tokio::pin!(role);

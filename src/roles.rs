@@ -18,6 +18,7 @@ use iotmon_simulator::viewers::ViewerConfig;
 use iotmon_simulator::{FleetConfig, Progress};
 use iotmon_wire::metrics::MetricsSource;
 use iotmon_wire::mqtt::{BrokerUrl, Login};
+use iotmon_wire::supervise::{critical, PanicMetrics};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -71,19 +72,21 @@ pub async fn serve(
     let (to_bridge, from_broker) = mpsc::channel(INPUT_CAPACITY);
     let (live_updates, derived) = mpsc::channel(LIVE_CAPACITY.max(DERIVED_CAPACITY));
     let tasks = TaskTracker::new();
-    tasks.spawn(source::forward_local(
-        subscription,
-        to_bridge,
-        shutdown.clone(),
+    tasks.spawn(critical(
+        "the bridge's broker link",
+        source::forward_local(subscription, to_bridge, shutdown.clone()),
     ));
-    tasks.spawn(iotmon_bridge::run(
-        config.bridge.clone(),
-        alerting,
-        from_broker,
-        live_updates,
-        counters.clone(),
-        store,
-        shutdown.clone(),
+    tasks.spawn(critical(
+        "the bridge",
+        iotmon_bridge::run(
+            config.bridge.clone(),
+            alerting,
+            from_broker,
+            live_updates,
+            counters.clone(),
+            store,
+            shutdown.clone(),
+        ),
     ));
     if let Some(fleet) = fleet {
         let fleet = FleetConfig {
@@ -96,7 +99,8 @@ pub async fn serve(
         tasks.spawn(run_fleet(fleet, shutdown.clone()));
     }
     tasks.close();
-    let sources: Vec<Arc<dyn MetricsSource>> = vec![counters, broker.metrics()];
+    let sources: Vec<Arc<dyn MetricsSource>> =
+        vec![counters, broker.metrics(), Arc::new(PanicMetrics)];
     let history = HistoryReader::new(&config.data_dir, &config.bridge);
     let served = iotmon_dashboard::run(
         config.dashboard,
@@ -134,7 +138,8 @@ pub async fn broker(
         .await
         .with_context(|| format!("cannot listen for HTTP on {http_listen}"))?;
     announce_http(http.local_addr()?);
-    iotmon_broker::http::serve(http, broker.metrics(), shutdown).await?;
+    let sources: Vec<Arc<dyn MetricsSource>> = vec![broker.metrics(), Arc::new(PanicMetrics)];
+    iotmon_broker::http::serve(http, Arc::new(sources), shutdown).await?;
     Ok(())
 }
 
@@ -168,7 +173,9 @@ pub async fn bridge(
                 .await
                 .with_context(|| format!("cannot listen for HTTP on {addr}"))?;
             announce_http(listener.local_addr()?);
-            let metrics: Arc<dyn MetricsSource> = counters.clone();
+            let sources: Vec<Arc<dyn MetricsSource>> =
+                vec![counters.clone(), Arc::new(PanicMetrics)];
+            let metrics: Arc<dyn MetricsSource> = Arc::new(sources);
             Some(tokio::spawn(iotmon_broker::http::serve(
                 listener,
                 metrics,
@@ -252,13 +259,16 @@ pub async fn dashboard(
     announce_http(http.local_addr()?);
     let (to_hub, derived) = mpsc::channel(DERIVED_CAPACITY);
     let (alert_commands, commands_to_publish) = mpsc::channel(BROKER_COMMAND_CAPACITY);
-    let source = tokio::spawn(iotmon_dashboard::source::from_broker(
-        broker_url,
-        login,
-        config.broker.max_packet_size,
-        to_hub,
-        commands_to_publish,
-        shutdown.clone(),
+    let source = tokio::spawn(critical(
+        "the dashboard's MQTT source",
+        iotmon_dashboard::source::from_broker(
+            broker_url,
+            login,
+            config.broker.max_packet_size,
+            to_hub,
+            commands_to_publish,
+            shutdown.clone(),
+        ),
     ));
     // History comes from the bridge's store: readable when this dashboard shares the
     // bridge's data directory (same machine, or a shared volume).
@@ -283,7 +293,7 @@ pub async fn dashboard(
         config.dashboard,
         http,
         derived,
-        Vec::new(),
+        vec![Arc::new(PanicMetrics)],
         history,
         alert_access,
         shutdown.clone(),

@@ -15,6 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::time::Instant;
 
 use iotmon_wire::mqtt::Message;
+use iotmon_wire::supervise::critical;
 use iotmon_wire::topics::{ALERT_COMMANDS, SYNC_REQUEST};
 use iotmon_wire::Derived;
 use tokio::sync::mpsc::{self, error::TrySendError};
@@ -150,19 +151,22 @@ pub async fn run(
         "bridge starting"
     );
     let (to_alerts, from_shards_to_alerts) = mpsc::channel(manager::MANAGER_CAPACITY);
-    tasks.spawn(manager::run(
-        AlertBook::new(rules, saved, now_ms),
-        from_shards_to_alerts,
-        requests,
-        ManagerOutputs {
-            live_updates: live_updates.clone(),
-            store: alert_store,
-            counters: counters.clone(),
-            clock,
-            retention_ms: i64::try_from(retention.as_millis()).unwrap_or(i64::MAX),
-            webhook,
-        },
-        shutdown.clone(),
+    tasks.spawn(critical(
+        "the alert manager",
+        manager::run(
+            AlertBook::new(rules, saved, now_ms),
+            from_shards_to_alerts,
+            requests,
+            ManagerOutputs {
+                live_updates: live_updates.clone(),
+                store: alert_store,
+                counters: counters.clone(),
+                clock,
+                retention_ms: i64::try_from(retention.as_millis()).unwrap_or(i64::MAX),
+                webhook,
+            },
+            shutdown.clone(),
+        ),
     ));
     let (to_aggregator, from_shards) = mpsc::channel(count * 16);
     let mut inputs = Vec::with_capacity(count);
@@ -178,28 +182,34 @@ pub async fn run(
             counters: counters.clone(),
             clock,
         };
-        tasks.spawn(run_shard(
-            shard,
-            from_dispatch,
-            outputs,
-            config.clone(),
-            shutdown.clone(),
+        tasks.spawn(critical(
+            "a bridge shard",
+            run_shard(
+                shard,
+                from_dispatch,
+                outputs,
+                config.clone(),
+                shutdown.clone(),
+            ),
         ));
     }
     drop(to_aggregator);
     drop(store_handle);
-    tasks.spawn(run_aggregator(
-        count,
-        from_shards,
-        group_rules,
-        config.aggregate_interval,
-        AggregatorOutputs {
-            live_updates,
-            to_alerts: to_alerts.clone(),
-            counters,
-            clock,
-        },
-        shutdown.clone(),
+    tasks.spawn(critical(
+        "the aggregator",
+        run_aggregator(
+            count,
+            from_shards,
+            group_rules,
+            config.aggregate_interval,
+            AggregatorOutputs {
+                live_updates,
+                to_alerts: to_alerts.clone(),
+                counters,
+                clock,
+            },
+            shutdown.clone(),
+        ),
     ));
     tasks.close();
     dispatch(&mut from_broker, &inputs, &to_alerts, &shutdown).await;

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use iotmon_wire::mqtt::{drive_session, BrokerUrl, Login, SessionPlan};
+use iotmon_wire::supervise::critical;
 use iotmon_wire::topics::ALERT_COMMANDS;
 use rumqttc::AsyncClient;
 use tokio::sync::mpsc;
@@ -44,14 +45,20 @@ pub async fn run(
         announce: None,
     };
     let tasks = TaskTracker::new();
-    tasks.spawn(drive_session(
-        eventloop,
-        client.clone(),
-        plan,
-        Some(to_bridge),
-        shutdown.clone(),
+    tasks.spawn(critical(
+        "the bridge's MQTT session",
+        drive_session(
+            eventloop,
+            client.clone(),
+            plan,
+            Some(to_bridge),
+            shutdown.clone(),
+        ),
     ));
-    tasks.spawn(publish_live(client, to_publish, shutdown.clone()));
+    tasks.spawn(critical(
+        "the bridge's publisher",
+        publish_live(client, to_publish, shutdown.clone()),
+    ));
     tasks.close();
     pipeline::run(
         config,

@@ -29,6 +29,7 @@ use tracing::warn;
 use crate::auth::{DeviceAuth, Verdict};
 use crate::config::BrokerConfig;
 use crate::metrics::{poll_router, BrokerMetrics};
+use iotmon_wire::supervise::critical;
 
 /// Opens an in-process link to the router. rumqttd's router sender has a type we cannot
 /// name (its event enum is private), so the sender lives inside these closures.
@@ -158,11 +159,9 @@ impl EmbeddedBroker {
             let meters_error = |e: &dyn std::fmt::Display| BrokerError::Meters(e.to_string());
             let meters = MetersLink::new(meter_router.clone()).map_err(|e| meters_error(&e))?;
             let alerts = AlertsLink::new(meter_router).map_err(|e| meters_error(&e))?;
-            Ok(tokio::spawn(poll_router(
-                meters,
-                alerts,
-                poller_metrics,
-                shutdown,
+            Ok(tokio::spawn(critical(
+                "the broker's meter poller",
+                poll_router(meters, alerts, poller_metrics, shutdown),
             )))
         });
         let new_server: ServerFactory = Box::new(move |settings, kind| match kind {
@@ -276,11 +275,11 @@ impl EmbeddedBroker {
         match accept_loop.as_mut().poll(&mut context) {
             Poll::Ready(Err(error)) => Err(io::Error::other(error)),
             Poll::Ready(Ok(())) => Err(io::Error::other("listener ended at once")),
-            Poll::Pending => Ok(tokio::spawn(async move {
+            Poll::Pending => Ok(tokio::spawn(critical("an MQTT listener", async move {
                 if let Err(error) = accept_loop.await {
                     warn!(%error, %kind, "MQTT listener stopped");
                 }
-            })),
+            }))),
         }
     }
 }

@@ -76,7 +76,10 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), DashboardError> {
     let (hub, hub_task) = hub::hub(config.tick, derived, shutdown.clone());
-    let hub_task = tokio::spawn(hub_task);
+    let hub_task = tokio::spawn(iotmon_wire::supervise::critical(
+        "the dashboard hub",
+        hub_task,
+    ));
     let sessions = TaskTracker::new();
     let state = api::AppState {
         hub,

@@ -9,6 +9,7 @@
 //! - [`topics`]: the topic tree (`sensors/...`, `iotmon/live/...`) and its parsing.
 //! - [`viewer`]: the WebSocket messages between the dashboard and a browser.
 //! - [`metrics`]: exporting counters in the Prometheus text format.
+//! - [`supervise`]: panics logged and counted; a panic in a critical task stops the process.
 //! - [`mqtt`]: `mqtt://host:port` addresses and a resilient client session loop.
 
 pub mod aggregate;
@@ -17,6 +18,7 @@ pub mod derived;
 pub mod device;
 pub mod metrics;
 pub mod mqtt;
+pub mod supervise;
 pub mod topics;
 pub mod viewer;
 

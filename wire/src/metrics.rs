@@ -9,6 +9,15 @@ pub trait MetricsSource: Send + Sync {
     fn render_prometheus(&self, out: &mut String);
 }
 
+/// Several sources exported as one, in order.
+impl MetricsSource for Vec<std::sync::Arc<dyn MetricsSource>> {
+    fn render_prometheus(&self, out: &mut String) {
+        for source in self {
+            source.render_prometheus(out);
+        }
+    }
+}
+
 /// Whether a metric only grows or goes up and down.
 #[derive(Debug, Clone, Copy)]
 pub enum Kind {
