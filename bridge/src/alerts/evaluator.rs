@@ -52,6 +52,21 @@ impl DeviceAlerts {
     }
 }
 
+/// Waiting condition changes beyond which a shard keeps only the latest per device and rule.
+pub const COALESCE_AT: usize = 4096;
+
+/// The last event of each (device, rule), in the order of those last events.
+fn coalesce(events: Vec<ConditionEvent>) -> Vec<ConditionEvent> {
+    let mut seen = std::collections::HashSet::new();
+    let mut kept: Vec<ConditionEvent> = events
+        .into_iter()
+        .rev()
+        .filter(|event| seen.insert((event.device.clone(), event.rule)))
+        .collect();
+    kept.reverse();
+    kept
+}
+
 /// What the evaluator needs to know of a device besides its alerts.
 #[derive(Debug, Clone, Copy)]
 pub struct DeviceContext<'a> {
@@ -290,9 +305,15 @@ impl Evaluator {
         std::mem::take(&mut self.queue.events)
     }
 
-    /// Puts back events the manager could not take yet (they go first next time).
+    /// Puts back events the manager could not take yet (they go first next time). While the
+    /// manager stays busy, the waiting events are kept bounded: beyond [`COALESCE_AT`] only
+    /// the latest phase of each device and rule is kept (the alert ends up right; the
+    /// intermediate flips are not in its history).
     pub fn defer_events(&mut self, mut events: Vec<ConditionEvent>) {
         events.append(&mut self.queue.events);
+        if events.len() > COALESCE_AT {
+            events = coalesce(events);
+        }
         self.queue.events = events;
     }
 
@@ -343,4 +364,45 @@ fn find(metrics: &[(Arc<str>, MetricValue)], metric: &str) -> Option<f64> {
         .iter()
         .find(|(name, _)| &**name == metric)
         .map(|(_, value)| value.as_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(device: &str, phase: Phase) -> ConditionEvent {
+        ConditionEvent {
+            rule: 0,
+            device: device.into(),
+            group: "hq".into(),
+            phase,
+            at: 0,
+            value: None,
+            reading_ts: None,
+        }
+    }
+
+    #[test]
+    fn events_waiting_for_a_busy_manager_stay_bounded_keeping_each_latest_phase() {
+        let mut evaluator = Evaluator::new(Arc::default(), 60_000);
+        for round in 0..3 {
+            let flips: Vec<ConditionEvent> = (0..2_000)
+                .map(|i| {
+                    let phase = if round % 2 == 0 {
+                        Phase::Firing
+                    } else {
+                        Phase::Normal
+                    };
+                    event(&format!("d{i}"), phase)
+                })
+                .collect();
+            evaluator.defer_events(flips);
+        }
+        let events = evaluator.take_events();
+        assert_eq!(events.len(), 2_000, "one per device once past the bound");
+        assert!(
+            events.iter().all(|e| e.phase == Phase::Firing),
+            "the latest phase"
+        );
+    }
 }
