@@ -304,12 +304,7 @@ impl Shard {
             return;
         };
         let was_alerting = device.alerts.is_alerting();
-        let context = DeviceContext {
-            id: &device.state.id,
-            group: &device.state.group,
-            last_seen: device.last_seen,
-            online: device.state.online,
-        };
+        let context = DeviceContext::of(&device.state, device.last_seen);
         let alerts = &mut device.alerts;
         match trigger {
             AlertTrigger::Reading(metrics, ts) => {
@@ -379,12 +374,7 @@ impl Shard {
             return;
         };
         let was_alerting = device.alerts.is_alerting();
-        let context = DeviceContext {
-            id: &device.state.id,
-            group: &device.state.group,
-            last_seen: device.last_seen,
-            online: device.state.online,
-        };
+        let context = DeviceContext::of(&device.state, device.last_seen);
         self.evaluator
             .restore(&mut device.alerts, context, saved, now_ms);
         if device.alerts.is_alerting() != was_alerting {

@@ -600,14 +600,7 @@ impl Hub {
             Offer::Queued => {
                 self.stats.alert_frames_sent.fetch_add(1, Ordering::Relaxed);
             }
-            Offer::Full => {
-                self.stats.frames_deferred.fetch_add(1, Ordering::Relaxed);
-                self.stats.resync_snapshots.fetch_add(1, Ordering::Relaxed);
-                viewer.needs_snapshot = true;
-                viewer.pending.clear();
-                viewer.pending_groups.clear();
-                self.dirty.insert(id);
-            }
+            Offer::Full => self.fell_behind(id),
             Offer::Gone => self.leave(id),
         }
     }
@@ -709,20 +702,25 @@ impl Hub {
                 }
                 self.stats.frames_sent.fetch_add(1, Ordering::Relaxed);
             }
-            Offer::Full => {
-                // The viewer fell behind. Rather than queue more, its pending changes give
-                // way to one snapshot of its whole view, sent once it has room again.
-                self.stats.frames_deferred.fetch_add(1, Ordering::Relaxed);
-                if !viewer.needs_snapshot {
-                    self.stats.resync_snapshots.fetch_add(1, Ordering::Relaxed);
-                }
-                viewer.needs_snapshot = true;
-                viewer.pending.clear();
-                viewer.pending_groups.clear();
-                self.dirty.insert(id);
-            }
+            Offer::Full => self.fell_behind(id),
             Offer::Gone => self.leave(id),
         }
+    }
+
+    /// Viewer `id`'s queue was full. Rather than queue more, its pending changes give way to
+    /// one snapshot of its whole view (with its alerts), sent once it has room again.
+    fn fell_behind(&mut self, id: ViewerId) {
+        let Some(viewer) = self.viewers.get_mut(&id) else {
+            return;
+        };
+        self.stats.frames_deferred.fetch_add(1, Ordering::Relaxed);
+        if !viewer.needs_snapshot {
+            self.stats.resync_snapshots.fetch_add(1, Ordering::Relaxed);
+        }
+        viewer.needs_snapshot = true;
+        viewer.pending.clear();
+        viewer.pending_groups.clear();
+        self.dirty.insert(id);
     }
 
     fn list(&self, query: &DeviceQuery) -> DevicePage {
@@ -864,13 +862,7 @@ fn alerts_in_scope<'a>(alerts: &'a HashMap<AlertId, Alert>, viewer: &Viewer) -> 
                     .any(|group| in_group(&alert.group, group))
         })
         .collect();
-    in_scope.sort_by(|a, b| {
-        (a.severity, std::cmp::Reverse(a.changed_at), a.id).cmp(&(
-            b.severity,
-            std::cmp::Reverse(b.changed_at),
-            b.id,
-        ))
-    });
+    in_scope.sort_by(|a, b| a.screen_order(b));
     in_scope
 }
 

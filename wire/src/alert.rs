@@ -177,6 +177,18 @@ impl Alert {
         self.shelved_until.is_some_and(|until| until > now_ms)
     }
 
+    /// The order alerts are listed in: most severe first, then most recently changed.
+    pub fn screen_order(&self, other: &Alert) -> std::cmp::Ordering {
+        let key = |alert: &Alert| {
+            (
+                alert.severity,
+                std::cmp::Reverse(alert.changed_at),
+                alert.id,
+            )
+        };
+        key(self).cmp(&key(other))
+    }
+
     /// Whether a device under `group` (or the group itself) is what this alert is about.
     pub fn is_under(&self, group: &str) -> bool {
         crate::topics::in_group(&self.group, group)

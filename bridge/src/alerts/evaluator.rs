@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use iotmon_wire::{DeviceId, GroupPath, MetricValue};
+use iotmon_wire::{DeviceId, DeviceState, GroupPath, MetricValue};
 
 use super::condition::{level_breached, ConditionState, Phase};
 use super::rules::{Condition, Rule, RuleIndex, RuleSet};
@@ -85,6 +85,18 @@ struct Queue {
     deadlines: BTreeMap<i64, Vec<(DeviceId, RuleIndex)>>,
     /// Phase changes not yet handed to the alert manager.
     events: Vec<ConditionEvent>,
+}
+
+impl<'a> DeviceContext<'a> {
+    /// The context of a device in `state`, last heard from at `last_seen`.
+    pub fn of(state: &'a DeviceState, last_seen: i64) -> Self {
+        DeviceContext {
+            id: &state.id,
+            group: &state.group,
+            last_seen,
+            online: state.online,
+        }
+    }
 }
 
 /// A shard's alert evaluator.

@@ -75,13 +75,7 @@ pub(super) async fn list(
             wanted_state.is_none_or(|s| alert.state == s)
                 && params.group.as_deref().is_none_or(|g| alert.is_under(g))
         });
-        open.sort_by(|a, b| {
-            (a.severity, std::cmp::Reverse(a.changed_at), a.id).cmp(&(
-                b.severity,
-                std::cmp::Reverse(b.changed_at),
-                b.id,
-            ))
-        });
+        open.sort_by(Alert::screen_order);
         open
     };
     alerts.retain(|alert| {
