@@ -6,9 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use iotmon_bridge::alerts::store::AlertReader;
 use iotmon_bridge::alerts::{Alerting, RuleSet};
-use iotmon_bridge::store::HistoryReader;
+use iotmon_bridge::store::StoreHistory;
 use iotmon_bridge::{source, BridgeCounters, INPUT_CAPACITY, LIVE_CAPACITY};
 use iotmon_broker::credentials::registry_path;
 use iotmon_broker::{EmbeddedBroker, ListenerKind, LocalSubscription};
@@ -16,6 +15,7 @@ use iotmon_dashboard::alerts::{AlertAccess, CommandRoute, BROKER_COMMAND_CAPACIT
 use iotmon_dashboard::DERIVED_CAPACITY;
 use iotmon_simulator::viewers::ViewerConfig;
 use iotmon_simulator::{FleetConfig, Progress};
+use iotmon_wire::history::HistorySource;
 use iotmon_wire::metrics::MetricsSource;
 use iotmon_wire::mqtt::{BrokerUrl, Login};
 use iotmon_wire::supervise::{critical, PanicMetrics};
@@ -44,7 +44,6 @@ pub async fn serve(
     let (alerting, alert_commands) = open_alerting(&config)?;
     let alert_access = AlertAccess {
         commands: Some(CommandRoute::InProcess(alert_commands)),
-        history: Some(AlertReader::new(&config.data_dir)),
         rules: rules_json(&alerting.rules),
     };
     let broker = start_broker(&config)?;
@@ -101,7 +100,8 @@ pub async fn serve(
     tasks.close();
     let sources: Vec<Arc<dyn MetricsSource>> =
         vec![counters, broker.metrics(), Arc::new(PanicMetrics)];
-    let history = HistoryReader::new(&config.data_dir, &config.bridge);
+    let history: Arc<dyn HistorySource> =
+        Arc::new(StoreHistory::new(&config.data_dir, &config.bridge));
     let served = iotmon_dashboard::run(
         config.dashboard,
         http,
@@ -216,7 +216,7 @@ fn open_store(
     if !config.bridge.store.enabled {
         return Ok(None);
     }
-    let now = iotmon_bridge::pipeline::unix_millis();
+    let now = iotmon_wire::unix_millis();
     let store = iotmon_bridge::store::open(&config.data_dir, &config.bridge, counters, now)
         .with_context(|| format!("cannot open the store in {}", config.data_dir.display()))?;
     Ok(Some(store))
@@ -274,19 +274,17 @@ pub async fn dashboard(
     // bridge's data directory (same machine, or a shared volume).
     let history = iotmon_bridge::store::db_path(&config.data_dir)
         .exists()
-        .then(|| HistoryReader::new(&config.data_dir, &config.bridge));
+        .then(|| -> Arc<dyn HistorySource> {
+            Arc::new(StoreHistory::new(&config.data_dir, &config.bridge))
+        });
     if history.is_none() {
         info!(
             data_dir = %config.data_dir.display(),
             "no store in the data directory: /api/history is unavailable"
         );
     }
-    let alert_reader = iotmon_bridge::alerts::store::alerts_db_path(&config.data_dir)
-        .exists()
-        .then(|| AlertReader::new(&config.data_dir));
     let alert_access = AlertAccess {
         commands: Some(CommandRoute::Broker(alert_commands)),
-        history: alert_reader,
         rules: rules_json(&config.rules()?),
     };
     let served = iotmon_dashboard::run(

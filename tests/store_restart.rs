@@ -8,8 +8,9 @@ mod support;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use iotmon_bridge::store::{HistoryQuery, HistoryReader};
+use iotmon_bridge::store::HistoryReader;
 use iotmon_bridge::BridgeConfig;
+use iotmon_wire::history::HistoryQuery;
 use serde_json::json;
 use support::{http_get, metric_value, Iotmon, Publisher, TempDir, DEADLINE};
 

@@ -10,13 +10,14 @@
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::time::Instant;
 
 use iotmon_wire::mqtt::Message;
 use iotmon_wire::supervise::critical;
 use iotmon_wire::topics::{ALERT_COMMANDS, SYNC_REQUEST};
+use iotmon_wire::unix_millis;
 use iotmon_wire::Derived;
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::time::{Interval, MissedTickBehavior};
@@ -527,14 +528,6 @@ impl Clock {
         let elapsed = i64::try_from(self.started.elapsed().as_millis()).unwrap_or(i64::MAX);
         self.epoch_ms.saturating_add(elapsed)
     }
-}
-
-/// Milliseconds since the Unix epoch, now.
-pub fn unix_millis() -> i64 {
-    let since_epoch = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]

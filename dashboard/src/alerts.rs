@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use iotmon_bridge::alerts::store::AlertReader;
 use iotmon_wire::alert::AlertRequest;
 use iotmon_wire::{Alert, AlertCommand};
 use tokio::sync::{mpsc, oneshot};
@@ -41,8 +40,6 @@ pub enum CommandOutcome {
 pub struct AlertAccess {
     /// Where operators' commands go; `None`: nowhere (they are refused).
     pub commands: Option<CommandRoute>,
-    /// Alert history, when this dashboard can read the alert store.
-    pub history: Option<AlertReader>,
     /// The configured rules, as `/api/rules` serves them.
     pub rules: Arc<serde_json::Value>,
 }

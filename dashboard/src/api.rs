@@ -17,8 +17,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use iotmon_bridge::pipeline::unix_millis;
-use iotmon_bridge::store::{HistoryQuery, HistoryReader, HistorySeries};
+use iotmon_wire::history::{HistoryQuery, HistorySeries, HistorySource};
+use iotmon_wire::unix_millis;
 
 use crate::alerts::AlertAccess;
 use crate::hub::{DevicePage, DeviceQuery, GroupNode, HubHandle};
@@ -43,8 +43,9 @@ pub struct AppState {
     /// Viewer sessions, awaited on shutdown so each is told to reconnect.
     pub sessions: TaskTracker,
     pub shutdown: CancellationToken,
-    /// The store's history, when this dashboard can read it (always in `serve`).
-    pub history: Option<HistoryReader>,
+    /// The store's history (metrics and alerts), when this dashboard can read it (always in
+    /// `serve`).
+    pub history: Option<Arc<dyn HistorySource>>,
     /// Alert commands, history and rules.
     pub alerts: AlertAccess,
     /// Other parts of the process whose counters `/metrics` exports (the bridge in `serve`).
@@ -297,7 +298,7 @@ async fn history(
     let Query(params) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let query = history_query(params, unix_millis())?;
     let reader = state.history.clone().ok_or(ApiError::NoStore)?;
-    let answer = tokio::task::spawn_blocking(move || reader.query(&query)).await;
+    let answer = tokio::task::spawn_blocking(move || reader.series(&query)).await;
     match answer {
         Ok(Ok(series)) => Ok(Json(series)),
         Ok(Err(error)) => {

@@ -71,7 +71,7 @@ pub async fn run(
     listener: TcpListener,
     derived: mpsc::Receiver<Derived>,
     metrics_sources: Vec<Arc<dyn MetricsSource>>,
-    history: Option<iotmon_bridge::store::HistoryReader>,
+    history: Option<Arc<dyn iotmon_wire::history::HistorySource>>,
     alerts: alerts::AlertAccess,
     shutdown: CancellationToken,
 ) -> Result<(), DashboardError> {

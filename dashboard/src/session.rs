@@ -6,9 +6,8 @@
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
-use iotmon_bridge::pipeline::unix_millis;
 use iotmon_wire::viewer::{ClientMessage, ServerMessage};
-use iotmon_wire::{AlertCommand, GroupPath};
+use iotmon_wire::{unix_millis, AlertCommand, GroupPath};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::time::MissedTickBehavior;
 use tokio_tungstenite::tungstenite;

@@ -8,6 +8,7 @@
 //! - [`derived`]: the batches the bridge hands to dashboards.
 //! - [`topics`]: the topic tree (`sensors/...`, `iotmon/live/...`) and its parsing.
 //! - [`viewer`]: the WebSocket messages between the dashboard and a browser.
+//! - [`history`]: what a dashboard reads from the store, through [`history::HistorySource`].
 //! - [`metrics`]: exporting counters in the Prometheus text format.
 //! - [`supervise`]: panics logged and counted; a panic in a critical task stops the process.
 //! - [`mqtt`]: `mqtt://host:port` addresses and a resilient client session loop.
@@ -16,6 +17,7 @@ pub mod aggregate;
 pub mod alert;
 pub mod derived;
 pub mod device;
+pub mod history;
 pub mod metrics;
 pub mod mqtt;
 pub mod supervise;
@@ -26,3 +28,11 @@ pub use aggregate::{DeviceCounts, GroupAggregate, MetricAggregate};
 pub use alert::{Alert, AlertCommand, AlertId, AlertState, Severity};
 pub use derived::Derived;
 pub use device::{DeviceId, DeviceState, GroupPath, MetricValue, Metrics};
+
+/// Milliseconds since the Unix epoch, now (0 if the clock is before 1970).
+pub fn unix_millis() -> i64 {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
+}

@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use iotmon_wire::alert::AlertTransition;
+use iotmon_wire::history::AlertQuery;
 use iotmon_wire::{Alert, AlertId, AlertState};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use thiserror::Error;
@@ -230,19 +231,6 @@ impl AlertStore {
         tx.commit()?;
         Ok(deleted)
     }
-}
-
-/// Which alerts a history query returns.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct AlertQuery {
-    pub state: Option<AlertState>,
-    /// Only alerts about this group (the group itself or a subgroup).
-    pub group: Option<String>,
-    /// Raised at or after, ms.
-    pub from: Option<i64>,
-    /// Raised before, ms.
-    pub to: Option<i64>,
-    pub limit: usize,
 }
 
 /// Reads alert history beside the writer (read-only, its own connection per query).

@@ -18,50 +18,12 @@
 
 use std::path::{Path, PathBuf};
 
+use iotmon_wire::history::{HistoryPoint, HistoryQuery, HistorySeries};
 use rusqlite::{Connection, OptionalExtension};
-use serde::Serialize;
 
 use crate::config::BridgeConfig;
 use crate::rollup::{window_start, Accumulator};
 use crate::store::{db_path, recent, schema, StoreError};
-
-/// What to read.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HistoryQuery {
-    pub device: String,
-    pub metric: String,
-    /// Start of the range, inclusive, ms since the epoch.
-    pub from: i64,
-    /// End of the range, exclusive.
-    pub to: i64,
-    pub max_points: usize,
-    /// The current time, for retention (injected for tests).
-    pub now: i64,
-}
-
-/// One bucket of history.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct HistoryPoint {
-    /// Bucket start, ms since the epoch.
-    pub ts: i64,
-    pub count: u64,
-    pub mean: f64,
-    pub min: f64,
-    pub max: f64,
-    pub last: f64,
-}
-
-/// The answer: the points and how they were made.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct HistorySeries {
-    pub device: String,
-    pub metric: String,
-    /// Width of the tier read, ms.
-    pub tier_ms: i64,
-    /// Width of each point's bucket, ms.
-    pub bucket_ms: i64,
-    pub points: Vec<HistoryPoint>,
-}
 
 /// Reads history from the store's database file, beside the writer.
 #[derive(Debug, Clone)]

@@ -8,11 +8,13 @@
 //!   into the series-ordered table every few minutes.
 //! - [`history`]: reading a device's history for charts, downsampled with min and max kept.
 //! - [`registry`]: the device registry, reloaded at start.
+//! - [`source`]: the store as a dashboard's [`iotmon_wire::history::HistorySource`].
 
 pub mod history;
 pub mod recent;
 pub mod registry;
 pub mod schema;
+pub mod source;
 pub mod writer;
 
 use std::path::{Path, PathBuf};
@@ -29,7 +31,8 @@ use crate::config::BridgeConfig;
 use crate::counters::BridgeCounters;
 use crate::shard::{RegistryEntry, StoreBatch};
 
-pub use history::{HistoryPoint, HistoryQuery, HistoryReader, HistorySeries};
+pub use history::HistoryReader;
+pub use source::StoreHistory;
 
 /// The store's file name inside the data directory.
 pub const DB_FILE: &str = "iotmon.db";

@@ -19,13 +19,13 @@ use tracing::{error, info};
 use crate::config::BridgeConfig;
 use crate::counters::BridgeCounters;
 use crate::influx::line::{self, ExportRow};
-use crate::pipeline::unix_millis;
 use crate::rollup::{window_start, Accumulator};
 use crate::shard::StoreBatch;
 use crate::store::recent::{self, MergePass, RecentRows};
 use crate::store::registry::{self, Ids};
 use crate::store::StoreError;
 use crate::FastMap;
+use iotmon_wire::unix_millis;
 
 /// How often maintenance (cascade, export) runs.
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(1);

@@ -5,9 +5,9 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use iotmon_bridge::alerts::store::AlertQuery;
-use iotmon_bridge::pipeline::unix_millis;
 use iotmon_wire::alert::AlertTransition;
+use iotmon_wire::history::{AlertQuery, HistoryError};
+use iotmon_wire::unix_millis;
 use iotmon_wire::{Alert, AlertCommand, AlertId, AlertState, Severity};
 use serde::{Deserialize, Serialize};
 
@@ -60,7 +60,7 @@ pub(super) async fn list(
     let history =
         params.from.is_some() || params.to.is_some() || wanted_state == Some(AlertState::Closed);
     let mut alerts = if history {
-        let reader = state.alerts.history.clone().ok_or(ApiError::NoStore)?;
+        let reader = state.history.clone().ok_or(ApiError::NoStore)?;
         let query = AlertQuery {
             state: wanted_state,
             group: params.group.clone(),
@@ -101,15 +101,12 @@ pub(super) async fn one(
 ) -> Result<Json<AlertDetail>, ApiError> {
     let open = state.hub.list_alerts().await.ok_or(ApiError::Unavailable)?;
     let live = open.into_iter().find(|alert| alert.id == id);
-    let (stored, transitions) = match state.alerts.history.clone() {
-        Some(reader) => {
-            blocking(move || {
-                let transitions = reader.transitions(id)?;
-                let alert = reader.alert(id)?;
-                Ok((alert, transitions))
-            })
-            .await?
-        }
+    let stored = match state.history.clone() {
+        Some(reader) => blocking(move || reader.alert(id)).await?,
+        None => None,
+    };
+    let (stored, transitions) = match stored {
+        Some((alert, transitions)) => (Some(alert), transitions),
         None => (None, Vec::new()),
     };
     let alert = live.or(stored).ok_or(ApiError::NoSuchAlert(id))?;
@@ -217,7 +214,7 @@ fn parse_opt<T>(
 
 /// Runs a store read on the blocking pool; failures are logged, the caller gets a 500.
 async fn blocking<T: Send + 'static>(
-    read: impl FnOnce() -> Result<T, iotmon_bridge::alerts::store::AlertStoreError> + Send + 'static,
+    read: impl FnOnce() -> Result<T, HistoryError> + Send + 'static,
 ) -> Result<T, ApiError> {
     match tokio::task::spawn_blocking(read).await {
         Ok(Ok(value)) => Ok(value),

@@ -44,9 +44,14 @@ fn batch(devices: Vec<RegistryEntry>, rollups: Vec<RollupDelta>) -> StoreBatch {
     StoreBatch { rollups, devices }
 }
 
-fn query(dir: &std::path::Path, from: i64, to: i64, points: usize) -> history::HistorySeries {
+fn query(
+    dir: &std::path::Path,
+    from: i64,
+    to: i64,
+    points: usize,
+) -> iotmon_wire::history::HistorySeries {
     history::HistoryReader::new(dir, &BridgeConfig::default())
-        .query(&history::HistoryQuery {
+        .query(&iotmon_wire::history::HistoryQuery {
             device: "d1".into(),
             metric: "t".into(),
             from,
@@ -534,7 +539,7 @@ fn assert_readers_see(writer: &Writer, dir: &std::path::Path, expected: &Expecte
     let reader = history::HistoryReader::new(dir, &BridgeConfig::default());
     for device in ["d00", "d07", "d19"] {
         let series = reader
-            .query(&history::HistoryQuery {
+            .query(&iotmon_wire::history::HistoryQuery {
                 device: device.into(),
                 metric: "m1".into(),
                 from: T0,
@@ -971,7 +976,7 @@ fn store_write_cost_probe() {
         .map(|i| {
             let began = Instant::now();
             let series = reader
-                .query(&history::HistoryQuery {
+                .query(&iotmon_wire::history::HistoryQuery {
                     device: format!("dev-{:05}", i * 7 % fleet),
                     metric: "temperature".into(),
                     from: end - 3_600_000,

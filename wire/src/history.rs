@@ -1,0 +1,90 @@
+//! What a dashboard reads from the store, and the trait it reads it through: the dashboard
+//! depends on [`HistorySource`], not on the bridge that keeps the store; the binary wires in
+//! the store of the bridge in its process (or none).
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::alert::{Alert, AlertId, AlertState, AlertTransition};
+
+/// A metric's history to read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryQuery {
+    pub device: String,
+    pub metric: String,
+    /// Start of the range, inclusive, ms since the epoch.
+    pub from: i64,
+    /// End of the range, exclusive.
+    pub to: i64,
+    pub max_points: usize,
+    /// The current time, for retention (injected for tests).
+    pub now: i64,
+}
+
+/// One bucket of history.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct HistoryPoint {
+    /// Bucket start, ms since the epoch.
+    pub ts: i64,
+    pub count: u64,
+    pub mean: f64,
+    pub min: f64,
+    pub max: f64,
+    pub last: f64,
+}
+
+/// A metric's history: the points and how they were made.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistorySeries {
+    pub device: String,
+    pub metric: String,
+    /// Width of the tier read, ms.
+    pub tier_ms: i64,
+    /// Width of each point's bucket, ms.
+    pub bucket_ms: i64,
+    pub points: Vec<HistoryPoint>,
+}
+
+/// Which alerts a history query returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AlertQuery {
+    pub state: Option<AlertState>,
+    /// Only alerts about this group (the group itself or a subgroup).
+    pub group: Option<String>,
+    /// Raised at or after, ms.
+    pub from: Option<i64>,
+    /// Raised before, ms.
+    pub to: Option<i64>,
+    pub limit: usize,
+}
+
+/// The store could not answer; the source says why, for the log (callers show a generic
+/// message).
+#[derive(Debug, Error)]
+#[error("the store could not be read: {source}")]
+pub struct HistoryError {
+    #[from]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+/// Where history comes from. Every method blocks (a database read): call it from
+/// `spawn_blocking` in async code.
+pub trait HistorySource: Send + Sync + std::fmt::Debug {
+    /// A metric's history, downsampled to at most `query.max_points`, min and max kept.
+    ///
+    /// # Errors
+    /// The store cannot be read.
+    fn series(&self, query: &HistoryQuery) -> Result<HistorySeries, HistoryError>;
+
+    /// Alerts matching `query`, newest first.
+    ///
+    /// # Errors
+    /// The store cannot be read.
+    fn alerts(&self, query: &AlertQuery) -> Result<Vec<Alert>, HistoryError>;
+
+    /// One alert, open or closed, with its transitions oldest first.
+    ///
+    /// # Errors
+    /// The store cannot be read.
+    fn alert(&self, id: AlertId) -> Result<Option<(Alert, Vec<AlertTransition>)>, HistoryError>;
+}
