@@ -5,8 +5,8 @@ mod alerts;
 
 use std::sync::Arc;
 
-use axum::extract::{Query, Request, State, WebSocketUpgrade};
-use axum::http::{header, StatusCode};
+use axum::extract::{Path, Query, Request, State, WebSocketUpgrade};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -26,6 +26,27 @@ use crate::session::{serve_viewer, SessionLimits};
 
 /// The page, compiled into the binary: users need nothing but `iotmon` to run the UI.
 const INDEX_HTML: &str = include_str!("../assets/index.html");
+
+/// What the page loads from `/assets/`: its style sheet and its script as ES modules (no build
+/// step), compiled into the binary like the page. Name, content type, content.
+const ASSETS: &[(&str, &str, &str)] = &[
+    ("style.css", CSS, include_str!("../assets/style.css")),
+    ("app.js", JS, include_str!("../assets/app.js")),
+    ("state.js", JS, include_str!("../assets/state.js")),
+    ("util.js", JS, include_str!("../assets/util.js")),
+    ("connection.js", JS, include_str!("../assets/connection.js")),
+    ("devices.js", JS, include_str!("../assets/devices.js")),
+    ("groups.js", JS, include_str!("../assets/groups.js")),
+    ("alerts.js", JS, include_str!("../assets/alerts.js")),
+    (
+        "alert-model.js",
+        JS,
+        include_str!("../assets/alert-model.js"),
+    ),
+    ("detail.js", JS, include_str!("../assets/detail.js")),
+];
+const JS: &str = "text/javascript; charset=utf-8";
+const CSS: &str = "text/css; charset=utf-8";
 
 /// Most devices one `/api/devices` page may hold.
 const MAX_PAGE: usize = 500;
@@ -75,6 +96,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(guarded)
         .route("/", get(index))
+        .route("/assets/{name}", get(asset))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(not_found)
@@ -139,6 +161,44 @@ impl IntoResponse for ApiError {
 
 async fn index() -> Html<&'static str> {
     Html(INDEX_HTML)
+}
+
+/// One of the page's [`ASSETS`]. Browsers revalidate on every load (`no-cache`) against the
+/// asset's ETag, so a page never runs modules from two different builds.
+async fn asset(Path(name): Path<String>, headers: HeaderMap) -> Response {
+    let Some((content_type, body)) = find_asset(&name) else {
+        return ApiError::NotFound.into_response();
+    };
+    let etag = asset_etag(body);
+    let cached = headers
+        .get(header::IF_NONE_MATCH)
+        .is_some_and(|value| value.as_bytes() == etag.as_bytes());
+    let headers = [
+        (header::CONTENT_TYPE, content_type.to_string()),
+        (header::CACHE_CONTROL, "no-cache".to_string()),
+        (header::ETAG, etag),
+    ];
+    if cached {
+        (StatusCode::NOT_MODIFIED, headers).into_response()
+    } else {
+        (headers, body).into_response()
+    }
+}
+
+/// The content type and content of the asset `name`.
+fn find_asset(name: &str) -> Option<(&'static str, &'static str)> {
+    ASSETS
+        .iter()
+        .find(|(asset, _, _)| *asset == name)
+        .map(|(_, content_type, body)| (*content_type, *body))
+}
+
+/// A strong ETag for an asset: FNV-1a of its content (stable across builds and runs).
+fn asset_etag(body: &str) -> String {
+    let hash = body.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("\"{hash:016x}\"")
 }
 
 async fn not_found() -> ApiError {
@@ -425,6 +485,28 @@ mod tests {
             history_query(params(None, None, Some(5000)), 0),
             Err(ApiError::BadRequest(_))
         ));
+    }
+
+    #[test]
+    fn every_module_the_page_imports_is_served_with_its_content_type() {
+        // The page and each module name what they load; each must be in ASSETS.
+        let mut sources = vec![INDEX_HTML];
+        sources.extend(ASSETS.iter().map(|(_, _, body)| *body));
+        for source in sources {
+            for name in source
+                .split(['"', '\''])
+                .filter_map(|s| s.strip_prefix("./").or_else(|| s.strip_prefix("assets/")))
+            {
+                assert!(
+                    find_asset(name).is_some(),
+                    "{name} is loaded but not served"
+                );
+            }
+        }
+        assert_eq!(find_asset("app.js").map(|a| a.0), Some(JS));
+        assert_eq!(find_asset("style.css").map(|a| a.0), Some(CSS));
+        assert!(find_asset("../api.rs").is_none());
+        assert_ne!(asset_etag("a"), asset_etag("b"));
     }
 
     #[test]

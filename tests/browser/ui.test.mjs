@@ -9,103 +9,22 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
+import * as support from './support.mjs';
+import { startChild, serverAddresses, stopAll, waitHere } from './support.mjs';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
-const BIN = process.env.IOTMON_BIN
-  ? path.resolve(process.env.IOTMON_BIN)
-  : path.resolve(here, '../../target/debug/iotmon');
-const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const DEVICES = 120;
 const PAGE_SIZE = 50;
 
-const children = [];
 let dataDir, browser, page, httpUrl;
-const framesReceived = []; // parsed WebSocket messages, server -> page
-const framesSent = [];     // parsed WebSocket messages, page -> server
+let framesReceived = []; // parsed WebSocket messages, server -> page
+let framesSent = [];     // parsed WebSocket messages, page -> server
 
-// --- Child processes ------------------------------------------------------------------------
-
-// Starts `iotmon ARGS`, keeping its recent output for error messages. Both pipes are read
-// continuously so a chatty child never blocks on a full pipe.
-function startChild(name, args) {
-  const child = spawn(BIN, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-  child.label = name;
-  child.recent = [];
-  child.stdoutLines = readline.createInterface({ input: child.stdout });
-  const keep = (stream) => (line) => {
-    child.recent.push(`[${name} ${stream}] ${line}`);
-    if (child.recent.length > 200) child.recent.shift();
-  };
-  child.stdoutLines.on('line', keep('out'));
-  readline.createInterface({ input: child.stderr }).on('line', keep('err'));
-  child.exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
-  child.once('error', (err) => child.recent.push(`[${name}] failed to start: ${err.message}`));
-  children.push(child);
-  return child;
-}
-
-function recentOutput() {
-  return children.map((c) => c.recent.slice(-40).join('\n')).join('\n');
-}
-
-// Resolves with the MQTT and HTTP addresses the server prints once it is listening.
-function serverAddresses(server, timeoutMs) {
-  return new Promise((resolve, reject) => {
-    let mqtt, http;
-    const fail = (why) => { clearTimeout(timer); reject(new Error(`${why}\n--- output ---\n${recentOutput()}`)); };
-    const timer = setTimeout(() => fail(`server did not print both addresses within ${timeoutMs / 1000} s`), timeoutMs);
-    server.stdoutLines.on('line', (raw) => {
-      const line = raw.replace(/\x1b\[[0-9;]*m/g, ''); // in case the output is coloured
-      mqtt ??= line.match(/mqtt listening on (127\.0\.0\.1:\d+)/)?.[1];
-      http ??= line.match(/http listening on (http:\/\/127\.0\.0\.1:\d+)/)?.[1];
-      if (mqtt && http) { clearTimeout(timer); resolve({ mqtt, http }); }
-    });
-    server.exited.then(({ code, signal }) => fail(`server exited early (code ${code}, signal ${signal})`));
-    server.once('error', (err) => fail(`could not start ${BIN}: ${err.message}`));
-  });
-}
-
-async function stopChild(child) {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  child.kill('SIGTERM');
-  const killed = setTimeout(() => child.kill('SIGKILL'), 5000);
-  await child.exited;
-  clearTimeout(killed);
-}
-
-// Last resort if the run is torn down without the `after` hook (e.g. an uncaught exception).
-process.on('exit', () => { for (const c of children) if (c.exitCode === null) c.kill('SIGKILL'); });
-
-// --- Helpers --------------------------------------------------------------------------------
-
-// Polls a predicate in the page until it holds; on timeout, says what was awaited and shows
-// the page's header and the children's output, which is what one needs to debug it.
-async function waitInPage(what, fn, arg, timeout) {
-  try {
-    return await page.waitForFunction(fn, arg, { timeout, polling: 100 });
-  } catch (err) {
-    const header = await page.locator('header').innerText().catch(() => '?');
-    throw new Error(`timed out waiting for ${what} (${err.message.split('\n')[0]})\n` +
-      `page header: ${header.replace(/\s+/g, ' ')}\n--- output ---\n${recentOutput()}`);
-  }
-}
-
-// Polls a predicate in this process (for the recorded WebSocket frames).
-async function waitHere(what, fn, timeout) {
-  const deadline = Date.now() + timeout;
-  while (!fn()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
+const waitInPage = (...args) => support.waitInPage(page, ...args);
 
 // The device count the server gives for a group, to compare the page with.
 async function groupSize(group) {
@@ -123,7 +42,7 @@ const rowIds = () => page.$$eval('tbody tr[data-device]', (rows) => rows.map((r)
 // --- Setup and teardown ---------------------------------------------------------------------
 
 before(async () => {
-  assert.ok(existsSync(BIN), `no server binary at ${BIN}: run \`cargo build\` or set IOTMON_BIN`);
+  support.assertBinary();
   dataDir = await mkdtemp(path.join(tmpdir(), 'iotmon-ui-'));
   const server = startChild('serve', ['serve', '--mqtt-listen', '127.0.0.1:0', '--http-listen', '127.0.0.1:0',
     '--data-dir', dataDir, '--allow-anonymous']);
@@ -133,24 +52,16 @@ before(async () => {
   startChild('simulate', ['simulate', '--broker', `mqtt://${addrs.mqtt}`, '--devices', String(DEVICES), '--interval', '1s',
     '--presence', '--offline-rate', '0.001', '--offline-for', '60s']);
 
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  });
+  browser = await support.launchBrowser();
   page = await browser.newPage({ viewport: { width: 1366, height: 860 } });
   page.on('pageerror', (err) => console.error('page error:', err.message));
-  page.on('websocket', (ws) => {
-    const record = (list) => (frame) => { try { list.push(JSON.parse(frame.payload)); } catch { /* binary */ } };
-    ws.on('framereceived', record(framesReceived));
-    ws.on('framesent', record(framesSent));
-  });
+  ({ received: framesReceived, sent: framesSent } = support.recordFrames(page));
   await page.goto(httpUrl);
 }, { timeout: 60_000 });
 
 after(async () => {
   await browser?.close().catch(() => {});
-  await Promise.all(children.map(stopChild));
+  await stopAll();
   if (dataDir) await rm(dataDir, { recursive: true, force: true });
 }, { timeout: 30_000 });
 
