@@ -184,6 +184,30 @@ struct Current {
     input: Mutex<Vec<u8>>,
 }
 
+/// Runs one input, as a run would: `Err` says what went wrong (a panic on any thread, or a
+/// broken expectation). For replaying saved inputs and for regression tests.
+///
+/// # Errors
+/// The panic message or the expectation broken.
+pub fn check_one(surface: &mut dyn Surface, input: &[u8]) -> Result<(), String> {
+    install_panic_hook();
+    DRIVING.with(|driving| driving.set(true));
+    let (before, _) = other_panics();
+    let outcome = panic::catch_unwind(AssertUnwindSafe(|| surface.check(input)));
+    DRIVING.with(|driving| driving.set(false));
+    let (after, message) = other_panics();
+    match outcome {
+        Err(_) => Err(format!(
+            "crash: {}",
+            LAST_PANIC
+                .with(|last| last.borrow_mut().take())
+                .unwrap_or_default()
+        )),
+        Ok(Ok(())) if after != before => Err(format!("crash: {}", message.unwrap_or_default())),
+        Ok(result) => result,
+    }
+}
+
 /// Runs `surface` as `options` say and returns its figures.
 pub fn run(surface: &mut dyn Surface, options: &Options) -> Report {
     install_panic_hook();

@@ -110,8 +110,7 @@ fn main() -> ExitCode {
                         return ExitCode::from(2);
                     }
                 };
-                // The panic, if any, prints as usual.
-                let outcome = surface.check(&input);
+                let outcome = driver::check_one(surface.as_mut(), &input);
                 println!("{}: {outcome:?}", file.display());
             }
             ExitCode::SUCCESS
