@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use thiserror::Error;
 
 /// How the dashboard listens and what each viewer may ask for.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -63,5 +64,99 @@ impl Default for DashboardConfig {
             stall_limit: Duration::from_secs(10),
             token: None,
         }
+    }
+}
+
+/// Why dashboard settings cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ConfigError {
+    #[error("dashboard.{0} must be greater than zero")]
+    Zero(&'static str),
+    #[error("dashboard.{name} must be at most {max} (got {got})")]
+    TooLarge {
+        name: &'static str,
+        max: usize,
+        got: usize,
+    },
+}
+
+impl DashboardConfig {
+    /// Checks what serde cannot: the values the dashboard cannot start with (a zero tick or
+    /// heartbeat period, a zero viewer queue, a viewer queue or viewer slots beyond what a
+    /// tokio channel or semaphore holds), which
+    /// would otherwise panic when the dashboard or a viewer's session starts.
+    ///
+    /// # Errors
+    /// The first problem found.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (name, value) in [("tick", self.tick), ("heartbeat", self.heartbeat)] {
+            if value.is_zero() {
+                return Err(ConfigError::Zero(name));
+            }
+        }
+        if self.viewer_queue == 0 {
+            return Err(ConfigError::Zero("viewer_queue"));
+        }
+        // Both become tokio semaphores (a bounded channel is one), which panic beyond this.
+        let max = tokio::sync::Semaphore::MAX_PERMITS;
+        for (name, got) in [
+            ("viewer_queue", self.viewer_queue),
+            ("max_viewers", self.max_viewers),
+        ] {
+            if got > max {
+                return Err(ConfigError::TooLarge { name, max, got });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_the_dashboard_cannot_start_with_are_refused() {
+        assert_eq!(DashboardConfig::default().validate(), Ok(()));
+        let zero_tick = DashboardConfig {
+            tick: Duration::ZERO,
+            ..DashboardConfig::default()
+        };
+        assert_eq!(zero_tick.validate(), Err(ConfigError::Zero("tick")));
+        let zero_heartbeat = DashboardConfig {
+            heartbeat: Duration::ZERO,
+            ..DashboardConfig::default()
+        };
+        assert_eq!(
+            zero_heartbeat.validate(),
+            Err(ConfigError::Zero("heartbeat"))
+        );
+        let no_queue = DashboardConfig {
+            viewer_queue: 0,
+            ..DashboardConfig::default()
+        };
+        assert_eq!(no_queue.validate(), Err(ConfigError::Zero("viewer_queue")));
+        let too_many = DashboardConfig {
+            max_viewers: usize::MAX,
+            ..DashboardConfig::default()
+        };
+        assert!(matches!(
+            too_many.validate(),
+            Err(ConfigError::TooLarge {
+                name: "max_viewers",
+                ..
+            })
+        ));
+        let huge_queue = DashboardConfig {
+            viewer_queue: usize::MAX,
+            ..DashboardConfig::default()
+        };
+        assert!(matches!(
+            huge_queue.validate(),
+            Err(ConfigError::TooLarge {
+                name: "viewer_queue",
+                ..
+            })
+        ));
     }
 }

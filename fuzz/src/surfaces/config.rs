@@ -237,7 +237,9 @@ impl Surface for ConfigFile {
             return Ok(());
         };
         check_prints_back(&config)?;
-        let valid = config.broker.validate().is_ok() && config.bridge.validate().is_ok();
+        let valid = config.broker.validate().is_ok()
+            && config.bridge.validate().is_ok()
+            && config.dashboard.validate().is_ok();
         if valid {
             self.build_parts(&config);
         }
