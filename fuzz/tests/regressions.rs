@@ -1,9 +1,14 @@
 //! Inputs the fuzzer found that crashed iotmon, each checked to be handled now.
 
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
 use bytes::BytesMut;
-use iotmon_fuzz::driver::check_one;
+use iotmon_fuzz::driver::{self, check_one};
+use iotmon_fuzz::mqtt::Version;
 use iotmon_fuzz::surfaces::config::ConfigFile;
-use iotmon_fuzz::surfaces::listener::Listener;
+use iotmon_fuzz::surfaces::listener::{self, Listener};
 use rumqttd::protocol::v5::V5;
 use rumqttd::protocol::{Disconnect, DisconnectReasonCode, Packet, Protocol};
 
@@ -122,4 +127,143 @@ fn dashboard_settings_that_would_panic_at_start_are_refused_by_validation() {
     ] {
         assert_eq!(check_one(&mut config, text.as_bytes()), Ok(()), "{text}");
     }
+}
+
+/// Reads from `stream` until a packet whose first byte satisfies `wanted` arrives; its first
+/// byte, or `None` at the end of the stream or the deadline.
+fn read_until(stream: &mut TcpStream, wanted: impl Fn(u8) -> bool) -> Option<u8> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while Instant::now() < deadline {
+        let read = match stream.read(&mut chunk) {
+            Ok(0) => return None,
+            Ok(read) => read,
+            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::TimedOut => {
+                continue
+            }
+            Err(_) => return None,
+        };
+        seen.extend_from_slice(&chunk[..read]);
+        // Walk the complete packets seen so far.
+        let mut at = 0;
+        while at + 2 <= seen.len() {
+            let (mut length, mut shift, mut header) = (0usize, 0, 1);
+            while let Some(byte) = seen.get(at + header) {
+                length |= usize::from(byte & 0x7f) << shift;
+                shift += 7;
+                header += 1;
+                if byte & 0x80 == 0 {
+                    break;
+                }
+            }
+            if at + header + length > seen.len() {
+                break;
+            }
+            if wanted(seen[at]) {
+                return Some(seen[at]);
+            }
+            at += header + length;
+        }
+        seen.drain(..at);
+    }
+    None
+}
+
+fn session(listener: &Listener, version: Version, connect: &[u8]) -> TcpStream {
+    let mut stream = listener::connect(listener.addr(version)).expect("connected");
+    stream.write_all(connect).expect("CONNECT sent");
+    assert_eq!(
+        read_until(&mut stream, |b| b == 0x20),
+        Some(0x20),
+        "CONNACK"
+    );
+    stream
+}
+
+fn plain_connect(level: u8, client_id: &str, clean: bool) -> Vec<u8> {
+    let mut body = string("MQTT");
+    body.extend([level, if clean { 2 } else { 0 }, 0, 60]);
+    if level == 5 {
+        body.push(0);
+    }
+    body.extend(string(client_id));
+    packet(0x10, &body)
+}
+
+#[test]
+fn a_message_published_with_mqtt5_properties_reaches_an_mqtt_3_1_1_subscriber() {
+    let listener = Listener::start();
+    let (panics_before, _) = driver::other_panics();
+    let mut subscriber = session(&listener, Version::V4, &plain_connect(4, "sub-v4", true));
+    subscriber
+        .write_all(&subscribe(4, "with/props"))
+        .expect("SUBSCRIBE sent");
+    assert_eq!(
+        read_until(&mut subscriber, |b| b == 0x90),
+        Some(0x90),
+        "SUBACK"
+    );
+    let mut publisher = session(&listener, Version::V5, &plain_connect(5, "pub-v5", true));
+    // PUBLISH QoS 0 with a content type property (3, "a/b").
+    let mut body = string("with/props");
+    body.extend([6, 3]);
+    body.extend(string("a/b"));
+    body.extend(b"payload");
+    publisher
+        .write_all(&packet(0x30, &body))
+        .expect("PUBLISH sent");
+    assert_eq!(
+        read_until(&mut subscriber, |b| b >> 4 == 3),
+        Some(0x30),
+        "the MQTT 3.1.1 subscriber receives the message"
+    );
+    assert_eq!(
+        driver::other_panics().0,
+        panics_before,
+        "no panic in the broker"
+    );
+}
+
+#[test]
+fn a_persistent_session_with_a_shared_subscription_and_unacknowledged_messages_can_leave() {
+    let listener = Listener::start();
+    let (panics_before, _) = driver::other_panics();
+    let mut client = session(
+        &listener,
+        Version::V4,
+        &plain_connect(4, "persistent", false),
+    );
+    let mut sub = vec![0, 1];
+    sub.extend(string("$share/g/jobs"));
+    sub.push(1); // QoS 1
+    client
+        .write_all(&packet(0x82, &sub))
+        .expect("SUBSCRIBE sent");
+    assert_eq!(read_until(&mut client, |b| b == 0x90), Some(0x90), "SUBACK");
+    let mut publish = string("jobs");
+    publish.extend([0, 7]);
+    publish.extend(b"job");
+    client
+        .write_all(&packet(0x32, &publish))
+        .expect("PUBLISH sent");
+    // The message comes back (QoS 1) and is left unacknowledged when the client goes.
+    assert!(
+        read_until(&mut client, |b| b >> 4 == 3).is_some(),
+        "PUBLISH delivered"
+    );
+    drop(client);
+    // The router handles the disconnection; a new client must still be served.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while driver::other_panics().0 == panics_before && Instant::now() < deadline {
+        if listener.probe(Version::V4).is_ok() {
+            break;
+        }
+    }
+    assert_eq!(listener.probe(Version::V4), Ok(()));
+    assert_eq!(
+        driver::other_panics().0,
+        panics_before,
+        "no panic in the broker"
+    );
 }

@@ -85,13 +85,20 @@ impl Listener {
         self.broker = Some(broker);
     }
 
+    /// The address of the listener for `version`.
+    pub fn addr(&self, version: Version) -> SocketAddr {
+        match version {
+            Version::V4 => self.v4,
+            Version::V5 => self.v5,
+        }
+    }
+
     /// Connects with a well-formed CONNECT and expects a successful CONNACK.
-    fn probe(&self, version: Version) -> Result<(), String> {
-        let addr = if version == Version::V5 {
-            self.v5
-        } else {
-            self.v4
-        };
+    ///
+    /// # Errors
+    /// No CONNACK in time, or a refusal.
+    pub fn probe(&self, version: Version) -> Result<(), String> {
+        let addr = self.addr(version);
         let mut stream = connect(addr)?;
         stream
             .write_all(&mqtt::connect(version, "fuzz-probe", None))
@@ -109,7 +116,11 @@ impl Listener {
     }
 }
 
-fn connect(addr: SocketAddr) -> Result<TcpStream, String> {
+/// A TCP connection to `addr` with the time limits of this surface.
+///
+/// # Errors
+/// The connection cannot be made.
+pub fn connect(addr: SocketAddr) -> Result<TcpStream, String> {
     let stream = TcpStream::connect_timeout(&addr, ANSWER_LIMIT)
         .map_err(|e| format!("cannot connect to the broker at {addr}: {e}"))?;
     stream

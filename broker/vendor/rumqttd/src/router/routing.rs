@@ -421,11 +421,8 @@ impl Router {
             self.lossless_ids.push(connection_id);
         }
 
-        // Check if there are multiple data requests on same filter.
-        debug_assert!(self
-            .scheduler
-            .check_tracker_duplicates(connection_id)
-            .is_none());
+        // iotmon patch: upstream asserted here (debug builds) that a restored session has no
+        // two data requests on one filter; see `prepare_filter` for why it may.
 
         let ack = ConnAck {
             session_present: !clean_session && previous_session,
@@ -575,12 +572,16 @@ impl Router {
                 if let Some(cursor) = retransmissions.get(&request.filter_idx) {
                     request.cursor = *cursor;
                     // reset the group cursor
-                    if let Some(group_name) = &request.group {
-                        // TODO: Test this more
-                        self.shared_subscriptions
-                            .get_mut(group_name)
-                            .expect("group must exists")
-                            .cursor = *cursor;
+                    // iotmon patch: upstream `expect`ed the group, but it was removed just
+                    // above when this client was its last member: a persistent session with
+                    // a shared subscription and unacknowledged messages stopped the router
+                    // thread on disconnect. A group that is gone has no cursor to reset.
+                    if let Some(group) = request
+                        .group
+                        .as_ref()
+                        .and_then(|name| self.shared_subscriptions.get_mut(name))
+                    {
+                        group.cursor = *cursor;
                     }
                 }
             }
