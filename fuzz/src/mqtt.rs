@@ -107,7 +107,7 @@ pub fn connect(version: Version, client_id: &str, rng: Option<&mut SmallRng>) ->
     put_str(&mut body, client_id.as_bytes());
     if let Some((topic, message)) = will {
         if version == Version::V5 {
-            properties(&mut body, rng.as_deref_mut());
+            properties(&mut body, rng);
         }
         put_str(&mut body, topic.as_bytes());
         put_str(&mut body, message);

@@ -234,12 +234,13 @@ impl Bridge {
     }
 }
 
+/// A device topic parser, and the function that builds its topics.
+type TopicParser = fn(&str) -> Result<topics::DeviceTopic<'_>, topics::TopicError>;
+type TopicBuilder = fn(&str, &str) -> String;
+
 /// Every device topic parser: a topic that parses must be rebuilt exactly from its parts.
 fn check_topic(topic: &str) -> Result<(), String> {
-    let parsers: [(
-        fn(&str) -> Result<topics::DeviceTopic<'_>, topics::TopicError>,
-        fn(&str, &str) -> String,
-    ); 3] = [
+    let parsers: [(TopicParser, TopicBuilder); 3] = [
         (topics::parse_sensor_topic, topics::sensor_topic),
         (topics::parse_status_topic, topics::status_topic),
         (topics::parse_live_topic, topics::live_topic),
