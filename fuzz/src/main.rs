@@ -102,8 +102,9 @@ fn main() -> ExitCode {
                 eprintln!("no surface {surface}; known: {:?}", surfaces::NAMES);
                 return ExitCode::from(2);
             };
-            for file in files {
-                let input = match std::fs::read(&file) {
+            let rss_start = driver::rss_kib();
+            for file in &files {
+                let input = match std::fs::read(file) {
                     Ok(input) => input,
                     Err(error) => {
                         eprintln!("{}: {error}", file.display());
@@ -113,6 +114,11 @@ fn main() -> ExitCode {
                 let outcome = driver::check_one(surface.as_mut(), &input);
                 println!("{}: {outcome:?}", file.display());
             }
+            println!(
+                "{} inputs; RSS {rss_start} -> {} KiB",
+                files.len(),
+                driver::rss_kib()
+            );
             ExitCode::SUCCESS
         }
     }

@@ -593,10 +593,12 @@ impl Router {
                 outgoing.unacked_pubrels,
             );
         } else {
-            tracker.pause(PauseReason::Busy);
-            let id = tracker.id.clone();
-            // Only save metrics in clean session
-            self.graveyard.save_metrics(id, connection.events);
+            // iotmon patch: upstream kept the connection's event log (its last connect and
+            // disconnect times, for the standalone console) under its client id for ever,
+            // about 1 KiB per distinct client id that ever connected with a clean session:
+            // clients with random or ever-new ids grew the broker without bound. A clean
+            // session leaves nothing behind now.
+            drop(tracker);
         }
         self.router_meters.total_connections -= 1;
     }
