@@ -11,6 +11,7 @@ use crate::segments::Position;
 use crate::*;
 use flume::{bounded, Receiver, RecvError, Sender, TryRecvError};
 use slab::Slab;
+use bytes::BytesMut;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::str::Utf8Error;
 use std::thread;
@@ -1404,6 +1405,7 @@ fn append_to_commitlog(
         validate_and_set_topic_alias(&mut publish, connection, alias)?;
     };
 
+    own_publish_bytes(&mut publish);
     let topic = std::str::from_utf8(&publish.topic)?;
 
     // Ensure that only clients associated with a tenant can publish to tenant's topic
@@ -1462,6 +1464,23 @@ fn append_to_commitlog(
 
     // error!("{:15.15}[E] {:20} topic = {}", connections[id].client_id, "no-filter", topic);
     Ok(o)
+}
+
+/// iotmon patch: a publish's topic and payload are slices of the buffer its connection read
+/// it into (chunks of 2 KiB and more, see `Network::read_bytes`), and a slice keeps the whole
+/// chunk alive. Kept in a filter's log or as a retained message, a small publish from a
+/// short-lived connection pinned its whole read chunk (~2.5 KiB for a few bytes), while the
+/// log's size limit counts only the publish's own bytes: the broker's memory grew far beyond
+/// `max_segment_size` × `max_segment_count`. Both are copied into one allocation of their
+/// own size before they are kept.
+fn own_publish_bytes(publish: &mut Publish) {
+    let topic_len = publish.topic.len();
+    let mut owned = BytesMut::with_capacity(topic_len + publish.payload.len());
+    owned.extend_from_slice(&publish.topic);
+    owned.extend_from_slice(&publish.payload);
+    let mut owned = owned.freeze();
+    publish.topic = owned.split_to(topic_len);
+    publish.payload = owned;
 }
 
 fn append_will_message(
