@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::embedded::BrokerError;
+
 /// How the embedded broker listens and what it allows.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -70,5 +72,43 @@ impl Default for BrokerConfig {
             segment_count: 4,
             lossless_subscribers: Vec::new(),
         }
+    }
+}
+
+impl BrokerConfig {
+    /// Checks what serde cannot: limits rumqttd cannot work with (zero connections, zero-sized
+    /// segments, a single segment) and TLS files that do not exist. [`EmbeddedBroker::start`]
+    /// calls it; public so a whole configuration file can be checked before anything starts.
+    ///
+    /// [`EmbeddedBroker::start`]: crate::EmbeddedBroker::start
+    ///
+    /// # Errors
+    /// The first problem found.
+    pub fn validate(&self) -> Result<(), BrokerError> {
+        let limits = [
+            ("max_connections", self.max_connections),
+            ("max_packet_size", self.max_packet_size),
+            ("segment_size", self.segment_size),
+            ("segment_count", self.segment_count),
+        ];
+        if let Some((name, _)) = limits.iter().find(|(_, value)| *value == 0) {
+            return Err(BrokerError::ZeroLimit(name));
+        }
+        // With one segment, opening the next drops the only one: a lossless subscriber could
+        // not be kept from losing what it has not read.
+        if self.segment_count < 2 {
+            return Err(BrokerError::OneSegment);
+        }
+        if let Some(tls) = &self.tls {
+            for (what, path) in [("certificate", &tls.cert), ("key", &tls.key)] {
+                if !path.exists() {
+                    return Err(BrokerError::TlsFile {
+                        what,
+                        path: path.clone(),
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 }

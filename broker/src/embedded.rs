@@ -135,7 +135,7 @@ impl EmbeddedBroker {
     /// A limit that rumqttd cannot work with (zero connections, zero-sized segments), a TLS
     /// file that does not exist, or an unreadable credentials file.
     pub fn start(config: BrokerConfig, credentials: &std::path::Path) -> Result<Self, BrokerError> {
-        validate(&config)?;
+        config.validate()?;
         let metrics = Arc::new(BrokerMetrics::default());
         let auth = if config.allow_anonymous {
             None
@@ -327,34 +327,6 @@ fn pick_port(wanted: SocketAddr) -> io::Result<SocketAddr> {
     StdTcpListener::bind(wanted)?.local_addr()
 }
 
-fn validate(config: &BrokerConfig) -> Result<(), BrokerError> {
-    let limits = [
-        ("max_connections", config.max_connections),
-        ("max_packet_size", config.max_packet_size),
-        ("segment_size", config.segment_size),
-        ("segment_count", config.segment_count),
-    ];
-    if let Some((name, _)) = limits.iter().find(|(_, value)| *value == 0) {
-        return Err(BrokerError::ZeroLimit(name));
-    }
-    // With one segment, opening the next drops the only one: a lossless subscriber could
-    // not be kept from losing what it has not read.
-    if config.segment_count < 2 {
-        return Err(BrokerError::OneSegment);
-    }
-    if let Some(tls) = &config.tls {
-        for (what, path) in [("certificate", &tls.cert), ("key", &tls.key)] {
-            if !path.exists() {
-                return Err(BrokerError::TlsFile {
-                    what,
-                    path: path.clone(),
-                });
-            }
-        }
-    }
-    Ok(())
-}
-
 /// See `router_config`.
 const OUTGOING_BATCH: u64 = 2_000;
 
@@ -432,7 +404,7 @@ mod tests {
             ..BrokerConfig::default()
         };
         assert!(matches!(
-            validate(&zero),
+            zero.validate(),
             Err(BrokerError::ZeroLimit("segment_count"))
         ));
         let one_segment = BrokerConfig {
@@ -440,7 +412,7 @@ mod tests {
             ..BrokerConfig::default()
         };
         assert!(matches!(
-            validate(&one_segment),
+            one_segment.validate(),
             Err(BrokerError::OneSegment)
         ));
         let tls = BrokerConfig {
@@ -451,9 +423,9 @@ mod tests {
             }),
             ..BrokerConfig::default()
         };
-        let error = validate(&tls).expect_err("missing certificate");
+        let error = tls.validate().expect_err("missing certificate");
         assert!(error.to_string().contains("cert.pem"), "{error}");
-        assert!(validate(&BrokerConfig::default()).is_ok());
+        assert!(BrokerConfig::default().validate().is_ok());
     }
 
     #[test]

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use thiserror::Error;
 
 /// How the dashboard listens and what each viewer may ask for.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,51 +47,6 @@ pub struct DashboardConfig {
     pub token: Option<String>,
 }
 
-/// A dashboard setting that cannot be used.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("dashboard.{0} must be greater than zero")]
-pub struct ConfigError(pub &'static str);
-
-impl DashboardConfig {
-    /// Checks what serde cannot: every interval, queue and limit is non-zero (a zero tick or
-    /// heartbeat would make tokio panic; a zero queue could never carry a frame).
-    ///
-    /// # Errors
-    /// The first setting at fault.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        for (key, value) in [
-            ("tick", self.tick),
-            ("heartbeat", self.heartbeat),
-            ("idle_timeout", self.idle_timeout),
-            ("stall_limit", self.stall_limit),
-        ] {
-            if value.is_zero() {
-                return Err(ConfigError(key));
-            }
-        }
-        for (key, value) in [
-            ("viewer_queue", self.viewer_queue),
-            ("max_viewers", self.max_viewers),
-            ("max_view_devices", self.max_view_devices),
-            ("max_view_groups", self.max_view_groups),
-            ("max_message_bytes", self.max_message_bytes),
-            (
-                "max_messages_per_second",
-                self.max_messages_per_second as usize,
-            ),
-            (
-                "max_view_changes_per_second",
-                self.max_view_changes_per_second as usize,
-            ),
-        ] {
-            if value == 0 {
-                return Err(ConfigError(key));
-            }
-        }
-        Ok(())
-    }
-}
-
 impl Default for DashboardConfig {
     fn default() -> Self {
         DashboardConfig {
@@ -108,5 +64,119 @@ impl Default for DashboardConfig {
             stall_limit: Duration::from_secs(10),
             token: None,
         }
+    }
+}
+
+/// Why dashboard settings cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ConfigError {
+    #[error("dashboard.{0} must be greater than zero")]
+    Zero(&'static str),
+    #[error("dashboard.{name} must be at most {max} (got {got})")]
+    TooLarge {
+        name: &'static str,
+        max: usize,
+        got: usize,
+    },
+}
+
+impl DashboardConfig {
+    /// Checks what serde cannot: the values the dashboard cannot start with (a zero period,
+    /// queue or limit; a viewer queue or viewer slots beyond what a tokio channel or
+    /// semaphore holds), which would otherwise panic or refuse everything once it runs.
+    ///
+    /// # Errors
+    /// The first problem found.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (name, value) in [
+            ("tick", self.tick),
+            ("heartbeat", self.heartbeat),
+            ("idle_timeout", self.idle_timeout),
+            ("stall_limit", self.stall_limit),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::Zero(name));
+            }
+        }
+        for (name, value) in [
+            ("viewer_queue", self.viewer_queue),
+            ("max_viewers", self.max_viewers),
+            ("max_view_devices", self.max_view_devices),
+            ("max_view_groups", self.max_view_groups),
+            ("max_message_bytes", self.max_message_bytes),
+            (
+                "max_messages_per_second",
+                self.max_messages_per_second as usize,
+            ),
+            (
+                "max_view_changes_per_second",
+                self.max_view_changes_per_second as usize,
+            ),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Zero(name));
+            }
+        }
+        // Both become tokio semaphores (a bounded channel is one), which panic beyond this.
+        let max = tokio::sync::Semaphore::MAX_PERMITS;
+        for (name, got) in [
+            ("viewer_queue", self.viewer_queue),
+            ("max_viewers", self.max_viewers),
+        ] {
+            if got > max {
+                return Err(ConfigError::TooLarge { name, max, got });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_the_dashboard_cannot_start_with_are_refused() {
+        assert_eq!(DashboardConfig::default().validate(), Ok(()));
+        let zero_tick = DashboardConfig {
+            tick: Duration::ZERO,
+            ..DashboardConfig::default()
+        };
+        assert_eq!(zero_tick.validate(), Err(ConfigError::Zero("tick")));
+        let zero_heartbeat = DashboardConfig {
+            heartbeat: Duration::ZERO,
+            ..DashboardConfig::default()
+        };
+        assert_eq!(
+            zero_heartbeat.validate(),
+            Err(ConfigError::Zero("heartbeat"))
+        );
+        let no_queue = DashboardConfig {
+            viewer_queue: 0,
+            ..DashboardConfig::default()
+        };
+        assert_eq!(no_queue.validate(), Err(ConfigError::Zero("viewer_queue")));
+        let too_many = DashboardConfig {
+            max_viewers: usize::MAX,
+            ..DashboardConfig::default()
+        };
+        assert!(matches!(
+            too_many.validate(),
+            Err(ConfigError::TooLarge {
+                name: "max_viewers",
+                ..
+            })
+        ));
+        let huge_queue = DashboardConfig {
+            viewer_queue: usize::MAX,
+            ..DashboardConfig::default()
+        };
+        assert!(matches!(
+            huge_queue.validate(),
+            Err(ConfigError::TooLarge {
+                name: "viewer_queue",
+                ..
+            })
+        ));
     }
 }

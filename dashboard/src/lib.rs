@@ -46,13 +46,17 @@ pub enum DashboardError {
     },
     #[error("HTTP server failed: {0}")]
     Serve(io::Error),
+    #[error("invalid dashboard settings: {0}")]
+    Config(#[from] config::ConfigError),
 }
 
-/// Binds the HTTP listener; separate from [`run`] so the caller can print the bound address.
+/// Checks the settings and binds the HTTP listener; separate from [`run`] so the caller can
+/// print the bound address.
 ///
 /// # Errors
-/// The address cannot be bound.
+/// Settings the dashboard cannot run with, or the address cannot be bound.
 pub async fn bind(config: &DashboardConfig) -> Result<TcpListener, DashboardError> {
+    config.validate()?;
     TcpListener::bind(config.http_listen)
         .await
         .map_err(|source| DashboardError::Listen {

@@ -279,7 +279,7 @@ impl Session {
 
 /// A viewer's request, checked.
 #[derive(Debug, PartialEq)]
-enum Request {
+pub enum Request {
     View(ViewSpec),
     Groups(Vec<GroupPath>),
     Ping,
@@ -293,7 +293,12 @@ const MAX_SHELVE_MINUTES: u32 = 30 * 24 * 60;
 const ANONYMOUS_OPERATOR: &str = "viewer";
 
 /// Parses and checks a viewer's message; the error says what was wrong, for the viewer.
-fn parse_client_message(text: &str, limits: &SessionLimits) -> Result<Request, String> {
+/// Public so that it can be fuzzed (`fuzz/`): it is where any text from the network becomes
+/// a command.
+///
+/// # Errors
+/// The text is not a valid message, or asks for more than `limits` allow.
+pub fn parse_client_message(text: &str, limits: &SessionLimits) -> Result<Request, String> {
     let message: ClientMessage =
         serde_json::from_str(text).map_err(|e| format!("invalid message: {e}"))?;
     match message {

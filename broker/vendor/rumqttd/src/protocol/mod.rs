@@ -679,7 +679,9 @@ pub fn valid_filter(filter: &str) -> bool {
 /// **NOTE**: make sure a topic is validated during a publish and filter is validated
 /// during a subscribe
 pub fn matches(topic: &str, filter: &str) -> bool {
-    if !topic.is_empty() && topic[..1].contains('$') {
+    // iotmon patch: upstream sliced `topic[..1]`, which panics (on the router thread, so
+    // the whole broker stops routing) when the topic starts with a multi-byte character.
+    if topic.starts_with('$') {
         return false;
     }
 

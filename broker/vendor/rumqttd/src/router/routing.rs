@@ -11,6 +11,7 @@ use crate::segments::Position;
 use crate::*;
 use flume::{bounded, Receiver, RecvError, Sender, TryRecvError};
 use slab::Slab;
+use bytes::BytesMut;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::str::Utf8Error;
 use std::thread;
@@ -423,11 +424,8 @@ impl Router {
             self.lossless_ids.push(connection_id);
         }
 
-        // Check if there are multiple data requests on same filter.
-        debug_assert!(self
-            .scheduler
-            .check_tracker_duplicates(connection_id)
-            .is_none());
+        // iotmon patch: upstream asserted here (debug builds) that a restored session has no
+        // two data requests on one filter; see `prepare_filter` for why it may.
 
         let ack = ConnAck {
             session_present: !clean_session && previous_session,
@@ -578,12 +576,16 @@ impl Router {
                 if let Some(cursor) = retransmissions.get(&request.filter_idx) {
                     request.cursor = *cursor;
                     // reset the group cursor
-                    if let Some(group_name) = &request.group {
-                        // TODO: Test this more
-                        self.shared_subscriptions
-                            .get_mut(group_name)
-                            .expect("group must exists")
-                            .cursor = *cursor;
+                    // iotmon patch: upstream `expect`ed the group, but it was removed just
+                    // above when this client was its last member: a persistent session with
+                    // a shared subscription and unacknowledged messages stopped the router
+                    // thread on disconnect. A group that is gone has no cursor to reset.
+                    if let Some(group) = request
+                        .group
+                        .as_ref()
+                        .and_then(|name| self.shared_subscriptions.get_mut(name))
+                    {
+                        group.cursor = *cursor;
                     }
                 }
             }
@@ -599,10 +601,12 @@ impl Router {
                 connection.session_expiry,
             );
         } else {
-            tracker.pause(PauseReason::Busy);
-            let id = tracker.id.clone();
-            // Only save metrics in clean session
-            self.graveyard.save_metrics(id, connection.events);
+            // iotmon patch: upstream kept the connection's event log (its last connect and
+            // disconnect times, for the standalone console) under its client id for ever,
+            // about 1 KiB per distinct client id that ever connected with a clean session:
+            // clients with random or ever-new ids grew the broker without bound. A clean
+            // session leaves nothing behind now.
+            drop(tracker);
         }
         self.router_meters.total_connections -= 1;
     }
@@ -1190,7 +1194,10 @@ impl Router {
 
             self.scheduler.track(id, request);
             self.scheduler.reschedule(id, ScheduleReason::NewFilter);
-            debug_assert!(self.scheduler.check_tracker_duplicates(id).is_none())
+            // iotmon patch: upstream asserted (in debug builds) that a connection never has
+            // two data requests on one filter, but a client subscribed to `a` and to
+            // `$share/g/a` (or to one filter in two share groups) legitimately has: it gets a
+            // copy per subscription (MQTT 5, 4.8.2). The assertion stopped the router thread.
         } else {
             // iotmon patch: a SUBSCRIBE of a filter already subscribed replaces the
             // subscription: its QoS applies from now on and the retained messages are sent
@@ -1440,6 +1447,7 @@ fn append_to_commitlog(
         validate_and_set_topic_alias(&mut publish, connection, alias)?;
     };
 
+    own_publish_bytes(&mut publish);
     let topic = std::str::from_utf8(&publish.topic)?;
 
     // Ensure that only clients associated with a tenant can publish to tenant's topic
@@ -1498,6 +1506,23 @@ fn append_to_commitlog(
 
     // error!("{:15.15}[E] {:20} topic = {}", connections[id].client_id, "no-filter", topic);
     Ok(o)
+}
+
+/// iotmon patch: a publish's topic and payload are slices of the buffer its connection read
+/// it into (chunks of 2 KiB and more, see `Network::read_bytes`), and a slice keeps the whole
+/// chunk alive. Kept in a filter's log or as a retained message, a small publish from a
+/// short-lived connection pinned its whole read chunk (~2.5 KiB for a few bytes), while the
+/// log's size limit counts only the publish's own bytes: the broker's memory grew far beyond
+/// `max_segment_size` × `max_segment_count`. Both are copied into one allocation of their
+/// own size before they are kept.
+fn own_publish_bytes(publish: &mut Publish) {
+    let topic_len = publish.topic.len();
+    let mut owned = BytesMut::with_capacity(topic_len + publish.payload.len());
+    owned.extend_from_slice(&publish.topic);
+    owned.extend_from_slice(&publish.payload);
+    let mut owned = owned.freeze();
+    publish.topic = owned.split_to(topic_len);
+    publish.payload = owned;
 }
 
 fn append_will_message(

@@ -7,8 +7,10 @@ use super::*;
 use super::{property, PropertyType};
 
 fn len(disconnect: &Disconnect, properties: &Option<DisconnectProperties>) -> usize {
+    // iotmon patch: the remaining length, 0 for the short form (upstream returned 2 there,
+    // the whole packet, which `write` took as its cue).
     if disconnect.reason_code == DisconnectReasonCode::NormalDisconnection && properties.is_none() {
-        return 2; // Packet type + 0x00
+        return 0;
     }
 
     let mut length = 0;
@@ -18,7 +20,10 @@ fn len(disconnect: &Disconnect, properties: &Option<DisconnectProperties>) -> us
         let properties_len_len = len_len(properties_len);
         length += properties_len_len + properties_len;
     } else {
-        length += 1;
+        // iotmon patch: the reason code and a zero property length; upstream counted one
+        // byte for both, so a DISCONNECT with a reason but no properties was written with a
+        // remaining length one short (the peer read the property length as the next packet).
+        length += 1 + 1;
     }
 
     length
@@ -69,9 +74,11 @@ pub fn write(
 
     let length = len(disconnect, properties);
 
-    if length == 2 {
+    // iotmon patch: see `len`; a reason code with no properties has a remaining length of 2
+    // too and was written in the short form, losing its reason code.
+    if length == 0 {
         buffer.put_u8(0x00);
-        return Ok(length);
+        return Ok(2);
     }
 
     let len_len = write_remaining_length(buffer, length)?;

@@ -440,7 +440,18 @@ impl Protocol for V5 {
                 let (pubcomp, properties) = pubcomp::read(fixed_header, packet)?;
                 Packet::PubComp(pubcomp, properties)
             }
-            _ => unreachable!(),
+            // iotmon patch: upstream hit `unreachable!` here on a CONNACK or UNSUBACK with a
+            // body, which any client can send: the connection's task panicked. Read them as
+            // the MQTT 3.1.1 codec does; the connection then refuses them like any other
+            // packet a client must not send.
+            PacketType::ConnAck => {
+                let (connack, properties) = connack::read(fixed_header, packet)?;
+                Packet::ConnAck(connack, properties)
+            }
+            PacketType::UnsubAck => {
+                let (unsuback, properties) = unsuback::read(fixed_header, packet)?;
+                Packet::UnsubAck(unsuback, properties)
+            }
         };
 
         Ok(packet)
