@@ -69,6 +69,7 @@ impl Config {
     /// # Errors
     /// The first setting that cannot be used, named by its key.
     pub fn validate(&self) -> anyhow::Result<()> {
+        self.broker.validate()?;
         self.bridge.validate()?;
         self.dashboard.validate()?;
         self.alerts.webhook.validate().map_err(anyhow::Error::msg)?;
@@ -134,6 +135,11 @@ mod tests {
                 "[alerts.webhook]\nurl = \"ftp://x\"\n",
                 "alerts.webhook.url",
             ),
+            (
+                "[broker]\nmax_connections = 100000000\n",
+                "broker.max_connections",
+            ),
+            ("[bridge.store]\nqueue = 100000000\n", "bridge.store.queue"),
         ] {
             let config = Config::parse(text).expect("parses");
             let error = config.validate().expect_err(text);

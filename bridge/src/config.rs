@@ -52,6 +52,9 @@ impl Default for BridgeConfig {
     }
 }
 
+/// The largest `bridge.store.queue` accepted, in batches.
+pub const MAX_STORE_QUEUE: usize = 65_536;
+
 /// Why a configuration cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ConfigError {
@@ -61,6 +64,8 @@ pub enum ConfigError {
     TierWidth(Duration),
     #[error("bridge.{0} must be greater than zero")]
     Zero(&'static str),
+    #[error("bridge.{0} must be at most {1}")]
+    TooLarge(&'static str, usize),
     #[error("bridge.influx is enabled but {0} is empty")]
     InfluxField(&'static str),
     #[error("bridge.influx.url must start with http:// or https:// (got {0:?})")]
@@ -82,6 +87,11 @@ impl BridgeConfig {
             if value.is_zero() {
                 return Err(ConfigError::Zero(name));
             }
+        }
+        // The store's channel is allocated up front: an absurd bound would take the memory at
+        // start instead of refusing.
+        if self.store.queue > MAX_STORE_QUEUE {
+            return Err(ConfigError::TooLarge("store.queue", MAX_STORE_QUEUE));
         }
         self.rollups.validate()?;
         self.influx.validate()

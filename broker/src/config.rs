@@ -75,6 +75,10 @@ impl Default for BrokerConfig {
     }
 }
 
+/// The largest `max_connections` accepted (50 times the default; one process here holds at
+/// most about 20,000 sockets anyway).
+pub const MAX_CONNECTIONS_LIMIT: usize = 1_000_000;
+
 impl BrokerConfig {
     /// Checks what serde cannot: limits rumqttd cannot work with (zero connections, zero-sized
     /// segments, a single segment) and TLS files that do not exist. [`EmbeddedBroker::start`]
@@ -93,6 +97,15 @@ impl BrokerConfig {
         ];
         if let Some((name, _)) = limits.iter().find(|(_, value)| *value == 0) {
             return Err(BrokerError::ZeroLimit(name));
+        }
+        // rumqttd allocates a slot per allowed connection up front: an absurd limit would
+        // take the memory at start instead of refusing.
+        if self.max_connections > MAX_CONNECTIONS_LIMIT {
+            return Err(BrokerError::TooLarge {
+                name: "max_connections",
+                max: MAX_CONNECTIONS_LIMIT,
+                got: self.max_connections,
+            });
         }
         // With one segment, opening the next drops the only one: a lossless subscriber could
         // not be kept from losing what it has not read.

@@ -55,6 +55,12 @@ pub enum BrokerError {
     Link(Box<LinkError>),
     #[error("cannot read the broker's meters: {0}")]
     Meters(String),
+    #[error("broker.{name} must be at most {max} (got {got})")]
+    TooLarge {
+        name: &'static str,
+        max: usize,
+        got: usize,
+    },
     #[error("broker setting {0} must be greater than zero")]
     ZeroLimit(&'static str),
     #[error("broker setting segment_count must be at least 2")]

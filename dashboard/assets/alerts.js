@@ -60,10 +60,20 @@ export function onAlert(/** @type {import("./state.js").Alert} */ alert) {
   changed();
 }
 
-/** An `error` from the server: if a command is waiting, it is most likely the refusal. */
-export function onError(message) {
-  if (!alerts.pending.size) return;
-  alerts.pending.clear();
+/**
+ * An `error` from the server. The refusal of an alert command names its alert (`alert`);
+ * an error without one is about something else (a view change) unless only an alert
+ * command could have caused it.
+ * @param {string} message
+ * @param {number | undefined} alertId
+ */
+export function onError(message, alertId) {
+  if (alertId === undefined) {
+    if (!alerts.pending.size) return;
+    alerts.pending.clear();
+  } else if (!alerts.pending.delete(alertId)) {
+    return;
+  }
   el.error.textContent = `The server refused: ${message}`;
   render();
 }

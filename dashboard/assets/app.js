@@ -42,9 +42,11 @@ const connection = createConnection({
         // so the next refreshes (10 s) send both again, with no resend loop if it persists.
         // Or the refusal of an alert command, which the alerts panel shows.
         console.warn("iotmon server:", msg.message);
-        grid.forgetSentView();
-        groups.forgetSentGroups();
-        alerts.onError(msg.message);
+        if (msg.alert === undefined) {
+          grid.forgetSentView();
+          groups.forgetSentGroups();
+        }
+        alerts.onError(msg.message, msg.alert);
         break;
     }
   },

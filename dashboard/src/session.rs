@@ -207,10 +207,13 @@ impl Session {
             Ok(Request::Ping) => self.reply(&ServerMessage::Pong).await,
             Ok(Request::Alert(command)) => {
                 // Success shows as the `alert` frame every viewer in scope receives.
+                let id = command.id();
                 match self.alerts.command(command).await {
                     Ok(_) => None,
-                    Err(CommandFailure::Refused(why)) => self.reply(&error(why)).await,
-                    Err(CommandFailure::Unavailable(why)) => self.reply(&error(why)).await,
+                    Err(CommandFailure::Refused(why)) => self.reply(&alert_error(id, why)).await,
+                    Err(CommandFailure::Unavailable(why)) => {
+                        self.reply(&alert_error(id, why)).await
+                    }
                 }
             }
             Err(message) => self.reply(&error(message)).await,
@@ -406,6 +409,15 @@ fn close_reason(reason: String) -> String {
 fn error(message: impl Into<String>) -> ServerMessage {
     ServerMessage::Error {
         message: message.into(),
+        alert: None,
+    }
+}
+
+/// The refusal of a command about `alert`.
+fn alert_error(alert: iotmon_wire::AlertId, message: impl Into<String>) -> ServerMessage {
+    ServerMessage::Error {
+        message: message.into(),
+        alert: Some(alert),
     }
 }
 

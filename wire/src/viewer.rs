@@ -99,7 +99,12 @@ pub enum ServerMessage {
     /// Answer to `ping`.
     Pong,
     /// The viewer's last message was not understood or not allowed; the session goes on.
-    Error { message: String },
+    /// For a refused alert command (`ack`, `shelve`, `unshelve`), `alert` names the alert.
+    Error {
+        message: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        alert: Option<AlertId>,
+    },
     /// The server is going away; connect again (to another instance, or after a restart).
     Reconnect { reason: String },
 }
