@@ -363,7 +363,8 @@ impl fmt::Display for ViewerCost {
 pub enum BenchReport {
     Reference {
         machine: Machine,
-        run: LoadPoint,
+        /// Boxed: a load point is several times larger than the other variants.
+        run: Box<LoadPoint>,
         targets: Vec<Target>,
     },
     Stress {

@@ -127,7 +127,7 @@ pub(crate) async fn reference(
     ];
     Ok(BenchReport::Reference {
         machine,
-        run,
+        run: Box::new(run),
         targets,
     })
 }
