@@ -221,6 +221,13 @@ pub struct ViewerArgs {
     /// lays them out) instead of asking the dashboard's /api/devices.
     #[arg(long)]
     pub fleet_devices: Option<usize>,
+    /// Groups to subscribe to, so that their alerts reach the viewer whatever it views
+    /// (alerts are measured from the raising reading's ts to their arrival).
+    #[arg(long, value_delimiter = ',')]
+    pub groups: Vec<String>,
+    /// How many viewers (the first ones) subscribe to --groups (default: all of them).
+    #[arg(long)]
+    pub group_viewers: Option<usize>,
     /// Mean time between scrolls (a new view); 0 never scrolls.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub scroll_every: Duration,
@@ -251,6 +258,8 @@ impl ViewerArgs {
                     .map(|device| device.id)
                     .collect()
             }),
+            groups: self.groups.clone(),
+            group_viewers: self.group_viewers.unwrap_or(self.viewers),
             scroll_every: Some(self.scroll_every).filter(|every| !every.is_zero()),
             duration: self.duration,
             ramp: self.ramp,
@@ -416,6 +425,10 @@ pub struct BenchArgs {
     /// Devices on each viewer's screen.
     #[arg(long)]
     pub visible: Option<usize>,
+    /// Chance per reading that a device starts an anomaly, caught by the bench's alert rule
+    /// (reference: 0.002, about 4 alerts/s at 10K devices every 5 s; others: 0, no rule).
+    #[arg(long)]
+    pub anomaly_rate: Option<f64>,
     /// Load before each measurement window.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub warmup: Duration,
@@ -476,6 +489,7 @@ impl BenchArgs {
             readings_per_message: self.readings_per_message,
             viewers: self.viewers,
             visible: self.visible,
+            anomaly_rate: self.anomaly_rate,
             warmup: self.warmup,
             measure: self.measure,
             iotmon_config: self.iotmon_config.clone(),

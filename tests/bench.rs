@@ -62,6 +62,10 @@ fn a_tiny_reference_run_reports_consistent_figures() {
         "500ms",
         "--measure",
         "2s",
+        // About 8 alerts a second (100 readings/s, each anomaly lasting 3 readings), where
+        // the reference's default would make one every few seconds.
+        "--anomaly-rate",
+        "0.1",
     ]);
     assert_eq!(report["scenario"], "reference");
     let run = &report["run"];
@@ -87,14 +91,37 @@ fn a_tiny_reference_run_reports_consistent_figures() {
     assert!(f64_of(run, "bytes_per_second_per_viewer") > 0.0);
     let latency = &run["latency"];
     assert!(u64_of(latency, "count") > 0, "{latency}");
+    assert_percentiles_in_order(latency);
+    // Every raise reaches at least the viewer subscribed to the fleet's group.
+    assert!(f64_of(run, "alerts_raised_per_second") > 0.0, "{run}");
+    let alerts = &run["alert_latency"];
+    assert!(u64_of(alerts, "count") > 0, "{alerts}");
+    assert_percentiles_in_order(alerts);
+    let targets = report["targets"].as_array().expect("targets");
+    assert_eq!(targets.len(), 5);
+    assert!(targets.iter().all(|target| target["met"].is_boolean()));
+    let alert_target = targets
+        .iter()
+        .find(|target| target["what"] == "alert delay")
+        .expect("an alert delay target");
+    assert_eq!(alert_target["target"], "p99 ≤ 50 ms");
+    assert!(
+        alert_target["measured"]
+            .as_str()
+            .is_some_and(|text| text.contains(&format!("p99 {} ms", u64_of(alerts, "p99_ms")))),
+        "{alert_target}"
+    );
+}
+
+fn assert_percentiles_in_order(percentiles: &Value) {
     let order: Vec<u64> = ["p50_ms", "p90_ms", "p99_ms", "max_ms"]
         .iter()
-        .map(|key| u64_of(latency, key))
+        .map(|key| u64_of(percentiles, key))
         .collect();
-    assert!(order.windows(2).all(|pair| pair[0] <= pair[1]), "{latency}");
-    let targets = report["targets"].as_array().expect("targets");
-    assert_eq!(targets.len(), 4);
-    assert!(targets.iter().all(|target| target["met"].is_boolean()));
+    assert!(
+        order.windows(2).all(|pair| pair[0] <= pair[1]),
+        "{percentiles}"
+    );
 }
 
 #[test]

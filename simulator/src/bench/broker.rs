@@ -55,7 +55,8 @@ pub(crate) async fn compare(
     'shapes: for &connections in &config.connections {
         for &qos in &config.qos {
             let iotmon =
-                Measured::start_iotmon(&config.iotmon, "broker", config.config_args()).await?;
+                Measured::start_iotmon(&config.iotmon, "broker", None, config.config_args())
+                    .await?;
             let ours = search(config, iotmon, connections, qos, shutdown, &mut runs).await?;
             let theirs = if config.iotmon_only {
                 None

@@ -87,6 +87,10 @@ pub struct BenchConfig {
     pub viewers: Option<usize>,
     /// Devices on each viewer's screen.
     pub visible: Option<usize>,
+    /// Chance per reading that a device starts an anomaly, which the bench's alert rule
+    /// catches (`reference`: 0.002, a few alerts a second fleet-wide; other scenarios: 0, no
+    /// anomalies and no rule).
+    pub anomaly_rate: Option<f64>,
     /// Load before the measurement window starts (connections settle, the dashboard learns
     /// every device).
     pub warmup: Duration,
@@ -128,6 +132,7 @@ impl BenchConfig {
             readings_per_message: None,
             viewers: None,
             visible: None,
+            anomaly_rate: None,
             warmup: Duration::from_secs(10),
             measure: Duration::from_secs(20),
             iotmon_config: None,
@@ -153,6 +158,14 @@ impl BenchConfig {
     fn validate(&self) -> Result<(), SimulatorError> {
         if self.measure.is_zero() {
             return Err(SimulatorError::Bench("--measure must be positive".into()));
+        }
+        if self
+            .anomaly_rate
+            .is_some_and(|rate| !(0.0..=1.0).contains(&rate))
+        {
+            return Err(SimulatorError::Bench(
+                "--anomaly-rate must be between 0 and 1".into(),
+            ));
         }
         if self.step_factor <= 1.0 {
             return Err(SimulatorError::Bench("--step-factor must exceed 1".into()));
@@ -235,6 +248,11 @@ mod tests {
         let bad = BenchConfig {
             step_factor: 1.0,
             ..BenchConfig::new("iotmon".into(), Scenario::Stress)
+        };
+        assert!(bad.validate().is_err());
+        let bad = BenchConfig {
+            anomaly_rate: Some(1.5),
+            ..BenchConfig::new("iotmon".into(), Scenario::Reference)
         };
         assert!(bad.validate().is_err());
     }

@@ -43,11 +43,17 @@ pub struct Usage {
 
 impl Measured {
     /// Starts `iotmon <role> ARGS` (`serve` or `broker`) on free loopback ports and waits for
-    /// its start-up lines.
+    /// its start-up lines. `config`, when given, is the text of a configuration file, written
+    /// into the process's own directory and passed with `--config`.
     ///
     /// # Errors
     /// It cannot start, exits, or does not print its addresses in time.
-    pub fn iotmon(exe: &Path, role: &str, extra: &[String]) -> Result<Measured, SimulatorError> {
+    pub fn iotmon(
+        exe: &Path,
+        role: &str,
+        config: Option<&str>,
+        extra: &[String],
+    ) -> Result<Measured, SimulatorError> {
         let dir = scratch_dir(role)?;
         let mut args: Vec<String> = [
             role,
@@ -62,6 +68,12 @@ impl Measured {
         args.push(dir.display().to_string());
         if role == "serve" {
             args.extend(["--http-listen".into(), "127.0.0.1:0".into()]);
+        }
+        if let Some(text) = config {
+            let path = dir.join("iotmon.toml");
+            std::fs::write(&path, text)
+                .map_err(|error| fail(format!("cannot write {}: {error}", path.display())))?;
+            args.extend(["--config".into(), path.display().to_string()]);
         }
         args.extend(extra.iter().cloned());
         let mut child = Command::new(exe)
@@ -166,10 +178,11 @@ impl Measured {
     pub async fn start_iotmon(
         exe: &Path,
         role: &'static str,
+        config: Option<String>,
         extra: Vec<String>,
     ) -> Result<Measured, SimulatorError> {
         let exe = exe.to_path_buf();
-        tokio::task::spawn_blocking(move || Measured::iotmon(&exe, role, &extra))
+        tokio::task::spawn_blocking(move || Measured::iotmon(&exe, role, config.as_deref(), &extra))
             .await
             .map_err(|error| fail(format!("starting iotmon {role}: {error}")))?
     }

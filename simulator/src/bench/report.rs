@@ -73,6 +73,15 @@ pub struct LoadPoint {
     pub viewer_disconnects: u64,
     /// Reading→viewer delay over the window (includes bridge coalescing and the tick).
     pub latency: Percentiles,
+    /// Chance per reading that a device started an anomaly (0: none, and no alert rule).
+    pub anomaly_rate: f64,
+    /// Alerts iotmon raised per second in the window (`iotmon_alerts_raised_total`; not
+    /// counting reactivations of an alert not yet acknowledged).
+    pub alerts_raised_per_second: f64,
+    /// Alert delay over the window: a viewer's receipt of an alert raised (or reactivated)
+    /// − the device's `ts` of the reading that raised it, once per raise and viewer. Alerts
+    /// are pushed at once, without the bridge's coalescing or the tick.
+    pub alert_latency: Percentiles,
     /// Bytes per second each viewer received over the window.
     pub bytes_per_second_per_viewer: f64,
     /// iotmon's CPU over the window, percent of one core.
@@ -132,6 +141,15 @@ impl fmt::Display for LoadPoint {
                 f,
                 "  reading→viewer: {}; {:.0} B/s per viewer",
                 self.latency, self.bytes_per_second_per_viewer
+            )?;
+        }
+        if self.anomaly_rate > 0.0 {
+            writeln!(
+                f,
+                "  alerts: anomaly rate {} per reading, {:.1} raised/s; alert delay {}",
+                self.anomaly_rate,
+                self.alerts_raised_per_second,
+                self.alert_latency.counting("raises seen by viewers")
             )?;
         }
         write!(
@@ -345,7 +363,8 @@ impl fmt::Display for ViewerCost {
 pub enum BenchReport {
     Reference {
         machine: Machine,
-        run: LoadPoint,
+        /// Boxed: a load point is several times larger than the other variants.
+        run: Box<LoadPoint>,
         targets: Vec<Target>,
     },
     Stress {

@@ -18,8 +18,30 @@ const REFERENCE_DEVICES: usize = 10_000;
 const REFERENCE_INTERVAL: Duration = Duration::from_secs(5);
 const REFERENCE_VIEWERS: usize = 1_000;
 const REFERENCE_VISIBLE: usize = 100;
+/// Chance per reading that a reference device starts an anomaly: at 2,000 readings/s, about
+/// 4 anomalies (alert raises) a second fleet-wide, some 80 in a 20 s window; about 0.6 % of
+/// the devices are in an anomaly at any time.
+const REFERENCE_ANOMALY_RATE: f64 = 0.002;
+/// The alert rule of every `iotmon serve` whose fleet makes anomalies: an anomaly lifts the
+/// temperature from 15–27 °C to above 36 °C for three readings, so each one raises an alert
+/// and clears it. No `for`: the alert is raised on the first anomalous reading, so the delay
+/// measured is iotmon's own, not a delay the rule asks for.
+const ANOMALY_RULE: &str = r#"
+[[alerts.rules]]
+name = "bench-anomaly"
+metric = "temperature"
+above = 35.0
+clear = 30.0
+severity = "major"
+"#;
+/// One viewer in this many (at least one) also subscribes to the fleet's top-level groups,
+/// so that every alert reaches a few viewers whatever they view; the others receive the
+/// alerts of the devices in their view.
+const VIEWERS_PER_GROUP_SUBSCRIBER: usize = 100;
 /// Targets of issue 6.
 const TARGET_P99_MS: u64 = 150;
+/// Target of alert delivery: from the device's publish to the viewer's receipt.
+const TARGET_ALERT_P99_MS: u64 = 50;
 const TARGET_CPU_PERCENT: f64 = 30.0;
 const TARGET_RSS_MIB: f64 = 1024.0;
 const TARGET_STRESS_PER_SECOND: f64 = 100_000.0;
@@ -48,6 +70,8 @@ pub(crate) struct Load {
     pub readings_per_message: usize,
     pub viewers: usize,
     pub visible: usize,
+    /// Chance per reading of an anomaly; above 0, `iotmon serve` gets [`ANOMALY_RULE`].
+    pub anomaly_rate: f64,
 }
 
 /// `reference`: the reference load once, judged against the targets.
@@ -63,6 +87,7 @@ pub(crate) async fn reference(
         readings_per_message: config.readings_per_message.unwrap_or(1),
         viewers: config.viewers.unwrap_or(REFERENCE_VIEWERS),
         visible: config.visible.unwrap_or(REFERENCE_VISIBLE),
+        anomaly_rate: config.anomaly_rate.unwrap_or(REFERENCE_ANOMALY_RATE),
     };
     let run = measure(config, &load, shutdown).await?;
     let targets = vec![
@@ -71,6 +96,15 @@ pub(crate) async fn reference(
             target: format!("≤ {TARGET_P99_MS} ms"),
             measured: format!("{} ms", run.latency.p99_ms),
             met: run.latency.count > 0 && run.latency.p99_ms <= TARGET_P99_MS,
+        },
+        Target {
+            what: "alert delay".into(),
+            target: format!("p99 ≤ {TARGET_ALERT_P99_MS} ms"),
+            measured: format!(
+                "p99 {} ms over {} raises",
+                run.alert_latency.p99_ms, run.alert_latency.count
+            ),
+            met: run.alert_latency.count > 0 && run.alert_latency.p99_ms <= TARGET_ALERT_P99_MS,
         },
         Target {
             what: "iotmon CPU".into(),
@@ -93,7 +127,7 @@ pub(crate) async fn reference(
     ];
     Ok(BenchReport::Reference {
         machine,
-        run,
+        run: Box::new(run),
         targets,
     })
 }
@@ -122,6 +156,7 @@ pub(crate) async fn stress(
             readings_per_message: batch,
             viewers: config.viewers.unwrap_or(0),
             visible: config.visible.unwrap_or(REFERENCE_VISIBLE),
+            anomaly_rate: config.anomaly_rate.unwrap_or(0.0),
         };
         let step = measure(config, &load, shutdown).await?;
         let clean = step.clean() && step.ingested_per_second >= 0.95 * step.offered_per_second;
@@ -174,6 +209,7 @@ pub(crate) async fn fanout(
             readings_per_message: config.readings_per_message.unwrap_or(1),
             viewers,
             visible: config.visible.unwrap_or(REFERENCE_VISIBLE),
+            anomaly_rate: config.anomaly_rate.unwrap_or(0.0),
         };
         let step = measure(config, &load, shutdown).await?;
         let clean = step.clean() && step.latency.p99_ms <= FANOUT_P99_LIMIT_MS;
@@ -247,7 +283,8 @@ pub(crate) async fn measure(
     load: &Load,
     shutdown: &CancellationToken,
 ) -> Result<LoadPoint, SimulatorError> {
-    let serve = Measured::start_iotmon(&config.iotmon, "serve", config.config_args()).await?;
+    let (serve_config, serve_args) = serve_config(config, load)?;
+    let serve = Measured::start_iotmon(&config.iotmon, "serve", serve_config, serve_args).await?;
     let http = serve
         .http
         .ok_or_else(|| SimulatorError::Bench("serve printed no HTTP address".into()))?
@@ -260,6 +297,7 @@ pub(crate) async fn measure(
         interval: load.interval,
         devices_per_connection: load.devices_per_connection,
         readings_per_message: load.readings_per_message,
+        anomaly_rate: load.anomaly_rate,
         client_prefix: "bench".into(),
         ramp: Some(ramp_for(load.devices.div_ceil(load.devices_per_connection))),
         ..FleetConfig::default()
@@ -304,6 +342,7 @@ pub(crate) async fn measure(
     let window = end.at - start.at;
     let seconds = window.as_secs_f64();
     let ingested = end.ingested.saturating_sub(start.ingested);
+    let alerts_raised = end.alerts_raised.saturating_sub(start.alerts_raised);
     let cpu = end.serve.cpu_seconds - start.serve.cpu_seconds;
     Ok(LoadPoint {
         devices: load.devices,
@@ -323,6 +362,12 @@ pub(crate) async fn measure(
         viewers_connected: seen.as_ref().map_or(0, |seen| seen.connected_at_end),
         viewer_disconnects: seen.as_ref().map_or(0, |seen| seen.disconnects),
         latency: seen.as_ref().map(|seen| seen.latency).unwrap_or_default(),
+        anomaly_rate: load.anomaly_rate,
+        alerts_raised_per_second: alerts_raised as f64 / seconds,
+        alert_latency: seen
+            .as_ref()
+            .map(|seen| seen.alert_latency)
+            .unwrap_or_default(),
         bytes_per_second_per_viewer: seen
             .as_ref()
             .map_or(0.0, |seen| seen.bytes_per_second_per_viewer),
@@ -339,22 +384,68 @@ pub(crate) async fn measure(
     })
 }
 
+/// The configuration `iotmon serve` runs with, as (file text, arguments): with anomalies,
+/// the `--iotmon-config` file (if any) with [`ANOMALY_RULE`] appended, written for the
+/// process; without, the file as given.
+///
+/// # Errors
+/// The `--iotmon-config` file cannot be read.
+fn serve_config(
+    config: &BenchConfig,
+    load: &Load,
+) -> Result<(Option<String>, Vec<String>), SimulatorError> {
+    if load.anomaly_rate <= 0.0 {
+        return Ok((None, config.config_args()));
+    }
+    let mut text = match &config.iotmon_config {
+        Some(path) => std::fs::read_to_string(path).map_err(|error| {
+            SimulatorError::Bench(format!("cannot read {}: {error}", path.display()))
+        })?,
+        None => String::new(),
+    };
+    text.push_str(ANOMALY_RULE);
+    Ok((Some(text), Vec::new()))
+}
+
+/// The top-level groups of the fleet's layout, in order: together they hold every device.
+fn top_level_groups(devices: &[crate::SimulatedDevice]) -> Vec<String> {
+    let mut groups: Vec<String> = devices
+        .iter()
+        .map(|device| {
+            device
+                .group
+                .split('/')
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    groups.dedup();
+    groups
+}
+
 /// Opens the viewers on the fleet's device ids and waits until all are connected (or the
-/// limit passes: the report then shows how many were).
+/// limit passes: the report then shows how many were). With anomalies, some of them also
+/// subscribe to the fleet's top-level groups, so that every alert has viewers.
 async fn start_viewers(
     http: &str,
     load: &Load,
     shutdown: &CancellationToken,
 ) -> Result<Viewers, SimulatorError> {
-    let ids = layout(load.devices)
-        .into_iter()
-        .map(|device| device.id)
-        .collect();
+    let devices = layout(load.devices);
+    let groups = if load.anomaly_rate > 0.0 {
+        top_level_groups(&devices)
+    } else {
+        Vec::new()
+    };
+    let ids = devices.into_iter().map(|device| device.id).collect();
     let config = ViewerConfig {
         url: format!("ws://{http}/ws"),
         viewers: load.viewers,
         visible: load.visible,
         devices: Some(ids),
+        groups,
+        group_viewers: load.viewers.div_ceil(VIEWERS_PER_GROUP_SUBSCRIBER),
         scroll_every: Some(SCROLL_EVERY),
         duration: None,
         // The dashboard accepts WebSockets faster than the broker accepts MQTT connections.
@@ -378,6 +469,7 @@ async fn start_viewers(
 struct WindowEdge {
     at: Instant,
     ingested: u64,
+    alerts_raised: u64,
     published: u64,
     missed: u64,
     dropped: u64,
@@ -391,10 +483,11 @@ impl WindowEdge {
         http: &str,
         counters: &crate::stats::Counters,
     ) -> Result<WindowEdge, SimulatorError> {
-        let ingested = ingested(http).await?;
+        let metrics = http_get(http, "/metrics").await?;
         Ok(WindowEdge {
             at: Instant::now(),
-            ingested,
+            ingested: ingested_in(&metrics)?,
+            alerts_raised: metric_value(&metrics, "iotmon_alerts_raised_total").unwrap_or(0),
             published: counters.readings_written(),
             missed: counters.missed_turns_so_far(),
             dropped: counters.publish_errors_so_far(),
@@ -435,8 +528,12 @@ async fn drain(http: &str, published: u64) -> Result<u64, SimulatorError> {
 
 /// `iotmon_ingest_readings_total` from `/metrics`.
 async fn ingested(http: &str) -> Result<u64, SimulatorError> {
-    let text = http_get(http, "/metrics").await?;
-    metric_value(&text, "iotmon_ingest_readings_total")
+    ingested_in(&http_get(http, "/metrics").await?)
+}
+
+/// `iotmon_ingest_readings_total` in the text of `/metrics`.
+fn ingested_in(metrics: &str) -> Result<u64, SimulatorError> {
+    metric_value(metrics, "iotmon_ingest_readings_total")
         .ok_or_else(|| SimulatorError::Bench("no iotmon_ingest_readings_total in /metrics".into()))
 }
 
@@ -464,5 +561,52 @@ mod tests {
             Some(1234)
         );
         assert_eq!(metric_value(text, "iotmon_missing"), None);
+    }
+
+    #[test]
+    fn the_top_level_groups_cover_the_fleet() {
+        let devices = layout(1_000);
+        let groups = top_level_groups(&devices);
+        assert_eq!(groups, ["site-1", "site-2", "site-3"]);
+        assert!(devices.iter().all(|device| groups
+            .iter()
+            .any(|group| device.group.starts_with(&format!("{group}/")))));
+    }
+
+    #[test]
+    fn anomalies_add_the_rule_to_the_config_given() {
+        let dir = std::env::temp_dir().join(format!("iotmon-serve-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("mine.toml");
+        std::fs::write(&path, "[bridge]\nlive_interval = \"25ms\"\n").expect("write");
+        let config = BenchConfig {
+            iotmon_config: Some(path.clone()),
+            ..BenchConfig::new("iotmon".into(), super::super::Scenario::Reference)
+        };
+        let mut load = Load {
+            devices: 10,
+            interval: Duration::from_secs(1),
+            devices_per_connection: 1,
+            readings_per_message: 1,
+            viewers: 0,
+            visible: 10,
+            anomaly_rate: 0.0,
+        };
+        let (text, args) = serve_config(&config, &load).expect("without anomalies");
+        assert_eq!(text, None);
+        assert_eq!(args, ["--config".to_string(), path.display().to_string()]);
+        load.anomaly_rate = 0.01;
+        let (text, args) = serve_config(&config, &load).expect("with anomalies");
+        let text = text.expect("a config file");
+        assert!(args.is_empty());
+        assert!(
+            text.starts_with("[bridge]\nlive_interval = \"25ms\"\n"),
+            "{text}"
+        );
+        assert!(text.contains("name = \"bench-anomaly\""), "{text}");
+        let parsed: toml::Value = toml::from_str(&text).expect("valid TOML");
+        assert_eq!(parsed["alerts"]["rules"][0]["above"].as_float(), Some(35.0));
+        assert_eq!(parsed["bridge"]["live_interval"].as_str(), Some("25ms"));
+        std::fs::remove_dir_all(&dir).expect("clean up");
     }
 }

@@ -53,6 +53,7 @@ pub(crate) async fn viewer_cost(
             readings_per_message: config.readings_per_message.unwrap_or(1),
             viewers: 0,
             visible: config.visible.unwrap_or(VISIBLE),
+            anomaly_rate: config.anomaly_rate.unwrap_or(0.0),
         };
         let with = Load {
             viewers: config.viewers.unwrap_or(VIEWERS),

@@ -14,7 +14,7 @@ const MAX_DELAY_MS: u64 = 600_000;
 const SIGNIFICANT_DIGITS: u8 = 2;
 
 /// Delays in milliseconds from a reading's `ts` (set by the device when it published) to its
-/// arrival at a viewer.
+/// arrival at a viewer: as a device state in an update, or as the alert it raised.
 #[derive(Debug)]
 pub struct LatencyRecorder {
     shards: Vec<Mutex<Histogram<u64>>>,
@@ -95,13 +95,32 @@ impl Percentiles {
     }
 }
 
-impl std::fmt::Display for Percentiles {
+impl Percentiles {
+    /// As text, naming what the samples are (`readings`, `alert raises`).
+    pub fn counting<'a>(&'a self, what: &'a str) -> impl std::fmt::Display + 'a {
+        Counting { of: self, what }
+    }
+}
+
+struct Counting<'a> {
+    of: &'a Percentiles,
+    what: &'a str,
+}
+
+impl std::fmt::Display for Counting<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let p = self.of;
         write!(
             f,
-            "p50 {} ms, p90 {} ms, p99 {} ms, max {} ms over {} readings",
-            self.p50_ms, self.p90_ms, self.p99_ms, self.max_ms, self.count
+            "p50 {} ms, p90 {} ms, p99 {} ms, max {} ms over {} {}",
+            p.p50_ms, p.p90_ms, p.p99_ms, p.max_ms, p.count, self.what
         )
+    }
+}
+
+impl std::fmt::Display for Percentiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.counting("readings").fmt(f)
     }
 }
 

@@ -1,9 +1,11 @@
 //! Fake dashboard viewers: many WebSocket sessions, each viewing a window of devices and
 //! scrolling now and then, measuring the delay from a reading's publish (its `ts`) to its
-//! arrival on the viewer's screen.
+//! arrival on the viewer's screen, and from the reading that raised an alert (the alert's
+//! `reading_ts`) to the alert's arrival.
 //!
 //! The delay includes everything between the device and the screen: the broker, the
 //! bridge's coalescing (`bridge.live_interval`) and the dashboard's tick (`dashboard.tick`).
+//! Alerts skip both: they are pushed at once.
 //!
 //! - `latency`: the sharded HDR histogram.
 //! - `session`: one viewer.
@@ -33,6 +35,8 @@ use session::ViewerTask;
 
 /// How often the plain progress line is logged.
 const LINE_EVERY: Duration = Duration::from_secs(10);
+/// Most groups one viewer subscribes to: the dashboard's default `max_view_groups`.
+const MAX_GROUPS_PER_VIEWER: usize = 100;
 
 /// A crowd of fake viewers.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,6 +49,12 @@ pub struct ViewerConfig {
     pub visible: usize,
     /// The ids to view; `None` asks the dashboard's `/api/devices` for them.
     pub devices: Option<Vec<String>>,
+    /// Groups to subscribe to (`groups`), so that their alerts reach viewers whatever they
+    /// view. More than [`MAX_GROUPS_PER_VIEWER`] are shared out in chunks of that size,
+    /// subscriber by subscriber.
+    pub groups: Vec<String>,
+    /// How many viewers (the first ones) subscribe to `groups`; the others view only.
+    pub group_viewers: usize,
     /// Mean time between a viewer's scrolls (a new `view`); `None` never scrolls.
     pub scroll_every: Option<Duration>,
     /// Stop after this long; `None` runs until shutdown.
@@ -62,6 +72,8 @@ impl Default for ViewerConfig {
             viewers: 10,
             visible: 100,
             devices: None,
+            groups: Vec::new(),
+            group_viewers: 0,
             scroll_every: Some(Duration::from_secs(30)),
             duration: None,
             ramp: Duration::from_secs(1),
@@ -110,6 +122,7 @@ pub struct Viewers {
     devices: usize,
     counters: Arc<ViewerCounters>,
     latency: Arc<LatencyRecorder>,
+    alert_latency: Arc<LatencyRecorder>,
     tracker: TaskTracker,
     stop: CancellationToken,
     /// Start of the measurement window, with the byte count then.
@@ -138,6 +151,12 @@ impl Viewers {
         }
         let counters = Arc::new(ViewerCounters::default());
         let latency = Arc::new(LatencyRecorder::default());
+        let alert_latency = Arc::new(LatencyRecorder::default());
+        let group_chunks: Vec<Arc<[String]>> = config
+            .groups
+            .chunks(MAX_GROUPS_PER_VIEWER)
+            .map(Arc::from)
+            .collect();
         let tracker = TaskTracker::new();
         let stop = shutdown.child_token();
         let url: Arc<str> = config.url.clone().into();
@@ -148,11 +167,14 @@ impl Viewers {
                 url: Arc::clone(&url),
                 ids: Arc::clone(&ids),
                 visible: config.visible,
+                groups: (number < config.group_viewers && !group_chunks.is_empty())
+                    .then(|| Arc::clone(&group_chunks[number % group_chunks.len()])),
                 scroll_every: config.scroll_every,
                 start_at: started + config.ramp.mul_f64(number as f64 / config.viewers as f64),
                 seed: config.seed ^ (number as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
                 counters: Arc::clone(&counters),
                 latency: Arc::clone(&latency),
+                alert_latency: Arc::clone(&alert_latency),
             };
             tracker.spawn(task.run(stop.clone()));
         }
@@ -171,6 +193,7 @@ impl Viewers {
             config,
             counters,
             latency,
+            alert_latency,
             tracker,
             stop,
             window: (started, 0),
@@ -185,6 +208,7 @@ impl Viewers {
     /// Starts the measurement window now: latency and bytes count from here.
     pub fn start_window(&mut self) {
         self.latency.reset();
+        self.alert_latency.reset();
         self.window = (Instant::now(), self.counters.bytes.load(Ordering::Relaxed));
     }
 
@@ -213,12 +237,14 @@ impl Viewers {
             connected_at_end: load(&self.counters.connected),
             frames: load(&self.counters.frames),
             states: load(&self.counters.states),
+            alert_frames: load(&self.counters.alert_frames),
             scrolls: load(&self.counters.scrolls),
             errors: load(&self.counters.errors),
             connect_failures: load(&self.counters.connect_failures),
             disconnects: load(&self.counters.disconnects),
             bytes_per_second_per_viewer: per_second(bytes, elapsed) / viewers as f64,
             latency: self.latency.percentiles(),
+            alert_latency: self.alert_latency.percentiles(),
             window_seconds: elapsed.as_secs_f64(),
         }
     }
@@ -265,6 +291,8 @@ pub struct ViewerSummary {
     pub frames: u64,
     /// Device states received in updates.
     pub states: u64,
+    /// `alert` frames received (every change, not only raises).
+    pub alert_frames: u64,
     /// Scrolls (new views) sent.
     pub scrolls: u64,
     /// `error` frames and unreadable frames received.
@@ -277,6 +305,9 @@ pub struct ViewerSummary {
     pub bytes_per_second_per_viewer: f64,
     /// Reading→viewer delays over the window.
     pub latency: Percentiles,
+    /// Reading→viewer delays of alert raises over the window: arrival − the raising
+    /// reading's `ts`, once per raise and viewer.
+    pub alert_latency: Percentiles,
     /// Length of the measurement window.
     pub window_seconds: f64,
 }
@@ -297,7 +328,16 @@ impl std::fmt::Display for ViewerSummary {
             self.errors,
             self.disconnects,
             self.latency
-        )
+        )?;
+        if self.alert_frames > 0 {
+            write!(
+                f,
+                "; {} alert frames, alert raise→viewer {}",
+                self.alert_frames,
+                self.alert_latency.counting("raises")
+            )?;
+        }
+        Ok(())
     }
 }
 

@@ -1,7 +1,8 @@
-//! One fake viewer: a WebSocket session that views a window of devices, scrolls now and
-//! then, and records how late each reading arrives. Reconnects with backoff when the server
-//! goes away.
+//! One fake viewer: a WebSocket session that views a window of devices (and perhaps
+//! subscribes to groups), scrolls now and then, and records how late each reading and each
+//! alert arrives. Reconnects with backoff when the server goes away.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +36,8 @@ pub struct ViewerCounters {
     pub frames: AtomicU64,
     /// Device states received in updates (each one a latency sample).
     pub states: AtomicU64,
+    /// `alert` frames received (raises, clears and every other change).
+    pub alert_frames: AtomicU64,
     /// Bytes of text frames received.
     pub bytes: AtomicU64,
     /// `view` messages sent after the first (scrolls).
@@ -63,11 +66,49 @@ struct Frame {
     kind: String,
     #[serde(default)]
     devices: Vec<StateTime>,
+    /// In an `alert` frame.
+    #[serde(default)]
+    alert: Option<AlertTime>,
 }
 
 #[derive(Debug, Deserialize)]
 struct StateTime {
     ts: i64,
+}
+
+/// The part of an alert a viewer measures.
+#[derive(Debug, Deserialize)]
+struct AlertTime {
+    id: u64,
+    state: String,
+    /// The device's `ts` of the reading that caused the latest raise, clear or reactivation.
+    #[serde(default)]
+    reading_ts: Option<i64>,
+}
+
+/// The raises a session has measured, so that each counts once: the `reading_ts` of the
+/// latest raise seen per alert id. An alert frame that does not come from a new reading (a
+/// shelving, a suppression) repeats the alert's state and `reading_ts`, and is not a new
+/// sample; a reactivation is (a new reading raised it again). Holds at most one entry per
+/// alert in the viewer's scope; a closed alert's entry is dropped.
+#[derive(Debug, Default)]
+struct SeenRaises(HashMap<u64, i64>);
+
+impl SeenRaises {
+    /// The `reading_ts` of `alert` if it is a raise (or reactivation) not measured yet.
+    fn new_raise(&mut self, alert: &AlertTime) -> Option<i64> {
+        match alert.state.as_str() {
+            "active_unacknowledged" => {
+                let ts = alert.reading_ts?;
+                (self.0.insert(alert.id, ts) != Some(ts)).then_some(ts)
+            }
+            "closed" => {
+                self.0.remove(&alert.id);
+                None
+            }
+            _ => None,
+        }
+    }
 }
 
 /// What one viewer needs.
@@ -77,12 +118,17 @@ pub(crate) struct ViewerTask {
     pub url: Arc<str>,
     pub ids: Arc<[String]>,
     pub visible: usize,
+    /// Groups this viewer subscribes to (`groups`) besides its view; `None` subscribes to
+    /// none.
+    pub groups: Option<Arc<[String]>>,
     /// Mean time between scrolls; `None` never scrolls.
     pub scroll_every: Option<Duration>,
     pub start_at: Instant,
     pub seed: u64,
     pub counters: Arc<ViewerCounters>,
     pub latency: Arc<LatencyRecorder>,
+    /// Raise→viewer delays of alerts.
+    pub alert_latency: Arc<LatencyRecorder>,
 }
 
 /// Why a session ended.
@@ -141,16 +187,18 @@ impl ViewerTask {
         }
     }
 
-    /// One connected session: view, then read frames and scroll until it ends.
+    /// One connected session: view (and subscribe to groups), then read frames and scroll
+    /// until it ends.
     async fn session(
         &self,
         mut socket: Socket,
         rng: &mut SmallRng,
         shutdown: &CancellationToken,
     ) -> Ended {
-        if !self.send_view(&mut socket, rng).await {
+        if !self.send_view(&mut socket, rng).await || !self.send_groups(&mut socket).await {
             return Ended::Lost;
         }
+        let mut raises = SeenRaises::default();
         let mut next_scroll = self.next_scroll(rng);
         loop {
             let scroll_at =
@@ -169,7 +217,7 @@ impl ViewerTask {
                 }
                 message = socket.next() => match message {
                     Some(Ok(Message::Text(text))) => {
-                        if !self.on_text(text.as_str()) {
+                        if !self.on_text(text.as_str(), &mut raises) {
                             return Ended::Lost;
                         }
                     }
@@ -181,7 +229,7 @@ impl ViewerTask {
     }
 
     /// Measures one text frame; false when the server asks us to reconnect.
-    fn on_text(&self, text: &str) -> bool {
+    fn on_text(&self, text: &str, raises: &mut SeenRaises) -> bool {
         let received = unix_millis();
         self.counters
             .bytes
@@ -205,6 +253,16 @@ impl ViewerTask {
             "snapshot" => {
                 self.counters.frames.fetch_add(1, Ordering::Relaxed);
             }
+            "alert" => {
+                self.counters.alert_frames.fetch_add(1, Ordering::Relaxed);
+                if let Some(ts) = frame
+                    .alert
+                    .as_ref()
+                    .and_then(|alert| raises.new_raise(alert))
+                {
+                    self.alert_latency.record(self.number, [received - ts]);
+                }
+            }
             "error" => {
                 self.counters.errors.fetch_add(1, Ordering::Relaxed);
             }
@@ -221,6 +279,20 @@ impl ViewerTask {
             .map(|id| id.as_str().into())
             .collect();
         let Ok(text) = serde_json::to_string(&ClientMessage::view_devices(devices)) else {
+            return false;
+        };
+        socket.send(Message::Text(text.into())).await.is_ok()
+    }
+
+    /// Subscribes to this viewer's groups, if it has any (true when there is nothing to send).
+    async fn send_groups(&self, socket: &mut Socket) -> bool {
+        let Some(groups) = &self.groups else {
+            return true;
+        };
+        let message = ClientMessage::Groups {
+            groups: groups.iter().map(|group| group.as_str().into()).collect(),
+        };
+        let Ok(text) = serde_json::to_string(&message) else {
             return false;
         };
         socket.send(Message::Text(text.into())).await.is_ok()
@@ -258,5 +330,69 @@ mod tests {
             assert_eq!(view[9], format!("d{}", first + 9));
         }
         assert_eq!(window(&ids[..3], 10, &mut rng).len(), 3);
+    }
+
+    fn alert(id: u64, state: &str, reading_ts: Option<i64>) -> AlertTime {
+        AlertTime {
+            id,
+            state: state.into(),
+            reading_ts,
+        }
+    }
+
+    #[test]
+    fn each_raise_is_measured_once_and_a_reactivation_again() {
+        let mut raises = SeenRaises::default();
+        assert_eq!(
+            raises.new_raise(&alert(1, "active_unacknowledged", Some(100))),
+            Some(100)
+        );
+        // The same raise again (shelved, suppressed): not a new sample.
+        assert_eq!(
+            raises.new_raise(&alert(1, "active_unacknowledged", Some(100))),
+            None
+        );
+        // Another alert's raise counts on its own.
+        assert_eq!(
+            raises.new_raise(&alert(2, "active_unacknowledged", Some(100))),
+            Some(100)
+        );
+        // Clears and acknowledgements are not raises.
+        assert_eq!(
+            raises.new_raise(&alert(1, "cleared_unacknowledged", Some(200))),
+            None
+        );
+        assert_eq!(
+            raises.new_raise(&alert(2, "active_acknowledged", Some(100))),
+            None
+        );
+        // Reactivated by a new reading: measured again.
+        assert_eq!(
+            raises.new_raise(&alert(1, "active_unacknowledged", Some(300))),
+            Some(300)
+        );
+        // Without the reading's time there is nothing to measure.
+        assert_eq!(
+            raises.new_raise(&alert(3, "active_unacknowledged", None)),
+            None
+        );
+        // A closed alert is forgotten.
+        assert_eq!(raises.new_raise(&alert(1, "closed", Some(300))), None);
+        assert!(!raises.0.contains_key(&1));
+    }
+
+    #[test]
+    fn alert_frames_parse_leniently() {
+        let text = r#"{"type":"alert","alert":{"id":17,"rule":"too-hot","subject":"s-1","group":"g",
+            "severity":"major","state":"active_unacknowledged","message":"m","value":41.2,
+            "reading_ts":1704723845000,"raised_at":1704723845010,"changed_at":1704723845010,"seq":3}}"#;
+        let frame: Frame = serde_json::from_str(text).expect("alert frame");
+        assert_eq!(frame.kind, "alert");
+        let alert = frame.alert.expect("alert");
+        assert_eq!(
+            (alert.id, alert.state.as_str()),
+            (17, "active_unacknowledged")
+        );
+        assert_eq!(alert.reading_ts, Some(1_704_723_845_000));
     }
 }
