@@ -110,6 +110,7 @@ pub async fn run(
         saved,
         requests,
         retention,
+        close_cleared_after,
         webhook,
     } = alerting;
     let webhook = webhook::start(&webhook, counters.clone(), &tasks, shutdown.clone())
@@ -164,6 +165,8 @@ pub async fn run(
                 counters: counters.clone(),
                 clock,
                 retention_ms: i64::try_from(retention.as_millis()).unwrap_or(i64::MAX),
+                close_cleared_after_ms: i64::try_from(close_cleared_after.as_millis())
+                    .unwrap_or(i64::MAX),
                 webhook,
             },
             shutdown.clone(),

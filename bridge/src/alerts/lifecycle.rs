@@ -297,6 +297,31 @@ impl AlertBook {
         changed
     }
 
+    /// Closes the alerts that cleared, unacknowledged, more than `after_ms` before `now_ms`.
+    pub fn expire_cleared(&mut self, now_ms: i64, after_ms: i64) -> Vec<Alert> {
+        let expired: Vec<AlertId> = self
+            .open
+            .values()
+            .filter(|alert| {
+                alert.state == AlertState::ClearedUnacknowledged
+                    && now_ms.saturating_sub(alert.changed_at) >= after_ms
+            })
+            .map(|alert| alert.id)
+            .collect();
+        let mut closed = Vec::new();
+        for id in expired {
+            if let Some(mut alert) = self.open.remove(&id) {
+                alert.state = AlertState::Closed;
+                alert.changed_at = now_ms;
+                let value = alert.value;
+                self.record(&mut alert, "expired", value, None, now_ms);
+                self.keep_if_open(alert.clone());
+                closed.push(alert);
+            }
+        }
+        closed
+    }
+
     /// The earliest end of a shelving, if any alert is shelved.
     pub fn next_shelf_expiry(&self) -> Option<i64> {
         self.open
@@ -681,6 +706,26 @@ mod tests {
             .collect();
         assert_eq!(events.iter().filter(|e| *e == "suppressed").count(), 1);
         assert_eq!(events.iter().filter(|e| *e == "unsuppressed").count(), 2);
+    }
+
+    #[test]
+    fn a_cleared_alert_nobody_acknowledges_is_closed_after_a_while() {
+        let mut book = book();
+        let raised = book
+            .on_condition(&event(Phase::Firing, 10, 31.0))
+            .into_iter()
+            .next()
+            .expect("raised");
+        book.on_condition(&event(Phase::Normal, 20, 27.0));
+        assert!(book.expire_cleared(1_019, 1_000).is_empty(), "not yet");
+        let closed = book.expire_cleared(1_020, 1_000);
+        assert_eq!(closed.len(), 1);
+        assert_eq!(closed[0].id, raised.id);
+        assert_eq!(closed[0].state, AlertState::Closed);
+        assert_eq!(book.open_alerts().count(), 0);
+        // An active alert is never expired.
+        book.on_condition(&event(Phase::Firing, 2_000, 31.0));
+        assert!(book.expire_cleared(1_000_000, 1_000).is_empty());
     }
 
     #[test]

@@ -54,101 +54,146 @@ pub struct ManagerOutputs {
     pub clock: Clock,
     /// Closed alerts older than this are pruned from the store.
     pub retention_ms: i64,
+    /// Cleared, unacknowledged alerts older than this are closed.
+    pub close_cleared_after_ms: i64,
     /// The webhook sink, when one is configured.
     pub webhook: Option<WebhookHandle>,
 }
+
+/// What the manager's loop woke up for.
+enum Wake {
+    /// Alerts changed (to publish), with the answers owed to operators.
+    Changed(Vec<Alert>, Vec<Reply>),
+    /// The store finished a write.
+    Written(Written),
+    Stop,
+}
+
+type Reply = (
+    tokio::sync::oneshot::Sender<Result<Alert, String>>,
+    Result<Alert, String>,
+);
 
 /// Runs the manager until `shutdown` or until the shards are gone.
 pub async fn run(
     mut book: AlertBook,
     mut from_shards: mpsc::Receiver<ManagerInput>,
     mut requests: mpsc::Receiver<AlertRequest>,
-    mut outputs: ManagerOutputs,
+    outputs: ManagerOutputs,
     shutdown: CancellationToken,
 ) {
     let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
     housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut unsaved = book.take_changes();
+    let ManagerOutputs {
+        live_updates,
+        store,
+        counters,
+        clock,
+        retention_ms,
+        close_cleared_after_ms,
+        webhook,
+    } = outputs;
+    let mut writer = Writer::new(store, counters.clone());
+    writer.queue(book.take_changes());
     let mut last_prune = i64::MIN;
     // Dashboards start knowing the alerts still open from before a restart.
     let open: Vec<Alert> = book.open_alerts().cloned().collect();
-    if !open.is_empty()
-        && outputs
-            .live_updates
-            .send(Derived::Alerts(open))
-            .await
-            .is_err()
-    {
+    if !open.is_empty() && live_updates.send(Derived::Alerts(open)).await.is_err() {
         return;
     }
     loop {
-        let mut replies = Vec::new();
-        let changed: Vec<Alert> = tokio::select! {
-            () = shutdown.cancelled() => break,
+        let wake = tokio::select! {
+            () = shutdown.cancelled() => Wake::Stop,
             input = from_shards.recv() => match input {
-                Some(ManagerInput::Conditions(events)) => {
-                    events.iter().flat_map(|event| book.on_condition(event)).collect()
-                }
-                Some(ManagerInput::SyncAll) => book.open_alerts().cloned().collect(),
-                Some(ManagerInput::Command(command)) => {
-                    match book.on_command(&command, outputs.clock.now_ms()) {
-                        Ok(alert) => vec![alert],
-                        Err(error) => {
-                            debug!(%error, "alert command from a dashboard refused");
-                            Vec::new()
-                        }
-                    }
-                }
-                None => break,
+                Some(input) => Wake::Changed(on_input(&mut book, input, &clock), Vec::new()),
+                None => Wake::Stop,
             },
             Some(request) = requests.recv() => {
-                let now = outputs.clock.now_ms();
-                let outcome = book.on_command(&request.command, now).map_err(|e| e.to_string());
+                let outcome = book
+                    .on_command(&request.command, clock.now_ms())
+                    .map_err(|e| e.to_string());
                 let changed = outcome.iter().cloned().collect();
-                replies.push((request.reply, outcome));
-                changed
+                Wake::Changed(changed, vec![(request.reply, outcome)])
             }
+            written = writer.in_flight(), if writer.is_writing() => Wake::Written(written),
             _ = housekeeping.tick() => {
-                let now = outputs.clock.now_ms();
+                let now = clock.now_ms();
                 if now.saturating_sub(last_prune) >= 3_600_000 {
                     last_prune = now;
-                    prune(&mut outputs, now).await;
+                    writer.prune_before(now.saturating_sub(retention_ms));
                 }
-                book.expire_shelves(now)
+                writer.resume();
+                let mut changed = book.expire_shelves(now);
+                changed.extend(book.expire_cleared(now, close_cleared_after_ms));
+                Wake::Changed(changed, Vec::new())
             }
         };
-        outputs
-            .counters
+        let (changed, replies) = match wake {
+            Wake::Stop => break,
+            Wake::Written(written) => {
+                writer.finished(written);
+                continue;
+            }
+            Wake::Changed(changed, replies) => (changed, replies),
+        };
+        counters
             .alerts_open
             .store(book.open_alerts().count() as u64, Ordering::Relaxed);
-        if !changed.is_empty()
-            && outputs
-                .live_updates
-                .send(Derived::Alerts(changed))
-                .await
-                .is_err()
-        {
-            // Nobody watches any more (shutting down); the store still gets the changes.
+        // Viewers first, at once; the disk never holds an alert back.
+        if !changed.is_empty() {
+            // An error means nobody watches any more (shutting down); the store still gets
+            // the changes.
+            let _ = live_updates.send(Derived::Alerts(changed)).await;
         }
-        let changes = book.take_changes();
-        notify(outputs.webhook.as_ref(), &changes);
-        merge(&mut unsaved, changes, &outputs.counters);
-        save(&mut outputs, &mut unsaved).await;
         for (reply, outcome) in replies {
             // The asker may have gone; the change stands.
             let _ = reply.send(outcome);
         }
+        let changes = book.take_changes();
+        count(&counters, &changes);
+        notify(webhook.as_ref(), &changes);
+        writer.queue(changes);
     }
     // Whatever the shards flushed at shutdown.
     while let Ok(input) = from_shards.try_recv() {
-        if let ManagerInput::Conditions(events) = input {
-            for event in &events {
-                book.on_condition(event);
-            }
-        }
+        on_input(&mut book, input, &clock);
     }
-    merge(&mut unsaved, book.take_changes(), &outputs.counters);
-    save(&mut outputs, &mut unsaved).await;
+    let changes = book.take_changes();
+    count(&counters, &changes);
+    writer.queue(changes);
+    writer.flush().await;
+}
+
+/// Applies one input from the shards; returns the alerts it changed.
+fn on_input(book: &mut AlertBook, input: ManagerInput, clock: &Clock) -> Vec<Alert> {
+    match input {
+        ManagerInput::Conditions(events) => events
+            .iter()
+            .flat_map(|event| book.on_condition(event))
+            .collect(),
+        ManagerInput::SyncAll => book.open_alerts().cloned().collect(),
+        ManagerInput::Command(command) => match book.on_command(&command, clock.now_ms()) {
+            Ok(alert) => vec![alert],
+            Err(error) => {
+                debug!(%error, "alert command from a dashboard refused");
+                Vec::new()
+            }
+        },
+    }
+}
+
+fn count(counters: &BridgeCounters, changes: &Changes) {
+    let raised = changes
+        .transitions
+        .iter()
+        .filter(|step| step.event == "raised")
+        .count();
+    counters
+        .alerts_raised
+        .fetch_add(raised as u64, Ordering::Relaxed);
+    counters
+        .alert_transitions
+        .fetch_add(changes.transitions.len() as u64, Ordering::Relaxed);
 }
 
 /// Hands every transition, with its alert as it stands, to the webhook sink.
@@ -165,19 +210,9 @@ fn notify(webhook: Option<&WebhookHandle>, changes: &Changes) {
     }
 }
 
-/// Adds `new` to the changes waiting for the store, dropping the oldest beyond the bound.
-fn merge(unsaved: &mut Changes, mut new: Changes, counters: &BridgeCounters) {
-    let raised = new
-        .transitions
-        .iter()
-        .filter(|step| step.event == "raised")
-        .count();
-    counters
-        .alerts_raised
-        .fetch_add(raised as u64, Ordering::Relaxed);
-    counters
-        .alert_transitions
-        .fetch_add(new.transitions.len() as u64, Ordering::Relaxed);
+/// Adds `new` (newer) to `unsaved` (older), dropping the oldest transitions beyond the bound
+/// and keeping one version of each alert and condition.
+fn merge(unsaved: &mut Changes, mut new: Changes) {
     unsaved.alerts.append(&mut new.alerts);
     unsaved.transitions.append(&mut new.transitions);
     unsaved.conditions.append(&mut new.conditions);
@@ -209,58 +244,145 @@ fn dedup_latest<T, K: std::hash::Hash + Eq>(items: &mut Vec<T>, key: impl Fn(&T)
     *items = kept;
 }
 
-/// Writes the waiting changes on the blocking pool; on failure they stay for the next try.
-async fn save(outputs: &mut ManagerOutputs, unsaved: &mut Changes) {
-    if unsaved.is_empty() {
-        return;
-    }
-    let Some(mut store) = outputs.store.take() else {
-        *unsaved = Changes::default();
-        return;
-    };
-    let changes = std::mem::take(unsaved);
-    let written = tokio::task::spawn_blocking(move || {
-        let result = store.write(&changes);
-        (store, changes, result)
-    })
-    .await;
-    match written {
-        Ok((store, changes, result)) => {
-            outputs.store = Some(store);
-            if let Err(error) = result {
-                outputs
-                    .counters
-                    .alert_store_errors
-                    .fetch_add(1, Ordering::Relaxed);
-                error!(%error, "cannot write alert changes; keeping them to try again");
-                *unsaved = changes;
-            }
-        }
-        Err(error) => {
-            // The write panicked: the store is gone with it; alerts go on in memory.
-            outputs
-                .counters
-                .alert_store_errors
-                .fetch_add(1, Ordering::Relaxed);
-            error!(%error, "the alert store failed; alerts are no longer persisted");
-        }
-    }
+/// What a write job gives back: the store, what it wrote, and how it went.
+type WriteOutcome = (
+    AlertStore,
+    Changes,
+    Result<(), super::store::AlertStoreError>,
+);
+
+/// A finished write (or the job's panic).
+type Written = Result<WriteOutcome, tokio::task::JoinError>;
+
+/// The alert store's writes: one at a time on the blocking pool, in the background, so that
+/// delivering alerts never waits for the disk. Changes that arrive meanwhile wait (merged,
+/// bounded) for the next write; a failed write is kept and tried again a second later.
+struct Writer {
+    /// The store, when no write is in flight (and persistence is on).
+    store: Option<AlertStore>,
+    /// Whether there is a store at all.
+    persists: bool,
+    in_flight: Option<tokio::task::JoinHandle<WriteOutcome>>,
+    unsaved: Changes,
+    /// Closed alerts changed before this are deleted with the next write.
+    prune_before: Option<i64>,
+    /// After a failure, writes wait for [`Writer::resume`] (the next housekeeping tick).
+    paused: bool,
+    counters: Arc<BridgeCounters>,
 }
 
-async fn prune(outputs: &mut ManagerOutputs, now_ms: i64) {
-    let Some(mut store) = outputs.store.take() else {
-        return;
-    };
-    let before = now_ms.saturating_sub(outputs.retention_ms);
-    let pruned = tokio::task::spawn_blocking(move || {
-        let result = store.prune(before);
-        (store, result)
-    })
-    .await;
-    if let Ok((store, result)) = pruned {
-        outputs.store = Some(store);
-        if let Err(error) = result {
-            warn!(%error, "cannot prune closed alerts");
+impl Writer {
+    fn new(store: Option<AlertStore>, counters: Arc<BridgeCounters>) -> Self {
+        Writer {
+            persists: store.is_some(),
+            store,
+            in_flight: None,
+            unsaved: Changes::default(),
+            prune_before: None,
+            paused: false,
+            counters,
+        }
+    }
+
+    fn is_writing(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
+    /// The write in flight; only poll it while [`Writer::is_writing`].
+    async fn in_flight(&mut self) -> Written {
+        match self.in_flight.as_mut() {
+            Some(handle) => handle.await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Queues `changes` and starts a write if none is in flight.
+    fn queue(&mut self, changes: Changes) {
+        if !self.persists {
+            return;
+        }
+        merge(&mut self.unsaved, changes);
+        self.start();
+    }
+
+    fn prune_before(&mut self, before: i64) {
+        self.prune_before = Some(before);
+    }
+
+    /// Lets writes go again after a failure.
+    fn resume(&mut self) {
+        self.paused = false;
+        self.start();
+    }
+
+    fn start(&mut self) {
+        if self.paused || self.in_flight.is_some() {
+            return;
+        }
+        if self.unsaved.is_empty() && self.prune_before.is_none() {
+            return;
+        }
+        let Some(mut store) = self.store.take() else {
+            return;
+        };
+        let changes = std::mem::take(&mut self.unsaved);
+        let prune = self.prune_before.take();
+        self.in_flight = Some(tokio::task::spawn_blocking(move || {
+            let mut result = store.write(&changes);
+            if let (Ok(()), Some(before)) = (&result, prune) {
+                result = store.prune(before).map(|_| ());
+            }
+            (store, changes, result)
+        }));
+    }
+
+    /// A write finished: the store comes back; on failure its changes go back in front of
+    /// what arrived since, and writing pauses until the next housekeeping tick.
+    fn finished(&mut self, written: Written) {
+        self.in_flight = None;
+        match written {
+            Ok((store, changes, result)) => {
+                self.store = Some(store);
+                if let Err(error) = result {
+                    self.counters
+                        .alert_store_errors
+                        .fetch_add(1, Ordering::Relaxed);
+                    error!(%error, "cannot write alert changes; keeping them to try again");
+                    let newer = std::mem::replace(&mut self.unsaved, changes);
+                    merge(&mut self.unsaved, newer);
+                    self.paused = true;
+                    return;
+                }
+                self.start();
+            }
+            Err(error) => {
+                // The write panicked: the store is gone with it; alerts go on in memory.
+                self.counters
+                    .alert_store_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                error!(%error, "the alert store failed; alerts are no longer persisted");
+                self.persists = false;
+            }
+        }
+    }
+
+    /// Writes everything still waiting (at shutdown).
+    async fn flush(&mut self) {
+        self.paused = false;
+        loop {
+            if self.in_flight.is_some() {
+                let written = self.in_flight().await;
+                self.finished(written);
+                if self.paused {
+                    // A write failed at shutdown: nothing more can be done.
+                    return;
+                }
+                continue;
+            }
+            self.start();
+            if self.in_flight.is_none() {
+                return;
+            }
         }
     }
 }

@@ -49,6 +49,8 @@ pub struct Alerting {
     pub requests: mpsc::Receiver<AlertRequest>,
     /// How long closed alerts stay in the store.
     pub retention: Duration,
+    /// When a cleared, unacknowledged alert is closed.
+    pub close_cleared_after: Duration,
     /// Where transitions are posted, if anywhere.
     pub webhook: webhook::WebhookConfig,
 }
@@ -78,6 +80,7 @@ impl Alerting {
             saved,
             requests,
             retention: config.history_retention,
+            close_cleared_after: config.close_cleared_after,
             webhook: config.webhook.clone(),
         };
         Ok((alerting, to_manager))
@@ -92,6 +95,7 @@ impl Alerting {
             saved: Saved::default(),
             requests,
             retention: Duration::ZERO,
+            close_cleared_after: Duration::MAX,
             webhook: webhook::WebhookConfig::default(),
         }
     }

@@ -33,6 +33,10 @@ pub struct AlertsConfig {
     /// How long closed alerts and their transitions stay in the store.
     #[serde(with = "humantime_serde")]
     pub history_retention: Duration,
+    /// An alert whose condition cleared and that nobody acknowledged is closed after this
+    /// long (transition `expired`), so that alerts nobody looks at do not pile up.
+    #[serde(with = "humantime_serde")]
+    pub close_cleared_after: Duration,
     /// Where every alert transition is posted, if anywhere.
     pub webhook: super::webhook::WebhookConfig,
     /// The rules, evaluated in the bridge shard that owns each device.
@@ -44,6 +48,7 @@ impl Default for AlertsConfig {
     fn default() -> Self {
         AlertsConfig {
             history_retention: Duration::from_secs(90 * 24 * 3600),
+            close_cleared_after: Duration::from_secs(24 * 3600),
             webhook: super::webhook::WebhookConfig::default(),
             rules: Vec::new(),
         }
