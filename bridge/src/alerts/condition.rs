@@ -165,6 +165,7 @@ mod tests {
             for_ms,
             keep_firing_for_ms,
             suppress_children: false,
+            suppresses: None,
         }
     }
 

@@ -11,7 +11,7 @@ use thiserror::Error;
 
 use super::condition::Phase;
 use super::evaluator::ConditionEvent;
-use super::rules::{Condition, Rule, RuleSet, Share, Stat};
+use super::rules::{Condition, Rule, RuleIndex, RuleSet, Share, Stat};
 use super::store::{Changes, Saved, SavedCondition};
 
 /// Why an operator's command was refused.
@@ -33,8 +33,9 @@ pub struct AlertBook {
     next_id: AlertId,
     next_seq: u64,
     unsaved: Changes,
-    /// Active group alerts whose rule suppresses the alerts under their group.
-    suppressors: HashMap<AlertId, GroupPath>,
+    /// Active alerts whose rule suppresses others (a group's, a gateway's), with their rule
+    /// and group.
+    suppressors: HashMap<AlertId, (RuleIndex, GroupPath)>,
 }
 
 impl AlertBook {
@@ -66,29 +67,40 @@ impl AlertBook {
                 });
             }
         }
-        let suppressors: Vec<(AlertId, GroupPath)> = book
+        let suppressors: Vec<(AlertId, (RuleIndex, GroupPath))> = book
             .open
             .values()
-            .filter(|alert| alert.state.is_active() && book.suppresses(alert))
-            .map(|alert| (alert.id, alert.group.clone()))
+            .filter(|alert| alert.state.is_active())
+            .filter_map(|alert| {
+                let rule = book.suppressing_rule(alert)?;
+                Some((alert.id, (rule, alert.group.clone())))
+            })
             .collect();
         book.suppressors.extend(suppressors);
         book
     }
 
-    /// Whether `alert`'s rule suppresses the alerts under its group while active.
-    fn suppresses(&self, alert: &Alert) -> bool {
+    /// `alert`'s rule, if its alerts suppress others while active.
+    fn suppressing_rule(&self, alert: &Alert) -> Option<RuleIndex> {
+        let index = self.rules.index_of(&alert.rule)?;
         self.rules
-            .index_of(&alert.rule)
-            .and_then(|index| self.rules.get(index))
-            .is_some_and(|rule| rule.suppress_children)
+            .get(index)
+            .is_some_and(Rule::suppresses_any)
+            .then_some(index)
     }
 
-    /// The active suppressor whose group holds `alert`, other than `alert` itself.
+    /// Whether the active suppressor (`rule`, `group`) explains `alert`.
+    fn explains(&self, (rule, group): &(RuleIndex, GroupPath), alert: &Alert) -> bool {
+        self.rules
+            .get(*rule)
+            .is_some_and(|rule| rule.explains(group, &alert.group))
+    }
+
+    /// The active suppressor that explains `alert`, other than `alert` itself.
     fn suppressor_of(&self, alert: &Alert) -> Option<AlertId> {
         self.suppressors
             .iter()
-            .filter(|(id, group)| **id != alert.id && alert.is_under(group))
+            .filter(|(id, suppressor)| **id != alert.id && self.explains(suppressor, alert))
             .map(|(id, _)| *id)
             .min()
     }
@@ -96,18 +108,19 @@ impl AlertBook {
     /// After `changed` (an alert that just became active or inactive), updates which open
     /// alerts are suppressed; returns those whose suppression changed.
     fn resuppress(&mut self, changed: &Alert, now_ms: i64) -> Vec<Alert> {
-        if !self.suppresses(changed) {
+        let Some(rule) = self.suppressing_rule(changed) else {
             return Vec::new();
-        }
+        };
+        let suppressor = (rule, changed.group.clone());
         if changed.state.is_active() {
-            self.suppressors.insert(changed.id, changed.group.clone());
+            self.suppressors.insert(changed.id, suppressor.clone());
         } else {
             self.suppressors.remove(&changed.id);
         }
         let candidates: Vec<AlertId> = self
             .open
             .values()
-            .filter(|alert| alert.id != changed.id && alert.is_under(&changed.group))
+            .filter(|alert| alert.id != changed.id && self.explains(&suppressor, alert))
             .map(|alert| alert.id)
             .collect();
         let mut updated = Vec::new();
@@ -706,6 +719,48 @@ mod tests {
             .collect();
         assert_eq!(events.iter().filter(|e| *e == "suppressed").count(), 1);
         assert_eq!(events.iter().filter(|e| *e == "unsuppressed").count(), 2);
+    }
+
+    #[test]
+    fn a_gateway_going_offline_suppresses_the_alerts_of_the_devices_behind_it() {
+        let config: AlertsConfig = toml::from_str(
+            r#"
+            [[rules]]
+            name = "gateway-offline"
+            devices = ["gw-a"]
+            offline = true
+            suppresses = ["hq/a/**"]
+            [[rules]]
+            name = "silent"
+            offline = true
+            "#,
+        )
+        .expect("rules");
+        let rules = Arc::new(RuleSet::new(&config).expect("valid"));
+        let mut book = AlertBook::new(rules, Saved::default(), 0);
+        let offline = |rule, device: &str, group: &str, phase| ConditionEvent {
+            rule,
+            device: device.into(),
+            group: group.into(),
+            phase,
+            at: 1,
+            value: None,
+            reading_ts: None,
+        };
+        let gateway = book.on_condition(&offline(0, "gw-a", "hq/gateways", Phase::Firing));
+        let gateway_id = gateway[0].id;
+        // The gateway's own "silent" alert is not suppressed by itself or its rule's groups.
+        let own = book.on_condition(&offline(1, "gw-a", "hq/gateways", Phase::Firing));
+        assert_eq!(own[0].suppressed_by, None);
+        let behind = book.on_condition(&offline(1, "d1", "hq/a/floor-1", Phase::Firing));
+        assert_eq!(behind[0].suppressed_by, Some(gateway_id));
+        let elsewhere = book.on_condition(&offline(1, "d2", "hq/b", Phase::Firing));
+        assert_eq!(elsewhere[0].suppressed_by, None);
+        // The gateway comes back: the devices behind it stand on their own.
+        let back = book.on_condition(&offline(0, "gw-a", "hq/gateways", Phase::Normal));
+        assert!(back[1..]
+            .iter()
+            .any(|alert| alert.subject.as_ref() == "d1" && alert.suppressed_by.is_none()));
     }
 
     #[test]

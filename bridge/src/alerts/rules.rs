@@ -101,6 +101,11 @@ pub struct RuleConfig {
     /// On by default for group rules.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub suppress_children: Option<bool>,
+    /// Group-path patterns whose devices' alerts this rule's alerts explain while active:
+    /// the offline rule of a gateway names the groups of the devices behind it, so that a
+    /// gateway going down raises one alert instead of one per device.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub suppresses: Vec<String>,
     /// The level at which a firing threshold or rate rule clears (the deadband): below it for
     /// `above`, above it for `below`. Defaults to the trigger level itself.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -178,6 +183,29 @@ pub struct Rule {
     pub keep_firing_for_ms: i64,
     /// For a group rule: its devices' alerts are suppressed while it is active.
     pub suppress_children: bool,
+    /// The groups (patterns) whose devices' alerts its alerts suppress while active.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suppresses: Option<Selector>,
+}
+
+impl Rule {
+    /// Whether an active alert of this rule about group `own_group` explains an alert about a
+    /// device under `group`.
+    pub fn explains(&self, own_group: &str, group: &str) -> bool {
+        let under_own = group
+            .strip_prefix(own_group)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+        (self.suppress_children && under_own)
+            || self
+                .suppresses
+                .as_ref()
+                .is_some_and(|selector| selector.matches_group(group))
+    }
+
+    /// Whether its alerts may suppress others.
+    pub fn suppresses_any(&self) -> bool {
+        self.suppress_children || self.suppresses.is_some()
+    }
 }
 
 impl Rule {
@@ -418,6 +446,13 @@ fn check_rule(raw: &RuleConfig) -> Result<Rule, String> {
         for_ms: millis(raw.for_),
         keep_firing_for_ms: millis(raw.keep_firing_for),
         suppress_children: raw.scope == Scope::Group && raw.suppress_children.unwrap_or(true),
+        suppresses: (!raw.suppresses.is_empty())
+            .then(|| check_patterns(&raw.suppresses))
+            .transpose()?
+            .map(|groups| Selector {
+                groups,
+                devices: Vec::new(),
+            }),
     })
 }
 
@@ -426,8 +461,16 @@ fn millis(duration: Option<Duration>) -> i64 {
 }
 
 fn check_selector(raw: &RuleConfig) -> Result<Selector, String> {
+    Ok(Selector {
+        groups: check_patterns(&raw.groups)?,
+        devices: raw.devices.iter().map(|id| id.as_str().into()).collect(),
+    })
+}
+
+/// Group-path patterns, split into levels; `*` and `**` only as whole levels.
+fn check_patterns(patterns: &[String]) -> Result<Vec<Vec<String>>, String> {
     let mut groups = Vec::new();
-    for pattern in &raw.groups {
+    for pattern in patterns {
         let levels: Vec<String> = pattern.split('/').map(str::to_string).collect();
         if levels.iter().any(String::is_empty) {
             return Err(format!("group pattern {pattern:?} has an empty level"));
@@ -442,10 +485,7 @@ fn check_selector(raw: &RuleConfig) -> Result<Selector, String> {
         }
         groups.push(levels);
     }
-    Ok(Selector {
-        groups,
-        devices: raw.devices.iter().map(|id| id.as_str().into()).collect(),
-    })
+    Ok(groups)
 }
 
 fn check_condition(raw: &RuleConfig) -> Result<Condition, String> {
@@ -695,6 +735,10 @@ mod tests {
             (
                 "name = \"a\"\nscope = \"group\"\noffline = true",
                 "a group rule takes",
+            ),
+            (
+                "name = \"a\"\noffline = true\nsuppresses = [\"hq//a\"]",
+                "empty level",
             ),
         ];
         for (body, expected) in cases {
