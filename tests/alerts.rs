@@ -488,3 +488,54 @@ async fn after_kill_9_mid_load_no_alert_is_lost_duplicated_or_stuck() {
     );
     drop(device);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_going_offline_raises_its_alert_and_suppresses_the_devices_behind_it() {
+    let iotmon = Iotmon::serve_with_config(
+        r#"
+[[alerts.rules]]
+name = "gateway-offline"
+devices = ["gw-a"]
+offline = true
+suppresses = ["hq/a/**"]
+severity = "critical"
+
+[[alerts.rules]]
+name = "silent"
+groups = ["hq/a/**"]
+offline = true
+"#,
+    );
+    let http = iotmon.http.expect("http");
+    let relay = Publisher::connect(iotmon.mqtt.expect("mqtt"), "relay").await;
+    relay
+        .publish("sensors/hq/gateways/gw-a", r#"{"uptime":1}"#)
+        .await;
+    for id in ["d1", "d2"] {
+        relay
+            .publish(&format!("sensors/hq/a/floor-1/{id}"), r#"{"t":20}"#)
+            .await;
+    }
+    // The gateway's last will, then the devices behind it as it relays them.
+    relay.publish("status/hq/gateways/gw-a", "offline").await;
+    let gateway = alerts_until(http, "?suppressed=false", |alerts| {
+        alerts.iter().any(|a| a["rule"] == "gateway-offline")
+    })
+    .await;
+    let gateway_id = gateway
+        .iter()
+        .find(|a| a["rule"] == "gateway-offline")
+        .expect("the gateway's alert")["id"]
+        .clone();
+    for id in ["d1", "d2"] {
+        relay
+            .publish(&format!("status/hq/a/floor-1/{id}"), "offline")
+            .await;
+    }
+    let suppressed = alerts_until(http, "?suppressed=true", |alerts| alerts.len() == 2).await;
+    assert!(suppressed
+        .iter()
+        .all(|alert| alert["suppressed_by"] == gateway_id && alert["rule"] == "silent"));
+    let shown = alerts_until(http, "?suppressed=false", |alerts| alerts.len() == 1).await;
+    assert_eq!(shown[0]["id"], gateway_id, "one alert on screen, not three");
+}
