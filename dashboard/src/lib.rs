@@ -87,16 +87,7 @@ pub async fn run(
     let sessions = TaskTracker::new();
     let state = api::AppState {
         hub,
-        limits: session::SessionLimits {
-            max_view_devices: config.max_view_devices,
-            max_view_groups: config.max_view_groups,
-            queue: config.viewer_queue,
-            max_messages_per_second: config.max_messages_per_second,
-            max_view_changes_per_second: config.max_view_changes_per_second,
-            heartbeat: config.heartbeat,
-            idle_timeout: config.idle_timeout,
-            stall_limit: config.stall_limit,
-        },
+        limits: session::SessionLimits::from(&config),
         max_message_bytes: config.max_message_bytes,
         viewer_slots: Arc::new(tokio::sync::Semaphore::new(config.max_viewers)),
         token: config.token.as_deref().map(Arc::from),

@@ -31,6 +31,21 @@ pub struct SessionLimits {
     pub stall_limit: Duration,
 }
 
+impl From<&crate::DashboardConfig> for SessionLimits {
+    fn from(config: &crate::DashboardConfig) -> Self {
+        SessionLimits {
+            max_view_devices: config.max_view_devices,
+            max_view_groups: config.max_view_groups,
+            queue: config.viewer_queue,
+            max_messages_per_second: config.max_messages_per_second,
+            max_view_changes_per_second: config.max_view_changes_per_second,
+            heartbeat: config.heartbeat,
+            idle_timeout: config.idle_timeout,
+            stall_limit: config.stall_limit,
+        }
+    }
+}
+
 /// WebSocket close codes (RFC 6455, section 7.4.1).
 mod close_code {
     pub const GOING_AWAY: u16 = 1001;

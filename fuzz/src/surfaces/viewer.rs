@@ -34,16 +34,7 @@ pub struct Viewer {
 impl Default for Viewer {
     fn default() -> Self {
         let config = DashboardConfig::default();
-        let limits = SessionLimits {
-            max_view_devices: config.max_view_devices,
-            max_view_groups: config.max_view_groups,
-            queue: config.viewer_queue,
-            max_messages_per_second: config.max_messages_per_second,
-            max_view_changes_per_second: config.max_view_changes_per_second,
-            heartbeat: config.heartbeat,
-            idle_timeout: config.idle_timeout,
-            stall_limit: config.stall_limit,
-        };
+        let limits = SessionLimits::from(&config);
         let (hub, frames) = fleet_hub(limits.queue);
         Viewer {
             limits,
