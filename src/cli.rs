@@ -48,8 +48,12 @@ pub enum Command {
     /// A whole scenario on this machine (iotmon as a child process, fleet and viewers), with
     /// a report: reference, stress, fanout or broker.
     Bench(BenchArgs),
-    /// Prints the default configuration file.
-    Config,
+    /// Prints the default configuration file; with --check FILE, checks FILE instead (every
+    /// setting and alert rule, with the line at fault) and lists its alert rules.
+    Config {
+        #[arg(long, value_name = "FILE")]
+        check: Option<PathBuf>,
+    },
     /// Device credentials for the embedded broker: add, remove, list.
     Devices(DevicesArgs),
 }

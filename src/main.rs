@@ -29,10 +29,11 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
-        Command::Config => {
+        Command::Config { check: None } => {
             print!("{}", Config::defaults_toml()?);
             return Ok(());
         }
+        Command::Config { check: Some(path) } => return check_config(&path),
         Command::Devices(args) => return devices::run(args),
         _ => {}
     }
@@ -115,8 +116,32 @@ async fn run_role(command: Command, shutdown: CancellationToken) -> anyhow::Resu
             };
             roles::bench(args.bench(iotmon)?, args.json, shutdown).await
         }
-        Command::Config | Command::Devices(_) => Ok(()),
+        Command::Config { .. } | Command::Devices(_) => Ok(()),
     }
+}
+
+/// `iotmon config --check FILE`: checks the file as `serve` would at start-up and lists its
+/// alert rules.
+fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = Config::load(Some(path))?;
+    config.validate()?;
+    let rules = config.rules()?;
+    println!("{}: valid", path.display());
+    for rule in rules.rules() {
+        let scope = if rule.is_group_rule() {
+            "group"
+        } else {
+            "device"
+        };
+        println!(
+            "rule {:?}: {} rule, {}, {}",
+            rule.name,
+            scope,
+            rule.severity.as_str(),
+            serde_json::to_string(&rule.condition)?
+        );
+    }
+    Ok(())
 }
 
 /// Cancels `shutdown` on SIGINT or SIGTERM.

@@ -539,3 +539,36 @@ offline = true
     let shown = alerts_until(http, "?suppressed=false", |alerts| alerts.len() == 1).await;
     assert_eq!(shown[0]["id"], gateway_id, "one alert on screen, not three");
 }
+
+#[test]
+fn config_check_lists_the_rules_of_a_good_file_and_names_the_line_of_a_bad_one() {
+    let dir = TempDir::new("alerts-config-check");
+    let good = format!("{}/good.toml", dir.path());
+    std::fs::write(&good, RULES).expect("written");
+    let output = Command::new(env!("CARGO_BIN_EXE_iotmon"))
+        .args(["config", "--check", &good])
+        .output()
+        .expect("iotmon runs");
+    assert!(output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("valid"), "{stdout}");
+    assert!(
+        stdout.contains("rule \"hot\": device rule, critical"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("rule \"pressure-high\""), "{stdout}");
+
+    let bad = format!("{}/bad.toml", dir.path());
+    std::fs::write(&bad, "\n[[alerts.rules]]\nname = \"x\"\nmetric = \"t\"\n").expect("written");
+    let output = Command::new(env!("CARGO_BIN_EXE_iotmon"))
+        .args(["config", "--check", &bad])
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("iotmon runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("line 2") && stderr.contains("needs a condition"),
+        "{stderr}"
+    );
+}
