@@ -73,7 +73,7 @@ pub async fn serve(
     let tasks = TaskTracker::new();
     tasks.spawn(critical(
         "the bridge's broker link",
-        source::forward_local(subscription, to_bridge, shutdown.clone()),
+        subscription.forward(to_bridge, shutdown.clone()),
     ));
     tasks.spawn(critical(
         "the bridge",

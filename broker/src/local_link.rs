@@ -44,6 +44,29 @@ impl LocalSubscription {
         })
     }
 
+    /// Forwards every message to `to` until `shutdown`, the router goes away, or `to` closes.
+    /// Waits while `to` is full: the router then holds messages in its bounded log (and, for
+    /// a lossless link, makes publishers wait).
+    pub async fn forward(
+        mut self,
+        to: tokio::sync::mpsc::Sender<Message>,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        loop {
+            let message = tokio::select! {
+                () = shutdown.cancelled() => break,
+                message = self.recv() => match message {
+                    Some(message) => message,
+                    None => break,
+                },
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                sent = to.send(message) => if sent.is_err() { break },
+            }
+        }
+    }
+
     /// The next message, or `None` once the router has gone away.
     pub async fn recv(&mut self) -> Option<Message> {
         loop {
