@@ -3,6 +3,7 @@
 mod cli;
 mod config;
 mod devices;
+mod metrics_http;
 mod roles;
 
 use anyhow::Context;

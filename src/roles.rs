@@ -139,7 +139,7 @@ pub async fn broker(
         .with_context(|| format!("cannot listen for HTTP on {http_listen}"))?;
     announce_http(http.local_addr()?);
     let sources: Vec<Arc<dyn MetricsSource>> = vec![broker.metrics(), Arc::new(PanicMetrics)];
-    iotmon_broker::http::serve(http, Arc::new(sources), shutdown).await?;
+    crate::metrics_http::serve(http, Arc::new(sources), shutdown).await?;
     Ok(())
 }
 
@@ -176,7 +176,7 @@ pub async fn bridge(
             let sources: Vec<Arc<dyn MetricsSource>> =
                 vec![counters.clone(), Arc::new(PanicMetrics)];
             let metrics: Arc<dyn MetricsSource> = Arc::new(sources);
-            Some(tokio::spawn(iotmon_broker::http::serve(
+            Some(tokio::spawn(crate::metrics_http::serve(
                 listener,
                 metrics,
                 shutdown.clone(),

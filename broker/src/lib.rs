@@ -8,14 +8,12 @@
 //! - [`credentials`]: the device credential registry file and its argon2id hashes.
 //! - [`auth`]: checking each CONNECT against the registry, off the async workers.
 //! - [`metrics`]: the broker's counters for iotmon's `/metrics`.
-//! - [`http`]: `/metrics` and `/healthz` for the broker running alone.
 //! - [`local_link`]: an in-process subscription, how `serve` feeds the bridge without a socket.
 
 pub mod auth;
 pub mod config;
 pub mod credentials;
 pub mod embedded;
-pub mod http;
 pub mod local_link;
 pub mod metrics;
 

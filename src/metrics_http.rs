@@ -1,5 +1,6 @@
-//! A small HTTP endpoint for `iotmon broker` running alone: `/metrics` (the broker's counters
-//! in the Prometheus text format) and `/healthz`. With `serve`, the dashboard serves both.
+//! A small HTTP endpoint for a role running alone without the dashboard (`iotmon broker`,
+//! `iotmon bridge`): `/metrics` (its counters in the Prometheus text format) and `/healthz`.
+//! With `serve`, the dashboard serves both.
 
 use std::sync::Arc;
 
