@@ -76,6 +76,20 @@ impl Config {
         Ok(())
     }
 
+    /// Gives `iotmon demo` alert rules to show, unless the file brought its own: a sensor
+    /// running hot, a device gone silent, and a floor mostly offline (which then explains
+    /// its devices' alerts).
+    ///
+    /// # Errors
+    /// Never in practice: the demo's rules are checked by a unit test.
+    pub fn add_demo_rules(&mut self) -> anyhow::Result<()> {
+        if self.alerts.rules.is_empty() {
+            let demo: AlertsConfig = toml::from_str(DEMO_RULES)?;
+            self.alerts.rules = demo.rules;
+        }
+        Ok(())
+    }
+
     /// The checked alert rules.
     ///
     /// # Errors
@@ -92,6 +106,30 @@ impl Config {
         Ok(toml::to_string_pretty(&Config::default())?)
     }
 }
+
+/// The alert rules of `iotmon demo` (the simulated sensors run 15–27 °C; an anomaly takes
+/// one above 36 °C for a few readings).
+const DEMO_RULES: &str = r#"
+[[rules]]
+name = "too-hot"
+metric = "temperature"
+above = 35.0
+clear = 30.0
+severity = "major"
+
+[[rules]]
+name = "floor-offline"
+scope = "group"
+groups = ["*/*/*"]
+offline_share_above = 0.5
+clear = 0.2
+severity = "critical"
+
+[[rules]]
+name = "silent"
+offline = true
+severity = "critical"
+"#;
 
 /// `error` with the line of its rule's `[[alerts.rules]]` header in `text`.
 fn rule_error_at_line(text: &str, error: &RuleError) -> anyhow::Error {
@@ -110,6 +148,17 @@ fn rule_error_at_line(text: &str, error: &RuleError) -> anyhow::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_demo_rules_are_valid_and_do_not_replace_a_files_own() {
+        let mut config = Config::default();
+        config.add_demo_rules().expect("demo rules parse");
+        assert_eq!(config.rules().expect("valid").rules().len(), 3);
+        let mut own =
+            Config::parse("[[alerts.rules]]\nname = \"mine\"\noffline = true\n").expect("parses");
+        own.add_demo_rules().expect("demo rules parse");
+        assert_eq!(own.alerts.rules.len(), 1);
+    }
 
     #[test]
     fn a_bad_alert_rule_is_refused_with_its_line() {

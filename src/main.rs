@@ -79,10 +79,14 @@ async fn run_role(command: Command, shutdown: CancellationToken) -> anyhow::Resu
             let mut config = serve.resolve()?;
             // The demo's fleet connects without credentials.
             config.broker.allow_anonymous = true;
+            // Alerts to show: the demo's rules (unless the file has its own) and a fleet
+            // whose sensors now and then run hot (about one device every few seconds).
+            config.add_demo_rules()?;
             let fleet = FleetConfig {
                 devices,
                 interval,
                 client_prefix: "demo".into(),
+                anomaly_rate: DEMO_ANOMALY_RATE,
                 ..FleetConfig::default()
             };
             roles::serve(config, Some(fleet), shutdown).await
@@ -144,6 +148,9 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The demo fleet's chance per reading that a sensor runs hot for a while.
+const DEMO_ANOMALY_RATE: f64 = 0.001;
 
 /// Cancels `shutdown` on SIGINT or SIGTERM.
 async fn cancel_on_signal(shutdown: CancellationToken) {
