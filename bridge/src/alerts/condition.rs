@@ -46,15 +46,17 @@ pub struct ConditionState {
     pub phase: Phase,
     /// The condition itself, deadband applied, before delays.
     pub breached: bool,
-    /// Recent samples, for a rate rule.
+    /// Recent samples, for a rate rule: points of the window, then the newest.
     samples: VecDeque<(i64, f64)>,
     /// For an offline rule: a silence check is in the deadline queue.
     pub check_scheduled: bool,
 }
 
-/// Most samples a rate rule keeps per device: beyond that the oldest go, which shortens the
-/// window for a device reporting faster than `window / MAX_RATE_SAMPLES`.
-const MAX_RATE_SAMPLES: usize = 256;
+/// How finely a rate rule's window is kept: samples at least `window / RATE_RESOLUTION` apart
+/// (the newest always). A device and rule hold at most `RATE_RESOLUTION + 2` samples however
+/// fast the device reports, so 100K devices with a rate rule cost a few MB, not hundreds;
+/// the window's start is exact to a sixteenth of the window.
+const RATE_RESOLUTION: i64 = 16;
 
 impl ConditionState {
     /// A condition restored in `phase` (after a restart).
@@ -113,8 +115,12 @@ impl ConditionState {
             // Out of order or repeated: not a new point of the series.
             return None;
         }
-        if self.samples.len() == MAX_RATE_SAMPLES {
-            self.samples.pop_front();
+        // The newest sample replaces the previous one unless that one is far enough from the
+        // sample before it to be kept as a point of the window.
+        let spacing = (window_ms / RATE_RESOLUTION).max(1);
+        let len = self.samples.len();
+        if len >= 2 && self.samples[len - 1].0 - self.samples[len - 2].0 < spacing {
+            self.samples.pop_back();
         }
         self.samples.push_back((ts, value));
         while self
@@ -239,6 +245,23 @@ mod tests {
         assert_eq!(state.rate_per_minute(10_000, 99.0, 60_000), None);
         // The first samples leave the window: from 23.0 at 30 s to 23.0 at 90 s.
         assert_eq!(state.rate_per_minute(90_000, 23.0, 60_000), Some(0.0));
+    }
+
+    #[test]
+    fn a_fast_device_keeps_a_bounded_window() {
+        let mut state = ConditionState::default();
+        let mut rate = None;
+        // A reading every 10 ms for 3 minutes, rising 1 per minute, over a 1-minute window.
+        for i in 0..18_000i64 {
+            let ts = i * 10;
+            rate = state.rate_per_minute(ts, ts as f64 / 60_000.0, 60_000);
+            assert!(
+                state.samples.len() <= RATE_RESOLUTION as usize + 2,
+                "at {ts}"
+            );
+        }
+        let rate = rate.expect("a rate");
+        assert!((rate - 1.0).abs() < 1e-9, "{rate}");
     }
 
     #[test]
