@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use iotmon_wire::alert::AlertRequest;
+use iotmon_wire::alert::{AlertRequest, CommandError};
 use iotmon_wire::{Alert, AlertCommand};
 use tokio::sync::{mpsc, oneshot};
 
@@ -44,11 +44,39 @@ pub struct AlertAccess {
     pub rules: Arc<serde_json::Value>,
 }
 
+/// Longest shelving an operator may ask for: 30 days.
+pub const MAX_SHELVE_MINUTES: u32 = 30 * 24 * 60;
+
+/// The operator a command is by: `by` (1 to 64 characters), or `default` when not given.
+///
+/// # Errors
+/// `by` is empty or too long.
+pub fn operator(by: Option<String>, default: &str) -> Result<String, String> {
+    match by {
+        None => Ok(default.to_string()),
+        Some(name) if (1..=64).contains(&name.chars().count()) => Ok(name),
+        Some(_) => Err("\"by\" must be 1 to 64 characters".to_string()),
+    }
+}
+
+/// When a shelving of `minutes` from now ends, ms since the epoch.
+///
+/// # Errors
+/// `minutes` is 0 or more than [`MAX_SHELVE_MINUTES`].
+pub fn shelve_until(minutes: u32) -> Result<i64, String> {
+    if minutes == 0 || minutes > MAX_SHELVE_MINUTES {
+        return Err(format!(
+            "shelve for 1 to {MAX_SHELVE_MINUTES} minutes, not {minutes}"
+        ));
+    }
+    Ok(iotmon_wire::unix_millis().saturating_add(i64::from(minutes) * 60_000))
+}
+
 /// Why a command did not go through.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CommandFailure {
-    /// The alert manager refused it (unknown alert, shelving in the past, ...).
-    Refused(String),
+    /// The alert manager refused it (unknown alert, shelving in the past).
+    Refused(CommandError),
     /// No alert manager to send it to, or it did not answer in time.
     Unavailable(&'static str),
 }

@@ -767,7 +767,7 @@ impl Hub {
         }
         let with_ancestors: BTreeSet<GroupPath> = paths
             .iter()
-            .flat_map(|path| prefixes(path))
+            .flat_map(|path| group_prefixes(path))
             .map(GroupPath::from)
             .collect();
         let mut nodes: HashMap<GroupPath, GroupNode> = with_ancestors
@@ -803,13 +803,6 @@ impl Hub {
             children: Vec::new(),
         }
     }
-}
-
-/// `a/b/c` → `a`, `a/b`, `a/b/c`.
-fn prefixes(path: &str) -> impl Iterator<Item = &str> {
-    path.match_indices('/')
-        .map(|(at, _)| &path[..at])
-        .chain(std::iter::once(path))
 }
 
 /// Adds viewer `id` to the index entries of `keys`.

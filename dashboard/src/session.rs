@@ -7,14 +7,14 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
 use iotmon_wire::viewer::{ClientMessage, ServerMessage};
-use iotmon_wire::{unix_millis, AlertCommand, GroupPath};
+use iotmon_wire::{AlertCommand, GroupPath};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::time::MissedTickBehavior;
 use tokio_tungstenite::tungstenite;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::alerts::{AlertAccess, CommandFailure};
+use crate::alerts::{operator, shelve_until, AlertAccess, CommandFailure};
 use crate::hub::{HubCommand, HubHandle, ViewSpec, ViewerId};
 use crate::rate::TokenBucket;
 
@@ -225,7 +225,9 @@ impl Session {
                 let id = command.id();
                 match self.alerts.command(command).await {
                     Ok(_) => None,
-                    Err(CommandFailure::Refused(why)) => self.reply(&alert_error(id, why)).await,
+                    Err(CommandFailure::Refused(why)) => {
+                        self.reply(&alert_error(id, why.to_string())).await
+                    }
                     Err(CommandFailure::Unavailable(why)) => {
                         self.reply(&alert_error(id, why)).await
                     }
@@ -304,9 +306,6 @@ pub enum Request {
     Alert(AlertCommand),
 }
 
-/// Longest shelving a viewer may ask for: 30 days.
-const MAX_SHELVE_MINUTES: u32 = 30 * 24 * 60;
-
 /// Who an alert command is by, when the viewer does not say.
 const ANONYMOUS_OPERATOR: &str = "viewer";
 
@@ -335,34 +334,17 @@ pub fn parse_client_message(text: &str, limits: &SessionLimits) -> Result<Reques
         } => view_spec(devices, group, offset, limit, limits.max_view_devices).map(Request::View),
         ClientMessage::Ack { id, by } => Ok(Request::Alert(AlertCommand::Acknowledge {
             id,
-            by: operator(by)?,
+            by: operator(by, ANONYMOUS_OPERATOR)?,
         })),
-        ClientMessage::Shelve { id, minutes, by } => {
-            if minutes == 0 || minutes > MAX_SHELVE_MINUTES {
-                return Err(format!(
-                    "shelve for 1 to {MAX_SHELVE_MINUTES} minutes, not {minutes}"
-                ));
-            }
-            let until = unix_millis().saturating_add(i64::from(minutes) * 60_000);
-            Ok(Request::Alert(AlertCommand::Shelve {
-                id,
-                until,
-                by: operator(by)?,
-            }))
-        }
+        ClientMessage::Shelve { id, minutes, by } => Ok(Request::Alert(AlertCommand::Shelve {
+            id,
+            until: shelve_until(minutes)?,
+            by: operator(by, ANONYMOUS_OPERATOR)?,
+        })),
         ClientMessage::Unshelve { id, by } => Ok(Request::Alert(AlertCommand::Unshelve {
             id,
-            by: operator(by)?,
+            by: operator(by, ANONYMOUS_OPERATOR)?,
         })),
-    }
-}
-
-/// The operator's name a command carries: 1 to 64 characters, or the default.
-fn operator(by: Option<String>) -> Result<String, String> {
-    match by {
-        None => Ok(ANONYMOUS_OPERATOR.to_string()),
-        Some(name) if (1..=64).contains(&name.chars().count()) => Ok(name),
-        Some(_) => Err("`by` must be 1 to 64 characters".to_string()),
     }
 }
 

@@ -236,12 +236,21 @@ impl AlertCommand {
     }
 }
 
+/// Why the bridge refused an operator's command.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    #[error("no open alert {0}")]
+    NotFound(AlertId),
+    #[error("shelving must end in the future")]
+    ShelveInPast,
+}
+
 /// An operator's command on its way to the bridge that owns the alert, with where to send
 /// the outcome: the alert as changed, or why it was refused.
 #[derive(Debug)]
 pub struct AlertRequest {
     pub command: AlertCommand,
-    pub reply: tokio::sync::oneshot::Sender<Result<Alert, String>>,
+    pub reply: tokio::sync::oneshot::Sender<Result<Alert, CommandError>>,
 }
 
 #[cfg(test)]

@@ -161,15 +161,25 @@ pub struct SessionPlan {
 #[derive(Debug)]
 pub struct Backoff {
     next: Duration,
+    initial: Duration,
+    max: Duration,
 }
 
 impl Backoff {
     const INITIAL: Duration = Duration::from_millis(100);
     const MAX: Duration = Duration::from_secs(10);
 
+    /// The reconnect backoff: from 100 ms up to 10 s.
     pub fn new() -> Self {
+        Self::between(Self::INITIAL, Self::MAX)
+    }
+
+    /// A backoff starting at `initial` and doubling up to `max`.
+    pub fn between(initial: Duration, max: Duration) -> Self {
         Backoff {
-            next: Self::INITIAL,
+            next: initial,
+            initial,
+            max,
         }
     }
 
@@ -178,13 +188,13 @@ impl Backoff {
     pub fn next_delay(&mut self) -> Duration {
         let factor = rand::rng().random_range(0.5..1.5);
         let delay = self.next.mul_f64(factor);
-        self.next = (self.next * 2).min(Self::MAX);
+        self.next = (self.next * 2).min(self.max);
         delay
     }
 
     /// Called once connected: the next failure starts from the initial step again.
     pub fn reset(&mut self) {
-        self.next = Self::INITIAL;
+        self.next = self.initial;
     }
 }
 

@@ -6,22 +6,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use iotmon_wire::alert::AlertTransition;
+pub use iotmon_wire::alert::CommandError;
 use iotmon_wire::{Alert, AlertCommand, AlertId, AlertState, GroupPath};
-use thiserror::Error;
 
 use super::condition::Phase;
 use super::evaluator::ConditionEvent;
 use super::rules::{Condition, Rule, RuleIndex, RuleSet, Share, Stat};
 use super::store::{Changes, Saved, SavedCondition};
-
-/// Why an operator's command was refused.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-pub enum CommandError {
-    #[error("no open alert {0}")]
-    NotFound(AlertId),
-    #[error("shelving must end in the future")]
-    ShelveInPast,
-}
 
 /// The open alerts, one per rule and subject, and the changes not yet stored.
 #[derive(Debug)]
@@ -176,7 +167,8 @@ impl AlertBook {
     }
 
     fn apply_condition(&mut self, event: &ConditionEvent) -> Option<Alert> {
-        let rule = self.rules.get(event.rule)?.clone();
+        let rules = Arc::clone(&self.rules);
+        let rule = rules.get(event.rule)?;
         self.unsaved.conditions.push(SavedCondition {
             rule: rule.name.to_string(),
             device: event.device.to_string(),
@@ -186,9 +178,9 @@ impl AlertBook {
         let key = (rule.name.clone(), Arc::<str>::from(&*event.device));
         let open = self.by_subject.get(&key).copied();
         match (event.phase, open) {
-            (Phase::Firing, None) => Some(self.raise(&rule, event)),
-            (Phase::Firing, Some(id)) => self.reactivate(id, &rule, event),
-            (Phase::Normal, Some(id)) => self.clear(id, &rule, event),
+            (Phase::Firing, None) => Some(self.raise(rule, event)),
+            (Phase::Firing, Some(id)) => self.reactivate(id, rule, event),
+            (Phase::Normal, Some(id)) => self.clear(id, rule, event),
             _ => None,
         }
     }

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use iotmon_wire::alert::AlertRequest;
+use iotmon_wire::alert::{AlertRequest, CommandError};
 use iotmon_wire::{Alert, AlertCommand, Derived};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -70,8 +70,8 @@ enum Wake {
 }
 
 type Reply = (
-    tokio::sync::oneshot::Sender<Result<Alert, String>>,
-    Result<Alert, String>,
+    tokio::sync::oneshot::Sender<Result<Alert, CommandError>>,
+    Result<Alert, CommandError>,
 );
 
 /// Runs the manager until `shutdown` or until the shards are gone.
@@ -109,9 +109,7 @@ pub async fn run(
                 None => Wake::Stop,
             },
             Some(request) = requests.recv() => {
-                let outcome = book
-                    .on_command(&request.command, clock.now_ms())
-                    .map_err(|e| e.to_string());
+                let outcome = book.on_command(&request.command, clock.now_ms());
                 let changed = outcome.iter().cloned().collect();
                 Wake::Changed(changed, vec![(request.reply, outcome)])
             }

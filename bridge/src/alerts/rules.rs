@@ -192,10 +192,7 @@ impl Rule {
     /// Whether an active alert of this rule about group `own_group` explains an alert about a
     /// device under `group`.
     pub fn explains(&self, own_group: &str, group: &str) -> bool {
-        let under_own = group
-            .strip_prefix(own_group)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
-        (self.suppress_children && under_own)
+        (self.suppress_children && iotmon_wire::topics::in_group(group, own_group))
             || self
                 .suppresses
                 .as_ref()

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use iotmon_wire::alert::AlertTransition;
+use iotmon_wire::mqtt::Backoff;
 use iotmon_wire::Alert;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -29,7 +30,8 @@ pub struct WebhookConfig {
     /// How long one POST may take.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
-    /// The first retry's delay; it doubles on every failure, up to five minutes, with jitter.
+    /// The first retry's delay; it doubles on every failure, up to five minutes, scaled by a
+    /// random factor between 0.5 and 1.5.
     #[serde(with = "humantime_serde")]
     pub retry_backoff: Duration,
     /// Transitions waiting to be posted; beyond, the oldest are dropped and counted.
@@ -144,7 +146,7 @@ async fn run(
     shutdown: CancellationToken,
 ) {
     let mut outbox: VecDeque<Notification> = VecDeque::new();
-    let mut backoff = config.retry_backoff;
+    let mut backoff = Backoff::between(config.retry_backoff, MAX_BACKOFF);
     loop {
         // Take what has arrived; wait for something when the outbox is empty.
         while let Ok(notification) = from_manager.try_recv() {
@@ -170,16 +172,16 @@ async fn run(
             Ok(()) => {
                 outbox.pop_front();
                 counters.webhook_sent.fetch_add(1, Ordering::Relaxed);
-                backoff = config.retry_backoff;
+                backoff.reset();
             }
             Err(error) => {
                 counters.webhook_failures.fetch_add(1, Ordering::Relaxed);
-                warn!(%error, retry_in = ?backoff, "alert webhook failed");
+                let delay = backoff.next_delay();
+                warn!(%error, retry_in = ?delay, "alert webhook failed");
                 tokio::select! {
                     () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(jittered(backoff)) => {}
+                    () = tokio::time::sleep(delay) => {}
                 }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
     }
@@ -225,18 +227,4 @@ async fn post(
     } else {
         Err(PostError::Status(response.status()))
     }
-}
-
-/// `delay` give or take a quarter, so that many bridges do not retry in step.
-fn jittered(delay: Duration) -> Duration {
-    let quarter = delay / 4;
-    let spread = rand_fraction();
-    delay - quarter + quarter.mul_f64(2.0 * spread)
-}
-
-/// A number in [0, 1) good enough for jitter.
-fn rand_fraction() -> f64 {
-    use std::hash::{BuildHasher, RandomState};
-    let bits = RandomState::new().hash_one(std::time::Instant::now());
-    (bits >> 11) as f64 / (1u64 << 53) as f64
 }

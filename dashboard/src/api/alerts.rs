@@ -5,14 +5,13 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use iotmon_wire::alert::AlertTransition;
+use iotmon_wire::alert::{AlertTransition, CommandError};
 use iotmon_wire::history::{AlertQuery, HistoryError};
-use iotmon_wire::unix_millis;
 use iotmon_wire::{Alert, AlertCommand, AlertId, AlertState, Severity};
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, AppState};
-use crate::alerts::{CommandFailure, CommandOutcome};
+use crate::alerts::{operator, shelve_until, CommandFailure, CommandOutcome};
 
 /// Most alerts one `/api/alerts` answer holds.
 const MAX_ALERTS: usize = 1000;
@@ -131,15 +130,12 @@ pub(super) struct ShelveBody {
 /// Who an alert command is by when the request does not say.
 const API_OPERATOR: &str = "api";
 
-/// Longest shelving: 30 days.
-const MAX_SHELVE_MINUTES: u32 = 30 * 24 * 60;
-
 pub(super) async fn acknowledge(
     State(state): State<AppState>,
     Path(id): Path<AlertId>,
     body: Option<Json<ByBody>>,
 ) -> Result<Response, ApiError> {
-    let by = operator(body.map(|Json(b)| b.by).unwrap_or_default())?;
+    let by = api_operator(body.map(|Json(b)| b.by).unwrap_or_default())?;
     command(&state, AlertCommand::Acknowledge { id, by }).await
 }
 
@@ -148,13 +144,8 @@ pub(super) async fn shelve(
     Path(id): Path<AlertId>,
     Json(body): Json<ShelveBody>,
 ) -> Result<Response, ApiError> {
-    if body.minutes == 0 || body.minutes > MAX_SHELVE_MINUTES {
-        return Err(ApiError::BadRequest(format!(
-            "minutes must be between 1 and {MAX_SHELVE_MINUTES}"
-        )));
-    }
-    let until = unix_millis().saturating_add(i64::from(body.minutes) * 60_000);
-    let by = operator(body.by)?;
+    let until = shelve_until(body.minutes).map_err(ApiError::BadRequest)?;
+    let by = api_operator(body.by)?;
     command(&state, AlertCommand::Shelve { id, until, by }).await
 }
 
@@ -163,7 +154,7 @@ pub(super) async fn unshelve(
     Path(id): Path<AlertId>,
     body: Option<Json<ByBody>>,
 ) -> Result<Response, ApiError> {
-    let by = operator(body.map(|Json(b)| b.by).unwrap_or_default())?;
+    let by = api_operator(body.map(|Json(b)| b.by).unwrap_or_default())?;
     command(&state, AlertCommand::Unshelve { id, by }).await
 }
 
@@ -182,22 +173,14 @@ async fn command(state: &AppState, command: AlertCommand) -> Result<Response, Ap
             Json(serde_json::json!({ "accepted": true, "id": id })),
         )
             .into_response()),
-        Err(CommandFailure::Refused(why)) if why.starts_with("no open alert") => {
-            Err(ApiError::NoSuchAlert(id))
-        }
-        Err(CommandFailure::Refused(why)) => Err(ApiError::BadRequest(why)),
+        Err(CommandFailure::Refused(CommandError::NotFound(_))) => Err(ApiError::NoSuchAlert(id)),
+        Err(CommandFailure::Refused(why)) => Err(ApiError::BadRequest(why.to_string())),
         Err(CommandFailure::Unavailable(why)) => Err(ApiError::AlertsUnavailable(why)),
     }
 }
 
-fn operator(by: Option<String>) -> Result<String, ApiError> {
-    match by {
-        None => Ok(API_OPERATOR.to_string()),
-        Some(name) if (1..=64).contains(&name.chars().count()) => Ok(name),
-        Some(_) => Err(ApiError::BadRequest(
-            "\"by\" must be 1 to 64 characters".into(),
-        )),
-    }
+fn api_operator(by: Option<String>) -> Result<String, ApiError> {
+    operator(by, API_OPERATOR).map_err(ApiError::BadRequest)
 }
 
 fn parse_opt<T>(
