@@ -410,7 +410,7 @@ impl FleetArgs {
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// reference, stress, fanout, broker or viewer-cost.
-    pub scenario: iotmon_simulator::bench::Scenario,
+    pub scenario: iotmon_bench::Scenario,
     /// Devices in the fleet (default: the scenario's).
     #[arg(long)]
     pub devices: Option<usize>,
@@ -480,13 +480,13 @@ impl BenchArgs {
     ///
     /// # Errors
     /// A QoS other than 0 or 1.
-    pub fn bench(&self, iotmon: PathBuf) -> anyhow::Result<iotmon_simulator::bench::BenchConfig> {
+    pub fn bench(&self, iotmon: PathBuf) -> anyhow::Result<iotmon_bench::BenchConfig> {
         let qos = self
             .qos
             .iter()
             .map(|level| iotmon_simulator::Qos::from_level(*level))
             .collect::<Result<_, _>>()?;
-        Ok(iotmon_simulator::bench::BenchConfig {
+        Ok(iotmon_bench::BenchConfig {
             devices: self.devices,
             interval: self.interval,
             devices_per_connection: self.devices_per_connection,
@@ -505,7 +505,7 @@ impl BenchArgs {
             fleets: self.fleets.clone(),
             write_batch: self.write_batch,
             iotmon_only: self.iotmon_only,
-            ..iotmon_simulator::bench::BenchConfig::new(iotmon, self.scenario)
+            ..iotmon_bench::BenchConfig::new(iotmon, self.scenario)
         })
     }
 }

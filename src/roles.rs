@@ -327,11 +327,11 @@ pub async fn simulate_viewers(
 
 /// Runs a benchmark scenario and prints its report.
 pub async fn bench(
-    bench: iotmon_simulator::bench::BenchConfig,
+    bench: iotmon_bench::BenchConfig,
     json: bool,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let report = iotmon_simulator::bench::run(bench, shutdown).await?;
+    let report = iotmon_bench::run(bench, shutdown).await?;
     print_summary(&report, json)
 }
 

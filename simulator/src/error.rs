@@ -68,7 +68,4 @@ pub enum SimulatorError {
     /// A viewer run was asked for nothing.
     #[error("viewers: {0}")]
     Viewers(String),
-    /// A benchmark could not run.
-    #[error("bench: {0}")]
-    Bench(String),
 }

@@ -1,6 +1,6 @@
 //! The simulator: fleets of simulated IoT sensors publishing plausible readings over MQTT,
-//! fake dashboard viewers measuring how fast readings reach a screen, and the benchmarks
-//! built from both.
+//! and fake dashboard viewers measuring how fast readings reach a screen. Run them against
+//! any broker and dashboard; the `iotmon-bench` crate builds its scenarios from them.
 //!
 //! - [`config`]: what a fleet looks like ([`FleetConfig`]) and its validation.
 //! - [`settings`]: a fleet file and flags over it ([`FleetSettings`]), resolved into a
@@ -15,9 +15,7 @@
 //! - [`stats`]: counters, the progress display and the [`Summary`].
 //! - `fleet`: [`run`] and [`Fleet`], which tie them together.
 //! - [`viewers`]: fake dashboard viewers and the reading→viewer delay.
-//! - [`bench`]: `iotmon bench` scenarios and their reports.
 
-pub mod bench;
 mod client;
 pub mod config;
 mod connection;

@@ -18,6 +18,7 @@
 //! - `report`: what a scenario prints.
 
 mod broker;
+mod error;
 mod load;
 pub mod process;
 mod raw_mqtt;
@@ -31,8 +32,9 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Qos;
-use crate::SimulatorError;
+use iotmon_simulator::Qos;
+
+pub use error::BenchError;
 pub use report::BenchReport;
 
 /// A benchmark scenario.
@@ -155,28 +157,26 @@ impl BenchConfig {
             .collect()
     }
 
-    fn validate(&self) -> Result<(), SimulatorError> {
+    fn validate(&self) -> Result<(), BenchError> {
         if self.measure.is_zero() {
-            return Err(SimulatorError::Bench("--measure must be positive".into()));
+            return Err(BenchError::Failed("--measure must be positive".into()));
         }
         if self
             .anomaly_rate
             .is_some_and(|rate| !(0.0..=1.0).contains(&rate))
         {
-            return Err(SimulatorError::Bench(
+            return Err(BenchError::Failed(
                 "--anomaly-rate must be between 0 and 1".into(),
             ));
         }
         if self.step_factor <= 1.0 {
-            return Err(SimulatorError::Bench("--step-factor must exceed 1".into()));
+            return Err(BenchError::Failed("--step-factor must exceed 1".into()));
         }
         if self.write_batch == Some(0) {
-            return Err(SimulatorError::Bench(
-                "--write-batch must be positive".into(),
-            ));
+            return Err(BenchError::Failed("--write-batch must be positive".into()));
         }
         if self.connections.is_empty() || self.qos.is_empty() || self.fleets.is_empty() {
-            return Err(SimulatorError::Bench(
+            return Err(BenchError::Failed(
                 "--connections, --qos and --fleets need at least one value".into(),
             ));
         }
@@ -191,7 +191,7 @@ impl BenchConfig {
 pub async fn run(
     config: BenchConfig,
     shutdown: CancellationToken,
-) -> Result<BenchReport, SimulatorError> {
+) -> Result<BenchReport, BenchError> {
     config.validate()?;
     match config.scenario {
         Scenario::Reference => serve::reference(&config, &shutdown).await,

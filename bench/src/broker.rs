@@ -20,12 +20,12 @@ use std::time::Duration;
 use tokio::time::{sleep, Instant};
 use tokio_util::sync::CancellationToken;
 
-use super::load::{self, LoadCount, RawFleet};
-use super::process::{own_usage, Measured, Usage};
-use super::report::{mib, BenchReport, BrokerRatio, BrokerRun, BrokerSearch, Machine, Target};
-use super::{poll_until, BenchConfig};
-use crate::config::Qos;
-use crate::SimulatorError;
+use crate::load::{self, LoadCount, RawFleet};
+use crate::process::{own_usage, Measured, Usage};
+use crate::report::{mib, BenchReport, BrokerRatio, BrokerRun, BrokerSearch, Machine, Target};
+use crate::BenchError;
+use crate::{poll_until, BenchConfig};
+use iotmon_simulator::Qos;
 
 /// The first step's offered messages per second unless `--rate` says otherwise.
 const DEFAULT_RATE: f64 = 20_000.0;
@@ -47,7 +47,7 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(15);
 pub(crate) async fn compare(
     config: &BenchConfig,
     shutdown: &CancellationToken,
-) -> Result<BenchReport, SimulatorError> {
+) -> Result<BenchReport, BenchError> {
     let machine = Machine::now();
     let mut runs = Vec::new();
     let mut searches = Vec::new();
@@ -191,7 +191,7 @@ async fn search(
     qos: Qos,
     shutdown: &CancellationToken,
     runs: &mut Vec<BrokerRun>,
-) -> Result<BrokerSearch, SimulatorError> {
+) -> Result<BrokerSearch, BenchError> {
     let delivered = Arc::new(AtomicU64::new(0));
     let stop_subscriber = CancellationToken::new();
     let subscriber =
@@ -288,7 +288,7 @@ struct Reading {
 }
 
 impl Shape<'_> {
-    fn read(&self) -> Result<Reading, SimulatorError> {
+    fn read(&self) -> Result<Reading, BenchError> {
         Ok(Reading {
             at: Instant::now(),
             delivered: self.delivered.load(Ordering::Relaxed),
@@ -306,7 +306,7 @@ async fn measure(
     rate: f64,
     number: usize,
     shutdown: &CancellationToken,
-) -> Result<BrokerRun, SimulatorError> {
+) -> Result<BrokerRun, BenchError> {
     shape.fleet.set_rate(rate);
     tokio::select! {
         () = shutdown.cancelled() => {}

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
-use crate::SimulatorError;
+use crate::BenchError;
 
 /// How long a child may take to print its addresses or start listening.
 const START_DEADLINE: Duration = Duration::from_secs(20);
@@ -53,7 +53,7 @@ impl Measured {
         role: &str,
         config: Option<&str>,
         extra: &[String],
-    ) -> Result<Measured, SimulatorError> {
+    ) -> Result<Measured, BenchError> {
         let dir = scratch_dir(role)?;
         let mut args: Vec<String> = [
             role,
@@ -125,7 +125,7 @@ impl Measured {
     ///
     /// # Errors
     /// mosquitto is not installed, exits, or does not listen in time.
-    pub fn mosquitto() -> Result<Measured, SimulatorError> {
+    pub fn mosquitto() -> Result<Measured, BenchError> {
         let dir = scratch_dir("mosquitto")?;
         let port = free_port()?;
         let config = dir.join("mosquitto.conf");
@@ -180,7 +180,7 @@ impl Measured {
         role: &'static str,
         config: Option<String>,
         extra: Vec<String>,
-    ) -> Result<Measured, SimulatorError> {
+    ) -> Result<Measured, BenchError> {
         let exe = exe.to_path_buf();
         tokio::task::spawn_blocking(move || Measured::iotmon(&exe, role, config.as_deref(), &extra))
             .await
@@ -191,7 +191,7 @@ impl Measured {
     ///
     /// # Errors
     /// As [`Measured::mosquitto`].
-    pub async fn start_mosquitto() -> Result<Measured, SimulatorError> {
+    pub async fn start_mosquitto() -> Result<Measured, BenchError> {
         tokio::task::spawn_blocking(Measured::mosquitto)
             .await
             .map_err(|error| fail(format!("starting mosquitto: {error}")))?
@@ -206,7 +206,7 @@ impl Measured {
     ///
     /// # Errors
     /// `/proc/<pid>` cannot be read (the process has exited).
-    pub fn usage(&self) -> Result<Usage, SimulatorError> {
+    pub fn usage(&self) -> Result<Usage, BenchError> {
         usage_of(&self.pid().to_string())
     }
 }
@@ -224,12 +224,12 @@ impl Drop for Measured {
 ///
 /// # Errors
 /// `/proc/self` cannot be read.
-pub fn own_usage() -> Result<Usage, SimulatorError> {
+pub fn own_usage() -> Result<Usage, BenchError> {
     usage_of("self")
 }
 
 /// CPU seconds and peak RSS of process `pid` (a number or `self`) from `/proc`.
-fn usage_of(pid: &str) -> Result<Usage, SimulatorError> {
+fn usage_of(pid: &str) -> Result<Usage, BenchError> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map_err(|error| fail(format!("/proc/{pid}/stat: {error}")))?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -258,21 +258,21 @@ fn status_kib(status: &str, field: &str) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-fn parse_addr(text: &str) -> Result<SocketAddr, SimulatorError> {
+fn parse_addr(text: &str) -> Result<SocketAddr, BenchError> {
     text.trim()
         .parse()
         .map_err(|_| fail(format!("bad address {text:?}")))
 }
 
 /// A loopback port nothing listens on right now: bound by the OS, then released.
-fn free_port() -> Result<u16, SimulatorError> {
+fn free_port() -> Result<u16, BenchError> {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .map(|addr| addr.port())
         .map_err(|error| fail(format!("no free port: {error}")))
 }
 
-fn scratch_dir(tag: &str) -> Result<PathBuf, SimulatorError> {
+fn scratch_dir(tag: &str) -> Result<PathBuf, BenchError> {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |since| since.subsec_nanos());
@@ -283,8 +283,8 @@ fn scratch_dir(tag: &str) -> Result<PathBuf, SimulatorError> {
     Ok(dir)
 }
 
-fn fail(message: String) -> SimulatorError {
-    SimulatorError::Bench(message)
+fn fail(message: String) -> BenchError {
+    BenchError::Failed(message)
 }
 
 #[cfg(test)]

@@ -24,11 +24,11 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{interval, timeout, Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use super::raw_mqtt::{self, Frame};
-use super::CONNECTS_PER_SECOND;
-use crate::device::unix_millis;
-use crate::sensor::SensorModel;
-use crate::SimulatorError;
+use crate::raw_mqtt::{self, Frame};
+use crate::BenchError;
+use crate::CONNECTS_PER_SECOND;
+use iotmon_simulator::SensorModel;
+use iotmon_wire::unix_millis;
 
 /// Every connection is visited once per period.
 const PERIOD: Duration = Duration::from_millis(100);
@@ -128,10 +128,10 @@ impl RawFleet {
         qos: u8,
         per_write: Option<usize>,
         shutdown: &CancellationToken,
-    ) -> Result<RawFleet, SimulatorError> {
+    ) -> Result<RawFleet, BenchError> {
         let streams = open_connections(broker, connections, shutdown).await;
         if streams.is_empty() {
-            return Err(SimulatorError::Bench(format!(
+            return Err(BenchError::Failed(format!(
                 "no connection to {broker} could be opened"
             )));
         }
@@ -520,8 +520,8 @@ pub(crate) async fn subscribe(
     broker: SocketAddr,
     delivered: Arc<AtomicU64>,
     stop: CancellationToken,
-) -> Result<JoinHandle<()>, SimulatorError> {
-    let fail = |what: String| SimulatorError::Bench(format!("subscriber: {what}"));
+) -> Result<JoinHandle<()>, BenchError> {
+    let fail = |what: String| BenchError::Failed(format!("subscriber: {what}"));
     let mut stream = timeout(HANDSHAKE_LIMIT, connect(broker, "bench-subscriber"))
         .await
         .map_err(|_| fail("no CONNACK in time".into()))?

@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::report::{BenchReport, LoadPoint, Machine, Target, ViewerCost};
-use super::serve::{measure, Load};
-use super::BenchConfig;
-use crate::SimulatorError;
+use crate::report::{BenchReport, LoadPoint, Machine, Target, ViewerCost};
+use crate::serve::{measure, Load};
+use crate::BenchConfig;
+use crate::BenchError;
 
 /// Fleet sizes measured unless `--fleets` says otherwise.
 pub(crate) const DEFAULT_FLEETS: [usize; 3] = [1_000, 10_000, 100_000];
@@ -37,7 +37,7 @@ const FLAT_BYTES: f64 = 1.2;
 pub(crate) async fn viewer_cost(
     config: &BenchConfig,
     shutdown: &CancellationToken,
-) -> Result<BenchReport, SimulatorError> {
+) -> Result<BenchReport, BenchError> {
     let machine = Machine::now();
     let mut fleets = Vec::new();
     for &devices in &config.fleets {

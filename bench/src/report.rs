@@ -5,7 +5,7 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::viewers::Percentiles;
+use iotmon_simulator::viewers::Percentiles;
 
 const MIB: f64 = 1024.0 * 1024.0;
 

@@ -6,12 +6,13 @@ use std::time::Duration;
 use tokio::time::{sleep, Instant};
 use tokio_util::sync::CancellationToken;
 
-use super::process::{own_usage, Measured, Usage};
-use super::report::{mib, BenchReport, LoadPoint, Machine, Target};
-use super::{poll_until, ramp_for, BenchConfig};
-use crate::stats::Progress;
-use crate::viewers::{http_get, ViewerConfig, Viewers};
-use crate::{layout, Fleet, FleetConfig, SimulatorError};
+use crate::process::{own_usage, Measured, Usage};
+use crate::report::{mib, BenchReport, LoadPoint, Machine, Target};
+use crate::BenchError;
+use crate::{poll_until, ramp_for, BenchConfig};
+use iotmon_simulator::viewers::{http_get, ViewerConfig, Viewers};
+use iotmon_simulator::Progress;
+use iotmon_simulator::{layout, Fleet, FleetConfig};
 
 /// The reference load: 10K devices every 5 s.
 const REFERENCE_DEVICES: usize = 10_000;
@@ -78,7 +79,7 @@ pub(crate) struct Load {
 pub(crate) async fn reference(
     config: &BenchConfig,
     shutdown: &CancellationToken,
-) -> Result<BenchReport, SimulatorError> {
+) -> Result<BenchReport, BenchError> {
     let machine = Machine::now();
     let load = Load {
         devices: config.devices.unwrap_or(REFERENCE_DEVICES),
@@ -137,7 +138,7 @@ pub(crate) async fn reference(
 pub(crate) async fn stress(
     config: &BenchConfig,
     shutdown: &CancellationToken,
-) -> Result<BenchReport, SimulatorError> {
+) -> Result<BenchReport, BenchError> {
     let machine = Machine::now();
     let devices = config.devices.unwrap_or(STRESS_DEVICES);
     let mut rate = config.rate.unwrap_or(20_000.0);
@@ -191,7 +192,7 @@ pub(crate) async fn stress(
 pub(crate) async fn fanout(
     config: &BenchConfig,
     shutdown: &CancellationToken,
-) -> Result<BenchReport, SimulatorError> {
+) -> Result<BenchReport, BenchError> {
     let machine = Machine::now();
     let mut viewers = config.viewers.unwrap_or(REFERENCE_VIEWERS);
     let max = config.max.map_or(20_000, |max| max as usize);
@@ -282,17 +283,17 @@ pub(crate) async fn measure(
     config: &BenchConfig,
     load: &Load,
     shutdown: &CancellationToken,
-) -> Result<LoadPoint, SimulatorError> {
+) -> Result<LoadPoint, BenchError> {
     let (serve_config, serve_args) = serve_config(config, load)?;
     let serve = Measured::start_iotmon(&config.iotmon, "serve", serve_config, serve_args).await?;
     let http = serve
         .http
-        .ok_or_else(|| SimulatorError::Bench("serve printed no HTTP address".into()))?
+        .ok_or_else(|| BenchError::Failed("serve printed no HTTP address".into()))?
         .to_string();
     let fleet_config = FleetConfig {
         broker: format!("mqtt://{}", serve.mqtt)
             .parse()
-            .map_err(|error| SimulatorError::Bench(format!("broker address: {error}")))?,
+            .map_err(|error| BenchError::Failed(format!("broker address: {error}")))?,
         devices: load.devices,
         interval: load.interval,
         devices_per_connection: load.devices_per_connection,
@@ -310,7 +311,7 @@ pub(crate) async fn measure(
     })
     .await
     {
-        return Err(SimulatorError::Bench(format!(
+        return Err(BenchError::Failed(format!(
             "only {} of {connections} fleet connections came up",
             counters.connected_now()
         )));
@@ -393,13 +394,13 @@ pub(crate) async fn measure(
 fn serve_config(
     config: &BenchConfig,
     load: &Load,
-) -> Result<(Option<String>, Vec<String>), SimulatorError> {
+) -> Result<(Option<String>, Vec<String>), BenchError> {
     if load.anomaly_rate <= 0.0 {
         return Ok((None, config.config_args()));
     }
     let mut text = match &config.iotmon_config {
         Some(path) => std::fs::read_to_string(path).map_err(|error| {
-            SimulatorError::Bench(format!("cannot read {}: {error}", path.display()))
+            BenchError::Failed(format!("cannot read {}: {error}", path.display()))
         })?,
         None => String::new(),
     };
@@ -408,7 +409,7 @@ fn serve_config(
 }
 
 /// The top-level groups of the fleet's layout, in order: together they hold every device.
-fn top_level_groups(devices: &[crate::SimulatedDevice]) -> Vec<String> {
+fn top_level_groups(devices: &[iotmon_simulator::SimulatedDevice]) -> Vec<String> {
     let mut groups: Vec<String> = devices
         .iter()
         .map(|device| {
@@ -431,7 +432,7 @@ async fn start_viewers(
     http: &str,
     load: &Load,
     shutdown: &CancellationToken,
-) -> Result<Viewers, SimulatorError> {
+) -> Result<Viewers, BenchError> {
     let devices = layout(load.devices);
     let groups = if load.anomaly_rate > 0.0 {
         top_level_groups(&devices)
@@ -481,8 +482,8 @@ impl WindowEdge {
     async fn take(
         serve: &Measured,
         http: &str,
-        counters: &crate::stats::Counters,
-    ) -> Result<WindowEdge, SimulatorError> {
+        counters: &iotmon_simulator::stats::Counters,
+    ) -> Result<WindowEdge, BenchError> {
         let metrics = http_get(http, "/metrics").await?;
         Ok(WindowEdge {
             at: Instant::now(),
@@ -499,7 +500,7 @@ impl WindowEdge {
 
 /// Polls `/metrics` until iotmon has ingested `count` readings, or [`SETTLE_LIMIT`] passes
 /// (then the run goes on: the report shows what was lost).
-async fn wait_for_ingest(http: &str, count: u64) -> Result<(), SimulatorError> {
+async fn wait_for_ingest(http: &str, count: u64) -> Result<(), BenchError> {
     let deadline = Instant::now() + SETTLE_LIMIT;
     while ingested(http).await? < count && Instant::now() < deadline {
         sleep(Duration::from_millis(100)).await;
@@ -509,7 +510,7 @@ async fn wait_for_ingest(http: &str, count: u64) -> Result<(), SimulatorError> {
 
 /// Waits until iotmon has ingested `published` readings, or its count stops moving for two
 /// seconds, or [`DRAIN_LIMIT`] passes; returns the final count.
-async fn drain(http: &str, published: u64) -> Result<u64, SimulatorError> {
+async fn drain(http: &str, published: u64) -> Result<u64, BenchError> {
     let deadline = Instant::now() + DRAIN_LIMIT;
     let mut last = (ingested(http).await?, Instant::now());
     loop {
@@ -527,14 +528,14 @@ async fn drain(http: &str, published: u64) -> Result<u64, SimulatorError> {
 }
 
 /// `iotmon_ingest_readings_total` from `/metrics`.
-async fn ingested(http: &str) -> Result<u64, SimulatorError> {
+async fn ingested(http: &str) -> Result<u64, BenchError> {
     ingested_in(&http_get(http, "/metrics").await?)
 }
 
 /// `iotmon_ingest_readings_total` in the text of `/metrics`.
-fn ingested_in(metrics: &str) -> Result<u64, SimulatorError> {
+fn ingested_in(metrics: &str) -> Result<u64, BenchError> {
     metric_value(metrics, "iotmon_ingest_readings_total")
-        .ok_or_else(|| SimulatorError::Bench("no iotmon_ingest_readings_total in /metrics".into()))
+        .ok_or_else(|| BenchError::Failed("no iotmon_ingest_readings_total in /metrics".into()))
 }
 
 /// The value of an unlabelled metric in Prometheus text.
