@@ -2,7 +2,7 @@
 //! bridge`, devices publishing readings and a last-will-style `offline` status, and an MQTT
 //! subscriber reading `iotmon/agg/<group>` as a split dashboard would.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -2,10 +2,9 @@
 //! viewer receives the alert at once, operators acknowledge it over REST and over the
 //! WebSocket, and open alerts and pending delays survive a graceful restart and a `kill -9`.
 
-mod support;
+use crate::support;
 
-#[path = "../simulator/tests/support/mosquitto.rs"]
-mod mosquitto;
+use crate::support::mosquitto;
 
 use std::process::Command;
 use std::time::Duration;

@@ -11,13 +11,9 @@
 //! (a later message on the same topic, another client's timer, or the PINGRESP to a PINGREQ
 //! sent after it: a broker answers a connection's packets in order).
 
-mod support;
+use crate::support::broker as broker_support;
 
-#[path = "support/broker.rs"]
-mod broker_support;
-
-#[path = "support/mqtt.rs"]
-mod mqtt;
+use crate::support::mqtt;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

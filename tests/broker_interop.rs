@@ -2,12 +2,10 @@
 //! `mosquitto_sub`, and Eclipse paho-mqtt for Python; device authentication, presence with
 //! last will, and TLS, all over real sockets against `iotmon broker` on port 0.
 
-mod support;
+use crate::support;
 
-#[path = "support/broker.rs"]
-mod broker_support;
-#[path = "../simulator/tests/support/certificate.rs"]
-mod certificate;
+use crate::support::broker as broker_support;
+use crate::support::certificate;
 
 use broker_support::{eventually, mosquitto_pub, paho_check, sample, BrokerProcess, MosquittoSub};
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};

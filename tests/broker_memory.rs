@@ -7,10 +7,9 @@
 //! with topics are rumqttd's per-topic maps (see docs/broker.md). Figures are printed; run
 //! with `--nocapture` to see them.
 
-mod support;
+use crate::support;
 
-#[path = "support/broker.rs"]
-mod broker_support;
+use crate::support::broker as broker_support;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

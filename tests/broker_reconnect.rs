@@ -4,13 +4,9 @@
 //! broker keeps serving everyone else, and a takeover always wins (the newcomer is accepted,
 //! the older connection closed).
 
-mod support;
+use crate::support::broker as broker_support;
 
-#[path = "support/broker.rs"]
-mod broker_support;
-
-#[path = "support/mqtt.rs"]
-mod mqtt;
+use crate::support::mqtt;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;

@@ -1,7 +1,7 @@
 //! The dashboard's defences and promises, end to end against `iotmon serve`: a viewer that
 //! stops reading, floods, oversize messages, view-change rate, the viewer token, group views.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -2,10 +2,9 @@
 //! viewer receives exactly the devices it asked for — with `iotmon serve`, with the roles
 //! split across three processes, and with the bridge and dashboard on Debian's mosquitto.
 
-mod support;
+use crate::support;
 
-#[path = "../simulator/tests/support/mosquitto.rs"]
-mod mosquitto;
+use crate::support::mosquitto;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;

@@ -3,7 +3,7 @@
 //! lists the fleet before any device reports again), and new readings merge into the same
 //! rollup rows.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -2,8 +2,6 @@
 //! directory, and Debian's `mosquitto_sub` / `mosquitto_pub` and the paho-mqtt check script
 //! as clients. Every wait polls with a deadline; nothing sleeps for readiness.
 
-#![allow(dead_code)] // Each test file uses its own subset of these helpers.
-
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;

@@ -2,7 +2,12 @@
 //! and a real WebSocket viewer (tokio-tungstenite). Nothing here sleeps to wait for
 //! readiness: every wait polls for its condition with a deadline.
 
-#![allow(dead_code)] // Each test file uses its own subset of these helpers.
+pub mod broker;
+pub mod certificate;
+pub mod embedded;
+pub mod mosquitto;
+pub mod mqtt;
+pub mod subscriber;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
@@ -189,6 +194,10 @@ impl TempDir {
 
     pub fn path(&self) -> &str {
         self.0.to_str().expect("utf-8 temp path")
+    }
+
+    pub fn dir(&self) -> &std::path::Path {
+        &self.0
     }
 }
 

@@ -2,8 +2,6 @@
 //! built field by field (so a test can also build wrong ones), and decoded just enough to
 //! check what a broker answers. Every read has a deadline; nothing sleeps.
 
-#![allow(dead_code)] // Each test file uses its own subset of these helpers.
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -332,12 +330,6 @@ impl ConnAck {
             String::from_utf8_lossy(&value[2..2 + len]).into_owned()
         })
     }
-
-    /// The MQTT 5 four-byte integer property `id`, if present.
-    pub fn u32_property(&self, id: u8) -> Option<u32> {
-        find_property(&self.properties, id)
-            .map(|value| u32::from_be_bytes([value[0], value[1], value[2], value[3]]))
-    }
 }
 
 /// A decoded PUBLISH as a broker delivered it.
@@ -509,20 +501,6 @@ impl RawClient {
             session_present: packet.body[0] & 0x01 != 0,
             code: packet.body[1],
             properties,
-        }
-    }
-
-    /// Whether the broker closes the connection within the answer time, ignoring whatever
-    /// it sends before.
-    pub async fn is_closed_by_broker(&mut self) -> bool {
-        let deadline = tokio::time::Instant::now() + ANSWER;
-        loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match self.read(left).await {
-                Read::Packet(_) => {}
-                Read::Closed => return true,
-                Read::Silent => return false,
-            }
         }
     }
 

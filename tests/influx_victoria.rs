@@ -18,6 +18,8 @@ use iotmon_wire::{DeviceState, MetricValue, Metrics};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
+use crate::support::TempDir;
+
 const DEADLINE: Duration = Duration::from_secs(30);
 const WIDTH: i64 = 10_000;
 /// Grace (5 s) plus two flush intervals: when a window counts as closed.
@@ -165,10 +167,10 @@ async fn wait_for(victoria: &Victoria, series: &str, expected: &[i64]) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn closed_windows_reach_victoria_metrics_exactly_once_across_an_outage() {
-    let store_dir = tempfile::tempdir().expect("tempdir");
-    let victoria_dir = tempfile::tempdir().expect("tempdir");
+    let store_dir = TempDir::new("influx-store");
+    let victoria_dir = TempDir::new("victoria");
     let addr = free_addr();
-    let victoria = Victoria::start(victoria_dir.path(), addr).await;
+    let victoria = Victoria::start(victoria_dir.dir(), addr).await;
 
     let mut config = BridgeConfig::default();
     config.influx.enabled = true;
@@ -177,12 +179,12 @@ async fn closed_windows_reach_victoria_metrics_exactly_once_across_an_outage() {
     config.influx.bucket = "test".into();
     let counters = Arc::new(BridgeCounters::default());
     let base = window_start(now_ms() - 600_000, WIDTH);
-    let connection = schema::open(&db_path(store_dir.path())).expect("open");
+    let connection = schema::open(&db_path(store_dir.dir())).expect("open");
     let mut writer = Writer::new(connection, &config, counters.clone(), base).expect("writer");
     let shutdown = CancellationToken::new();
     let sender = tokio::spawn(influx::run_sender(
         config.influx.clone(),
-        db_path(store_dir.path()),
+        db_path(store_dir.dir()),
         counters.clone(),
         shutdown.clone(),
     ));
@@ -205,7 +207,7 @@ async fn closed_windows_reach_victoria_metrics_exactly_once_across_an_outage() {
     expected.extend((10..15).map(|i| write_window(&mut writer, base, i)));
 
     // Back, on the same data: the outbox drains in order, each point once.
-    let victoria = Victoria::start(victoria_dir.path(), addr).await;
+    let victoria = Victoria::start(victoria_dir.dir(), addr).await;
     wait_for(&victoria, series, &expected).await;
     let mean = victoria.timestamps("rollup_10s_t_mean").await;
     assert_eq!(mean, expected);

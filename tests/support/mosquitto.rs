@@ -1,9 +1,6 @@
 //! A real third-party MQTT broker for tests: Debian's `mosquitto`, started on a free loopback
 //! port and killed when the guard is dropped.
 
-// Shared with the workspace's end-to-end tests (by path), which use only part of it.
-#![allow(dead_code)]
-
 use std::io::ErrorKind;
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};

@@ -3,7 +3,8 @@
 //! credentials and QoS 1, presence with last wills and offline spells, TLS, MQTT 3.1.1 and
 //! MQTT 5, and a fleet read from a fleet file.
 
-mod support;
+use crate::support;
+use crate::support::TempDir;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
@@ -115,7 +116,8 @@ async fn gateways_speaking_mqtt_5_authenticate_and_publish_at_qos_1() {
 /// (retained) and says `offline` when the fleet stops. A wrong password is refused.
 async fn gateways_with_credentials(version: MqttVersion) {
     const DEVICES: usize = 25;
-    let dir = tempdir(&format!("gateway-v{version}"));
+    let scratch = TempDir::new(&format!("gateway-v{version}"));
+    let dir = scratch.dir();
     let passwords = dir.join("passwords");
     for user in [
         "gateway-000001",
@@ -266,7 +268,8 @@ async fn an_mqtt_5_fleet_publishes_through_the_embedded_broker() {
     let ids: Vec<String> = layout(DEVICES).into_iter().map(|d| d.id).collect();
     let mut credentials: Vec<(&str, &str)> = ids.iter().map(|id| (id.as_str(), "pw")).collect();
     credentials.push(("watcher", "pw"));
-    let broker = Embedded::start(&tempdir("embedded-v5"), &credentials);
+    let scratch = TempDir::new("embedded-v5");
+    let broker = Embedded::start(scratch.dir(), &credentials);
     let stop_subscriber = CancellationToken::new();
     let mut received = subscribe(
         &broker.mqtt,
@@ -319,7 +322,8 @@ async fn an_mqtt_5_fleet_publishes_through_the_embedded_broker() {
 /// batches. Every listed device is heard on its group's topic through the embedded broker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fleet_file_describes_the_fleet_that_runs() {
-    let dir = tempdir("fleet-file");
+    let scratch = TempDir::new("fleet-file");
+    let dir = scratch.dir();
     let broker = Embedded::start(
         &dir,
         &[
@@ -455,12 +459,6 @@ fn assert_reading(payload: &[u8], metrics: &[&str]) {
     }
 }
 
-fn tempdir(tag: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("iotmon-sim-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
-
 /// Adds `user` to a mosquitto password file with Debian's `mosquitto_passwd`.
 fn add_password(file: &std::path::Path, user: &str, password: &str) {
     let mut command = std::process::Command::new("mosquitto_passwd");
@@ -482,7 +480,8 @@ fn add_password(file: &std::path::Path, user: &str, password: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn devices_publish_over_tls_to_a_broker_they_trust() {
     const DEVICES: usize = 5;
-    let dir = tempdir("tls");
+    let scratch = TempDir::new("tls");
+    let dir = scratch.dir();
     let (cert, key) = support::certificate::self_signed(&dir);
     let mosquitto = Mosquitto::start_with(
         &dir,
