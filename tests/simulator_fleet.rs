@@ -128,7 +128,7 @@ async fn gateways_with_credentials(version: MqttVersion) {
         add_password(&passwords, user, "s3cret");
     }
     let mosquitto = Mosquitto::start_with(
-        &dir,
+        dir,
         &format!(
             "allow_anonymous false\npassword_file {}",
             passwords.display()
@@ -325,7 +325,7 @@ async fn a_fleet_file_describes_the_fleet_that_runs() {
     let scratch = TempDir::new("fleet-file");
     let dir = scratch.dir();
     let broker = Embedded::start(
-        &dir,
+        dir,
         &[
             ("gateway-000001", "pw"),
             ("gateway-000002", "pw"),
@@ -482,9 +482,9 @@ async fn devices_publish_over_tls_to_a_broker_they_trust() {
     const DEVICES: usize = 5;
     let scratch = TempDir::new("tls");
     let dir = scratch.dir();
-    let (cert, key) = support::certificate::self_signed(&dir);
+    let (cert, key) = support::certificate::self_signed(dir);
     let mosquitto = Mosquitto::start_with(
-        &dir,
+        dir,
         &format!(
             "allow_anonymous true\ncertfile {}\nkeyfile {}",
             cert.display(),
