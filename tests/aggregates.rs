@@ -1,14 +1,12 @@
 //! Group aggregates and presence end to end, with the roles split: `iotmon broker`, `iotmon
 //! bridge`, devices publishing readings and a last-will-style `offline` status, and an MQTT
 //! subscriber reading `iotmon/agg/<group>` as a split dashboard would.
-
-use crate::support;
-
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::{json, Value};
-use support::{Iotmon, Publisher, TempDir, DEADLINE};
+
+use crate::support::{Iotmon, Publisher, TempDir, DEADLINE};
 
 #[tokio::test]
 async fn the_bridge_publishes_aggregates_for_every_group_level() {

@@ -1,7 +1,6 @@
 //! The alert webhook against a real HTTP server on a local socket: transitions arrive in
 //! order, a failing receiver gets retries with backoff until it accepts, and a receiver that
 //! is down never holds more than the outbox bound.
-
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,6 +13,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use crate::support::{eventually, DEADLINE};
 
 /// A minimal HTTP/1.1 server: answers 500 to the first `failures` requests, then 204, and
 /// records every body it receives.
@@ -109,17 +110,6 @@ fn config(url: String, max_outbox: usize) -> WebhookConfig {
     }
 }
 
-async fn eventually(what: &str, condition: impl Fn() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !condition() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: not in time"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test]
 async fn transitions_arrive_in_order_after_the_receiver_recovers() {
     let (url, bodies) = receiver(3).await;
@@ -137,8 +127,8 @@ async fn transitions_arrive_in_order_after_the_receiver_recovers() {
     for (id, event) in [(1, "raised"), (1, "acknowledged"), (2, "raised")] {
         sink.notify(notification(id, event));
     }
-    eventually("all three posted", || {
-        bodies.lock().expect("lock").len() == 3
+    eventually(DEADLINE, "all three posted", || {
+        std::future::ready(bodies.lock().expect("lock").len() == 3)
     })
     .await;
     let received: Vec<(u64, String)> = bodies
@@ -186,8 +176,8 @@ async fn a_receiver_that_is_down_costs_at_most_the_outbox_and_never_blocks_the_c
         "notify never waits"
     );
     // Whatever the queue and outbox could not hold is counted as dropped.
-    eventually("the overflow is counted", || {
-        counters.webhook_dropped.load(Ordering::Relaxed) >= 5_000 - 1_024 - 5
+    eventually(DEADLINE, "the overflow is counted", || {
+        std::future::ready(counters.webhook_dropped.load(Ordering::Relaxed) >= 5_000 - 1_024 - 5)
     })
     .await;
     assert_eq!(counters.webhook_sent.load(Ordering::Relaxed), 0);

@@ -1,16 +1,15 @@
 //! Alerts end to end, with the real binary: a device (rumqttc) breaches a rule, a WebSocket
 //! viewer receives the alert at once, operators acknowledge it over REST and over the
 //! WebSocket, and open alerts and pending delays survive a graceful restart and a `kill -9`.
-
-use crate::support;
-
-use crate::support::mosquitto;
-
 use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::{http_get, http_post, Iotmon, Publisher, TempDir, Viewer, DEADLINE};
+
+use crate::support::mosquitto;
+use crate::support::{
+    eventually, http_get, http_post, Iotmon, Publisher, TempDir, Viewer, DEADLINE,
+};
 
 const RULES: &str = r#"
 [[alerts.rules]]
@@ -67,19 +66,20 @@ async fn alerts_until(
     query: &str,
     until: impl Fn(&[Value]) -> bool,
 ) -> Vec<Value> {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        let answer = get_json(addr, &format!("/api/alerts{query}")).await;
-        let alerts = answer["alerts"].as_array().cloned().unwrap_or_default();
-        if until(&alerts) {
-            return alerts;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "/api/alerts{query} never matched: {alerts:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        DEADLINE,
+        &format!("/api/alerts{query} matching"),
+        || async {
+            let answer = get_json(addr, &format!("/api/alerts{query}")).await;
+            let alerts = answer["alerts"].as_array().cloned().unwrap_or_default();
+            if until(&alerts) {
+                Ok(alerts)
+            } else {
+                Err(alerts)
+            }
+        },
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

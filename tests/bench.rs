@@ -2,7 +2,6 @@
 //! report is produced and adds up (published = ingested + lost, percentiles in order, every
 //! viewer served), never how fast anything was: timing belongs to the benchmarks themselves
 //! (docs/benchmarks.md).
-
 use std::process::Command;
 
 use serde_json::Value;

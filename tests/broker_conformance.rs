@@ -11,18 +11,16 @@
 //! (a later message on the same topic, another client's timer, or the PINGRESP to a PINGREQ
 //! sent after it: a broker answers a connection's packets in order).
 
-use crate::support::broker as broker_support;
-
-use crate::support::mqtt;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use broker_support::{BrokerProcess, MosquittoBroker};
 use mqtt::{
     ack, subscribe, unsubscribe, Connect, Delivery, Publish, RawClient, Read, Version, Will,
     ANSWER, ASSIGNED_CLIENT_ID, CONNACK, PINGREQ, PUBCOMP, PUBREC, PUBREL, SUBSCRIBE, UNSUBSCRIBE,
 };
+
+use crate::support::broker::{BrokerProcess, MosquittoBroker};
+use crate::support::mqtt;
 
 const BOTH: [Version; 2] = [Version::V311, Version::V5];
 

@@ -1,14 +1,12 @@
 //! The embedded broker against MQTT clients nobody here wrote: Debian's `mosquitto_pub` and
 //! `mosquitto_sub`, and Eclipse paho-mqtt for Python; device authentication, presence with
 //! last will, and TLS, all over real sockets against `iotmon broker` on port 0.
+use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
 
 use crate::support;
-
-use crate::support::broker as broker_support;
+use crate::support::broker::{mosquitto_pub, paho_check, sample, BrokerProcess, MosquittoSub};
 use crate::support::certificate;
-
-use broker_support::{eventually, mosquitto_pub, paho_check, sample, BrokerProcess, MosquittoSub};
-use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
+use crate::support::{eventually, DEADLINE};
 
 /// Anonymous broker with every listener but TLS.
 const OPEN: &str =
@@ -330,7 +328,7 @@ async fn connections_beyond_the_limit_get_connack_server_unavailable() {
     let stderr = text(&out.stderr);
     assert!(stderr.contains("unavailable"), "{stderr}");
     // The router reports its connections (refreshed every second, traffic or not).
-    eventually("connections gauge shows 2", || async {
+    eventually(DEADLINE, "connections gauge shows 2", || async {
         sample(&broker.metrics().await, "iotmon_broker_connections") == 2
     })
     .await;
@@ -355,7 +353,7 @@ async fn devices_removed_while_running_are_refused() {
         .output()
         .expect("iotmon devices runs");
     assert!(removed.status.success());
-    eventually("dev-1 refused after removal", || async {
+    eventually(DEADLINE, "dev-1 refused after removal", || async {
         !mosquitto_pub(port, &login).status.success()
     })
     .await;
@@ -427,11 +425,11 @@ async fn a_slow_subscriber_skips_messages_and_the_skip_is_counted() {
     // Far more than the window and the socket buffers hold, from one publisher.
     let lines = format!("{}\n", "x".repeat(200)).repeat(50_000);
     let publisher = publish_lines(port, "slow/t", lines);
-    let published = broker_support::wait_with_deadline(publisher, "mosquitto_pub -l");
+    let published = support::broker::wait_with_deadline(publisher, "mosquitto_pub -l");
     assert!(published.status.success());
     // The subscriber comes back: the router moves its cursor past what it overwrote.
     slow.thaw();
-    eventually("skipped messages counted", || async {
+    eventually(DEADLINE, "skipped messages counted", || async {
         let metrics = broker.metrics().await;
         sample(&metrics, "iotmon_broker_messages_skipped_total") > 0
             && sample(&metrics, "iotmon_broker_cursor_jumps_total") > 0
@@ -459,7 +457,7 @@ async fn a_lossless_subscriber_gets_everything_while_publishers_wait() {
     let lines: String = (0..count).map(|n| format!("{n:0>1000}\n")).collect();
     let mut publisher = publish_lines(port, "bulk/t", lines);
 
-    eventually("publishers paused for the archiver", || async {
+    eventually(DEADLINE, "publishers paused for the archiver", || async {
         sample(&broker.metrics().await, "iotmon_broker_publishers_paused") == 1
     })
     .await;
@@ -469,7 +467,7 @@ async fn a_lossless_subscriber_gets_everything_while_publishers_wait() {
     );
 
     archiver.thaw();
-    let published = broker_support::wait_with_deadline(publisher, "mosquitto_pub -l");
+    let published = support::broker::wait_with_deadline(publisher, "mosquitto_pub -l");
     assert!(published.status.success());
     // Payload lines, in order: each message is its number, zero-padded.
     let mut next = 0;

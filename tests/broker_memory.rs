@@ -6,17 +6,15 @@
 //! The router's log per filter is capped by `segment_size × segment_count`; what grows
 //! with topics are rumqttd's per-topic maps (see docs/broker.md). Figures are printed; run
 //! with `--nocapture` to see them.
-
-use crate::support;
-
-use crate::support::broker as broker_support;
-
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use broker_support::BrokerProcess;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+use crate::support;
+use crate::support::broker::BrokerProcess;
+use crate::support::eventually;
 
 /// Distinct device topics.
 const TOPICS: usize = 100_000;
@@ -166,13 +164,10 @@ async fn broker_memory_plateaus_with_100k_distinct_topics() {
 
     // Warm-up: every publisher has covered its share once, so every topic exists.
     let started = Instant::now();
-    while rounds.load(Ordering::Relaxed) < PUBLISHERS as u64 {
-        assert!(
-            started.elapsed() < LOAD_LIMIT,
-            "first round over 100K topics too slow"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(LOAD_LIMIT, "the first round over 100K topics", || {
+        std::future::ready(rounds.load(Ordering::Relaxed) >= PUBLISHERS as u64)
+    })
+    .await;
     let warm_at = started.elapsed();
     let mut samples = Vec::new();
     let measure_until = Instant::now() + MEASURE_FOR.min(LOAD_LIMIT.saturating_sub(warm_at));
@@ -279,14 +274,12 @@ async fn a_device_connection_costs_the_broker_little_memory() {
     let (_subscriber, received) = subscribe_all(port).await;
     // One message through first, so the subscription and the log exist before measuring.
     let first = device(port, CONNECTIONS).await;
-    let deadline = Instant::now() + support::DEADLINE;
-    while received.load(Ordering::Relaxed) < MESSAGES_PER_CONNECTION as u64 {
-        assert!(
-            Instant::now() < deadline,
-            "the subscriber got the first messages"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        support::DEADLINE,
+        "the subscriber got the first messages",
+        || std::future::ready(received.load(Ordering::Relaxed) >= MESSAGES_PER_CONNECTION as u64),
+    )
+    .await;
     let before_kib = rss_kib(pid);
 
     // In waves, so the listener's accept queue (1,024) never overflows into SYN retries.
@@ -301,14 +294,15 @@ async fn a_device_connection_costs_the_broker_little_memory() {
         }
     }
     let expected = ((CONNECTIONS + 1) * MESSAGES_PER_CONNECTION) as u64;
-    while received.load(Ordering::Relaxed) < expected {
-        assert!(
-            Instant::now() < deadline + support::DEADLINE,
-            "the subscriber got {} of {expected}",
-            received.load(Ordering::Relaxed)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(support::DEADLINE, "every message delivered", || {
+        let got = received.load(Ordering::Relaxed);
+        std::future::ready(if got >= expected {
+            Ok(())
+        } else {
+            Err(format!("{got} of {expected}"))
+        })
+    })
+    .await;
     let after_kib = rss_kib(pid);
     let per_connection_kib = after_kib.saturating_sub(before_kib) as f64 / CONNECTIONS as f64;
     println!(

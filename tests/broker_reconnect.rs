@@ -4,18 +4,17 @@
 //! broker keeps serving everyone else, and a takeover always wins (the newcomer is accepted,
 //! the older connection closed).
 
-use crate::support::broker as broker_support;
-
-use crate::support::mqtt;
-
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use broker_support::{eventually, BrokerProcess};
 use mqtt::{Connect, RawClient, Version, ANSWER};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+use crate::support::broker::BrokerProcess;
+use crate::support::mqtt;
+use crate::support::{eventually, DEADLINE};
 
 const ANONYMOUS: &str = "allow_anonymous = true";
 
@@ -93,6 +92,7 @@ async fn broker_serves_everyone(
         .await
         .expect("publish queued");
     eventually(
+        DEADLINE,
         "the bystander receives a publish after the storm",
         || async {
             received
@@ -158,7 +158,7 @@ async fn every_connection_closed_without_disconnect_publishes_its_own_will_once(
     )
     .await;
     let expected: BTreeSet<String> = (0..ROUNDS).map(|round| format!("gone-{round}")).collect();
-    eventually("every round's will arrives", || async {
+    eventually(DEADLINE, "every round's will arrives", || async {
         wills.lock().expect("not poisoned").len() >= 2 * ROUNDS
     })
     .await;

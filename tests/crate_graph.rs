@@ -1,6 +1,5 @@
 //! The crate graph in docs/ARCHITECTURE.md is the one the `Cargo.toml` files declare: a
 //! dependency added against the data flow fails here until the documented graph says so.
-
 use std::collections::{BTreeMap, BTreeSet};
 
 /// The iotmon crates each `Cargo.toml` lists under `[dependencies]`, by short name.

@@ -1,12 +1,12 @@
 //! The dashboard's defences and promises, end to end against `iotmon serve`: a viewer that
 //! stops reading, floods, oversize messages, view-change rate, the viewer token, group views.
-
-use crate::support;
-
 use std::time::Duration;
 
 use serde_json::json;
-use support::{http_get, http_get_with, metric_value, Iotmon, Publisher, Viewer, DEADLINE};
+
+use crate::support::{
+    eventually, http_get, http_get_with, metric_value, Iotmon, Publisher, Viewer, DEADLINE,
+};
 
 /// Publishes rounds of wide readings (40 metrics each) for `devices` devices until `done`
 /// returns true, checking it between rounds.
@@ -231,8 +231,8 @@ async fn a_group_view_shows_a_page_of_the_group() {
         ("site-b", "g-05"),
     ];
     let http = iotmon.http.expect("http");
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
+    // Until all five are listed (a reading published before the bridge subscribed is gone).
+    eventually(DEADLINE, "devices listed", || async {
         for (group, id) in placed {
             publisher
                 .publish(&format!("sensors/{group}/{id}"), r#"{"t":1}"#)
@@ -240,14 +240,12 @@ async fn a_group_view_shows_a_page_of_the_group() {
         }
         let (_, body) = http_get(http, "/api/devices").await;
         if body.contains("\"total\":5") {
-            break;
+            Ok(())
+        } else {
+            Err(body)
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "devices never listed: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
     let mut viewer = Viewer::connect(&iotmon.ws_url()).await;
     viewer
         .send(json!({"type": "view", "group": "site/a", "offset": 1, "limit": 5}))
@@ -337,28 +335,28 @@ async fn aggregates_tree_and_history_reach_the_viewer() {
 
     // History: keep the devices reporting until a closed 10 s window holds the spike.
     let path = "/api/history?device=c-1&metric=temperature&points=50";
-    let history_deadline = tokio::time::Instant::now() + Duration::from_secs(45);
-    loop {
-        let (status, body) = http_get(http, path).await;
-        assert_eq!(status, 200, "{body}");
-        let series: serde_json::Value = serde_json::from_str(&body).expect("JSON series");
-        let points = series["points"].as_array().expect("points");
-        if points.iter().any(|p| p["max"] == 100.0) {
-            assert!(points.iter().all(|p| p["min"].as_f64() >= Some(20.0)));
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < history_deadline,
-            "the spike never reached the history: {series}"
-        );
-        publisher
-            .publish(
-                "sensors/campus/a/c-1",
-                json!({"temperature": 20}).to_string(),
-            )
-            .await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let points = eventually(
+        Duration::from_secs(45),
+        "the spike in the history",
+        || async {
+            let (status, body) = http_get(http, path).await;
+            assert_eq!(status, 200, "{body}");
+            let series: serde_json::Value = serde_json::from_str(&body).expect("JSON series");
+            let points = series["points"].as_array().cloned().expect("points");
+            if points.iter().any(|p| p["max"] == 100.0) {
+                return Ok(points);
+            }
+            publisher
+                .publish(
+                    "sensors/campus/a/c-1",
+                    json!({"temperature": 20}).to_string(),
+                )
+                .await;
+            Err(series)
+        },
+    )
+    .await;
+    assert!(points.iter().all(|p| p["min"].as_f64() >= Some(20.0)));
     let (status, body) =
         http_get(http, "/api/history?device=c-1&metric=temperature&points=1").await;
     assert_eq!(status, 400, "{body}");

@@ -1,17 +1,15 @@
 //! End-to-end: devices publish over real MQTT, viewers watch over a real WebSocket, and each
 //! viewer receives exactly the devices it asked for — with `iotmon serve`, with the roles
 //! split across three processes, and with the bridge and dashboard on Debian's mosquitto.
-
-use crate::support;
-
-use crate::support::mosquitto;
-
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::{http_get, metric_value, Iotmon, Publisher, Viewer, DEADLINE};
+
+use crate::support;
+use crate::support::mosquitto;
+use crate::support::{eventually, http_get, metric_value, Iotmon, Publisher, Viewer, DEADLINE};
 
 /// A small fleet spread over several groups: (group path, device id).
 const FLEET: [(&str, &str); 6] = [
@@ -433,8 +431,7 @@ async fn a_device_cannot_take_the_bridges_client_id() {
     // The bridge still gets readings.
     let publisher = Publisher::connect(mqtt, "e2e-after-hijack").await;
     let http = iotmon.http.expect("http");
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
+    eventually(DEADLINE, "the bridge gets the reading", || async {
         publisher
             .publish("sensors/lab/dev-survivor", r#"{"temperature": 20.5}"#)
             .await;
@@ -442,12 +439,10 @@ async fn a_device_cannot_take_the_bridges_client_id() {
         assert_eq!(status, 200, "{body}");
         let page: Value = serde_json::from_str(&body).expect("JSON page");
         if page["total"] == 1 {
-            break;
+            Ok(())
+        } else {
+            Err(page)
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the bridge never got the reading: {page}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await;
 }

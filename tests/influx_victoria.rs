@@ -2,13 +2,12 @@
 //! `victoria-metrics`, started here on a free loopback port. Closed rollup windows reach it
 //! through the outbox; while it is down they wait on disk; after it restarts (same data
 //! directory) every point is there exactly once.
-
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use iotmon_bridge::rollup::{window_start, Accumulator, RollupDelta};
 use iotmon_bridge::shard::{RegistryEntry, StoreBatch};
@@ -18,7 +17,7 @@ use iotmon_wire::{DeviceState, MetricValue, Metrics};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::support::TempDir;
+use crate::support::{eventually, TempDir};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 const WIDTH: i64 = 10_000;
@@ -42,14 +41,12 @@ impl Victoria {
             .spawn()
             .expect("victoria-metrics runs (Debian: apt-get install victoria-metrics)");
         let victoria = Victoria { child, addr };
-        let deadline = Instant::now() + DEADLINE;
-        while get(addr, "/health")
-            .await
-            .is_none_or(|body| !body.contains("OK"))
-        {
-            assert!(Instant::now() < deadline, "victoria-metrics not ready");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        eventually(DEADLINE, "victoria-metrics ready", || async {
+            get(addr, "/health")
+                .await
+                .is_some_and(|body| body.contains("OK"))
+        })
+        .await;
         victoria
     }
 
@@ -147,22 +144,23 @@ fn write_window(writer: &mut Writer, base: i64, i: i64) -> i64 {
 }
 
 async fn wait_for(victoria: &Victoria, series: &str, expected: &[i64]) {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let stored = victoria.timestamps(series).await;
-        if stored == expected {
-            return;
-        }
-        assert!(
-            stored.len() <= expected.len(),
-            "duplicates or strays: {stored:?}"
-        );
-        assert!(
-            Instant::now() < deadline,
-            "stored {stored:?}, expected {expected:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually(
+        DEADLINE,
+        &format!("{series} stored as {expected:?}"),
+        || async {
+            let stored = victoria.timestamps(series).await;
+            assert!(
+                stored.len() <= expected.len(),
+                "duplicates or strays: {stored:?}"
+            );
+            if stored == expected {
+                Ok(())
+            } else {
+                Err(stored)
+            }
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -196,14 +194,10 @@ async fn closed_windows_reach_victoria_metrics_exactly_once_across_an_outage() {
     // Outage: the server goes away; windows keep closing and wait in the outbox.
     victoria.stop();
     expected.extend((5..10).map(|i| write_window(&mut writer, base, i)));
-    let deadline = Instant::now() + DEADLINE;
-    while counters.influx_write_errors.load(Ordering::Relaxed) == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the sender never noticed the outage"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(DEADLINE, "the sender notices the outage", || {
+        std::future::ready(counters.influx_write_errors.load(Ordering::Relaxed) > 0)
+    })
+    .await;
     expected.extend((10..15).map(|i| write_window(&mut writer, base, i)));
 
     // Back, on the same data: the outbox drains in order, each point once.

@@ -2,10 +2,6 @@
 //! embedded broker) to a real subscriber: one connection per device, gateways with
 //! credentials and QoS 1, presence with last wills and offline spells, TLS, MQTT 3.1.1 and
 //! MQTT 5, and a fleet read from a fleet file.
-
-use crate::support;
-use crate::support::TempDir;
-
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
@@ -14,9 +10,11 @@ use iotmon_wire::mqtt::BrokerUrl;
 use iotmon_wire::topics::{parse_sensor_topic, SENSORS_FILTER};
 use tokio_util::sync::CancellationToken;
 
-use support::embedded::Embedded;
-use support::mosquitto::Mosquitto;
-use support::subscriber::{collect_until, subscribe, Received};
+use crate::support;
+use crate::support::embedded::Embedded;
+use crate::support::mosquitto::Mosquitto;
+use crate::support::subscriber::{collect_until, subscribe, Received};
+use crate::support::TempDir;
 
 /// How long the subscriber may take to see what it waits for once the fleet has stopped.
 const RECEIVE_DEADLINE: Duration = Duration::from_secs(5);

@@ -2,17 +2,14 @@
 //! restart on the same data directory, the device registry is reloaded (so `/api/devices`
 //! lists the fleet before any device reports again), and new readings merge into the same
 //! rollup rows.
-
-use crate::support;
-
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use iotmon_bridge::store::HistoryReader;
 use iotmon_bridge::BridgeConfig;
 use iotmon_wire::history::HistoryQuery;
 use serde_json::json;
-use support::{http_get, metric_value, Iotmon, Publisher, TempDir, DEADLINE};
+
+use crate::support::{eventually, http_get, metric_value, Iotmon, Publisher, TempDir, DEADLINE};
 
 const DEVICES: [(&str, &str); 2] = [("plant/line-1", "press-1"), ("plant/line-2", "press-2")];
 
@@ -51,14 +48,6 @@ async fn publish(publisher: &Publisher, readings: u32) {
     }
 }
 
-async fn wait_until(what: &str, condition: impl Fn() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_serve_restarts_with_its_registry_and_rollups() {
     let data_dir = TempDir::new("restart");
@@ -66,10 +55,12 @@ async fn a_killed_serve_restarts_with_its_registry_and_rollups() {
     let mut first = Iotmon::serve_in(data_dir.path(), &[]);
     let publisher = Publisher::connect(first.mqtt.expect("mqtt"), "restart-publisher").await;
     publish(&publisher, 20).await;
-    wait_until("the first readings to be stored", || {
-        DEVICES
-            .iter()
-            .all(|(_, device)| stored_readings(dir, device) == 20)
+    eventually(DEADLINE, "the first readings to be stored", || {
+        std::future::ready(
+            DEVICES
+                .iter()
+                .all(|(_, device)| stored_readings(dir, device) == 20),
+        )
     })
     .await;
     drop(publisher);
@@ -78,26 +69,28 @@ async fn a_killed_serve_restarts_with_its_registry_and_rollups() {
     let second = Iotmon::serve_in(data_dir.path(), &[]);
     let http = second.http.expect("http");
     // The registry is back before any device reports again.
-    let deadline = Instant::now() + DEADLINE;
-    loop {
+    let body = eventually(DEADLINE, "devices restored", || async {
         let (status, body) = http_get(http, "/api/devices").await;
         if status == 200 && body.contains("press-1") && body.contains("press-2") {
-            assert!(body.contains("plant/line-1"), "{body}");
-            break;
+            Ok(body)
+        } else {
+            Err(body)
         }
-        assert!(Instant::now() < deadline, "devices not restored: {body}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
+    assert!(body.contains("plant/line-1"), "{body}");
     for (_, device) in DEVICES {
         assert_eq!(stored_readings(dir, device), 20, "nothing flushed was lost");
     }
     // New readings merge with the stored rows.
     let publisher = Publisher::connect(second.mqtt.expect("mqtt"), "restart-publisher-2").await;
     publish(&publisher, 5).await;
-    wait_until("the new readings to be stored", || {
-        DEVICES
-            .iter()
-            .all(|(_, device)| stored_readings(dir, device) == 25)
+    eventually(DEADLINE, "the new readings to be stored", || {
+        std::future::ready(
+            DEVICES
+                .iter()
+                .all(|(_, device)| stored_readings(dir, device) == 25),
+        )
     })
     .await;
     // The store reports what it wrote and how far it lags. Once the readings are written

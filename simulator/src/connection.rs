@@ -23,6 +23,8 @@ use crate::stats::Counters;
 
 /// How long shutdown waits for queued messages and the DISCONNECT to be written.
 const DISCONNECT_GRACE: Duration = Duration::from_secs(1);
+/// How long the event loop must have nothing to do before the goodbye counts it drained.
+const QUIET: Duration = Duration::from_millis(50);
 
 /// Everything a connection's session loop owns. (No `Debug`: rumqttc's event loops have none.)
 pub(crate) struct Session {
@@ -134,6 +136,29 @@ async fn disconnect(session: Session) {
         counters,
         ..
     } = session;
+    // The broker may close the socket as soon as it reads the DISCONNECT, dropping the
+    // PUBACKs it still owes (and MQTT says a client sends nothing after one), so the last
+    // QoS 1 readings are acknowledged first: poll until none is in flight and the queue has
+    // gone quiet.
+    let drained = timeout(DISCONNECT_GRACE, async {
+        loop {
+            match timeout(QUIET, eventloop.poll()).await {
+                Err(_) if eventloop.inflight() == 0 => break,
+                Err(_) => {}
+                Ok(Ok(event)) => {
+                    on_event(event, &counters, &mut Backoff::new());
+                }
+                Ok(Err(_)) => break,
+            }
+        }
+    })
+    .await;
+    if drained.is_err() {
+        debug!(
+            client_id = eventloop.client_id(),
+            "QoS 1 readings still unacknowledged at the goodbye"
+        );
+    }
     for topic in &farewell {
         if client.try_publish(topic, Qos::AtMostOnce, true, OFFLINE.into()) {
             counters.presence_queued();

@@ -287,19 +287,6 @@ pub fn paho_check(check: &str, port: u16, credentials: Option<(&str, &str)>) {
     );
 }
 
-/// Polls `condition` every 50 ms until it holds; fails at the deadline.
-pub async fn eventually<F, Fut>(what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + DEADLINE;
-    while !condition().await {
-        assert!(Instant::now() < deadline, "{what}: not within {DEADLINE:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Debian's mosquitto broker (2.0.11) on a free port, anonymous, in memory; killed when
 /// dropped. One listener serves MQTT 3.1.1 and 5.
 pub struct MosquittoBroker {

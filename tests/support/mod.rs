@@ -27,6 +27,71 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 /// How long any single condition may take before a test fails.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
+/// How often [`eventually`] looks again.
+const POLL_EVERY: Duration = Duration::from_millis(20);
+
+/// What a probe of [`eventually`] answers: `true` or `Some(value)` or `Ok(value)` once the
+/// condition holds; `false`, `None` or `Err(what was seen)` while it does not.
+pub trait Settled {
+    type Value;
+    /// The value once settled, or what was seen instead (for the failure message).
+    fn settled(self) -> Result<Self::Value, Option<String>>;
+}
+
+impl Settled for bool {
+    type Value = ();
+    fn settled(self) -> Result<(), Option<String>> {
+        if self {
+            Ok(())
+        } else {
+            Err(None)
+        }
+    }
+}
+
+impl<T> Settled for Option<T> {
+    type Value = T;
+    fn settled(self) -> Result<T, Option<String>> {
+        self.ok_or(None)
+    }
+}
+
+impl<T, E: std::fmt::Debug> Settled for Result<T, E> {
+    type Value = T;
+    fn settled(self) -> Result<T, Option<String>> {
+        self.map_err(|seen| Some(format!("{seen:?}")))
+    }
+}
+
+/// Runs `probe` every few milliseconds until it settles and returns its value; fails the test
+/// naming `what` (and the last thing seen) once `deadline` has passed. Every test waits for
+/// state this way, never with a fixed sleep.
+pub async fn eventually<F, Fut>(
+    deadline: Duration,
+    what: &str,
+    mut probe: F,
+) -> <Fut::Output as Settled>::Value
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future,
+    Fut::Output: Settled,
+{
+    let give_up = tokio::time::Instant::now() + deadline;
+    loop {
+        let seen = match probe().await.settled() {
+            Ok(value) => return value,
+            Err(seen) => seen,
+        };
+        if tokio::time::Instant::now() >= give_up {
+            match seen {
+                Some(seen) => panic!("{what}: not within {deadline:?}; last seen: {seen}"),
+                None => panic!("{what}: not within {deadline:?}"),
+            }
+        }
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+}
+
 /// A running `iotmon` process, killed when dropped.
 pub struct Iotmon {
     child: Child,
