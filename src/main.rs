@@ -1,19 +1,13 @@
 //! `iotmon`: parses the command line, sets up logging and shutdown, and runs the roles.
 
-mod cli;
-mod config;
-mod devices;
-mod metrics_http;
-mod roles;
-
 use anyhow::Context;
 use clap::Parser;
+use iotmon::cli::{Cli, Command, SimulateCommand};
+use iotmon::config::Config;
+use iotmon::{devices, roles};
 use iotmon_simulator::FleetConfig;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
-
-use crate::cli::{Cli, Command, SimulateCommand};
-use crate::config::Config;
 
 /// Logging when `RUST_LOG` is unset. rumqttd is silenced: it logs every connect at info and
 /// every ordinary disconnect as an error, so a fleet's churn would drown iotmon's own lines.
@@ -70,7 +64,7 @@ async fn run(command: Command, shutdown: CancellationToken) -> anyhow::Result<()
 
 async fn run_role(command: Command, shutdown: CancellationToken) -> anyhow::Result<()> {
     match command {
-        Command::Serve(args) => roles::serve(args.resolve()?, None, shutdown).await,
+        Command::Serve(args) => roles::serve(args.resolve()?, None, shutdown, None).await,
         Command::Demo {
             serve,
             devices,
@@ -89,7 +83,7 @@ async fn run_role(command: Command, shutdown: CancellationToken) -> anyhow::Resu
                 anomaly_rate: DEMO_ANOMALY_RATE,
                 ..FleetConfig::default()
             };
-            roles::serve(config, Some(fleet), shutdown).await
+            roles::serve(config, Some(fleet), shutdown, None).await
         }
         Command::Broker(args) => roles::broker(args.resolve()?, args.http_listen, shutdown).await,
         Command::Bridge(args) => {

@@ -19,7 +19,7 @@ use iotmon_wire::history::HistorySource;
 use iotmon_wire::metrics::MetricsSource;
 use iotmon_wire::mqtt::{BrokerUrl, Login};
 use iotmon_wire::supervise::{critical, PanicMetrics};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info};
@@ -29,8 +29,19 @@ use crate::config::Config;
 /// The in-process client id the bridge uses on the embedded broker.
 const BRIDGE_LINK_ID: &str = "iotmon-bridge";
 
+/// Where a started `serve` listens (port 0 in the configuration becomes the port picked).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listening {
+    /// The devices' MQTT listener.
+    pub mqtt: SocketAddr,
+    /// The web UI, REST API, WebSocket and `/metrics`.
+    pub http: SocketAddr,
+}
+
 /// Runs broker, bridge and dashboard in this process until `shutdown`; with `fleet`, also a
-/// simulated fleet against the embedded broker (`iotmon demo`).
+/// simulated fleet against the embedded broker (`iotmon demo`). Once every listener is
+/// open, the addresses are printed and, for callers in this process (tests), sent on
+/// `listening`.
 ///
 /// # Errors
 /// A listener cannot be bound, or the data directory cannot be created.
@@ -38,6 +49,7 @@ pub async fn serve(
     config: Config,
     fleet: Option<FleetConfig>,
     shutdown: CancellationToken,
+    listening: Option<oneshot::Sender<Listening>>,
 ) -> anyhow::Result<()> {
     let counters = Arc::new(BridgeCounters::default());
     let store = open_store(&config, counters.clone())?;
@@ -60,6 +72,13 @@ pub async fn serve(
     announce_listeners(&listeners);
     let http_addr = http.local_addr()?;
     announce_http(http_addr);
+    if let Some(listening) = listening {
+        // A caller that stopped waiting is not an error.
+        let _ = listening.send(Listening {
+            mqtt: mqtt_addr,
+            http: http_addr,
+        });
+    }
     if let Some(fleet) = &fleet {
         println!(
             "demo: {} simulated devices; open http://{} in a browser",

@@ -11,7 +11,10 @@ fn declared(manifest: &str) -> BTreeSet<String> {
         .and_then(toml::Value::as_table)
         .map(|deps| {
             deps.keys()
-                .filter_map(|name| name.strip_prefix("iotmon-"))
+                .filter_map(|name| match name.as_str() {
+                    "iotmon" => Some(name.as_str()),
+                    _ => name.strip_prefix("iotmon-"),
+                })
                 .map(str::to_string)
                 .collect()
         })

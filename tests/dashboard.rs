@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::support::{
-    eventually, http_get, http_get_with, metric_value, Iotmon, Publisher, Viewer, DEADLINE,
+    eventually, http_get, http_get_with, metric_value, InProcessServe, Publisher, Viewer, DEADLINE,
 };
 
 /// Publishes rounds of wide readings (40 metrics each) for `devices` devices until `done`
@@ -36,21 +36,22 @@ where
     }
 }
 
-async fn metrics(iotmon: &Iotmon) -> String {
-    http_get(iotmon.http.expect("http"), "/metrics").await.1
+async fn metrics(iotmon: &InProcessServe) -> String {
+    http_get(iotmon.http, "/metrics").await.1
 }
 
 /// A viewer that stops reading gets no growing queue: its frames are held back, then one
 /// fresh snapshot resynchronises it when it reads again; stalled past the limit, it is
 /// disconnected.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn a_viewer_that_stops_reading_is_resynced_then_disconnected() {
-    let iotmon = Iotmon::serve_with_config(
+    let iotmon = InProcessServe::start(
         "[bridge]\nlive_interval = \"20ms\"\n\
          [dashboard]\ntick = \"20ms\"\nviewer_queue = 2\nstall_limit = \"3s\"\n",
-    );
-    let http = iotmon.http.expect("http");
-    let publisher = Publisher::connect(iotmon.mqtt.expect("mqtt"), "load").await;
+    )
+    .await;
+    let http = iotmon.http;
+    let publisher = Publisher::connect(iotmon.mqtt, "load").await;
     let devices: Vec<String> = (0..300).map(|d| format!("dev-{d:04}")).collect();
     let ids: Vec<&str> = devices.iter().map(String::as_str).collect();
 
@@ -106,9 +107,9 @@ async fn a_viewer_that_stops_reading_is_resynced_then_disconnected() {
     .await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn abusive_viewers_are_refused_with_a_reason() {
-    let iotmon = Iotmon::serve();
+    let iotmon = InProcessServe::start("").await;
 
     // A flood of messages closes the connection with a policy-violation reason.
     let mut flooder = Viewer::connect(&iotmon.ws_url()).await;
@@ -154,12 +155,12 @@ async fn abusive_viewers_are_refused_with_a_reason() {
         .is_some_and(|m| m.contains("too many view changes")));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn a_view_of_the_most_devices_allowed_is_answered() {
     // 1,000 ids make a message of about 16 KB, four times the server's 4 KiB read
     // buffer per viewer: it must still arrive whole.
-    let iotmon = Iotmon::serve();
-    let publisher = Publisher::connect(iotmon.mqtt.expect("mqtt"), "big-view").await;
+    let iotmon = InProcessServe::start("").await;
+    let publisher = Publisher::connect(iotmon.mqtt, "big-view").await;
     publisher
         .publish("sensors/hq/device-000999", json!({"t": 1.5}).to_string())
         .await;
@@ -186,10 +187,10 @@ async fn a_view_of_the_most_devices_allowed_is_answered() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn the_viewer_token_guards_the_api_and_the_websocket() {
-    let iotmon = Iotmon::serve_with_config("[dashboard]\ntoken = \"s3cret\"\n");
-    let http = iotmon.http.expect("http");
+    let iotmon = InProcessServe::start("[dashboard]\ntoken = \"s3cret\"\n").await;
+    let http = iotmon.http;
     let (status, body) = http_get(http, "/api/devices").await;
     assert_eq!(status, 401, "{body}");
     assert!(body.contains("token"), "{body}");
@@ -219,10 +220,10 @@ async fn the_viewer_token_guards_the_api_and_the_websocket() {
     assert!(viewer.got("pong"));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn a_group_view_shows_a_page_of_the_group() {
-    let iotmon = Iotmon::serve();
-    let publisher = Publisher::connect(iotmon.mqtt.expect("mqtt"), "groups").await;
+    let iotmon = InProcessServe::start("").await;
+    let publisher = Publisher::connect(iotmon.mqtt, "groups").await;
     let placed = [
         ("site/a/1", "g-01"),
         ("site/a/1", "g-02"),
@@ -230,7 +231,7 @@ async fn a_group_view_shows_a_page_of_the_group() {
         ("site/b", "g-04"),
         ("site-b", "g-05"),
     ];
-    let http = iotmon.http.expect("http");
+    let http = iotmon.http;
     // Until all five are listed (a reading published before the bridge subscribed is gone).
     eventually(DEADLINE, "devices listed", || async {
         for (group, id) in placed {
@@ -267,11 +268,11 @@ async fn a_group_view_shows_a_page_of_the_group() {
 
 /// Group aggregates reach the viewers that subscribed to them, the group tree lists every
 /// level, and the store's history keeps a spike's maximum.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn aggregates_tree_and_history_reach_the_viewer() {
-    let iotmon = Iotmon::serve_with_config("[bridge.rollups]\ngrace = \"1s\"\n");
-    let http = iotmon.http.expect("http");
-    let publisher = Publisher::connect(iotmon.mqtt.expect("mqtt"), "campus").await;
+    let iotmon = InProcessServe::start("[bridge.rollups]\ngrace = \"1s\"\n").await;
+    let http = iotmon.http;
+    let publisher = Publisher::connect(iotmon.mqtt, "campus").await;
     let mut viewer = Viewer::connect(&iotmon.ws_url()).await;
     viewer
         .send(json!({"type": "groups", "groups": ["campus", "campus/a"]}))

@@ -11,15 +11,10 @@
 //! - [`mutate`]: byte-level mutations.
 //! - [`mqtt`]: well-formed MQTT 3.1.1 and 5 packets to mutate.
 //! - [`surfaces`]: one module per input surface.
-//! - [`app_config`]: the binary's `src/config.rs`, compiled here too so the exact file format
-//!   the binary reads is fuzzed.
 
 pub mod driver;
 pub mod mqtt;
 pub mod mutate;
 pub mod surfaces;
-
-#[path = "../../src/config.rs"]
-pub mod app_config;
 
 pub use driver::{run, Options, Report, Surface};

@@ -24,6 +24,59 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+/// `iotmon serve` run in this process (`iotmon::roles::serve`) on free ports, keeping its
+/// data in a fresh temp dir; stopped when dropped. For tests about what the server does,
+/// where a separate process (start-up lines, signals, `kill -9`) is not the point: it starts
+/// in milliseconds and fails with the server's own error.
+pub struct InProcessServe {
+    pub mqtt: SocketAddr,
+    pub http: SocketAddr,
+    shutdown: tokio_util::sync::CancellationToken,
+    _data_dir: TempDir,
+}
+
+impl InProcessServe {
+    /// Serves with `config` (the TOML of a configuration file), anonymous devices allowed.
+    pub async fn start(config: &str) -> InProcessServe {
+        let data_dir = TempDir::new("in-process");
+        let mut config = iotmon::config::Config::parse(config).expect("a valid config");
+        config.data_dir = data_dir.dir().to_path_buf();
+        config.broker.mqtt_listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.dashboard.http_listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.broker.allow_anonymous = true;
+        config.validate().expect("a usable config");
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let (listening_tx, listening) = tokio::sync::oneshot::channel();
+        let served = tokio::spawn(iotmon::roles::serve(
+            config,
+            None,
+            shutdown.clone(),
+            Some(listening_tx),
+        ));
+        let listening = match tokio::time::timeout(DEADLINE, listening).await {
+            Ok(Ok(listening)) => listening,
+            Ok(Err(_)) => panic!("serve stopped before listening: {:?}", served.await),
+            Err(_) => panic!("serve not listening within {DEADLINE:?}"),
+        };
+        InProcessServe {
+            mqtt: listening.mqtt,
+            http: listening.http,
+            shutdown,
+            _data_dir: data_dir,
+        }
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.http)
+    }
+}
+
+impl Drop for InProcessServe {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
 /// How long any single condition may take before a test fails.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 

@@ -14,9 +14,9 @@ use iotmon_wire::mqtt::Message;
 use rand::rngs::SmallRng;
 use rand::Rng;
 
-use crate::app_config::Config;
 use crate::driver::Surface;
 use crate::mutate::{mutate, pick};
+use iotmon::config::Config;
 
 /// The configuration file.
 #[derive(Debug)]
