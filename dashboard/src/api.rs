@@ -2,6 +2,8 @@
 //! The alert routes are in [`alerts`].
 
 mod alerts;
+#[cfg(test)]
+mod routes_tests;
 
 use std::sync::Arc;
 
