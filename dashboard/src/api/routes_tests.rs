@@ -15,7 +15,7 @@ fn app(token: Option<&str>) -> Router {
     let config = DashboardConfig::default();
     let shutdown = CancellationToken::new();
     let (updates, derived) = tokio::sync::mpsc::channel(1);
-    let (hub, hub_task) = crate::hub::hub(config.tick, derived, shutdown.clone());
+    let (hub, hub_task) = crate::hub::create(config.tick, derived, shutdown.clone());
     tokio::spawn(hub_task);
     // The hub stops when its input closes, as it does when the bridge stops: keep it open.
     tokio::spawn(async move {

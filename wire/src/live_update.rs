@@ -5,9 +5,10 @@ use crate::aggregate::GroupAggregate;
 use crate::alert::Alert;
 use crate::device::DeviceState;
 
-/// One batch of derived data.
+/// One batch of live updates the bridge hands to dashboards: what changed since the previous
+/// batch.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Derived {
+pub enum LiveUpdate {
     /// Devices whose state changed since the previous batch (latest state only: a device
     /// appears at most once per batch).
     Devices(Vec<DeviceState>),
