@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use iotmon_simulator::FleetSettings;
+use iotmon_simulator::FleetDescription;
 use iotmon_wire::mqtt::{BrokerUrl, Login};
 
 use crate::config::Config;
@@ -198,7 +198,7 @@ pub struct SimulateArgs {
     #[command(subcommand)]
     pub what: Option<SimulateCommand>,
     #[command(flatten)]
-    pub fleet: FleetArgs,
+    pub fleet: FleetFlags,
 }
 
 /// What `iotmon simulate` can simulate besides devices.
@@ -275,134 +275,32 @@ impl ViewerArgs {
 /// A simulated fleet of devices: a fleet file and these flags over it. Unset flags keep the
 /// file's settings, or the defaults (see docs/simulator.md).
 #[derive(Debug, Args)]
-pub struct FleetArgs {
+pub struct FleetFlags {
     /// The fleet described in TOML, with the flags' names as keys (see
     /// simulator/fleet.example.toml); flags override it.
     #[arg(long, env = "IOTMON_FLEET_FILE")]
     pub fleet_file: Option<PathBuf>,
-    /// The broker: mqtt://HOST:PORT (required here or in the fleet file).
-    #[arg(long, env = "IOTMON_BROKER")]
-    pub broker: Option<BrokerUrl>,
-    /// MQTT version of every connection: 3.1.1 (default) or 5.
-    #[arg(long)]
-    pub mqtt_version: Option<iotmon_simulator::MqttVersion>,
-    /// Simulated devices (default 1000).
-    #[arg(long)]
-    pub devices: Option<usize>,
-    /// Each device publishes once per interval (default 5s).
-    #[arg(long, value_parser = humantime::parse_duration)]
-    pub interval: Option<Duration>,
-    /// Stop after this long (default: until interrupted).
-    #[arg(long, value_parser = humantime::parse_duration)]
-    pub duration: Option<Duration>,
-    /// Devices per floor in the layout (site-N/building-X/floor-N/sensor-NNNNNN; default 20).
-    #[arg(long)]
-    pub devices_per_floor: Option<usize>,
-    /// Floors per building in the layout (default 5).
-    #[arg(long)]
-    pub floors_per_building: Option<usize>,
-    /// Buildings per site in the layout (default 4); sites are added as needed.
-    #[arg(long)]
-    pub buildings_per_site: Option<usize>,
-    /// Metrics each device reports: temperature, humidity, pressure, co2, battery (default
-    /// the first three).
-    #[arg(long, value_delimiter = ',')]
-    pub metrics: Option<Vec<iotmon_simulator::Metric>>,
-    /// MQTT QoS of readings: 0 (default) or 1.
-    #[arg(long)]
-    pub qos: Option<u8>,
-    /// Chance per reading that a device starts an anomaly (values far past alert
-    /// thresholds for 3 readings), 0 (default) to 1.
-    #[arg(long)]
-    pub anomaly_rate: Option<f64>,
-    /// Chance per reading that a device goes offline, 0 (default) to 1.
-    #[arg(long)]
-    pub offline_rate: Option<f64>,
-    /// How long an offline device stays away (default 30s).
-    #[arg(long, value_parser = humantime::parse_duration)]
-    pub offline_for: Option<Duration>,
-    /// Publish presence: retained `online`/`offline` on status/<group>/<id>, with a last will.
-    #[arg(long)]
-    pub presence: bool,
-    /// Devices sharing one MQTT connection (gateway mode; default 1), so a fleet larger than
-    /// the process's ~19,500 sockets fits.
-    #[arg(long)]
-    pub devices_per_connection: Option<usize>,
-    /// Prefix of the MQTT client ids (`<prefix>-<device id>`; default `sim`); empty for the
-    /// bare device id.
-    #[arg(long)]
-    pub client_prefix: Option<String>,
-    /// Password of every connection (the username is the client id).
-    #[arg(long, env = "IOTMON_DEVICE_PASSWORD", conflicts_with = "password_file")]
-    pub password: Option<String>,
-    /// File holding the password (first line).
-    #[arg(long)]
-    pub password_file: Option<PathBuf>,
-    /// Connect over TLS, trusting the CA certificates in this PEM file (the broker's
-    /// certificate must name the --broker host).
-    #[arg(long)]
-    pub tls_ca: Option<PathBuf>,
-    /// Seed of the sensor models and behaviour, for reproducible fleets (default 1).
-    #[arg(long)]
-    pub seed: Option<u64>,
-    /// Readings per message (default 1): more than 1 sends batches (JSON arrays) sampled
-    /// over the interval.
-    #[arg(long)]
-    pub readings_per_message: Option<usize>,
-    /// Open the connections spread over this long (default: the interval or 1 s, whichever
-    /// is shorter).
-    #[arg(long, value_parser = humantime::parse_duration)]
-    pub ramp: Option<Duration>,
+    /// Every fleet setting, as a flag.
+    #[command(flatten)]
+    pub description: FleetDescription,
     /// Print the summary as JSON on standard output.
     #[arg(long)]
     pub json: bool,
 }
 
-impl FleetArgs {
+impl FleetFlags {
     /// The fleet file, if any, with these flags over it, validated.
     ///
     /// # Errors
     /// The fleet file cannot be read or holds an unknown key or a bad value, no broker is
-    /// given, a QoS other than 0 or 1, an unreadable password or CA file, or a fleet that
-    /// cannot run (see `FleetConfig::validate`).
+    /// given, an unreadable password or CA file, or a fleet that cannot run (see
+    /// `FleetConfig::validate`).
     pub fn fleet(&self) -> anyhow::Result<iotmon_simulator::FleetConfig> {
         let file = match &self.fleet_file {
-            Some(path) => FleetSettings::load(path)?,
-            None => FleetSettings::default(),
+            Some(path) => FleetDescription::load(path)?,
+            None => FleetDescription::default(),
         };
-        Ok(file.overridden_by(self.settings()?).resolve()?)
-    }
-
-    /// The settings these flags give.
-    fn settings(&self) -> anyhow::Result<FleetSettings> {
-        Ok(FleetSettings {
-            broker: self.broker.clone(),
-            mqtt_version: self.mqtt_version,
-            devices: self.devices,
-            devices_per_floor: self.devices_per_floor,
-            floors_per_building: self.floors_per_building,
-            buildings_per_site: self.buildings_per_site,
-            groups: None,
-            interval: self.interval,
-            duration: self.duration,
-            metrics: self.metrics.clone(),
-            qos: self
-                .qos
-                .map(iotmon_simulator::Qos::from_level)
-                .transpose()?,
-            readings_per_message: self.readings_per_message,
-            anomaly_rate: self.anomaly_rate,
-            seed: self.seed,
-            presence: self.presence.then_some(true),
-            offline_rate: self.offline_rate,
-            offline_for: self.offline_for,
-            devices_per_connection: self.devices_per_connection,
-            client_prefix: self.client_prefix.clone(),
-            password: self.password.clone(),
-            password_file: self.password_file.clone(),
-            tls_ca: self.tls_ca.clone(),
-            ramp: self.ramp,
-        })
+        Ok(file.overridden_by(self.description.clone()).resolve()?)
     }
 }
 
@@ -570,6 +468,23 @@ mod tests {
         assert_eq!(
             (config.devices, config.qos),
             (3, iotmon_simulator::Qos::AtLeastOnce)
+        );
+        assert!(!config.presence, "off unless asked for");
+        // `--presence` alone turns it on; `--qos` overrides the file's.
+        let config = fleet_of(&[
+            "iotmon",
+            "simulate",
+            "--fleet-file",
+            file,
+            "--presence",
+            "--qos",
+            "0",
+        ])
+        .expect("valid fleet");
+        assert!(config.presence);
+        assert_eq!(
+            (config.devices, config.qos),
+            (40, iotmon_simulator::Qos::AtMostOnce)
         );
 
         let error = fleet_of(&["iotmon", "simulate", "--devices", "3"]).expect_err("no broker");

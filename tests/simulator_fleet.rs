@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
-use iotmon_simulator::{layout, run, FleetConfig, FleetSettings, Metric, MqttVersion, Qos};
+use iotmon_simulator::{layout, run, FleetConfig, FleetDescription, Metric, MqttVersion, Qos};
 use iotmon_wire::mqtt::BrokerUrl;
 use iotmon_wire::topics::{parse_sensor_topic, SENSORS_FILTER};
 use tokio_util::sync::CancellationToken;
@@ -359,8 +359,8 @@ ids = ["temp-0042", "co2-7"]
         ),
     )
     .expect("write the fleet file");
-    let config = FleetSettings::load(&fleet_file)
-        .and_then(FleetSettings::resolve)
+    let config = FleetDescription::load(&fleet_file)
+        .and_then(FleetDescription::resolve)
         .expect("a valid fleet file");
     assert_eq!((config.devices, config.connections()), (5, 2));
 

@@ -3,7 +3,7 @@
 //! any broker and dashboard; the `iotmon-bench` crate builds its scenarios from them.
 //!
 //! - [`config`]: what a fleet looks like ([`FleetConfig`]) and its validation.
-//! - [`settings`]: a fleet file and flags over it ([`FleetSettings`]), resolved into a
+//! - [`settings`]: a fleet file and flags over it ([`FleetDescription`]), resolved into a
 //!   [`FleetConfig`].
 //! - [`mod@layout`]: where each device sits (sites, buildings, floors, or groups listed by
 //!   hand) and its id.
@@ -35,5 +35,5 @@ pub use error::SimulatorError;
 pub use fleet::{run, Fleet};
 pub use layout::{layout, Group, Layout, Shape, SimulatedDevice};
 pub use sensor::{Metric, Reading, SensorModel};
-pub use settings::FleetSettings;
+pub use settings::FleetDescription;
 pub use stats::{Progress, Summary};

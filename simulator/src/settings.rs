@@ -14,45 +14,110 @@ use crate::config::{read_ca_file, read_password_file};
 use crate::layout::{device_id, Group, Layout, Shape};
 use crate::{FleetConfig, Metric, MqttVersion, Qos, SimulatorError};
 
-/// Settings of a fleet, each `None` when not given. [`FleetSettings::overridden_by`] lays
-/// one set over another (flags over the file); [`FleetSettings::resolve`] fills in the
-/// defaults.
+/// A fleet as its user describes it, each setting `None` when not given: the keys of a fleet
+/// file, and (with the `cli` feature) the same settings as command-line flags, declared once
+/// here. [`FleetDescription::overridden_by`] lays one description over another (flags over
+/// the file); [`FleetDescription::resolve`] fills in the defaults.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 #[serde(default, deny_unknown_fields)]
-pub struct FleetSettings {
-    /// `mqtt://HOST:PORT`; required (from the file or the flags).
+pub struct FleetDescription {
+    /// The broker: mqtt://HOST:PORT (required here or in the fleet file).
     #[serde(deserialize_with = "broker_url")]
+    #[cfg_attr(feature = "cli", arg(long, env = "IOTMON_BROKER"))]
     pub broker: Option<BrokerUrl>,
+    /// MQTT version of every connection: 3.1.1 (default) or 5.
+    #[cfg_attr(feature = "cli", arg(long))]
     pub mqtt_version: Option<MqttVersion>,
-    /// Devices of a generated layout; with `groups`, their total instead.
+    /// Simulated devices (default 1000); with groups listed by hand, their total instead.
+    #[cfg_attr(feature = "cli", arg(long))]
     pub devices: Option<usize>,
+    /// Devices per floor in the layout (site-N/building-X/floor-N/sensor-NNNNNN; default 20).
+    #[cfg_attr(feature = "cli", arg(long))]
     pub devices_per_floor: Option<usize>,
+    /// Floors per building in the layout (default 5).
+    #[cfg_attr(feature = "cli", arg(long))]
     pub floors_per_building: Option<usize>,
+    /// Buildings per site in the layout (default 4); sites are added as needed.
+    #[cfg_attr(feature = "cli", arg(long))]
     pub buildings_per_site: Option<usize>,
-    /// Groups listed by hand, instead of a generated layout.
+    /// Groups listed by hand (`[[groups]]`, fleet files only), instead of a generated layout.
+    #[cfg_attr(feature = "cli", arg(skip))]
     pub groups: Option<Vec<GroupSettings>>,
+    /// Each device publishes once per interval (default 5s).
     #[serde(with = "humantime_serde")]
+    #[cfg_attr(feature = "cli", arg(long, value_parser = humantime::parse_duration))]
     pub interval: Option<Duration>,
+    /// Stop after this long (default: until interrupted).
     #[serde(with = "humantime_serde")]
+    #[cfg_attr(feature = "cli", arg(long, value_parser = humantime::parse_duration))]
     pub duration: Option<Duration>,
+    /// Metrics each device reports: temperature, humidity, pressure, co2, battery (default
+    /// the first three).
+    #[cfg_attr(feature = "cli", arg(long, value_delimiter = ','))]
     pub metrics: Option<Vec<Metric>>,
+    /// MQTT QoS of readings: 0 (default) or 1.
+    #[cfg_attr(feature = "cli", arg(long, value_parser = parse_qos))]
     pub qos: Option<Qos>,
+    /// Readings per message (default 1): more than 1 sends batches (JSON arrays) sampled
+    /// over the interval.
+    #[cfg_attr(feature = "cli", arg(long))]
     pub readings_per_message: Option<usize>,
+    /// Chance per reading that a device starts an anomaly (values far past alert
+    /// thresholds for 3 readings), 0 (default) to 1.
+    #[cfg_attr(feature = "cli", arg(long))]
     pub anomaly_rate: Option<f64>,
+    /// Seed of the sensor models and behaviour, for reproducible fleets (default 1).
+    #[cfg_attr(feature = "cli", arg(long))]
     pub seed: Option<u64>,
+    /// Publish presence: retained `online`/`offline` on status/<group>/<id>, with a last will.
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, num_args = 0..=1, default_missing_value = "true")
+    )]
     pub presence: Option<bool>,
+    /// Chance per reading that a device goes offline, 0 (default) to 1.
+    #[cfg_attr(feature = "cli", arg(long))]
     pub offline_rate: Option<f64>,
+    /// How long an offline device stays away (default 30s).
     #[serde(with = "humantime_serde")]
+    #[cfg_attr(feature = "cli", arg(long, value_parser = humantime::parse_duration))]
     pub offline_for: Option<Duration>,
+    /// Devices sharing one MQTT connection (gateway mode; default 1), so a fleet larger than
+    /// the process's ~19,500 sockets fits.
+    #[cfg_attr(feature = "cli", arg(long))]
     pub devices_per_connection: Option<usize>,
+    /// Prefix of the MQTT client ids (`<prefix>-<device id>`; default `sim`); empty for the
+    /// bare device id.
+    #[cfg_attr(feature = "cli", arg(long))]
     pub client_prefix: Option<String>,
+    /// Password of every connection (the username is the client id).
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, env = "IOTMON_DEVICE_PASSWORD", conflicts_with = "password_file")
+    )]
     pub password: Option<String>,
-    /// In a fleet file, relative to the file's directory.
+    /// File holding the password (first line); in a fleet file, relative to its directory.
+    #[cfg_attr(feature = "cli", arg(long))]
     pub password_file: Option<PathBuf>,
-    /// In a fleet file, relative to the file's directory.
+    /// Connect over TLS, trusting the CA certificates in this PEM file (the broker's
+    /// certificate must name the broker's host); in a fleet file, relative to its directory.
+    #[cfg_attr(feature = "cli", arg(long))]
     pub tls_ca: Option<PathBuf>,
+    /// Open the connections spread over this long (default: the interval or 1 s, whichever
+    /// is shorter).
     #[serde(with = "humantime_serde")]
+    #[cfg_attr(feature = "cli", arg(long, value_parser = humantime::parse_duration))]
     pub ramp: Option<Duration>,
+}
+
+/// `--qos 0|1`.
+#[cfg(feature = "cli")]
+fn parse_qos(text: &str) -> Result<Qos, String> {
+    let level = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a QoS: use 0 or 1"))?;
+    Qos::from_level(level).map_err(|error| error.to_string())
 }
 
 /// A `[[groups]]` entry: a group path and its devices, by count (generated ids numbered in
@@ -68,18 +133,18 @@ pub struct GroupSettings {
     pub ids: Option<Vec<String>>,
 }
 
-impl FleetSettings {
+impl FleetDescription {
     /// Reads the fleet file at `path`; relative paths in it are taken from its directory.
     ///
     /// # Errors
     /// [`SimulatorError::FleetFile`]: the file cannot be read, is not TOML, holds an unknown
     /// key or a value of the wrong kind (the message says where).
-    pub fn load(path: &Path) -> Result<FleetSettings, SimulatorError> {
+    pub fn load(path: &Path) -> Result<FleetDescription, SimulatorError> {
         let fault = |error: &dyn std::fmt::Display| {
             SimulatorError::FleetFile(format!("{}: {error}", path.display()))
         };
         let text = std::fs::read_to_string(path).map_err(|error| fault(&error))?;
-        let mut settings = FleetSettings::parse(&text).map_err(|error| fault(&error))?;
+        let mut settings = FleetDescription::parse(&text).map_err(|error| fault(&error))?;
         let dir = path.parent().unwrap_or(Path::new(""));
         for file in [&mut settings.password_file, &mut settings.tls_ca]
             .into_iter()
@@ -94,19 +159,19 @@ impl FleetSettings {
     ///
     /// # Errors
     /// Not TOML, an unknown key, or a value of the wrong kind.
-    pub fn parse(text: &str) -> Result<FleetSettings, toml::de::Error> {
+    pub fn parse(text: &str) -> Result<FleetDescription, toml::de::Error> {
         toml::from_str(text)
     }
 
     /// These settings with every one that `over` gives replaced. A password given either way
     /// in `over` replaces both ways here.
-    pub fn overridden_by(self, over: FleetSettings) -> FleetSettings {
+    pub fn overridden_by(self, over: FleetDescription) -> FleetDescription {
         let credentials = if over.password.is_some() || over.password_file.is_some() {
             (over.password, over.password_file)
         } else {
             (self.password, self.password_file)
         };
-        FleetSettings {
+        FleetDescription {
             broker: over.broker.or(self.broker),
             mqtt_version: over.mqtt_version.or(self.mqtt_version),
             devices: over.devices.or(self.devices),
@@ -258,8 +323,8 @@ fn broker_url<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Broke
 mod tests {
     use super::*;
 
-    fn settings(text: &str) -> FleetSettings {
-        FleetSettings::parse(text).expect("valid fleet file")
+    fn settings(text: &str) -> FleetDescription {
+        FleetDescription::parse(text).expect("valid fleet file")
     }
 
     /// The example in the repository parses to the fleet it describes, so it cannot rot.
@@ -302,7 +367,7 @@ mod tests {
             .expect("valid");
         assert_eq!(config, FleetConfig::default());
         assert_eq!(
-            FleetSettings::default().resolve(),
+            FleetDescription::default().resolve(),
             Err(SimulatorError::NoBroker)
         );
     }
@@ -322,7 +387,7 @@ mod tests {
             ("devices = -1", "devices"),
             ("[[groups]]\npath = \"a\"\ncount = 3", "count"),
         ] {
-            let error = FleetSettings::parse(text).expect_err(text).to_string();
+            let error = FleetDescription::parse(text).expect_err(text).to_string();
             assert!(error.contains(said), "{text}: {error}");
         }
         let invalid = settings("broker = \"mqtt://h:1\"\nanomaly_rate = 2.0").resolve();
@@ -337,11 +402,11 @@ mod tests {
             "broker = \"mqtt://file:1\"\ndevices = 50\nqos = 1\npassword_file = \"pw\"\n\
              interval = \"2s\"",
         );
-        let flags = FleetSettings {
+        let flags = FleetDescription {
             devices: Some(7),
             password: Some("from-flag".into()),
             mqtt_version: Some(MqttVersion::V5),
-            ..FleetSettings::default()
+            ..FleetDescription::default()
         };
         let config = file.overridden_by(flags).resolve().expect("valid");
         assert_eq!(config.broker, "mqtt://file:1".parse().expect("address"));
@@ -400,11 +465,11 @@ mod tests {
         std::fs::write(dir.join("pw"), "s3cret\n").expect("password file");
         let file = dir.join("fleet.toml");
         std::fs::write(&file, "broker = \"mqtt://h:1\"\npassword_file = \"pw\"\n").expect("write");
-        let config = FleetSettings::load(&file)
-            .and_then(FleetSettings::resolve)
+        let config = FleetDescription::load(&file)
+            .and_then(FleetDescription::resolve)
             .expect("valid");
         assert_eq!(config.password.as_deref(), Some("s3cret"));
-        let missing = FleetSettings::load(&dir.join("nope.toml")).expect_err("no file");
+        let missing = FleetDescription::load(&dir.join("nope.toml")).expect_err("no file");
         assert!(missing.to_string().contains("nope.toml"), "{missing}");
     }
 }
