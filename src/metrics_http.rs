@@ -1,5 +1,5 @@
 //! A small HTTP endpoint for a role running alone without the dashboard (`iotmon broker`,
-//! `iotmon bridge`): `/metrics` (its counters in the Prometheus text format) and `/healthz`.
+//! `iotmon bridge`): `/metrics` (its registry in the OpenMetrics text format) and `/healthz`.
 //! With `serve`, the dashboard serves both.
 
 use std::sync::Arc;
@@ -9,27 +9,22 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use iotmon_wire::metrics::MetricsSource;
+use iotmon_wire::metrics::{self, Registry};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 /// The routes, without a server: tests call it directly.
-pub fn app(metrics: Arc<dyn MetricsSource>) -> Router {
+pub fn app(metrics: Arc<Registry>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(render))
         .with_state(metrics)
 }
 
-async fn render(State(metrics): State<Arc<dyn MetricsSource>>) -> impl IntoResponse {
-    let mut text = String::new();
-    metrics.render_prometheus(&mut text);
+async fn render(State(registry): State<Arc<Registry>>) -> impl IntoResponse {
     (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        text,
+        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+        metrics::render(&[&registry]),
     )
 }
 
@@ -39,7 +34,7 @@ async fn render(State(metrics): State<Arc<dyn MetricsSource>>) -> impl IntoRespo
 /// The listener fails while accepting.
 pub async fn serve(
     listener: TcpListener,
-    metrics: Arc<dyn MetricsSource>,
+    metrics: Arc<Registry>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     axum::serve(listener, app(metrics))

@@ -16,7 +16,7 @@ use iotmon_dashboard::LIVE_UPDATE_CAPACITY;
 use iotmon_simulator::viewers::ViewerConfig;
 use iotmon_simulator::{FleetConfig, Progress};
 use iotmon_wire::history::HistorySource;
-use iotmon_wire::metrics::MetricsSource;
+use iotmon_wire::metrics::{Collector, Registry};
 use iotmon_wire::mqtt::{BrokerUrl, Login};
 use iotmon_wire::supervise::{critical, PanicMetrics};
 use tokio::sync::{mpsc, oneshot};
@@ -117,15 +117,14 @@ pub async fn serve(
         tasks.spawn(run_fleet(fleet, shutdown.clone()));
     }
     tasks.close();
-    let sources: Vec<Arc<dyn MetricsSource>> =
-        vec![counters, broker.metrics(), Arc::new(PanicMetrics)];
+    let metrics = registry([Box::new(counters), Box::new(broker.metrics())]);
     let history: Arc<dyn HistorySource> =
         Arc::new(StoreHistory::new(&config.data_dir, &config.bridge));
     let served = iotmon_dashboard::run(
         config.dashboard,
         http,
         updates,
-        sources,
+        metrics,
         Some(history),
         alert_access,
         shutdown.clone(),
@@ -157,9 +156,19 @@ pub async fn broker(
         .await
         .with_context(|| format!("cannot listen for HTTP on {http_listen}"))?;
     announce_http(http.local_addr()?);
-    let sources: Vec<Arc<dyn MetricsSource>> = vec![broker.metrics(), Arc::new(PanicMetrics)];
-    crate::metrics_http::serve(http, Arc::new(sources), shutdown).await?;
+    let metrics = registry([Box::new(broker.metrics())]);
+    crate::metrics_http::serve(http, Arc::new(metrics), shutdown).await?;
     Ok(())
+}
+
+/// The process's metrics registry: the panic counter every process exports, and `parts`.
+fn registry<const N: usize>(parts: [Box<dyn Collector>; N]) -> Registry {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(PanicMetrics));
+    for part in parts {
+        registry.register_collector(part);
+    }
+    registry
 }
 
 /// Starts the embedded broker with the device credentials in the data directory (or the
@@ -192,12 +201,10 @@ pub async fn bridge(
                 .await
                 .with_context(|| format!("cannot listen for HTTP on {addr}"))?;
             announce_http(listener.local_addr()?);
-            let sources: Vec<Arc<dyn MetricsSource>> =
-                vec![counters.clone(), Arc::new(PanicMetrics)];
-            let metrics: Arc<dyn MetricsSource> = Arc::new(sources);
+            let metrics = registry([Box::new(counters.clone())]);
             Some(tokio::spawn(crate::metrics_http::serve(
                 listener,
-                metrics,
+                Arc::new(metrics),
                 shutdown.clone(),
             )))
         }
@@ -310,7 +317,7 @@ pub async fn dashboard(
         config.dashboard,
         http,
         updates,
-        vec![Arc::new(PanicMetrics)],
+        registry([]),
         history,
         alert_access,
         shutdown.clone(),

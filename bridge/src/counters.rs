@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use iotmon_wire::metrics::{write_metric, Kind, MetricsSource};
+use iotmon_wire::metrics::{encode, encode_one, Collector, DescriptorEncoder, Kind};
 
 use crate::ingest::RejectReason;
 
@@ -100,32 +100,28 @@ impl BridgeCounters {
     }
 }
 
-impl MetricsSource for BridgeCounters {
-    fn render_prometheus(&self, out: &mut String) {
+impl Collector for BridgeCounters {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
         for (name, help, kind, counter) in self.plain() {
-            write_metric(
-                out,
+            encode_one(
+                &mut encoder,
                 name,
                 help,
                 kind,
-                &[("", counter.load(Ordering::Relaxed))],
-            );
+                counter.load(Ordering::Relaxed),
+            )?;
         }
-        let labels: Vec<String> = RejectReason::ALL
-            .iter()
-            .map(|reason| format!("reason=\"{}\"", reason.as_str()))
-            .collect();
         let rejected: Vec<(&str, u64)> = RejectReason::ALL
             .iter()
-            .zip(&labels)
-            .map(|(reason, label)| (label.as_str(), self.rejected(*reason)))
+            .map(|reason| (reason.as_str(), self.rejected(*reason)))
             .collect();
-        write_metric(
-            out,
+        encode(
+            &mut encoder,
             "iotmon_ingest_rejected_total",
             "Device messages or batch elements refused, by reason.",
             Kind::Counter,
+            "reason",
             &rejected,
-        );
+        )
     }
 }

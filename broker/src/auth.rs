@@ -237,8 +237,9 @@ mod tests {
             auth.check("dev-1", "dev-1", "wrong").await,
             refused(Refusal::WrongPassword)
         );
-        let mut out = String::new();
-        iotmon_wire::metrics::MetricsSource::render_prometheus(&*metrics, &mut out);
+        let mut registry = iotmon_wire::metrics::Registry::default();
+        registry.register_collector(Box::new(metrics.clone()));
+        let out = iotmon_wire::metrics::render(&[&registry]);
         assert!(
             out.contains("iotmon_broker_auth_cache_hits_total 1"),
             "{out}"

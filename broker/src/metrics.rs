@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use iotmon_wire::metrics::{write_metric, Kind, MetricsSource};
+use iotmon_wire::metrics::{encode, encode_one, Collector, DescriptorEncoder, Kind};
 use rumqttd::alerts::AlertsLink;
 use rumqttd::meters::MetersLink;
 use rumqttd::{AlertKind, Meter};
@@ -145,8 +145,8 @@ impl BrokerMetrics {
     }
 }
 
-impl MetricsSource for BrokerMetrics {
-    fn render_prometheus(&self, out: &mut String) {
+impl Collector for BrokerMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         let refusals = [
             Refusal::NoCredentials,
@@ -155,27 +155,22 @@ impl MetricsSource for BrokerMetrics {
             Refusal::ClientIdMismatch,
             Refusal::Unavailable,
         ]
-        .map(|why| {
-            (
-                format!("reason=\"{}\"", why.label()),
-                self.refused_count(why),
-            )
-        });
-        let refusals: Vec<(&str, u64)> = refusals.iter().map(|(l, v)| (l.as_str(), *v)).collect();
-        write_metric(
-            out,
+        .map(|why| (why.label(), self.refused_count(why)));
+        encode_one(
+            &mut encoder,
             "iotmon_broker_connects_accepted_total",
             "Device connects whose credentials were accepted (anonymous connects are not checked).",
             Kind::Counter,
-            &[("", get(&self.connects_accepted))],
-        );
-        write_metric(
-            out,
+            get(&self.connects_accepted),
+        )?;
+        encode(
+            &mut encoder,
             "iotmon_broker_connects_refused_total",
             "Device connects refused with CONNACK 'bad user name or password', by reason.",
             Kind::Counter,
+            "reason",
             &refusals,
-        );
+        )?;
         let rows: [(&str, &str, Kind, &AtomicU64); 9] = [
             (
                 "iotmon_broker_auth_cache_hits_total",
@@ -234,8 +229,9 @@ impl MetricsSource for BrokerMetrics {
             ),
         ];
         for (name, help, kind, counter) in rows {
-            write_metric(out, name, help, kind, &[("", get(counter))]);
+            encode_one(&mut encoder, name, help, kind, get(counter))?;
         }
+        Ok(())
     }
 }
 
@@ -287,8 +283,9 @@ mod tests {
         metrics.refused(Refusal::WrongPassword);
         metrics.refused(Refusal::ClientIdMismatch);
         metrics.accepted();
-        let mut out = String::new();
-        metrics.render_prometheus(&mut out);
+        let mut registry = iotmon_wire::metrics::Registry::default();
+        registry.register_collector(Box::new(metrics));
+        let out = iotmon_wire::metrics::render(&[&registry]);
         assert!(out.contains("iotmon_broker_connects_refused_total{reason=\"wrong_password\"} 2"));
         assert!(
             out.contains("iotmon_broker_connects_refused_total{reason=\"client_id_mismatch\"} 1")

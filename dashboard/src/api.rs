@@ -13,7 +13,7 @@ use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use iotmon_wire::metrics::{write_metric, Kind, MetricsSource};
+use iotmon_wire::metrics::{self, Registry};
 use serde::Deserialize;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -71,8 +71,9 @@ pub struct AppState {
     pub history: Option<Arc<dyn HistorySource>>,
     /// Alert commands, history and rules.
     pub alerts: AlertAccess,
-    /// Other parts of the process whose counters `/metrics` exports (the bridge in `serve`).
-    pub metrics_sources: Vec<Arc<dyn MetricsSource>>,
+    /// The process's metrics registry, which `/metrics` exports: the hub's counters and,
+    /// in `serve`, the broker's and the bridge's.
+    pub metrics: Arc<Registry>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -405,50 +406,16 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
+/// The process's registry (this dashboard's counters and whatever else runs in the
+/// process), then the viewer gauges the hub computes for this scrape.
 async fn metrics(State(state): State<AppState>) -> Response {
-    let mut text = String::new();
-    state.hub.stats.render_prometheus(&mut text);
+    let mut per_scrape = Registry::default();
     if let Some(gauges) = state.hub.gauges().await {
-        let samples = [
-            (
-                "iotmon_viewed_devices",
-                "Devices in all viewers' views together.",
-                gauges.viewed_devices,
-            ),
-            (
-                "iotmon_viewed_groups",
-                "Group aggregates in all viewers' subscriptions together.",
-                gauges.viewed_groups,
-            ),
-            (
-                "iotmon_viewer_queued_frames",
-                "Frames waiting in all viewers' queues.",
-                gauges.queued_frames,
-            ),
-            (
-                "iotmon_viewer_max_queued_frames",
-                "The longest viewer queue.",
-                gauges.max_queued_frames,
-            ),
-            (
-                "iotmon_viewers_lagging",
-                "Viewers behind, owed a resynchronising snapshot.",
-                gauges.lagging_viewers,
-            ),
-        ];
-        for (name, help, value) in samples {
-            write_metric(&mut text, name, help, Kind::Gauge, &[("", value as u64)]);
-        }
-    }
-    for source in &state.metrics_sources {
-        source.render_prometheus(&mut text);
+        per_scrape.register_collector(Box::new(gauges));
     }
     (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        text,
+        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+        metrics::render(&[&state.metrics, &per_scrape]),
     )
         .into_response()
 }

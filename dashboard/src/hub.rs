@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use iotmon_wire::metrics::{write_metric, Kind, MetricsSource};
+use iotmon_wire::metrics::{encode_one, Collector, DescriptorEncoder, Kind};
 use iotmon_wire::topics::{group_prefixes, in_group};
 use iotmon_wire::{Alert, AlertId, DeviceId, DeviceState, GroupAggregate, GroupPath, LiveUpdate};
 use serde::Serialize;
@@ -138,58 +138,96 @@ pub struct HubStats {
     pub open_alerts: AtomicUsize,
 }
 
-impl MetricsSource for HubStats {
-    fn render_prometheus(&self, out: &mut String) {
+impl Collector for HubStats {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
         let load = |gauge: &AtomicUsize| gauge.load(Ordering::Relaxed) as u64;
-        write_metric(
-            out,
+        encode_one(
+            &mut encoder,
             "iotmon_viewers",
             "Connected dashboard viewers.",
             Kind::Gauge,
-            &[("", load(&self.viewers))],
-        );
-        write_metric(
-            out,
+            load(&self.viewers),
+        )?;
+        encode_one(
+            &mut encoder,
             "iotmon_dashboard_devices",
             "Devices known to the dashboard.",
             Kind::Gauge,
-            &[("", load(&self.devices))],
-        );
-        write_metric(
-            out,
+            load(&self.devices),
+        )?;
+        encode_one(
+            &mut encoder,
             "iotmon_viewer_frames_sent_total",
             "Frames queued to viewers.",
             Kind::Counter,
-            &[("", self.frames_sent.load(Ordering::Relaxed))],
-        );
-        write_metric(
-            out,
+            self.frames_sent.load(Ordering::Relaxed),
+        )?;
+        encode_one(
+            &mut encoder,
             "iotmon_viewer_frames_deferred_total",
             "Times a viewer's queue was full and its changes were held, coalesced.",
             Kind::Counter,
-            &[("", self.frames_deferred.load(Ordering::Relaxed))],
-        );
-        write_metric(
-            out,
+            self.frames_deferred.load(Ordering::Relaxed),
+        )?;
+        encode_one(
+            &mut encoder,
             "iotmon_viewer_resync_snapshots_total",
             "Times a viewer fell behind and was owed a resynchronising snapshot.",
             Kind::Counter,
-            &[("", self.resync_snapshots.load(Ordering::Relaxed))],
-        );
-        write_metric(
-            out,
+            self.resync_snapshots.load(Ordering::Relaxed),
+        )?;
+        encode_one(
+            &mut encoder,
             "iotmon_viewer_alert_frames_sent_total",
             "Alert frames queued to viewers (pushed at once, not on the tick).",
             Kind::Counter,
-            &[("", self.alert_frames_sent.load(Ordering::Relaxed))],
-        );
-        write_metric(
-            out,
+            self.alert_frames_sent.load(Ordering::Relaxed),
+        )?;
+        encode_one(
+            &mut encoder,
             "iotmon_dashboard_open_alerts",
             "Open alerts known to the dashboard.",
             Kind::Gauge,
-            &[("", load(&self.open_alerts))],
-        );
+            load(&self.open_alerts),
+        )?;
+        Ok(())
+    }
+}
+
+/// Exported per scrape: the hub computes them when asked (`HubHandle::gauges`).
+impl Collector for ViewerGauges {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let gauges = [
+            (
+                "iotmon_viewed_devices",
+                "Devices in all viewers' views together.",
+                self.viewed_devices,
+            ),
+            (
+                "iotmon_viewed_groups",
+                "Group aggregates in all viewers' subscriptions together.",
+                self.viewed_groups,
+            ),
+            (
+                "iotmon_viewer_queued_frames",
+                "Frames waiting in all viewers' queues.",
+                self.queued_frames,
+            ),
+            (
+                "iotmon_viewer_max_queued_frames",
+                "The longest viewer queue.",
+                self.max_queued_frames,
+            ),
+            (
+                "iotmon_viewers_lagging",
+                "Viewers behind, owed a resynchronising snapshot.",
+                self.lagging_viewers,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            encode_one(&mut encoder, name, help, Kind::Gauge, value as u64)?;
+        }
+        Ok(())
     }
 }
 

@@ -19,7 +19,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use iotmon_wire::metrics::MetricsSource;
+use iotmon_wire::metrics::Registry;
 use iotmon_wire::LiveUpdate;
 use thiserror::Error;
 use tokio::net::TcpListener;
@@ -74,12 +74,13 @@ pub async fn run(
     config: DashboardConfig,
     listener: TcpListener,
     updates: mpsc::Receiver<LiveUpdate>,
-    metrics_sources: Vec<Arc<dyn MetricsSource>>,
+    mut metrics: Registry,
     history: Option<Arc<dyn iotmon_wire::history::HistorySource>>,
     alerts: alerts::AlertAccess,
     shutdown: CancellationToken,
 ) -> Result<(), DashboardError> {
     let (hub, hub_task) = hub::create(config.tick, updates, shutdown.clone());
+    metrics.register_collector(Box::new(hub.stats.clone()));
     let hub_task = tokio::spawn(iotmon_wire::supervise::critical(
         "the dashboard hub",
         hub_task,
@@ -93,7 +94,7 @@ pub async fn run(
         token: config.token.as_deref().map(Arc::from),
         sessions: sessions.clone(),
         shutdown: shutdown.clone(),
-        metrics_sources,
+        metrics: Arc::new(metrics),
         history,
         alerts,
     };

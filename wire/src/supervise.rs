@@ -14,7 +14,7 @@ use futures_util::FutureExt;
 use tokio_util::sync::CancellationToken;
 use tracing::error;
 
-use crate::metrics::{write_metric, Kind, MetricsSource};
+use crate::metrics::{encode_one, Collector, DescriptorEncoder, Kind};
 
 /// Panics since the process started, whatever the thread or task.
 static PANICS: AtomicU64 = AtomicU64::new(0);
@@ -93,15 +93,15 @@ pub async fn critical<F: Future<Output = ()>>(name: &'static str, task: F) {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct PanicMetrics;
 
-impl MetricsSource for PanicMetrics {
-    fn render_prometheus(&self, out: &mut String) {
-        write_metric(
-            out,
+impl Collector for PanicMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        encode_one(
+            &mut encoder,
             "iotmon_panics_total",
             "Panics in any thread or task (a critical one stops the process).",
             Kind::Counter,
-            &[("", panics())],
-        );
+            panics(),
+        )
     }
 }
 
@@ -124,8 +124,9 @@ mod tests {
         assert!(shutdown.is_cancelled());
         assert_eq!(fatal_reason(), Some("the hub panicked"));
         assert_eq!(panics() - before, 2);
-        let mut text = String::new();
-        PanicMetrics.render_prometheus(&mut text);
+        let mut registry = crate::metrics::Registry::default();
+        registry.register_collector(Box::new(PanicMetrics));
+        let text = crate::metrics::render(&[&registry]);
         assert!(text.contains("iotmon_panics_total"), "{text}");
     }
 }

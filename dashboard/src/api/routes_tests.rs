@@ -14,12 +14,14 @@ use crate::config::DashboardConfig;
 fn app(token: Option<&str>) -> Router {
     let config = DashboardConfig::default();
     let shutdown = CancellationToken::new();
-    let (updates, derived) = tokio::sync::mpsc::channel(1);
-    let (hub, hub_task) = crate::hub::create(config.tick, derived, shutdown.clone());
+    let (updates_tx, updates) = tokio::sync::mpsc::channel(1);
+    let (hub, hub_task) = crate::hub::create(config.tick, updates, shutdown.clone());
+    let mut metrics = Registry::default();
+    metrics.register_collector(Box::new(hub.stats.clone()));
     tokio::spawn(hub_task);
     // The hub stops when its input closes, as it does when the bridge stops: keep it open.
     tokio::spawn(async move {
-        let _open = updates;
+        let _open = updates_tx;
         std::future::pending::<()>().await;
     });
     router(AppState {
@@ -32,7 +34,7 @@ fn app(token: Option<&str>) -> Router {
         shutdown,
         history: None,
         alerts: AlertAccess::default(),
-        metrics_sources: Vec::new(),
+        metrics: Arc::new(metrics),
     })
 }
 
@@ -134,8 +136,15 @@ async fn without_a_store_or_a_bridge_history_and_commands_say_why() {
 async fn metrics_are_prometheus_text() {
     let (status, headers, body) = call(app(None), get("/metrics")).await;
     assert_eq!(status, StatusCode::OK);
-    assert!(headers[header::CONTENT_TYPE]
-        .to_str()
-        .is_ok_and(|t| t.starts_with("text/plain")));
+    assert_eq!(headers[header::CONTENT_TYPE], metrics::CONTENT_TYPE);
     assert!(body.contains("# TYPE iotmon_viewers gauge"), "{body}");
+    assert!(
+        body.contains("\niotmon_viewer_frames_sent_total 0\n"),
+        "{body}"
+    );
+    assert!(
+        body.contains("\niotmon_viewed_devices 0\n"),
+        "per-scrape gauges: {body}"
+    );
+    assert!(body.ends_with("# EOF\n"), "{body}");
 }
