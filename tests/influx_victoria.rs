@@ -14,7 +14,6 @@ use iotmon_bridge::shard::{RegistryEntry, StoreBatch};
 use iotmon_bridge::store::{db_path, schema, writer::Writer};
 use iotmon_bridge::{influx, BridgeConfig, BridgeCounters};
 use iotmon_wire::{DeviceState, MetricValue, Metrics};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::support::{eventually, TempDir};
@@ -88,15 +87,12 @@ impl Drop for Victoria {
 }
 
 /// A plain HTTP/1.0 GET; `None` when the server is not answering.
+/// The body of a successful GET, or `None` while the server is not answering.
 async fn get(addr: SocketAddr, path: &str) -> Option<String> {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.ok()?;
-    response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
+    let response = iotmon_probe::http::get(&addr.to_string(), path)
+        .await
+        .ok()?;
+    (response.status == 200).then_some(response.body)
 }
 
 fn free_addr() -> SocketAddr {

@@ -11,8 +11,7 @@
 //! - `broker`: the broker comparison, each broker's highest sustained rate, `iotmon broker`
 //!   against mosquitto.
 //! - `load`: the broker comparison's cheap load generator (raw MQTT publishers and a counting
-//!   subscriber).
-//! - `raw_mqtt`: the few MQTT packets `load` encodes, and packet framing.
+//!   subscriber, with `iotmon_probe::mqtt`'s packets).
 //! - `viewer_cost`: what one viewer costs as the fleet grows, from load points with and
 //!   without viewers.
 //! - `report`: what a scenario prints.
@@ -21,7 +20,6 @@ mod broker;
 mod error;
 mod load;
 pub mod process;
-mod raw_mqtt;
 pub mod report;
 mod serve;
 mod viewer_cost;

@@ -24,9 +24,9 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{interval, timeout, Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use crate::raw_mqtt::{self, Frame};
 use crate::BenchError;
 use crate::CONNECTS_PER_SECOND;
+use iotmon_probe::mqtt::{self, Connect, Frame, Publish, Version};
 use iotmon_simulator::SensorModel;
 use iotmon_wire::unix_millis;
 
@@ -244,11 +244,13 @@ async fn connect(broker: SocketAddr, client_id: &str) -> std::io::Result<TcpStre
     let mut stream = TcpStream::connect(broker).await?;
     stream.set_nodelay(true)?;
     let mut packet = Vec::with_capacity(64);
-    raw_mqtt::encode_connect(client_id, KEEP_ALIVE_SECS, &mut packet);
+    Connect::new(Version::V311, client_id)
+        .keep_alive(KEEP_ALIVE_SECS)
+        .encode_into(&mut packet);
     stream.write_all(&packet).await?;
     let mut reply = [0u8; 4];
     stream.read_exact(&mut reply).await?;
-    match raw_mqtt::connack_code(&reply) {
+    match mqtt::connack_code(&reply) {
         Some(0) => Ok(stream),
         code => Err(std::io::Error::other(format!(
             "connection refused (CONNACK {code:?})"
@@ -312,7 +314,10 @@ impl Publisher {
     fn new(reader: OwnedReadHalf, writer: OwnedWriteHalf, index: usize, qos: u8) -> Publisher {
         let topic = sensor_topic(&format!("bench/g{}", index / 100), &format!("dev-{index}"));
         let mut packet = Vec::with_capacity(160);
-        let packet_id_at = raw_mqtt::encode_publish(&topic, &payload(index), qos, 1, &mut packet);
+        let payload = payload(index);
+        let packet_id_at = Publish::new(&topic, &payload)
+            .qos(qos, 1)
+            .encode_into(Version::V311, &mut packet);
         Publisher {
             writer,
             packet,
@@ -363,7 +368,7 @@ impl Publisher {
         scratch.clear();
         for _ in 0..batch {
             if let Some(at) = self.packet_id_at {
-                raw_mqtt::set_packet_id(&mut self.packet, at, self.next_packet_id);
+                mqtt::set_packet_id(&mut self.packet, at, self.next_packet_id);
                 self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
             }
             scratch.extend_from_slice(&self.packet);
@@ -404,7 +409,7 @@ impl Publisher {
                 Ok(read) => {
                     self.inbox.extend_from_slice(&chunk[..read]);
                     match for_each_frame(&self.inbox, |frame, _| {
-                        acks += u64::from(frame.kind == raw_mqtt::PUBACK);
+                        acks += u64::from(frame.kind == mqtt::PUBACK);
                     }) {
                         Ok(used) => {
                             self.inbox.drain(..used);
@@ -502,9 +507,9 @@ async fn pace(
 fn for_each_frame(
     buf: &[u8],
     mut on_frame: impl FnMut(&Frame, &[u8]),
-) -> Result<usize, raw_mqtt::FrameError> {
+) -> Result<usize, mqtt::FrameError> {
     let mut used = 0;
-    while let Some(frame) = raw_mqtt::frame(&buf[used..])? {
+    while let Some(frame) = mqtt::frame(&buf[used..])? {
         on_frame(&frame, &buf[used..used + frame.len]);
         used += frame.len;
     }
@@ -527,7 +532,7 @@ pub(crate) async fn subscribe(
         .map_err(|_| fail("no CONNACK in time".into()))?
         .map_err(|error| fail(error.to_string()))?;
     let mut packet = Vec::new();
-    raw_mqtt::encode_subscribe(1, SENSORS_FILTER, 0, &mut packet);
+    packet.extend(mqtt::subscribe(Version::V311, 1, &[(SENSORS_FILTER, 0)]));
     stream
         .write_all(&packet)
         .await
@@ -578,15 +583,15 @@ async fn count_publishes(
         let mut publishes = 0;
         let mut suback = false;
         let Ok(used) = for_each_frame(&buf[..filled], |frame, packet| match frame.kind {
-            raw_mqtt::PUBLISH => {
+            mqtt::PUBLISH => {
                 publishes += 1;
                 if frame.qos() > 0 {
-                    if let Some(id) = raw_mqtt::publish_packet_id(frame, packet) {
-                        raw_mqtt::encode_puback(id, &mut acks);
+                    if let Some(id) = mqtt::publish_packet_id(frame, packet) {
+                        mqtt::ack_into(mqtt::PUBACK, id, &mut acks);
                     }
                 }
             }
-            raw_mqtt::SUBACK => suback = raw_mqtt::suback_granted(packet, frame),
+            mqtt::SUBACK => suback = mqtt::suback_granted(packet, frame),
             _ => {}
         }) else {
             return;
@@ -625,17 +630,17 @@ mod tests {
     #[test]
     fn frames_are_consumed_whole_and_partial_tails_kept() {
         let mut stream = Vec::new();
-        raw_mqtt::encode_puback(1, &mut stream);
-        raw_mqtt::encode_publish("sensors/a/b", b"{\"t\":1}", 0, 0, &mut stream);
+        mqtt::ack_into(mqtt::PUBACK, 1, &mut stream);
+        Publish::new("sensors/a/b", b"{\"t\":1}").encode_into(Version::V311, &mut stream);
         let whole = stream.len();
-        raw_mqtt::encode_puback(2, &mut stream);
+        mqtt::ack_into(mqtt::PUBACK, 2, &mut stream);
         let mut kinds = Vec::new();
         let used = for_each_frame(&stream[..stream.len() - 1], |frame, _| {
             kinds.push(frame.kind);
         })
         .expect("valid");
         assert_eq!(used, whole);
-        assert_eq!(kinds, [raw_mqtt::PUBACK, raw_mqtt::PUBLISH]);
+        assert_eq!(kinds, [mqtt::PUBACK, mqtt::PUBLISH]);
     }
 
     #[test]

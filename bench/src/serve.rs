@@ -539,30 +539,14 @@ fn ingested_in(metrics: &str) -> Result<u64, BenchError> {
 }
 
 /// The value of an unlabelled metric in Prometheus text.
+/// A counter or gauge from `/metrics` text, as a whole number.
 pub(crate) fn metric_value(text: &str, name: &str) -> Option<u64> {
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .find_map(|line| {
-            let (metric, value) = line.split_once(' ')?;
-            (metric == name).then(|| value.trim().parse::<f64>().ok())?
-        })
-        .map(|value| value as u64)
+    iotmon_probe::metrics::sample(text, name).map(|value| value as u64)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reads_an_unlabelled_metric() {
-        let text = "# HELP iotmon_ingest_readings_total x\n# TYPE iotmon_ingest_readings_total counter\n\
-                    iotmon_ingest_readings_total 1234\niotmon_ingest_rejected_total{reason=\"x\"} 5\n";
-        assert_eq!(
-            metric_value(text, "iotmon_ingest_readings_total"),
-            Some(1234)
-        );
-        assert_eq!(metric_value(text, "iotmon_missing"), None);
-    }
 
     #[test]
     fn the_top_level_groups_cover_the_fleet() {

@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -520,12 +519,8 @@ pub async fn http_get_with(addr: SocketAddr, path: &str, headers: &str) -> (u16,
 
 /// A plain HTTP POST of a JSON body; returns the status code and body.
 pub async fn http_post(addr: SocketAddr, path: &str, json: &Value) -> (u16, String) {
-    let body = json.to_string();
-    let headers = format!(
-        "Content-Type: application/json\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    http_request(addr, "POST", path, &headers, &body).await
+    let headers = "Content-Type: application/json\r\n";
+    http_request(addr, "POST", path, headers, &json.to_string()).await
 }
 
 /// One HTTP/1.1 request on a connection of its own; returns the status code and body.
@@ -536,41 +531,14 @@ async fn http_request(
     headers: &str,
     body: &str,
 ) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).await.expect("HTTP connect");
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Connection: close\r\n\r\n{body}"
-    );
-    stream
-        .write_all(request.as_bytes())
+    let response = iotmon_probe::http::request(&addr.to_string(), method, path, headers, body)
         .await
-        .expect("HTTP request");
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .await
-        .expect("HTTP response");
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .expect("status code");
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or_default();
-    (status, body)
+        .unwrap_or_else(|error| panic!("{method} http://{addr}{path}: {error}"));
+    (response.status, response.body)
 }
 
 /// The value of the unlabelled sample `name` in a `/metrics` text.
 pub fn metric_value(metrics: &str, name: &str) -> u64 {
-    metrics
-        .lines()
-        .find_map(|line| {
-            line.strip_prefix(name)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or_else(|| panic!("{name} not in /metrics:\n{metrics}"))
+    iotmon_probe::metrics::sample(metrics, name)
+        .unwrap_or_else(|| panic!("{name} not in /metrics:\n{metrics}")) as u64
 }
