@@ -1,8 +1,10 @@
-//! Well-formed MQTT 3.1.1 and MQTT 5 packets, written from scratch (not with the codec under
-//! test), with random fields: the seeds that the mutations start from.
+//! Well-formed MQTT 3.1.1 and MQTT 5 packets, framed with `iotmon_probe::mqtt` (not with the
+//! codec under test), with random fields: the seeds that the mutations start from.
 
 use rand::rngs::SmallRng;
 use rand::Rng;
+
+use iotmon_probe::mqtt::{framed, put_varint};
 
 use crate::mutate::pick;
 
@@ -44,21 +46,6 @@ const FILTERS: [&str; 12] = [
     "status/+/d1",
 ];
 
-/// Appends the MQTT variable-length integer `value`.
-pub fn put_varint(out: &mut Vec<u8>, mut value: usize) {
-    loop {
-        let mut byte = (value % 128) as u8;
-        value /= 128;
-        if value > 0 {
-            byte |= 0x80;
-        }
-        out.push(byte);
-        if value == 0 {
-            return;
-        }
-    }
-}
-
 fn put_u16(out: &mut Vec<u8>, value: u16) {
     out.extend_from_slice(&value.to_be_bytes());
 }
@@ -70,9 +57,7 @@ fn put_str(out: &mut Vec<u8>, value: &[u8]) {
 
 /// Appends a packet: the fixed header `byte1` and the remaining length, then `body`.
 fn put_packet(out: &mut Vec<u8>, byte1: u8, body: &[u8]) {
-    out.push(byte1);
-    put_varint(out, body.len());
-    out.extend_from_slice(body);
+    out.extend_from_slice(&framed(byte1, body));
 }
 
 /// A CONNECT for `client_id`, with the other fields chosen at random when `rng` is given.
@@ -238,7 +223,7 @@ fn properties(out: &mut Vec<u8>, rng: Option<&mut SmallRng>) {
                 2 | 17 | 24 | 39 => {
                     props.extend_from_slice(&pick(rng, &[&0u32, &1, &u32::MAX]).to_be_bytes())
                 }
-                11 => put_varint(&mut props, *pick(rng, &[&0usize, &1, &268_435_455])),
+                11 => put_varint(*pick(rng, &[&0usize, &1, &268_435_455]), &mut props),
                 38 => {
                     put_str(&mut props, b"k");
                     put_str(&mut props, b"v");
@@ -247,7 +232,7 @@ fn properties(out: &mut Vec<u8>, rng: Option<&mut SmallRng>) {
             }
         }
     }
-    put_varint(out, props.len());
+    put_varint(props.len(), out);
     out.extend_from_slice(&props);
 }
 
