@@ -4,7 +4,7 @@ use iotmon_simulator::SimulatorError;
 use thiserror::Error;
 
 /// Everything a scenario can fail with before it has a report.
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Debug, Error, PartialEq)]
 pub enum BenchError {
     /// The fleet or the viewers the scenario drives could not start.
     #[error(transparent)]

@@ -168,10 +168,10 @@ pub fn generate_password() -> String {
 pub fn hash_password(password: &str) -> Result<String, BrokerError> {
     let mut salt = [0u8; 16];
     rand::rng().fill_bytes(&mut salt);
-    let salt = SaltString::encode_b64(&salt).map_err(|e| BrokerError::Hash(e.to_string()))?;
+    let salt = SaltString::encode_b64(&salt).map_err(|e| BrokerError::Hash(e.into()))?;
     let hash = hasher()?
         .hash_password(password.as_bytes(), &salt)
-        .map_err(|e| BrokerError::Hash(e.to_string()))?;
+        .map_err(|e| BrokerError::Hash(e.into()))?;
     Ok(hash.to_string())
 }
 
@@ -187,7 +187,7 @@ pub fn verify_password(hash: &str, password: &[u8]) -> bool {
 
 fn hasher() -> Result<Argon2<'static>, BrokerError> {
     let params = Params::new(ARGON2_MEMORY_KIB, ARGON2_PASSES, ARGON2_LANES, None)
-        .map_err(|e| BrokerError::Hash(e.to_string()))?;
+        .map_err(|e| BrokerError::Hash(e.into()))?;
     Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
 }
 

@@ -54,7 +54,7 @@ pub enum BrokerError {
     #[error("in-process link to the broker failed: {0}")]
     Link(Box<LinkError>),
     #[error("cannot read the broker's meters: {0}")]
-    Meters(String),
+    Meters(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("broker.{name} must be at most {max} (got {got})")]
     TooLarge {
         name: &'static str,
@@ -74,7 +74,7 @@ pub enum BrokerError {
     #[error("{0}")]
     DeviceId(String),
     #[error("cannot hash the password: {0}")]
-    Hash(String),
+    Hash(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl From<LinkError> for BrokerError {
@@ -162,9 +162,10 @@ impl EmbeddedBroker {
         let meter_router = router_tx.clone();
         let poller_metrics = metrics.clone();
         let meter_poller: MeterPoller = Box::new(move |shutdown| {
-            let meters_error = |e: &dyn std::fmt::Display| BrokerError::Meters(e.to_string());
-            let meters = MetersLink::new(meter_router.clone()).map_err(|e| meters_error(&e))?;
-            let alerts = AlertsLink::new(meter_router).map_err(|e| meters_error(&e))?;
+            let meters = MetersLink::new(meter_router.clone())
+                .map_err(|error| BrokerError::Meters(Box::new(error)))?;
+            let alerts = AlertsLink::new(meter_router)
+                .map_err(|error| BrokerError::Meters(Box::new(error)))?;
             Ok(tokio::spawn(critical(
                 "the broker's meter poller",
                 poll_router(meters, alerts, poller_metrics, shutdown),

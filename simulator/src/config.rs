@@ -266,8 +266,10 @@ fn check_groups(groups: &[Group], devices: usize) -> Result<(), SimulatorError> 
 /// # Errors
 /// The file cannot be read.
 pub fn read_ca_file(path: &std::path::Path) -> Result<Vec<u8>, SimulatorError> {
-    std::fs::read(path)
-        .map_err(|error| SimulatorError::CaFile(format!("{}: {error}", path.display())))
+    std::fs::read(path).map_err(|source| SimulatorError::CaFile {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// The password in `path`: its first line, without the line ending.
@@ -275,8 +277,10 @@ pub fn read_ca_file(path: &std::path::Path) -> Result<Vec<u8>, SimulatorError> {
 /// # Errors
 /// The file cannot be read.
 pub fn read_password_file(path: &std::path::Path) -> Result<String, SimulatorError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|error| SimulatorError::PasswordFile(format!("{}: {error}", path.display())))?;
+    let text = std::fs::read_to_string(path).map_err(|source| SimulatorError::PasswordFile {
+        path: path.to_path_buf(),
+        source,
+    })?;
     Ok(text.lines().next().unwrap_or_default().to_string())
 }
 

@@ -1,10 +1,12 @@
 //! Why the simulator could not run.
 
+use std::path::PathBuf;
+
 use thiserror::Error;
 
 /// Everything the simulator's entry points can fail with. Connection trouble during a run is
 /// not here: fleets and viewers keep running through it and report it in their summaries.
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Debug, Error)]
 pub enum SimulatorError {
     /// A fleet needs at least one device.
     #[error("a fleet needs at least one device")]
@@ -36,9 +38,18 @@ pub enum SimulatorError {
          buildings_per_site do not apply"
     )]
     GroupsAndShape,
-    /// A fleet file could not be read or parsed.
-    #[error("invalid fleet file {0}")]
-    FleetFile(String),
+    /// A fleet file could not be read.
+    #[error("cannot read the fleet file {path}: {source}")]
+    FleetFileRead {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A fleet file is not TOML, holds an unknown key or a value of the wrong kind.
+    #[error("invalid fleet file {path}: {source}")]
+    FleetFileInvalid {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
     /// A batch size out of range.
     #[error("readings per message must be between 1 and {0}")]
     Batch(usize),
@@ -60,12 +71,26 @@ pub enum SimulatorError {
     #[error("QoS {0} is not offered: use 0 or 1")]
     Qos(u8),
     /// A password file could not be read.
-    #[error("cannot read the password file: {0}")]
-    PasswordFile(String),
+    #[error("cannot read the password file {path}: {source}")]
+    PasswordFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// A CA certificate file could not be read.
-    #[error("cannot read the CA certificate file: {0}")]
-    CaFile(String),
+    #[error("cannot read the CA certificate file {path}: {source}")]
+    CaFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// A viewer run was asked for nothing.
     #[error("viewers: {0}")]
     Viewers(String),
+}
+
+/// Two errors are equal when they say the same thing: the I/O and TOML errors some variants
+/// keep as their source have no equality of their own.
+impl PartialEq for SimulatorError {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_string() == other.to_string()
+    }
 }

@@ -137,14 +137,20 @@ impl FleetDescription {
     /// Reads the fleet file at `path`; relative paths in it are taken from its directory.
     ///
     /// # Errors
-    /// [`SimulatorError::FleetFile`]: the file cannot be read, is not TOML, holds an unknown
-    /// key or a value of the wrong kind (the message says where).
+    /// [`SimulatorError::FleetFileRead`]: the file cannot be read;
+    /// [`SimulatorError::FleetFileInvalid`]: it is not TOML, holds an unknown key or a value of
+    /// the wrong kind (the message says where).
     pub fn load(path: &Path) -> Result<FleetDescription, SimulatorError> {
-        let fault = |error: &dyn std::fmt::Display| {
-            SimulatorError::FleetFile(format!("{}: {error}", path.display()))
-        };
-        let text = std::fs::read_to_string(path).map_err(|error| fault(&error))?;
-        let mut settings = FleetDescription::parse(&text).map_err(|error| fault(&error))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| SimulatorError::FleetFileRead {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let mut settings =
+            FleetDescription::parse(&text).map_err(|source| SimulatorError::FleetFileInvalid {
+                path: path.to_path_buf(),
+                source,
+            })?;
         let dir = path.parent().unwrap_or(Path::new(""));
         for file in [&mut settings.password_file, &mut settings.tls_ca]
             .into_iter()

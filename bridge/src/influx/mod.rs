@@ -108,7 +108,7 @@ pub async fn run_sender(
     let outbox = Outbox(Arc::new(Mutex::new(connection)));
     let client = influxdb2::ClientBuilder::new(&config.url, &config.org, &config.token)
         .build()
-        .map_err(|error| InfluxError::Client(error.to_string()))?;
+        .map_err(InfluxError::Client)?;
     info!(
         url = config.url,
         bucket = config.bucket,
@@ -190,7 +190,7 @@ fn log_failure(last: &mut Option<Instant>, error: &str, retry_in: Duration) -> D
 #[derive(Debug, thiserror::Error)]
 pub enum InfluxError {
     #[error("cannot open the InfluxDB outbox: {0}")]
-    Outbox(StoreError),
+    Outbox(#[source] StoreError),
     #[error("cannot build the InfluxDB client: {0}")]
-    Client(String),
+    Client(#[source] influxdb2::BuildError),
 }
