@@ -253,3 +253,36 @@ async fn keep_alive_0_is_accepted_and_the_connection_is_never_timed_out() {
     );
     assert!(other.answers_ping().await, "that connection is served too");
 }
+
+/// Clients that each connect once with a persistent session and a new client id (a fleet
+/// being re-provisioned, or anyone) cannot grow the broker without bound: past
+/// `max_saved_sessions` the oldest saved session is dropped and counted, the newest kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saved_sessions_are_bounded_and_the_oldest_dropped_first() {
+    let broker = BrokerProcess::start("allow_anonymous = true\nmax_saved_sessions = 3", &[], &[]);
+    let addr = broker.listeners["mqtt"];
+    let ids: Vec<String> = (1..=5).map(|n| format!("provisioned-{n}")).collect();
+    for id in &ids {
+        let mut client = RawClient::connected(addr, connect_packet(id, 30, false, None)).await;
+        assert_eq!(client.subscribe(1, &[("fleet/#", 1)]).await, [1]);
+        client.disconnect().await;
+    }
+    eventually(DEADLINE, "two saved sessions dropped", || async {
+        let metrics = broker.metrics().await;
+        let sample = |name| iotmon_probe::metrics::sample(&metrics, name);
+        (sample("iotmon_broker_sessions_dropped_total") == Some(2.0)
+            && sample("iotmon_broker_saved_sessions") == Some(3.0))
+        .then_some(())
+        .ok_or(metrics)
+    })
+    .await;
+    // The newest sessions are still there; the oldest are gone.
+    let (newest, connack) =
+        RawClient::connect(addr, connect_packet(&ids[4], 30, false, None)).await;
+    assert!(connack.session_present, "the newest session is kept");
+    newest.disconnect().await;
+    let (oldest, connack) =
+        RawClient::connect(addr, connect_packet(&ids[0], 30, false, None)).await;
+    assert!(!connack.session_present, "the oldest session was dropped");
+    oldest.disconnect().await;
+}

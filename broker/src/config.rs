@@ -43,6 +43,12 @@ pub struct BrokerConfig {
     /// listed client that stops reading stops every publisher: list only trusted clients.
     /// The bridge inside `iotmon serve` is always treated this way.
     pub lossless_subscribers: Vec<String>,
+    /// Most sessions kept for disconnected clients that asked for a persistent session
+    /// (MQTT 3.1.1 clean session 0, or an MQTT 5 session expiry). Past it the oldest is
+    /// dropped (counted in `iotmon_broker_sessions_dropped_total`), so clients connecting
+    /// with ever-new ids cannot grow the broker without bound. An MQTT 5 session past its
+    /// expiry is dropped too.
+    pub max_saved_sessions: usize,
 }
 
 /// An MQTT over TLS listener: where it listens and its certificate.
@@ -71,6 +77,7 @@ impl Default for BrokerConfig {
             segment_size: 16 * 1024 * 1024,
             segment_count: 4,
             lossless_subscribers: Vec::new(),
+            max_saved_sessions: 100_000,
         }
     }
 }
@@ -94,6 +101,7 @@ impl BrokerConfig {
             ("max_packet_size", self.max_packet_size),
             ("segment_size", self.segment_size),
             ("segment_count", self.segment_count),
+            ("max_saved_sessions", self.max_saved_sessions),
         ];
         if let Some((name, _)) = limits.iter().find(|(_, value)| *value == 0) {
             return Err(BrokerError::ZeroLimit(name));

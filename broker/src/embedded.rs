@@ -354,6 +354,7 @@ fn router_config(config: &BrokerConfig) -> RouterConfig {
         initialized_filters: None,
         shared_subscriptions_strategy: Default::default(),
         lossless_subscribers: config.lossless_subscribers.clone(),
+        max_saved_sessions: config.max_saved_sessions,
     }
 }
 

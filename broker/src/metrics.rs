@@ -76,6 +76,10 @@ pub struct BrokerMetrics {
     publisher_pauses: AtomicU64,
     /// 1 while publishers are paused that way, as of the last router report.
     publishers_paused: AtomicU64,
+    /// Sessions kept for disconnected clients (gauge).
+    saved_sessions: AtomicU64,
+    /// Saved sessions dropped for the limit or their expiry.
+    sessions_dropped: AtomicU64,
 }
 
 impl BrokerMetrics {
@@ -128,6 +132,10 @@ impl BrokerMetrics {
                     .fetch_add(router.ingest_pauses as u64, Ordering::Relaxed);
                 self.publishers_paused
                     .store(u64::from(router.ingest_paused), Ordering::Relaxed);
+                self.saved_sessions
+                    .store(router.saved_sessions as u64, Ordering::Relaxed);
+                self.sessions_dropped
+                    .fetch_add(router.sessions_dropped as u64, Ordering::Relaxed);
             }
             Meter::Subscription(_, subscription) => {
                 self.publishes_routed
@@ -171,7 +179,7 @@ impl Collector for BrokerMetrics {
             "reason",
             &refusals,
         )?;
-        let rows: [(&str, &str, Kind, &AtomicU64); 9] = [
+        let rows: [(&str, &str, Kind, &AtomicU64); 11] = [
             (
                 "iotmon_broker_auth_cache_hits_total",
                 "Credential checks answered from the cache of recent successes.",
@@ -220,6 +228,18 @@ impl Collector for BrokerMetrics {
                  bridge) could catch up instead of skipping messages.",
                 Kind::Counter,
                 &self.publisher_pauses,
+            ),
+            (
+                "iotmon_broker_saved_sessions",
+                "Sessions kept for disconnected clients with a persistent session.",
+                Kind::Gauge,
+                &self.saved_sessions,
+            ),
+            (
+                "iotmon_broker_sessions_dropped_total",
+                "Saved sessions dropped: the oldest past broker.max_saved_sessions, or expired.",
+                Kind::Counter,
+                &self.sessions_dropped,
             ),
             (
                 "iotmon_broker_publishers_paused",

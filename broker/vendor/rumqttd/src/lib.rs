@@ -209,6 +209,14 @@ pub struct RouterConfig {
     /// messages it has not read, publishers wait.
     #[serde(default)]
     pub lossless_subscribers: Vec<String>,
+    /// iotmon patch: the most sessions kept for disconnected clients (persistent sessions);
+    /// past it the oldest is dropped (see `Graveyard`).
+    #[serde(default = "default_max_saved_sessions")]
+    pub max_saved_sessions: usize,
+}
+
+fn default_max_saved_sessions() -> usize {
+    100_000
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]

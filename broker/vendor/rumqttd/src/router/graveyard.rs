@@ -9,13 +9,34 @@ use crate::Cursor;
 
 pub struct Graveyard {
     connections: HashMap<String, SavedState>,
+    /// iotmon patch: the saved sessions, oldest first, as (client id, generation). An entry
+    /// whose generation is not its session's any more (retrieved, or saved again since) is
+    /// stale and skipped; stale entries are dropped when they outnumber live ones.
+    order: VecDeque<(String, u64)>,
+    next_generation: u64,
+    /// iotmon patch: the most sessions kept for disconnected clients. Upstream kept every
+    /// persistent session for ever, so clients connecting with ever-new ids and a persistent
+    /// session grew the broker without bound. Past the limit the oldest session is dropped.
+    max_sessions: usize,
+    /// iotmon patch: sessions dropped for the limit or for their expiry, since the last
+    /// report (see `RouterMeter::sessions_dropped`).
+    pub dropped: usize,
 }
 
 impl Graveyard {
-    pub fn new() -> Graveyard {
+    pub fn new(max_sessions: usize) -> Graveyard {
         Graveyard {
             connections: HashMap::new(),
+            order: VecDeque::new(),
+            next_generation: 0,
+            max_sessions,
+            dropped: 0,
         }
+    }
+
+    /// iotmon patch: sessions kept for disconnected clients.
+    pub fn len(&self) -> usize {
+        self.connections.len()
     }
 
     /// Add a new connection.
@@ -50,26 +71,64 @@ impl Graveyard {
             unacked_publishes,
         };
 
+        let expires_at = expiry.and_then(|expiry| Instant::now().checked_add(expiry));
+        self.keep(id, Some(session_state), metrics, expires_at);
+    }
+
+    /// iotmon patch: saves a session as the newest, then drops expired sessions at the old end
+    /// and the oldest ones past `max_sessions`.
+    fn keep(
+        &mut self,
+        id: String,
+        session_state: Option<SessionState>,
+        metrics: ConnectionEvents,
+        expires_at: Option<Instant>,
+    ) {
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        self.order.push_back((id.clone(), generation));
         self.connections.insert(
             id,
             SavedState {
-                session_state: Some(session_state),
+                session_state,
                 metrics,
-                expires_at: expiry.and_then(|expiry| Instant::now().checked_add(expiry)),
+                expires_at,
+                generation,
             },
         );
+        let now = Instant::now();
+        while let Some((oldest, generation)) = self.order.front() {
+            let live = self
+                .connections
+                .get(oldest)
+                .filter(|saved| saved.generation == *generation);
+            let is_live = live.is_some();
+            let drop_it = live.is_some_and(|saved| {
+                self.connections.len() > self.max_sessions
+                    || saved.expires_at.is_some_and(|at| at <= now)
+            });
+            if is_live && !drop_it {
+                break;
+            }
+            if drop_it {
+                self.connections.remove(oldest);
+                self.dropped += 1;
+            }
+            self.order.pop_front();
+        }
+        if self.order.len() > 2 * self.connections.len() + 1024 {
+            let connections = &self.connections;
+            self.order.retain(|(id, generation)| {
+                connections
+                    .get(id)
+                    .is_some_and(|saved| saved.generation == *generation)
+            });
+        }
     }
 
     /// Save only metrics for connection
     pub fn save_metrics(&mut self, id: String, metrics: ConnectionEvents) {
-        self.connections.insert(
-            id,
-            SavedState {
-                session_state: None,
-                metrics,
-                expires_at: None,
-            },
-        );
+        self.keep(id, None, metrics, None);
     }
 }
 
@@ -79,6 +138,8 @@ pub struct SavedState {
     pub metrics: ConnectionEvents,
     /// iotmon patch: when the session expires (MQTT 5 Session Expiry Interval).
     pub expires_at: Option<Instant>,
+    /// iotmon patch: which save this is (see `Graveyard::order`).
+    generation: u64,
 }
 
 #[derive(Debug)]

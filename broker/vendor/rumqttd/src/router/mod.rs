@@ -294,6 +294,11 @@ pub struct RouterMeter {
     pub ingest_pauses: usize,
     /// iotmon patch: whether publishers are paused for a lossless subscriber right now.
     pub ingest_paused: bool,
+    /// iotmon patch: sessions kept for disconnected clients (persistent sessions).
+    pub saved_sessions: usize,
+    /// iotmon patch: saved sessions dropped since the last report, the oldest past
+    /// `RouterConfig::max_saved_sessions` or expired.
+    pub sessions_dropped: usize,
 }
 
 impl RouterMeter {
@@ -315,6 +320,7 @@ impl RouterMeter {
         self.total_publishes = 0;
         self.failed_publishes = 0;
         self.ingest_pauses = 0;
+        self.sessions_dropped = 0;
     }
 }
 

@@ -137,7 +137,7 @@ impl Router {
         Router {
             id: router_id,
             config: config.clone(),
-            graveyard: Graveyard::new(),
+            graveyard: Graveyard::new(config.max_saved_sessions),
             meters,
             alerts,
             connections,
@@ -1384,6 +1384,9 @@ impl Router {
         let mut meters = Vec::with_capacity(10);
         // iotmon patch: see `RouterMeter::ingest_paused`.
         self.router_meters.ingest_paused = self.ingest_paused;
+        // iotmon patch: see `RouterMeter::saved_sessions`.
+        self.router_meters.saved_sessions = self.graveyard.len();
+        self.router_meters.sessions_dropped += std::mem::take(&mut self.graveyard.dropped);
         if let Some(router_meter) = self.router_meters.get() {
             meters.push(Meter::Router(self.id, router_meter));
         }
