@@ -1610,9 +1610,11 @@ async fn disk(
         log_file: Some(log_file.clone()),
         ..Options::default()
     };
+    // Alerts too: their store (alerts.db) is on the same full disk.
+    let rule = Some(STICKY_RULE.to_string());
+    let anomaly_rate = config.anomaly_rate.unwrap_or(ANOMALY_RATE);
     let mut serve =
-        Measured::start_iotmon_with(&config.iotmon, "serve", None, config.config_args(), options)
-            .await?;
+        Measured::start_iotmon_with(&config.iotmon, "serve", rule, Vec::new(), options).await?;
     let http = http_of(&serve)?;
     let running = start_fleet(
         serve.mqtt,
@@ -1620,12 +1622,14 @@ async fn disk(
         devices,
         interval_of(config),
         config.devices_per_connection.unwrap_or(GATEWAY),
-        0.0,
+        anomaly_rate,
         shutdown,
     )
     .await?;
     let mut load = good_viewers(config, devices);
     load.viewers = load.viewers.min(10);
+    // Some of them subscribe to the top-level groups, so every alert reaches a viewer.
+    load.anomaly_rate = anomaly_rate;
     let mut viewers = start_viewers(&http, &load, shutdown).await?;
     pause(config.warmup, shutdown).await;
 
@@ -1637,7 +1641,10 @@ async fn disk(
         .await
         .map_err(|error| failed(format!("filling: {error}")))?
         .map_err(|error| failed(format!("filling: {error}")))?;
+    let full_started_ms = iotmon_wire::unix_millis();
     let ingested_full_start = ingested(&http).await?;
+    let raised_before = counter(&http, "iotmon_alerts_raised_total").await?;
+    let alert_errors_before = counter(&http, "iotmon_alert_store_errors_total").await?;
     viewers.start_window();
     let full_started = Instant::now();
     pause(config.measure, shutdown).await;
@@ -1647,6 +1654,9 @@ async fn disk(
     let errors_full = counter(&http, "iotmon_store_errors_total").await? - errors_before;
     let rows_full = counter(&http, "iotmon_store_rollup_rows_total").await? - rows_before;
     let alive_full = serve.exited().is_none();
+    let raised_full = counter(&http, "iotmon_alerts_raised_total").await? - raised_before;
+    let alert_errors_full =
+        counter(&http, "iotmon_alert_store_errors_total").await? - alert_errors_before;
 
     std::fs::remove_file(&filler).map_err(|error| failed(format!("freeing: {error}")))?;
     let freed_ms = iotmon_wire::unix_millis();
@@ -1671,6 +1681,15 @@ async fn disk(
     .map(|body| history_count(&body).unwrap_or(0))
     .unwrap_or(0);
     let alive = serve.exited().is_none();
+    // The alerts raised while the disk was full, from the alert store's history.
+    let stored_alerts = http_get(
+        &http,
+        &format!("/api/alerts?from={full_started_ms}&to={freed_ms}&limit=1000"),
+    )
+    .await
+    .map_err(BenchError::from)
+    .and_then(|body| parse_alerts(&body))
+    .map_or(0, |alerts| alerts.len() as u64);
     viewers.stop().await;
     running.fleet.stop().await;
     serve.kill_hard();
@@ -1733,6 +1752,22 @@ async fn disk(
                 "",
             ),
             figure("viewers lost", after.disconnects as f64, ""),
+            figure("alerts raised while full", raised_full as f64, ""),
+            figure(
+                "alert raises seen by viewers while full",
+                while_full.alert_latency.count as f64,
+                "",
+            ),
+            figure(
+                "alert store errors while full (kept, retried)",
+                alert_errors_full as f64,
+                "",
+            ),
+            figure(
+                "of the alerts raised while full, in the alert store afterwards",
+                stored_alerts as f64,
+                "",
+            ),
         ],
         targets: vec![
             Target {
@@ -1764,6 +1799,12 @@ async fn disk(
                     "{errors_after} errors, {rows_after} rows, {history} readings in history"
                 ),
                 met: alive && errors_after == 0 && rows_after > 0 && history > 0,
+            },
+            Target {
+                what: "alerts raised while full are kept".into(),
+                target: "every one in the alert store once space returns".into(),
+                measured: format!("{stored_alerts} of {raised_full}"),
+                met: stored_alerts >= raised_full,
             },
         ],
         notes,
