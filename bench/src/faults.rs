@@ -940,6 +940,7 @@ async fn influx(
     let watcher = tokio::spawn(watch_outbox(http.clone(), stop_watch.clone()));
 
     let written_before = counter(&http, "iotmon_influx_points_written_total").await?;
+    let store_errors_before = counter(&http, "iotmon_store_errors_total").await?;
     let data = victoria.stop()?;
     let outage_started = Instant::now();
     pause(config.outage, shutdown).await;
@@ -960,6 +961,8 @@ async fn influx(
     let written = metric_value(&text, "iotmon_influx_points_written_total").unwrap_or(0);
     let dropped = metric_value(&text, "iotmon_influx_points_dropped_total").unwrap_or(0);
     let write_errors = metric_value(&text, "iotmon_influx_write_errors_total").unwrap_or(0);
+    let store_errors =
+        metric_value(&text, "iotmon_store_errors_total").unwrap_or(0) - store_errors_before;
     // victoria-metrics makes what it accepted searchable within a second or so.
     sleep(Duration::from_secs(3)).await;
     let fine = tally(
@@ -1009,6 +1012,11 @@ async fn influx(
             ),
             figure("10 s points stored twice", fine.duplicates as f64, ""),
             figure("points dropped from the outbox", dropped as f64, ""),
+            figure(
+                "store transactions failed meanwhile (iotmon_store_errors_total)",
+                store_errors as f64,
+                "",
+            ),
         ],
         targets: vec![
             Target {
@@ -1032,6 +1040,12 @@ async fn influx(
                     catch_up.as_secs_f64()
                 ),
                 met: peak <= max_outbox && drained,
+            },
+            Target {
+                what: "the store unharmed by the outage and the catch-up".into(),
+                target: "0 failed store transactions".into(),
+                measured: store_errors.to_string(),
+                met: store_errors == 0,
             },
         ],
         notes: vec![format!(
