@@ -46,7 +46,7 @@ pub enum Command {
     /// Simulated devices publishing readings to a broker (or `simulate viewers`).
     Simulate(SimulateArgs),
     /// A whole scenario on this machine (iotmon as a child process, fleet and viewers), with
-    /// a report: reference, stress, fanout or broker.
+    /// a report: reference, stress, fanout, broker, viewer-cost or faults.
     Bench(BenchArgs),
     /// Prints the default configuration file; with --check FILE, checks FILE instead (every
     /// setting and alert rule, with the line at fault) and lists its alert rules.
@@ -307,7 +307,7 @@ impl FleetFlags {
 /// `iotmon bench <scenario>`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// reference, stress, fanout, broker or viewer-cost.
+    /// reference, stress, fanout, broker, viewer-cost or faults.
     pub scenario: iotmon_bench::Scenario,
     /// Devices in the fleet (default: the scenario's).
     #[arg(long)]
@@ -365,6 +365,20 @@ pub struct BenchArgs {
     /// broker: search iotmon's broker only, without mosquitto (e.g. to compare builds).
     #[arg(long)]
     pub iotmon_only: bool,
+    /// faults: which to run, in order: kill (kill -9 of serve), influx (an InfluxDB outage),
+    /// stalled (viewers that never read), storm (a reconnect storm), disk (a full disk).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "kill,influx,stalled,storm,disk"
+    )]
+    pub faults: Vec<iotmon_bench::FaultKind>,
+    /// faults: how long the InfluxDB server stays down.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub outage: Duration,
+    /// faults: viewers that connect, send a view and never read.
+    #[arg(long)]
+    pub stalled: Option<usize>,
     /// The iotmon binary to measure (default: this one), e.g. another build to compare.
     #[arg(long)]
     pub iotmon: Option<PathBuf>,
@@ -403,6 +417,9 @@ impl BenchArgs {
             fleets: self.fleets.clone(),
             write_batch: self.write_batch,
             iotmon_only: self.iotmon_only,
+            faults: self.faults.clone(),
+            outage: self.outage,
+            stalled: self.stalled,
             ..iotmon_bench::BenchConfig::new(iotmon, self.scenario)
         })
     }

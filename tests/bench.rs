@@ -270,3 +270,63 @@ fn a_tiny_viewer_cost_run_measures_each_fleet_with_and_without_viewers() {
     assert_eq!(targets.len(), 4);
     assert!(targets.iter().all(|target| target["met"].is_boolean()));
 }
+
+/// A figure of a fault's section by what it is.
+fn fault_figure(section: &Value, what: &str) -> f64 {
+    section["figures"]
+        .as_array()
+        .expect("figures")
+        .iter()
+        .find(|figure| figure["what"] == what)
+        .and_then(|figure| figure["value"].as_f64())
+        .unwrap_or_else(|| panic!("{what} in {section}"))
+}
+
+#[test]
+fn a_tiny_fault_run_kills_and_restarts_serve_and_storms_both_brokers() {
+    let report = bench(&[
+        "faults",
+        "--faults",
+        "kill,storm",
+        "--devices",
+        "40",
+        "--interval",
+        "400ms",
+        "--anomaly-rate",
+        "0.05",
+        "--warmup",
+        "500ms",
+        "--measure",
+        "2s",
+    ]);
+    assert_eq!(report["scenario"], "faults");
+    let sections = report["faults"].as_array().expect("faults");
+    let names: Vec<&str> = sections
+        .iter()
+        .map(|section| section["fault"].as_str().expect("fault"))
+        .collect();
+    assert_eq!(names, ["kill", "storm"]);
+    let kill = &sections[0];
+    assert!(
+        fault_figure(kill, "held by the store afterwards") > 0.0,
+        "{kill}"
+    );
+    let ingested = fault_figure(kill, "ingested before the kill")
+        + fault_figure(kill, "ingested after the restart");
+    let lost = fault_figure(kill, "lost by iotmon (ingested, not stored)");
+    assert_eq!(
+        ingested - fault_figure(kill, "left out of rollups as late") - lost,
+        fault_figure(kill, "held by the store afterwards"),
+        "the loss adds up: {kill}"
+    );
+    let storm = &sections[1];
+    assert_eq!(
+        fault_figure(storm, "iotmon broker: connected"),
+        40.0,
+        "{storm}"
+    );
+    assert_eq!(fault_figure(storm, "mosquitto: connected"), 40.0, "{storm}");
+    let targets = report["targets"].as_array().expect("targets");
+    assert_eq!(targets.len(), 2);
+    assert!(targets.iter().all(|target| target["met"].is_boolean()));
+}

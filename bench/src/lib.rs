@@ -14,10 +14,13 @@
 //!   subscriber, with `iotmon_probe::mqtt`'s packets).
 //! - `viewer_cost`: what one viewer costs as the fleet grows, from load points with and
 //!   without viewers.
+//! - `faults`: faults iotmon should survive (kill -9, an InfluxDB outage, stalled viewers, a
+//!   reconnect storm, a full disk), each with what was lost.
 //! - `report`: what a scenario prints.
 
 mod broker;
 mod error;
+mod faults;
 mod load;
 pub mod process;
 pub mod report;
@@ -33,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 use iotmon_simulator::Qos;
 
 pub use error::BenchError;
+pub use faults::{FaultKind, FaultReport, Figure};
 pub use report::BenchReport;
 
 /// A benchmark scenario.
@@ -50,6 +54,9 @@ pub enum Scenario {
     /// What each viewer costs (CPU, memory, bytes/s) at fleets of 1K, 10K and 100K devices
     /// with 5K viewers × 100 visible.
     ViewerCost,
+    /// Faults survived, each with what was lost: `kill -9` of serve, an InfluxDB outage,
+    /// stalled viewers, a reconnect storm, a full disk.
+    Faults,
 }
 
 impl FromStr for Scenario {
@@ -62,8 +69,9 @@ impl FromStr for Scenario {
             "fanout" => Ok(Scenario::Fanout),
             "broker" => Ok(Scenario::Broker),
             "viewer-cost" => Ok(Scenario::ViewerCost),
+            "faults" => Ok(Scenario::Faults),
             other => Err(format!(
-                "unknown scenario {other:?}: use reference, stress, fanout, broker or viewer-cost"
+                "unknown scenario {other:?}: use reference, stress, fanout, broker, viewer-cost or faults"
             )),
         }
     }
@@ -118,6 +126,12 @@ pub struct BenchConfig {
     pub write_batch: Option<usize>,
     /// `broker`: search iotmon's broker only, without mosquitto (e.g. to compare builds).
     pub iotmon_only: bool,
+    /// `faults`: which faults to run, in order.
+    pub faults: Vec<FaultKind>,
+    /// `faults`: how long the InfluxDB server stays down.
+    pub outage: Duration,
+    /// `faults`: viewers that connect and never read (default 1,000).
+    pub stalled: Option<usize>,
 }
 
 impl BenchConfig {
@@ -144,6 +158,9 @@ impl BenchConfig {
             step_factor: 1.5,
             fleets: viewer_cost::DEFAULT_FLEETS.to_vec(),
             write_batch: None,
+            faults: FaultKind::ALL.to_vec(),
+            outage: faults::DEFAULT_OUTAGE,
+            stalled: None,
         }
     }
 
@@ -173,6 +190,14 @@ impl BenchConfig {
         if self.write_batch == Some(0) {
             return Err(BenchError::Failed("--write-batch must be positive".into()));
         }
+        if self.scenario == Scenario::Faults && self.faults.is_empty() {
+            return Err(BenchError::Failed(
+                "--faults needs at least one fault".into(),
+            ));
+        }
+        if self.devices == Some(0) {
+            return Err(BenchError::Failed("--devices must be positive".into()));
+        }
         if self.connections.is_empty() || self.qos.is_empty() || self.fleets.is_empty() {
             return Err(BenchError::Failed(
                 "--connections, --qos and --fleets need at least one value".into(),
@@ -197,6 +222,7 @@ pub async fn run(
         Scenario::Fanout => serve::fanout(&config, &shutdown).await,
         Scenario::Broker => broker::compare(&config, &shutdown).await,
         Scenario::ViewerCost => viewer_cost::viewer_cost(&config, &shutdown).await,
+        Scenario::Faults => faults::faults(&config, &shutdown).await,
     }
 }
 
@@ -237,6 +263,7 @@ mod tests {
             ("fanout", Scenario::Fanout),
             ("broker", Scenario::Broker),
             ("viewer-cost", Scenario::ViewerCost),
+            ("faults", Scenario::Faults),
         ] {
             assert_eq!(name.parse(), Ok(scenario));
             let config = BenchConfig::new("iotmon".into(), scenario);

@@ -240,7 +240,7 @@ async fn open_connections(
 }
 
 /// TCP connect, CONNECT, and wait for a CONNACK that accepts.
-async fn connect(broker: SocketAddr, client_id: &str) -> std::io::Result<TcpStream> {
+pub(crate) async fn connect(broker: SocketAddr, client_id: &str) -> std::io::Result<TcpStream> {
     let mut stream = TcpStream::connect(broker).await?;
     stream.set_nodelay(true)?;
     let mut packet = Vec::with_capacity(64);

@@ -26,8 +26,27 @@ pub struct Measured {
     pub mqtt: SocketAddr,
     /// Its HTTP listener, when it has one.
     pub http: Option<SocketAddr>,
-    /// A directory of its own (data dir or config), removed on drop.
+    /// A directory of its own (data dir or config), removed on drop unless the caller gave it
+    /// (see [`Options::data_dir`]).
     dir: PathBuf,
+    /// Whether `dir` is this process's own, to remove on drop.
+    owns_dir: bool,
+}
+
+/// How to start `iotmon` beyond the defaults of [`Measured::iotmon`]: what the fault bench
+/// needs to kill a process and start another on the same data and the same ports, or to put
+/// the data on a filesystem of its own.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// The data directory; it outlives the process (the caller removes it). `None`: a
+    /// scratch directory of the process's own, removed with it.
+    pub data_dir: Option<PathBuf>,
+    /// The MQTT listener's address instead of a free port.
+    pub mqtt_listen: Option<SocketAddr>,
+    /// The HTTP listener's address instead of a free port (`serve`).
+    pub http_listen: Option<SocketAddr>,
+    /// Where its standard error (the log) goes instead of the bench's own.
+    pub log_file: Option<PathBuf>,
 }
 
 /// CPU time and memory of a process at one moment.
@@ -54,20 +73,36 @@ impl Measured {
         config: Option<&str>,
         extra: &[String],
     ) -> Result<Measured, BenchError> {
-        let dir = scratch_dir(role)?;
-        let mut args: Vec<String> = [
-            role,
-            "--mqtt-listen",
-            "127.0.0.1:0",
-            "--allow-anonymous",
-            "--data-dir",
-        ]
-        .iter()
-        .map(|arg| (*arg).to_string())
-        .collect();
+        Measured::iotmon_with(exe, role, config, extra, &Options::default())
+    }
+
+    /// [`Measured::iotmon`] with [`Options`].
+    ///
+    /// # Errors
+    /// As [`Measured::iotmon`], or the log file cannot be created.
+    pub fn iotmon_with(
+        exe: &Path,
+        role: &str,
+        config: Option<&str>,
+        extra: &[String],
+        options: &Options,
+    ) -> Result<Measured, BenchError> {
+        let (dir, owns_dir) = match &options.data_dir {
+            Some(dir) => (dir.clone(), false),
+            None => (scratch_dir(role)?, true),
+        };
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        let mut args: Vec<String> = vec![
+            role.to_string(),
+            "--mqtt-listen".into(),
+            options.mqtt_listen.unwrap_or(loopback).to_string(),
+            "--allow-anonymous".into(),
+            "--data-dir".into(),
+        ];
         args.push(dir.display().to_string());
         if role == "serve" {
-            args.extend(["--http-listen".into(), "127.0.0.1:0".into()]);
+            let http = options.http_listen.unwrap_or(loopback);
+            args.extend(["--http-listen".into(), http.to_string()]);
         }
         if let Some(text) = config {
             let path = dir.join("iotmon.toml");
@@ -76,12 +111,19 @@ impl Measured {
             args.extend(["--config".into(), path.display().to_string()]);
         }
         args.extend(extra.iter().cloned());
+        let stderr = match &options.log_file {
+            Some(path) => Stdio::from(
+                std::fs::File::create(path)
+                    .map_err(|error| fail(format!("cannot create {}: {error}", path.display())))?,
+            ),
+            None => Stdio::inherit(),
+        };
         let mut child = Command::new(exe)
             .args(&args)
             .env("RUST_LOG", "warn,rumqttd=off")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .map_err(|error| fail(format!("cannot start {}: {error}", exe.display())))?;
         let stdout = child
@@ -102,6 +144,7 @@ impl Measured {
             mqtt: SocketAddr::from(([127, 0, 0, 1], 0)),
             http: None,
             dir,
+            owns_dir,
         };
         let wants_http = role == "serve";
         let deadline = Instant::now() + START_DEADLINE;
@@ -156,6 +199,7 @@ impl Measured {
             mqtt: SocketAddr::from(([127, 0, 0, 1], port)),
             http: None,
             dir,
+            owns_dir: true,
         };
         let deadline = Instant::now() + START_DEADLINE;
         while TcpStream::connect(measured.mqtt).is_err() {
@@ -187,6 +231,25 @@ impl Measured {
             .map_err(|error| fail(format!("starting iotmon {role}: {error}")))?
     }
 
+    /// [`Measured::iotmon_with`] off the async workers.
+    ///
+    /// # Errors
+    /// As [`Measured::iotmon_with`].
+    pub async fn start_iotmon_with(
+        exe: &Path,
+        role: &'static str,
+        config: Option<String>,
+        extra: Vec<String>,
+        options: Options,
+    ) -> Result<Measured, BenchError> {
+        let exe = exe.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            Measured::iotmon_with(&exe, role, config.as_deref(), &extra, &options)
+        })
+        .await
+        .map_err(|error| fail(format!("starting iotmon {role}: {error}")))?
+    }
+
     /// [`Measured::mosquitto`] off the async workers.
     ///
     /// # Errors
@@ -200,6 +263,18 @@ impl Measured {
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Kills it with SIGKILL (`kill -9`: no flush, no goodbye) and reaps it.
+    pub fn kill_hard(&mut self) {
+        // An error means it has already exited.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Whether it has exited, and how.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 
     /// Its CPU time and peak memory now.
@@ -216,7 +291,9 @@ impl Drop for Measured {
         // Errors mean it has already exited, which is what we want.
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if self.owns_dir {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
@@ -265,14 +342,14 @@ fn parse_addr(text: &str) -> Result<SocketAddr, BenchError> {
 }
 
 /// A loopback port nothing listens on right now: bound by the OS, then released.
-fn free_port() -> Result<u16, BenchError> {
+pub(crate) fn free_port() -> Result<u16, BenchError> {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .map(|addr| addr.port())
         .map_err(|error| fail(format!("no free port: {error}")))
 }
 
-fn scratch_dir(tag: &str) -> Result<PathBuf, BenchError> {
+pub(crate) fn scratch_dir(tag: &str) -> Result<PathBuf, BenchError> {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |since| since.subsec_nanos());

@@ -398,6 +398,13 @@ pub enum BenchReport {
         fleets: Vec<ViewerCost>,
         targets: Vec<Target>,
     },
+    Faults {
+        machine: Machine,
+        /// One section per fault, with its own targets.
+        faults: Vec<crate::FaultReport>,
+        /// One per fault: survived when every target of its section was met.
+        targets: Vec<Target>,
+    },
 }
 
 impl BenchReport {
@@ -408,7 +415,8 @@ impl BenchReport {
             | BenchReport::Stress { targets, .. }
             | BenchReport::Fanout { targets, .. }
             | BenchReport::Broker { targets, .. }
-            | BenchReport::ViewerCost { targets, .. } => targets,
+            | BenchReport::ViewerCost { targets, .. }
+            | BenchReport::Faults { targets, .. } => targets,
         }
     }
 }
@@ -497,6 +505,15 @@ impl fmt::Display for BenchReport {
                 )?;
                 for fleet in fleets {
                     writeln!(f, "{fleet}")?;
+                }
+                machine
+            }
+            BenchReport::Faults {
+                machine, faults, ..
+            } => {
+                writeln!(f, "bench faults: faults survived, with what was lost")?;
+                for fault in faults {
+                    writeln!(f, "{fault}")?;
                 }
                 machine
             }

@@ -428,7 +428,7 @@ fn top_level_groups(devices: &[iotmon_simulator::SimulatedDevice]) -> Vec<String
 /// Opens the viewers on the fleet's device ids and waits until all are connected (or the
 /// limit passes: the report then shows how many were). With anomalies, some of them also
 /// subscribe to the fleet's top-level groups, so that every alert has viewers.
-async fn start_viewers(
+pub(crate) async fn start_viewers(
     http: &str,
     load: &Load,
     shutdown: &CancellationToken,
@@ -500,7 +500,7 @@ impl WindowEdge {
 
 /// Polls `/metrics` until iotmon has ingested `count` readings, or [`SETTLE_LIMIT`] passes
 /// (then the run goes on: the report shows what was lost).
-async fn wait_for_ingest(http: &str, count: u64) -> Result<(), BenchError> {
+pub(crate) async fn wait_for_ingest(http: &str, count: u64) -> Result<(), BenchError> {
     let deadline = Instant::now() + SETTLE_LIMIT;
     while ingested(http).await? < count && Instant::now() < deadline {
         sleep(Duration::from_millis(100)).await;
@@ -510,7 +510,7 @@ async fn wait_for_ingest(http: &str, count: u64) -> Result<(), BenchError> {
 
 /// Waits until iotmon has ingested `published` readings, or its count stops moving for two
 /// seconds, or [`DRAIN_LIMIT`] passes; returns the final count.
-async fn drain(http: &str, published: u64) -> Result<u64, BenchError> {
+pub(crate) async fn drain(http: &str, published: u64) -> Result<u64, BenchError> {
     let deadline = Instant::now() + DRAIN_LIMIT;
     let mut last = (ingested(http).await?, Instant::now());
     loop {
@@ -528,7 +528,7 @@ async fn drain(http: &str, published: u64) -> Result<u64, BenchError> {
 }
 
 /// `iotmon_ingest_readings_total` from `/metrics`.
-async fn ingested(http: &str) -> Result<u64, BenchError> {
+pub(crate) async fn ingested(http: &str) -> Result<u64, BenchError> {
     ingested_in(&http_get(http, "/metrics").await?)
 }
 

@@ -13,7 +13,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use tracing::{error, info};
 
 use crate::config::BridgeConfig;
@@ -192,7 +192,7 @@ impl Writer {
     /// # Errors
     /// Any statement failed; the transaction is rolled back.
     pub fn write(&mut self, batches: &[StoreBatch]) -> Result<(), StoreError> {
-        let tx = self.connection.transaction()?;
+        let tx = begin_writing(&mut self.connection)?;
         for batch in batches {
             for entry in &batch.devices {
                 registry::upsert(&tx, entry)?;
@@ -262,7 +262,7 @@ impl Writer {
         let Some((pass, started_ms)) = self.merge.take() else {
             return Ok(());
         };
-        let tx = self.connection.transaction()?;
+        let tx = begin_writing(&mut self.connection)?;
         let (pass, _moved) = recent::merge_slice(&tx, pass, self.merge_slice_rows)?;
         tx.commit()?;
         if pass.is_done() {
@@ -286,7 +286,7 @@ impl Writer {
     /// # Errors
     /// Any statement failed; that pass is rolled back and retried next time.
     pub fn maintain(&mut self, now_ms: i64) -> Result<(), StoreError> {
-        let tx = self.connection.transaction()?;
+        let tx = begin_writing(&mut self.connection)?;
         let mut cascaded = 0;
         for index in 1..self.tiers.len() {
             cascaded += cascade(
@@ -343,6 +343,15 @@ impl Writer {
             error!(error = %failure, "store write failed; batch lost (see iotmon_store_errors_total)");
         }
     }
+}
+
+/// Begins a transaction that holds the write lock from its start (`BEGIN IMMEDIATE`),
+/// waiting for it as long as the busy timeout allows. The InfluxDB sender deletes sent
+/// entries through a connection of its own: a deferred transaction that had read before
+/// such a delete committed could not upgrade to writing and failed at once with
+/// SQLITE_BUSY, without waiting, losing its batch.
+fn begin_writing(connection: &mut Connection) -> rusqlite::Result<Transaction<'_>> {
+    connection.transaction_with_behavior(TransactionBehavior::Immediate)
 }
 
 fn cascade_key(width: i64) -> String {

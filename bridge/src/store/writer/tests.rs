@@ -269,6 +269,67 @@ fn a_full_disk_is_counted_and_the_writer_goes_on() {
     assert_eq!(count_rows(&writer, 10_000), 1);
 }
 
+/// The InfluxDB sender deletes each entry it has sent from the outbox through a connection
+/// of its own, back to back while it catches up after an outage. A transaction of the
+/// writer that read before that delete committed must wait for the lock, not fail: begun
+/// deferred, its first write after a read failed at once with SQLITE_BUSY ("database is
+/// locked", no busy wait), and the batch or maintenance pass was lost.
+#[test]
+fn writes_wait_for_the_outbox_sender_instead_of_failing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = BridgeConfig::default();
+    config.influx.enabled = true;
+    let counters = Arc::new(BridgeCounters::default());
+    let connection = schema::open(&db_path(dir.path())).expect("open");
+    let mut writer = Writer::new(connection, &config, counters.clone(), T0).expect("writer");
+    let sender_connection = schema::open(&db_path(dir.path())).expect("open");
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sender_done = Arc::clone(&done);
+    let sender = std::thread::spawn(move || {
+        let mut deletes = 0u64;
+        while !sender_done.load(Ordering::Relaxed) {
+            sender_connection
+                .execute(
+                    "INSERT INTO influx_outbox (lines, points, bytes) VALUES ('x', 1, 1)",
+                    [],
+                )
+                .expect("insert");
+            sender_connection
+                .execute(
+                    "DELETE FROM influx_outbox WHERE seq = (SELECT MIN(seq) FROM influx_outbox)",
+                    [],
+                )
+                .expect("delete");
+            deletes += 1;
+        }
+        deletes
+    });
+    let devices: Vec<String> = (0..50).map(|i| format!("d{i}")).collect();
+    for window in 0..200 {
+        let start = T0 + window * 10_000;
+        let registered = if window == 0 {
+            devices.iter().map(|device| entry(device)).collect()
+        } else {
+            vec![]
+        };
+        let rows = batch(
+            registered,
+            devices
+                .iter()
+                .map(|device| delta(device, start, 1.0, start))
+                .collect(),
+        );
+        writer.write(&[rows]).expect("write beside the sender");
+        writer
+            .maintain(start + 10_000 + 7_000)
+            .expect("maintenance beside the sender");
+    }
+    done.store(true, Ordering::Relaxed);
+    let deletes = sender.join().expect("sender");
+    assert!(deletes > 0, "the sender ran alongside");
+    assert_eq!(counters.store_errors.load(Ordering::Relaxed), 0);
+}
+
 /// Sum of the counts of every point of d1's `t` over the first hour.
 /// Stands in for a full disk: SQLite's page limit set to the pages in use, so the next
 /// growth of the file fails with SQLITE_FULL.
