@@ -865,27 +865,41 @@ impl Hub {
                 .as_ref()
                 .is_some_and(|alerting| alerting.contains(&*state.id)),
         };
-        let mut matching: Vec<&DeviceState> = self
+        let matching = self
             .order
             .iter()
             .filter(matches)
             .filter_map(|(_, id)| self.devices.get(id).map(|entry| &entry.state))
-            .filter(|state| in_status(state))
-            .collect();
-        let total = matching.len();
-        let devices = if query.sort == DeviceSort::Group && !query.descending {
-            // Already in order.
-            let end = total.min(query.offset.saturating_add(query.limit));
-            matching.get(query.offset..end).unwrap_or_default().to_vec()
+            .filter(|state| in_status(state));
+        let (total, devices) = if query.sort == DeviceSort::Group && !query.descending {
+            // Already in order: counted and paged in one pass, nothing collected but the page.
+            let mut total = 0;
+            let mut page = Vec::new();
+            for (index, state) in matching.enumerate() {
+                total += 1;
+                if index >= query.offset && page.len() < query.limit {
+                    page.push(state.clone());
+                }
+            }
+            (total, page)
         } else {
-            let compare = device_order(&query.sort, query.descending);
-            select_page(&mut matching, query.offset, query.limit, compare).to_vec()
+            // Each device's sort key is read once, not at every comparison.
+            let mut keyed: Vec<(SortKey, &DeviceState)> = matching
+                .map(|state| (SortKey::of(state, &query.sort), state))
+                .collect();
+            let total = keyed.len();
+            let compare = device_order(query.descending);
+            let page = select_page(&mut keyed, query.offset, query.limit, compare);
+            (
+                total,
+                page.iter().map(|(_, state)| (*state).clone()).collect(),
+            )
         };
         DevicePage {
             total,
             offset: query.offset,
             limit: query.limit,
-            devices: devices.into_iter().cloned().collect(),
+            devices,
         }
     }
 
@@ -899,36 +913,53 @@ impl Hub {
     }
 }
 
-/// How two devices compare in `sort`: its key (reversed when `descending`), then group path
-/// and id, so the order is total and pages are stable.
-fn device_order(
-    sort: &DeviceSort,
-    descending: bool,
-) -> impl Fn(&&DeviceState, &&DeviceState) -> Order + '_ {
-    let directed = move |order: Order| if descending { order.reverse() } else { order };
-    move |a: &&DeviceState, b: &&DeviceState| {
-        let primary = match sort {
-            DeviceSort::Group => directed(Order::Equal),
-            DeviceSort::Id => directed(a.id.cmp(&b.id)),
-            DeviceSort::LastSeen => directed(a.ts.cmp(&b.ts)),
-            DeviceSort::Metric(name) => {
-                let value = |state: &DeviceState| {
-                    state.metrics.get(name.as_str()).map(|value| value.as_f64())
-                };
-                match (value(a), value(b)) {
-                    (Some(x), Some(y)) => directed(x.total_cmp(&y)),
-                    // Without the metric: last, whichever the direction.
-                    (Some(_), None) => Order::Less,
-                    (None, Some(_)) => Order::Greater,
-                    (None, None) => Order::Equal,
-                }
-            }
-        };
-        let tie = || (&a.group, &a.id).cmp(&(&b.group, &b.id));
+/// A device's key in a [`DeviceSort`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum SortKey<'a> {
+    /// Sorting by group: the tie-break is the whole order.
+    Group,
+    Text(&'a str),
+    Time(i64),
+    Number(f64),
+    /// The metric sorted by is absent.
+    Missing,
+}
+
+impl<'a> SortKey<'a> {
+    fn of(state: &'a DeviceState, sort: &DeviceSort) -> Self {
         match sort {
-            DeviceSort::Group if descending => tie().reverse(),
-            _ => primary.then_with(tie),
+            DeviceSort::Group => SortKey::Group,
+            DeviceSort::Id => SortKey::Text(&state.id),
+            DeviceSort::LastSeen => SortKey::Time(state.ts),
+            DeviceSort::Metric(name) => state
+                .metrics
+                .get(name.as_str())
+                .map_or(SortKey::Missing, |value| SortKey::Number(value.as_f64())),
         }
+    }
+}
+
+/// How two keyed devices compare: the key (reversed when `descending`), then group path and
+/// id ascending, so the order is total and pages are stable. Devices without the metric
+/// sorted by come last in either direction; sorting by group descending reverses it all.
+fn device_order<'a>(
+    descending: bool,
+) -> impl Fn(&(SortKey<'a>, &'a DeviceState), &(SortKey<'a>, &'a DeviceState)) -> Order {
+    let directed = move |order: Order| if descending { order.reverse() } else { order };
+    move |(a_key, a), (b_key, b)| {
+        let tie = || (&a.group, &a.id).cmp(&(&b.group, &b.id));
+        let primary = match (a_key, b_key) {
+            (SortKey::Group, _) => return directed(tie()),
+            (SortKey::Text(x), SortKey::Text(y)) => directed(x.cmp(y)),
+            (SortKey::Time(x), SortKey::Time(y)) => directed(x.cmp(y)),
+            (SortKey::Number(x), SortKey::Number(y)) => directed(x.total_cmp(y)),
+            (SortKey::Missing, SortKey::Missing) => Order::Equal,
+            (SortKey::Missing, _) => Order::Greater,
+            (_, SortKey::Missing) => Order::Less,
+            // One sort gives every device the same kind of key.
+            _ => Order::Equal,
+        };
+        primary.then_with(tie)
     }
 }
 
