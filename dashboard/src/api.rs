@@ -44,9 +44,28 @@ const ASSETS: &[(&str, &str, &str)] = &[
         include_str!("../assets/alert-model.js"),
     ),
     ("detail.js", JS, include_str!("../assets/detail.js")),
+    ("chart.js", JS, include_str!("../assets/chart.js")),
+    ("grid-model.js", JS, include_str!("../assets/grid-model.js")),
+    // uPlot, vendored (see assets/VENDORED.md), loaded when a device panel first opens.
+    (
+        "uPlot.iife.min.js",
+        JS,
+        include_str!("../assets/uPlot.iife.min.js"),
+    ),
+    (
+        "uPlot.min.css",
+        CSS,
+        include_str!("../assets/uPlot.min.css"),
+    ),
+    (
+        "uPlot.LICENSE.txt",
+        TEXT,
+        include_str!("../assets/uPlot.LICENSE.txt"),
+    ),
 ];
 const JS: &str = "text/javascript; charset=utf-8";
 const CSS: &str = "text/css; charset=utf-8";
+const TEXT: &str = "text/plain; charset=utf-8";
 
 /// Most devices one `/api/devices` page may hold.
 const MAX_PAGE: usize = 500;

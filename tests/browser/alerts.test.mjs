@@ -85,8 +85,11 @@ test('the page subscribes to every top-level group, so it receives the whole fle
   await waitHere('a groups subscription naming lab and site-1', () =>
     frames.sent.some((m) => m.type === 'groups' && m.groups.includes('lab') && m.groups.includes('site-1')), 20_000);
   const subscribedAt = frames.sent.findLast((m) => m.type === 'groups').seenAt;
-  await waitHere('the snapshot answering the subscription', () =>
-    frames.received.some((m) => m.type === 'snapshot' && m.seenAt >= subscribedAt && m.groups?.some((g) => g.group === 'lab')), 10_000);
+  // The snapshot answering it carries lab's aggregate if the bridge has made one yet; if not,
+  // the next update does.
+  await waitHere('lab\'s aggregate since the subscription', () =>
+    frames.received.some((m) => (m.type === 'snapshot' || m.type === 'update') && m.seenAt >= subscribedAt &&
+      m.groups?.some((g) => g.group === 'lab')), 10_000);
   await waitInPage('the panel to say there are no alerts',
     () => document.querySelector('#alert-list')?.textContent.includes('No active alerts'), null, 5_000);
 });
