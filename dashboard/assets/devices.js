@@ -18,6 +18,10 @@ const SEARCH_DEBOUNCE_MS = 300;
 const VIEW_INTERVAL_MS = 300;
 const MAX_VIEW = 1000;                 // the server's default `max_view_devices`
 const CARD_METRICS = 4;                // metrics a card shows (fixed height)
+/** Page requests at once. A scroll bar dragged through 100,000 devices passes hundreds of
+ * pages: only those still on screen are fetched, nearest first, two at a time, and one scrolled
+ * past is abandoned (the server then skips it too). */
+const MAX_INFLIGHT = 2;
 
 const el = {
   total: $("total"), totalLabel: $("total-label"), age: $("age"), search: /** @type {HTMLInputElement} */ ($("search")),
@@ -286,12 +290,18 @@ function pageUrl(page) {
   return url;
 }
 
-/** Fetches the pages the rendered range needs that are missing or stale. */
+/** Fetches the pages the rendered range needs that are missing or stale; abandons others. */
 function fetchPages() {
   const now = Date.now();
   const pages = grid.loaded ? pagesFor(range.start, range.end) : [0];
-  for (const page of pages) {
-    if (inflight.has(page) || !cache.needsFetch(page, now)) continue;
+  for (const [page, ctl] of inflight) {
+    if (!pages.includes(page)) { ctl.abort(); inflight.delete(page); }
+  }
+  // Missing pages before stale ones: a stale page is still shown.
+  const wanted = pages.filter((p) => !inflight.has(p) && cache.needsFetch(p, now))
+    .sort((a, b) => Number(cache.pages.has(a)) - Number(cache.pages.has(b)));
+  for (const page of wanted) {
+    if (inflight.size >= MAX_INFLIGHT) break;
     fetchPage(page);
   }
 }
@@ -328,6 +338,7 @@ async function fetchPage(page) {
     if (err.name === "AbortError") return;
     el.error.textContent = `Could not load devices (${err.message}); retrying.`;
   } finally {
+    // A success renders, which fetches the next page if any; a failure waits for the refresh.
     if (inflight.get(page) === ctl) inflight.delete(page);
   }
 }

@@ -348,6 +348,10 @@ struct Viewer {
     groups: HashSet<GroupPath>,
     /// Subscribed to every group's aggregate ([`FLEET`]).
     fleet: bool,
+    /// The next snapshot must carry every subscribed aggregate: after a `groups` message, or
+    /// when the viewer fell behind. A fleet subscriber's snapshot answering a mere `view`
+    /// change leaves them out: it has them, and they are thousands (megabytes).
+    groups_owed: bool,
     /// Subscribed groups whose aggregate changed since the viewer's last frame.
     pending_groups: PendingGroups,
     /// A snapshot is owed instead of an update: after a new view, or after the viewer's queue
@@ -497,8 +501,11 @@ impl Hub {
                 let _ = reply.send(self.alerts.values().cloned().collect());
             }
             HubCommand::ListDevices { query, reply } => {
-                // The asker may have gone; nothing to do then.
-                let _ = reply.send(self.list(&query));
+                // A page scrolled past is abandoned by the browser before its turn comes:
+                // listing a large fleet is not free, and the hub has better things to do.
+                if !reply.is_closed() {
+                    let _ = reply.send(self.list(&query));
+                }
             }
         }
     }
@@ -511,6 +518,7 @@ impl Hub {
             pending: HashMap::new(),
             groups: HashSet::new(),
             fleet: false,
+            groups_owed: false,
             pending_groups: PendingGroups::default(),
             needs_snapshot: false,
             group_total: None,
@@ -569,6 +577,7 @@ impl Hub {
             return;
         };
         viewer.fleet = groups.iter().any(|group| &**group == FLEET);
+        viewer.groups_owed = true;
         if viewer.fleet {
             self.fleet_watchers.insert(id);
         } else {
@@ -778,9 +787,13 @@ impl Hub {
             return;
         };
         let mut groups_sent = 0;
+        let mut groups_in_snapshot = true;
         let (frame, is_snapshot) = if viewer.needs_snapshot {
-            // A fleet snapshot carries every group, once, like `/api/groups` does.
-            let groups = if viewer.fleet {
+            // A fleet snapshot carries every group, like `/api/groups` does, when it owes them.
+            let groups = if viewer.fleet && !viewer.groups_owed {
+                groups_in_snapshot = false;
+                Vec::new()
+            } else if viewer.fleet {
                 self.aggregates.values().collect()
             } else {
                 aggregates_of(&self.aggregates, viewer.groups.iter())
@@ -810,7 +823,10 @@ impl Hub {
                 viewer.pending.clear();
                 if is_snapshot {
                     viewer.needs_snapshot = false;
-                    viewer.pending_groups.clear();
+                    viewer.groups_owed = false;
+                    if groups_in_snapshot {
+                        viewer.pending_groups.clear();
+                    }
                 } else {
                     viewer.pending_groups.remove_first(groups_sent);
                 }
@@ -836,6 +852,7 @@ impl Hub {
             self.stats.resync_snapshots.fetch_add(1, Ordering::Relaxed);
         }
         viewer.needs_snapshot = true;
+        viewer.groups_owed = true;
         viewer.pending.clear();
         viewer.pending_groups.clear();
         self.dirty.insert(id);
@@ -1594,6 +1611,19 @@ mod tests {
         assert_eq!(seen.len(), many.len(), "every group went out once");
         hub.push_pending();
         assert!(frames(&mut rx).is_empty(), "nothing left");
+        // A view change is answered without the thousands of aggregates the viewer has.
+        hub.set_view(1, ViewSpec::Devices(vec!["d1".into()]));
+        match frames(&mut rx).as_slice() {
+            [ServerMessage::Snapshot { groups, .. }] => assert!(groups.is_empty()),
+            other => panic!("expected a snapshot without groups, got {other:?}"),
+        }
+        // A viewer that fell behind is owed them all again.
+        hub.fell_behind(1);
+        hub.push_pending();
+        match frames(&mut rx).as_slice() {
+            [ServerMessage::Snapshot { groups, .. }] => assert_eq!(groups.len(), many.len()),
+            other => panic!("expected a full snapshot, got {other:?}"),
+        }
         // Alerts anywhere are in a fleet subscriber's scope.
         hub.apply(Derived::Alerts(vec![alert(4, "d9", "far/away", 1)]));
         assert!(matches!(
