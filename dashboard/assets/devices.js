@@ -40,6 +40,8 @@ const spare = [];
 const inflight = new Map();
 let querySeq = 0, frame = 0, viewTimer = 0, lastViewAt = 0, sentView = null;
 let range = { start: 0, end: 0, firstVisible: 0, lastVisible: 0 };
+/** Measured once per render, before any write, so placing items forces no layout. */
+let geometry = { per: 1, line: ROW_HEIGHT, slot: 0 };
 
 /** @type {{ sendView: (ids: string[]) => boolean, openDetail: (id: string, opener: HTMLElement) => void,
  *           onAges: () => void, unauthorized: () => void }} */
@@ -123,10 +125,10 @@ function fillItem(node, index, id) {
   }
   node.setAttribute("aria-rowindex", String(index + 2));   // the header is row 1
   node.tabIndex = index === grid.active ? 0 : -1;
-  const per = perLine(), column = index % per;
-  node.style.top = `${Math.floor(index / per) * lineHeight()}px`;
-  node.style.left = cards() ? `calc(${column} * 100% / ${per})` : "";
-  node.style.width = cards() ? `calc(100% / ${per} - 8px)` : "";
+  const { per, line, slot } = geometry;
+  node.style.top = `${Math.floor(index / per) * line}px`;
+  node.style.left = cards() ? `${(index % per) * slot}px` : "";
+  node.style.width = cards() ? `${slot - 8}px` : "";
   delete node.dataset.refill;
   if (id === undefined) {
     delete node.dataset.device;
@@ -178,12 +180,13 @@ function fillAge(node, device, now) {
 /** Renders the items of the current scroll position, reusing elements; fetches missing pages. */
 function render() {
   frame = 0;
-  const per = perLine();
-  const lines = Math.ceil(grid.total / per);
-  el.rows.style.height = `${lines * lineHeight()}px`;
+  // Every measurement first, then the writes: one layout a frame at most.
+  const per = perLine(), head = headHeight();
+  geometry = { per, line: lineHeight(), slot: el.rows.clientWidth / per };
+  range = visibleRange({ scrollTop: el.grid.scrollTop - head, viewport: el.grid.clientHeight - head,
+    lineHeight: geometry.line, perLine: per, total: grid.total });
+  el.rows.style.height = `${Math.ceil(grid.total / per) * geometry.line}px`;
   el.grid.setAttribute("aria-rowcount", String(grid.total + 1));
-  range = visibleRange({ scrollTop: el.grid.scrollTop - headHeight(), viewport: el.grid.clientHeight - headHeight(),
-    lineHeight: lineHeight(), perLine: per, total: grid.total });
   if (grid.active >= grid.total) grid.active = Math.max(0, grid.total - 1);
   // Keep one item tabbable: the active one if rendered, else the first visible.
   if ((grid.active < range.start || grid.active >= range.end) && !el.rows.contains(document.activeElement)) grid.active = range.firstVisible;

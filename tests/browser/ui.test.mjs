@@ -115,6 +115,30 @@ test('live updates change a temperature on screen', { timeout: 40_000 }, async (
   assert.match(await page.textContent(`#rows [data-device="${id}"] .last-seen`), /\d+ s ago/);
 });
 
+test('values ticking shift nothing on the page', { timeout: 20_000 }, async () => {
+  // The Layout Instability API reports every shift of visible content not caused by input.
+  const shift = await page.evaluate(() => new Promise((resolve) => {
+    let total = 0, updates = 0;
+    const sources = [];
+    new PerformanceObserver((list) => {
+      for (const entry of list.getEntries()) {
+        if (entry.hadRecentInput) continue;
+        total += entry.value;
+        for (const src of entry.sources ?? []) {
+          const n = src.node;
+          sources.push(`${n?.nodeName}#${n?.id ?? ''}.${n?.className ?? ''} "${(n?.textContent ?? '').slice(0, 30)}" ` +
+            `${JSON.stringify(src.previousRect)} -> ${JSON.stringify(src.currentRect)}`);
+        }
+      }
+    }).observe({ type: 'layout-shift' });
+    const rows = document.querySelector('#rows');
+    new MutationObserver(() => updates++).observe(rows, { subtree: true, characterData: true, childList: true });
+    setTimeout(() => resolve({ total, updates, sources: [...new Set(sources)].slice(0, 5) }), 5_000);
+  }));
+  assert.ok(shift.updates > 0, 'values changed meanwhile');
+  assert.equal(shift.total, 0, `layout shift over 5 s of live updates (${shift.updates} changes): ${shift.sources.join('; ')}`);
+});
+
 test('scrolling to the end changes the view on the server to the last devices', { timeout: 30_000 }, async () => {
   const first = await rowIds();
   const [lastId] = await listPage('', DEVICES - 1, 1);
