@@ -113,6 +113,7 @@ function clearChart() {
 function destroyChart() {
   local.chart?.destroy();
   local.chart = null;
+  el.history.removeAttribute("data-scheme");
 }
 
 async function loadHistory() {
@@ -139,6 +140,8 @@ async function loadHistory() {
       local.chart = createChart(uPlot, el.history, {
         width, height: CHART_HEIGHT, label: detail.metric, range: () => [local.from, local.to],
       });
+      // The colours it was made in (it is made anew when the scheme changes).
+      el.history.dataset.scheme = matchMedia("(prefers-color-scheme: dark)").matches ? "dark" : "light";
     }
     local.chart.series[2].label = detail.metric;
     draw();

@@ -455,6 +455,9 @@ function onKey(/** @type {KeyboardEvent} */ ev) {
 /** @param {typeof hooks} h */
 export function initGrid(h) {
   hooks = h;
+  // A phone starts with cards: a table's columns do not fit its width.
+  if (matchMedia("(max-width: 820px)").matches) grid.layout = "cards";
+  for (const b of el.layout.querySelectorAll("button")) b.setAttribute("aria-pressed", String(b.dataset.layout === grid.layout));
   renderHead();
   renderSortChoices();
   el.grid.dataset.layout = grid.layout;

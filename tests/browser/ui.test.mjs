@@ -303,9 +303,11 @@ test('a device\'s panel draws its history with uPlot and extends it live', { tim
   await waitHere(`a view that keeps ${id}`, () => (support.lastView(frames)?.devices ?? []).includes(id), 5_000);
   await page.screenshot({ path: path.join(TARGET_DIR, 'ui-desktop.png') });
   await page.emulateMedia({ colorScheme: 'dark' });
-  await waitInPage('the chart made anew in dark colours', () => !!document.querySelector('#history .uplot canvas'), null, 10_000);
+  await waitInPage('the chart made anew in dark colours', () => document.querySelector('#history').dataset.scheme === 'dark' &&
+    !!document.querySelector('#history .uplot canvas') && Number(document.querySelector('#history').dataset.points) >= 3, null, 15_000);
   await page.screenshot({ path: path.join(TARGET_DIR, 'ui-dark.png') });
   await page.emulateMedia({ colorScheme: 'light' });
+  await waitInPage('the chart back in light colours', () => document.querySelector('#history').dataset.scheme === 'light', null, 15_000);
   await page.keyboard.press('Escape');
   await page.waitForSelector('#detail', { state: 'hidden', timeout: 5_000 });
 });
@@ -345,8 +347,20 @@ test('at phone width the panels become tabs', { timeout: 30_000 }, async () => {
     getComputedStyle(document.querySelector('#alerts')).display !== 'none', null, 5_000);
   await page.click('#tabs [data-tab="devices"]');
   await waitInPage('the grid back', () => document.querySelectorAll('#rows [data-device]').length > 5, null, 5_000);
-  await page.screenshot({ path: path.join(TARGET_DIR, 'ui-phone.png') });
   await page.setViewportSize({ width: 1366, height: 860 });
+  // A page opened on a phone starts with cards, one a line, values on them.
+  const phone = await browser.newPage({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true });
+  try {
+    await phone.goto(httpUrl);
+    await phone.waitForFunction(() => document.querySelector('#grid')?.dataset.layout === 'cards' &&
+      document.querySelectorAll('#rows .card[data-device]').length > 3 && /\d/.test(document.querySelector('#rows .card dd')?.textContent ?? ''),
+    null, { timeout: 15_000, polling: 100 });
+    const widths = await phone.$$eval('#rows .card[data-device]', (cards) => cards.map((c) => c.getBoundingClientRect().right));
+    assert.ok(widths.every((right) => right <= 390), 'every card fits the screen');
+    await phone.screenshot({ path: path.join(TARGET_DIR, 'ui-phone.png') });
+  } finally {
+    await phone.close();
+  }
 });
 
 test('an offline device is marked, listed by the offline filter and counted in the tree', { timeout: 120_000 }, async () => {
