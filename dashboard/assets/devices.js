@@ -94,7 +94,8 @@ function noteMetrics(/** @type {import("./state.js").DeviceState} */ d) {
   grid.metricNames = [...grid.metricNames, ...names].sort();
   renderHead();
   renderSortChoices();
-  for (const node of rendered.values()) node.replaceChildren(); // rebuilt with the new columns
+  for (const node of rendered.values()) { node.replaceChildren(); node.dataset.refill = "1"; } // rebuilt with the new columns
+  scheduleRender();
   return true;
 }
 
