@@ -4,7 +4,7 @@
 //! an alert must arrive, and it is never coalesced away).
 
 use iotmon_wire::topics::{agg_topic, alert_topic, live_topic};
-use iotmon_wire::Derived;
+use iotmon_wire::LiveUpdate;
 use rumqttc::{AsyncClient, QoS};
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -15,7 +15,7 @@ use tracing::warn;
 /// Waits while the client's request queue is full; meanwhile the bridge coalesces.
 pub async fn publish_live(
     client: AsyncClient,
-    mut live_updates: mpsc::Receiver<Derived>,
+    mut live_updates: mpsc::Receiver<LiveUpdate>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -27,19 +27,19 @@ pub async fn publish_live(
             },
         };
         let qos = match batch {
-            Derived::Alerts(_) => QoS::AtLeastOnce,
+            LiveUpdate::Alerts(_) => QoS::AtLeastOnce,
             _ => QoS::AtMostOnce,
         };
         let messages: Vec<(String, Option<Vec<u8>>)> = match batch {
-            Derived::Devices(devices) => devices
+            LiveUpdate::Devices(devices) => devices
                 .iter()
                 .map(|state| (live_topic(&state.group, &state.id), encode(state)))
                 .collect(),
-            Derived::Aggregates(aggregates) => aggregates
+            LiveUpdate::Aggregates(aggregates) => aggregates
                 .iter()
                 .map(|aggregate| (agg_topic(&aggregate.group), encode(aggregate)))
                 .collect(),
-            Derived::Alerts(alerts) => alerts
+            LiveUpdate::Alerts(alerts) => alerts
                 .iter()
                 .map(|alert| (alert_topic(&alert.subject), encode(alert)))
                 .collect(),

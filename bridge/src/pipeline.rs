@@ -18,7 +18,7 @@ use iotmon_wire::mqtt::Message;
 use iotmon_wire::supervise::critical;
 use iotmon_wire::topics::{ALERT_COMMANDS, SYNC_REQUEST};
 use iotmon_wire::unix_millis;
-use iotmon_wire::Derived;
+use iotmon_wire::LiveUpdate;
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::time::{Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
@@ -81,7 +81,7 @@ pub async fn run(
     config: BridgeConfig,
     alerting: Alerting,
     mut from_broker: mpsc::Receiver<Message>,
-    live_updates: mpsc::Sender<Derived>,
+    live_updates: mpsc::Sender<LiveUpdate>,
     counters: Arc<BridgeCounters>,
     store: Option<OpenStore>,
     shutdown: CancellationToken,
@@ -284,7 +284,7 @@ async fn dispatch(
 #[derive(Debug)]
 struct ShardOutputs {
     index: usize,
-    live_updates: mpsc::Sender<Derived>,
+    live_updates: mpsc::Sender<LiveUpdate>,
     to_aggregator: mpsc::Sender<(usize, Vec<ShardGroup>)>,
     to_alerts: mpsc::Sender<ManagerInput>,
     to_store: Option<StoreHandle>,
@@ -374,9 +374,9 @@ fn flush_live(shard: &mut Shard, outputs: &ShardOutputs, config: &BridgeConfig) 
     if changed.is_empty() {
         return Flush::Idle;
     }
-    match outputs.live_updates.try_send(Derived::Devices(changed)) {
+    match outputs.live_updates.try_send(LiveUpdate::Devices(changed)) {
         Ok(()) => Flush::Sent,
-        Err(TrySendError::Full(Derived::Devices(changed))) => {
+        Err(TrySendError::Full(LiveUpdate::Devices(changed))) => {
             outputs
                 .counters
                 .live_batches_deferred
@@ -411,7 +411,7 @@ fn send_to_store(shard: &mut Shard, outputs: &ShardOutputs) {
 /// Where the aggregator's output goes.
 #[derive(Debug)]
 struct AggregatorOutputs {
-    live_updates: mpsc::Sender<Derived>,
+    live_updates: mpsc::Sender<LiveUpdate>,
     to_alerts: mpsc::Sender<ManagerInput>,
     counters: Arc<BridgeCounters>,
     clock: Clock,
@@ -475,10 +475,10 @@ fn emit_aggregates(
     }
     match outputs
         .live_updates
-        .try_send(Derived::Aggregates(aggregates))
+        .try_send(LiveUpdate::Aggregates(aggregates))
     {
         Ok(()) => Flush::Sent,
-        Err(TrySendError::Full(Derived::Aggregates(aggregates))) => {
+        Err(TrySendError::Full(LiveUpdate::Aggregates(aggregates))) => {
             outputs
                 .counters
                 .aggregates_deferred
@@ -599,18 +599,18 @@ mod tests {
                 "no complete aggregate in time"
             );
             match derived.recv().await.expect("bridge runs") {
-                Derived::Devices(states) => {
+                LiveUpdate::Devices(states) => {
                     for state in states {
                         devices.insert(state.id.to_string(), state);
                     }
                 }
-                Derived::Aggregates(aggregates) => {
+                LiveUpdate::Aggregates(aggregates) => {
                     hq = aggregates
                         .into_iter()
                         .find(|a| &*a.group == "hq" && a.devices.online + a.devices.offline == 4)
                         .or(hq);
                 }
-                Derived::Alerts(_) => panic!("no rules, no alerts"),
+                LiveUpdate::Alerts(_) => panic!("no rules, no alerts"),
             }
         }
         let hq = hq.expect("hq aggregate");
@@ -625,7 +625,7 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(61)).await;
         let mut offline = false;
         while let Ok(batch) = derived.try_recv() {
-            if let Derived::Aggregates(aggregates) = batch {
+            if let LiveUpdate::Aggregates(aggregates) = batch {
                 offline |= aggregates
                     .iter()
                     .any(|a| &*a.group == "hq" && a.devices.offline == 4);

@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use iotmon_wire::mqtt::{drive_session, BrokerUrl, Login, Message, SessionPlan};
 use iotmon_wire::topics::{AGG_FILTER, ALERTS_FILTER, ALERT_COMMANDS, LIVE_FILTER, SYNC_REQUEST};
-use iotmon_wire::{Alert, AlertCommand, Derived, DeviceState, GroupAggregate};
+use iotmon_wire::{Alert, AlertCommand, LiveUpdate, DeviceState, GroupAggregate};
 use rumqttc::{AsyncClient, QoS};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -22,7 +22,7 @@ pub async fn from_broker(
     broker: BrokerUrl,
     login: Login,
     max_packet_size: usize,
-    to_hub: mpsc::Sender<Derived>,
+    to_hub: mpsc::Sender<LiveUpdate>,
     mut alert_commands: mpsc::Receiver<AlertCommand>,
     shutdown: CancellationToken,
 ) {
@@ -72,15 +72,15 @@ async fn publish_command(client: &AsyncClient, command: &AlertCommand) {
 
 /// A device state (`iotmon/live/...`) or a group aggregate (`iotmon/agg/...`); unreadable
 /// payloads are logged and skipped.
-fn decode(message: &Message) -> Option<Derived> {
+fn decode(message: &Message) -> Option<LiveUpdate> {
     let decoded = if message.topic.starts_with("iotmon/alerts/") {
-        serde_json::from_slice::<Alert>(&message.payload).map(|alert| Derived::Alerts(vec![alert]))
+        serde_json::from_slice::<Alert>(&message.payload).map(|alert| LiveUpdate::Alerts(vec![alert]))
     } else if message.topic.starts_with("iotmon/agg/") {
         serde_json::from_slice::<GroupAggregate>(&message.payload)
-            .map(|aggregate| Derived::Aggregates(vec![aggregate]))
+            .map(|aggregate| LiveUpdate::Aggregates(vec![aggregate]))
     } else {
         serde_json::from_slice::<DeviceState>(&message.payload)
-            .map(|state| Derived::Devices(vec![state]))
+            .map(|state| LiveUpdate::Devices(vec![state]))
     };
     decoded
         .inspect_err(
