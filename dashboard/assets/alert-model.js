@@ -76,18 +76,24 @@ export function applySnapshot(alerts, list) {
  * @property {number} unacknowledged   alerts needing acknowledgement, shelved ones excluded
  */
 
+/** Whether `path` is `group` or under it (`group` "" holds everything). */
+export const inGroup = (/** @type {string} */ path, /** @type {string} */ group) =>
+  !group || path === group || path.startsWith(`${group}/`);
+
 /**
- * What the panel shows: shelved alerts only with `showShelved`, only the chosen severities,
- * and suppressed alerts under the group alert that explains them.
+ * What the panel shows: only alerts under `group` (all when ""), shelved alerts only with
+ * `showShelved`, only the chosen severities, and suppressed alerts under the group alert that
+ * explains them. The counts are of the alerts under `group`.
  * @param {Iterable<Alert>} all
- * @param {{now: number, showShelved: boolean, severities: Set<string>}} options
+ * @param {{now: number, showShelved: boolean, severities: Set<string>, group?: string}} options
  * @returns {Arrangement}
  */
-export function arrange(all, { now, showShelved, severities }) {
+export function arrange(all, { now, showShelved, severities, group = "" }) {
   const counts = Object.fromEntries(SEVERITIES.map((s) => [s, 0]));
   let shelved = 0, unacknowledged = 0;
   const candidates = [];
   for (const alert of all) {
+    if (!inGroup(alert.group ?? "", group)) continue;
     const hidden = isShelved(alert, now);
     if (hidden) shelved++;
     else if (needsAck(alert)) unacknowledged++;
@@ -128,4 +134,41 @@ export function worstSeverityByGroup(alerts, now) {
     }
   }
   return worst;
+}
+
+/**
+ * The worst severity of the active, unshelved alerts about each device (by subject), for the
+ * grid's rows.
+ * @param {Iterable<Alert>} alerts
+ * @param {number} now
+ * @returns {Map<string, Severity>}
+ */
+export function worstSeverityBySubject(alerts, now) {
+  /** @type {Map<string, Severity>} */
+  const worst = new Map();
+  for (const alert of alerts) {
+    if (!isActive(alert) || isShelved(alert, now)) continue;
+    const old = worst.get(alert.subject);
+    if (!old || severityRank(alert.severity) < severityRank(old)) worst.set(alert.subject, alert.severity);
+  }
+  return worst;
+}
+
+/** The shelving choices, in minutes, within the server's 1 to 43,200 (30 days). */
+export const MAX_SHELVE_MINUTES = 43_200;
+
+/**
+ * Minutes for a shelving of `hours` typed by an operator, or null when out of range.
+ * @param {string|number} hours
+ */
+export function shelveMinutes(hours) {
+  const minutes = Math.round(Number(hours) * 60);
+  return Number.isFinite(minutes) && minutes >= 1 && minutes <= MAX_SHELVE_MINUTES ? minutes : null;
+}
+
+/** "15 min", "1 h", "8 h", "1 d 6 h": a shelving's length for a button. */
+export function formatMinutes(/** @type {number} */ minutes) {
+  if (minutes < 60) return `${minutes} min`;
+  const d = Math.floor(minutes / 1440), h = Math.floor((minutes % 1440) / 60), m = minutes % 60;
+  return [d && `${d} d`, h && `${h} h`, m && `${m} min`].filter(Boolean).join(" ");
 }

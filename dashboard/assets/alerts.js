@@ -1,21 +1,29 @@
 // The alerts panel: the open alerts in this viewer's scope, from the snapshot's `alerts` and
 // pushed `alert` messages; acknowledge, shelve and unshelve them over the socket.
 // Rendering is keyed by alert id: an item is updated in place, so a flash or a focused button
-// survives other alerts changing.
+// survives other alerts changing. An item's History button shows its transitions, from
+// /api/alerts/{id}, fetched again when the alert changes while they are shown.
 
-import { state, setOperator } from "./state.js";
+import { state, setOperator, authHeaders } from "./state.js";
 import { $, make, formatAge, formatTime } from "./util.js";
-import { SEVERITIES, applyAlert, applySnapshot, arrange, needsAck, isShelved } from "./alert-model.js";
+import { SEVERITIES, applyAlert, applySnapshot, arrange, needsAck, isShelved, shelveMinutes, formatMinutes } from "./alert-model.js";
 
-const SHELVE_MINUTES = 60;
 const COMMAND_TIMEOUT_MS = 6_000;  // the server answers within 5 s or says why not
 
 const el = {
   list: $("alert-list"), count: $("alerts-count"), unack: $("alerts-unack"), error: $("alerts-error"),
   filter: $("severity-filter"), showShelved: /** @type {HTMLInputElement} */ ($("show-shelved")),
   shelvedCount: $("shelved-count"), operator: /** @type {HTMLInputElement} */ ($("operator")),
-  announce: $("alerts-announce"),
+  announce: $("alerts-announce"), group: /** @type {HTMLSelectElement} */ ($("alert-group")),
+  shelveFor: /** @type {HTMLSelectElement} */ ($("shelve-minutes")), shelveCustom: $("shelve-custom"),
+  shelveHours: /** @type {HTMLInputElement} */ ($("shelve-hours")), tabCount: $("tab-alerts-count"),
 };
+/**
+ * Transitions shown, per alert whose History is open: the `seq` they were fetched at, and the
+ * list (null while loading). Only open histories are kept, so it is bounded by the list.
+ * @type {Map<number, {seq: number, transitions: any[]|null, error?: string}>}
+ */
+const histories = new Map();
 const alerts = state.alerts;
 /** @type {Map<number, HTMLLIElement>} one item per alert, reused across renders */
 const items = new Map();
@@ -100,7 +108,7 @@ function command(/** @type {"ack"|"shelve"|"unshelve"} */ action, /** @type {num
   const alert = alerts.byId.get(id);
   if (!alert) return;
   const by = alerts.operator ? { by: alerts.operator } : {};
-  const msg = action === "shelve" ? { type: action, id, minutes: SHELVE_MINUTES, ...by } : { type: action, id, ...by };
+  const msg = action === "shelve" ? { type: action, id, minutes: alerts.shelveMinutes, ...by } : { type: action, id, ...by };
   if (!hooks.send(msg)) {
     el.error.textContent = "Not connected: try again when the connection is back.";
     return;
@@ -122,9 +130,14 @@ function alertItem(id) {
   const actions = make("div", { className: "alert-actions" });
   actions.append(
     make("button", { type: "button", className: "primary" }),   // acknowledge (when it needs it)
-    make("button", { type: "button" }));                        // shelve / unshelve
+    make("button", { type: "button" }),                         // shelve / unshelve
+    make("button", { type: "button", className: "history-toggle", textContent: "History" }));
   actions.children[0].dataset.action = "ack";
-  li.append(top, make("div", { className: "msg" }), make("div", { className: "where" }), make("div", { className: "note" }), actions);
+  actions.children[2].setAttribute("aria-expanded", "false");
+  const transitions = make("ol", { className: "transitions", hidden: true });
+  transitions.id = `alert-${id}-history`;
+  actions.children[2].setAttribute("aria-controls", transitions.id);
+  li.append(top, make("div", { className: "msg" }), make("div", { className: "where" }), make("div", { className: "note" }), actions, transitions);
   li.addEventListener("animationend", (ev) => { if (ev.target === li) li.classList.remove("arrived"); });
   items.set(id, li);
   return li;
@@ -163,7 +176,7 @@ function fillAlert(li, /** @type {import("./state.js").Alert} */ a, now) {
 
   const online = state.connection.status === "connected";
   const pending = alerts.pending.get(a.id);
-  const [ack, shelve] = /** @type {HTMLButtonElement[]} */ ([...actions.children]);
+  const [ack, shelve, history] = /** @type {HTMLButtonElement[]} */ ([...actions.children]);
   const label = `${a.message} on ${a.subject}`;
   ack.hidden = !needsAck(a);
   setText(ack, pending?.action === "ack" ? "Acknowledging…" : "Acknowledge");
@@ -172,10 +185,65 @@ function fillAlert(li, /** @type {import("./state.js").Alert} */ a, now) {
   const inert = String(!online || !!pending);
   ack.setAttribute("aria-disabled", inert);
   shelve.dataset.action = shelved ? "unshelve" : "shelve";
+  const length = formatMinutes(alerts.shelveMinutes);
   setText(shelve, pending?.action === "shelve" ? "Shelving…" : pending?.action === "unshelve" ? "Unshelving…"
-    : shelved ? "Unshelve" : `Shelve ${SHELVE_MINUTES / 60} h`);
-  shelve.ariaLabel = `${shelved ? "Unshelve" : `Shelve for ${SHELVE_MINUTES / 60} hour`}: ${label}`;
+    : shelved ? "Unshelve" : `Shelve ${length}`);
+  shelve.ariaLabel = `${shelved ? "Unshelve" : `Shelve for ${length}`}: ${label}`;
   shelve.setAttribute("aria-disabled", inert);
+  history.ariaLabel = `History: ${label}`;
+  fillHistory(li, a);
+}
+
+// --- An alert's history ---------------------------------------------------------------------
+
+const EVENT_TEXT = { raised: "raised", cleared: "cleared", reactivated: "active again", acknowledged: "acknowledged",
+  shelved: "shelved", unshelved: "unshelved", suppressed: "suppressed", unsuppressed: "no longer suppressed", closed: "closed" };
+
+/** Shows (or hides) the item's transitions; fetches them when shown and out of date. */
+function fillHistory(li, /** @type {import("./state.js").Alert} */ a) {
+  const toggle = li.querySelector(".history-toggle"), list = li.querySelector(".transitions");
+  const shown = histories.get(a.id);
+  toggle.setAttribute("aria-expanded", String(!!shown));
+  list.hidden = !shown;
+  if (!shown) return;
+  if (shown.seq < a.seq && shown.transitions !== null) loadHistory(a);
+  if (shown.error) { list.replaceChildren(make("li", { className: "hint", textContent: shown.error })); return; }
+  if (!shown.transitions) { if (!list.firstChild) list.replaceChildren(make("li", { className: "hint", textContent: "Loading…" })); return; }
+  if (list.dataset.seq === String(shown.seq)) return;  // drawn already
+  list.dataset.seq = String(shown.seq);
+  list.replaceChildren(...(shown.transitions.length ? shown.transitions.map((t) => {
+    const item = make("li", { className: "transition" });
+    item.dataset.event = t.event;
+    const when = make("time", { textContent: formatTime(t.ts) });
+    when.setAttribute("datetime", new Date(t.ts).toISOString());
+    when.title = new Date(t.ts).toLocaleString();
+    const what = [EVENT_TEXT[t.event] ?? t.event];
+    if (t.by) what.push(`by ${t.by}`);
+    if (t.value != null) what.push(`at ${Math.round(t.value * 100) / 100}`);
+    item.append(when, " ", make("span", { className: "event", textContent: what.join(" ") }));
+    return item;
+  }) : [make("li", { className: "hint", textContent: "No transitions stored (this dashboard has no store)." })]));
+}
+
+async function loadHistory(/** @type {import("./state.js").Alert} */ a) {
+  const entry = { seq: a.seq, transitions: /** @type {any[]|null} */ (null) };
+  histories.set(a.id, entry);
+  try {
+    const res = await fetch(`/api/alerts/${a.id}`, { headers: authHeaders() });
+    const body = await res.json().catch(() => ({}));
+    if (!res.ok) throw new Error(body.error ?? `HTTP ${res.status}`);
+    entry.transitions = body.transitions ?? [];
+  } catch (err) {
+    entry.error = `Could not load the history: ${err.message}`;
+  }
+  if (histories.get(a.id) === entry) render();
+}
+
+function toggleHistory(/** @type {number} */ id) {
+  const alert = alerts.byId.get(id);
+  if (histories.has(id)) histories.delete(id);
+  else if (alert) loadHistory(alert);
+  render();
 }
 
 /** Makes `parent`'s children exactly `nodes`, moving only those out of place. */
@@ -199,7 +267,7 @@ function fillSuppressed(li, list, now) {
 
 export function render() {
   const now = Date.now();
-  const arrangement = arrange(alerts.byId.values(), { now, showShelved: alerts.showShelved, severities: alerts.severities });
+  const arrangement = arrange(alerts.byId.values(), { now, showShelved: alerts.showShelved, severities: alerts.severities, group: alerts.group });
   const focused = /** @type {HTMLElement|null} */ (document.activeElement);
   const focusedAlert = focused?.closest?.("li[data-alert-id]");
 
@@ -226,11 +294,12 @@ export function render() {
   }
   if (!nodes.length) {
     const text = !alerts.known ? "Waiting for the live connection…"
-      : alerts.byId.size > arrangement.shelved ? "No alert matches the filter." : "No active alerts.";
+      : alerts.byId.size > arrangement.shelved || alerts.group ? "No alert matches the filter." : "No active alerts.";
     nodes.push(make("li", { className: "hint", textContent: text }));
   }
   syncChildren(el.list, nodes);
   for (const id of items.keys()) if (!used.has(id)) items.delete(id);
+  for (const id of histories.keys()) if (!alerts.byId.has(id)) histories.delete(id);
   for (const id of arrived) items.get(id)?.classList.add("arrived");
   if (arrived.size) restartAnimation(el.count);
   arrived.clear();
@@ -244,6 +313,7 @@ export function render() {
 
   const open = alerts.byId.size - arrangement.shelved;
   setText(el.count, String(open));
+  setText(el.tabCount, String(open));
   setText(el.unack, alerts.known ? String(arrangement.unacknowledged) : "–");
   el.unack.classList.toggle("some", arrangement.unacknowledged > 0);
   setText(el.shelvedCount, String(arrangement.shelved));
@@ -289,10 +359,41 @@ export function initAlerts(h) {
   el.showShelved.addEventListener("change", () => { alerts.showShelved = el.showShelved.checked; render(); });
   el.operator.value = alerts.operator;
   el.operator.addEventListener("change", () => setOperator(el.operator.value.trim()));
+  el.group.addEventListener("change", () => { alerts.group = el.group.value; render(); });
+  el.shelveFor.addEventListener("change", () => {
+    const custom = el.shelveFor.value === "custom";
+    el.shelveCustom.hidden = !custom;
+    if (custom) { el.shelveHours.focus(); setShelveHours(); } else alerts.shelveMinutes = Number(el.shelveFor.value);
+    render();
+  });
+  el.shelveHours.addEventListener("input", () => { setShelveHours(); render(); });
   el.list.addEventListener("click", (ev) => {
+    const toggle = /** @type {HTMLElement} */ (ev.target).closest("button.history-toggle");
+    if (toggle) { toggleHistory(Number(/** @type {HTMLElement} */ (toggle.closest("li[data-alert-id]")).dataset.alertId)); return; }
     const button = /** @type {HTMLElement} */ (ev.target).closest("button[data-action]:not([aria-disabled='true'])");
     const li = button?.closest("li[data-alert-id]");
     if (li) command(/** @type {any} */ (button.dataset.action), Number(/** @type {HTMLElement} */ (li).dataset.alertId));
   });
   setInterval(tick, 1000);
+}
+
+/** A custom shelving in hours: used when within the server's range, said when not. */
+function setShelveHours() {
+  const minutes = shelveMinutes(el.shelveHours.value);
+  el.shelveHours.setCustomValidity(minutes === null ? "between 0.25 and 720 hours" : "");
+  if (minutes !== null) alerts.shelveMinutes = minutes;
+  el.error.textContent = minutes === null ? "A shelving lasts from 15 minutes to 720 hours (30 days)." : "";
+}
+
+/** The group tree changed: the group filter offers every group. */
+export function setGroupChoices(/** @type {import("./state.js").GroupNode[]} */ nodes) {
+  const paths = [];
+  const walk = (list) => { for (const n of list) { paths.push(n.group); walk(n.children ?? []); } };
+  walk(nodes);
+  const key = paths.join("\n");
+  if (el.group.dataset.key === key) return;
+  el.group.dataset.key = key;
+  el.group.replaceChildren(new Option("all groups", ""), ...paths.map((p) => new Option(p, p)));
+  if (alerts.group && !paths.includes(alerts.group)) paths.push(alerts.group), el.group.append(new Option(alerts.group, alerts.group));
+  el.group.value = alerts.group;
 }

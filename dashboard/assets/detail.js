@@ -1,39 +1,51 @@
-// The device panel: a drawer with one device's history as a chart. The chart is hand-drawn
-// SVG (no libraries): a min–max band with the mean line over it, so spikes that downsampling
-// averages away stay visible.
+// The device panel: a drawer with one device's live values and the history of one metric as a
+// uPlot chart (chart.js): last hour, day, week or a custom range from /api/history, with the
+// min–max band, extended by live readings while the range ends now.
 
 import { state, authHeaders } from "./state.js";
-import { $, formatValue, formatAge } from "./util.js";
+import { $, make, formatValue, formatAge } from "./util.js";
+import { chartColumns, addLive, liveAfter, loadUplot, createChart } from "./chart.js";
 
-const HISTORY_REFRESH_MS = 10_000; // the store's finest tier is 10 s: nothing new sooner
-const SVG_NS = "http://www.w3.org/2000/svg";
+const HOUR = 3_600_000;
+/** How often the history is fetched again, by range: the store's finest tier is 10 s. */
+const refreshEvery = (range) => (range <= HOUR ? 10_000 : range <= 24 * HOUR ? 60_000 : 300_000);
+const CHART_HEIGHT = 260;
 
 const el = {
-  detail: $("detail"), title: $("detail-title"), sub: $("detail-sub"), close: $("detail-close"),
+  detail: $("detail"), title: $("detail-title"), sub: $("detail-sub"), close: $("detail-close"), values: $("detail-values"),
   metric: /** @type {HTMLSelectElement} */ ($("detail-metric")), ranges: $("ranges"), error: $("detail-error"),
+  custom: /** @type {HTMLFormElement} */ ($("custom-range")),
+  from: /** @type {HTMLInputElement} */ ($("custom-from")), to: /** @type {HTMLInputElement} */ ($("custom-to")),
   history: $("history"), info: $("history-info"),
 };
 const detail = state.detail;
-/** Per panel, not shared: the fetched series, the request in flight, the refresh timer. */
+/**
+ * Per panel, not shared: the device's last known state, the fetched series, the live readings
+ * since, the chart, the request in flight, the refresh timer, and what opened the panel.
+ */
 const local = {
   /** @type {import("./state.js").DeviceState|null} */ device: null,
-  series: null, /** @type {AbortController|null} */ ctl: null, timer: 0, /** @type {HTMLElement|null} */ opener: null,
+  /** @type {{points: import("./chart.js").HistoryPoint[], bucket_ms: number, tier_ms: number}|null} */ series: null,
+  /** @type {import("./chart.js").LivePoint[]} */ live: [],
+  /** @type {any} */ chart: null,
+  /** The x range drawn, ms. */ from: 0, to: 0,
+  /** @type {AbortController|null} */ ctl: null, timer: 0, /** @type {HTMLElement|null} */ opener: null,
 };
-/** @type {(id: string|null) => void} */
-let markSelected = () => {};
+/** @type {{ markSelected: (id: string|null) => void, viewChanged: () => void }} */
+let hooks;
+
+/** The range ends now (a sliding window that live readings extend), or is a fixed custom one. */
+const isLive = () => detail.custom === null;
 
 export function openDetail(id, opener) {
+  if (detail.id !== id) local.live = [];
   detail.id = id;
   local.opener = opener;
   local.device = state.grid.states.get(id) ?? null;
-  markSelected(id);
+  hooks.markSelected(id);
+  hooks.viewChanged();                                // the device stays in the view while its panel is open
   el.title.textContent = id;
-  // Numeric metrics only: those are what the store keeps history for.
-  const metrics = local.device?.metrics ?? {};
-  const names = Object.keys(metrics).filter((n) => typeof metrics[n] === "number").sort();
-  if (!names.includes(detail.metric)) detail.metric = names.includes("temperature") ? "temperature" : names[0] ?? "";
-  el.metric.replaceChildren(...names.map((n) => new Option(n.replace(/_/g, " "), n)));
-  el.metric.value = detail.metric;
+  fillMetricChoices();
   el.detail.hidden = false;
   renderDetailHead();
   clearChart();
@@ -41,29 +53,67 @@ export function openDetail(id, opener) {
   el.close.focus();
 }
 
+function fillMetricChoices() {
+  // Numeric metrics only: those are what the store keeps history for.
+  const metrics = local.device?.metrics ?? {};
+  const names = Object.keys(metrics).filter((n) => typeof metrics[n] === "number").sort();
+  if (!names.includes(detail.metric)) detail.metric = names.includes("temperature") ? "temperature" : names[0] ?? "";
+  el.metric.replaceChildren(...names.map((n) => new Option(n.replace(/_/g, " "), n)));
+  el.metric.value = detail.metric;
+}
+
 function closeDetail() {
   local.ctl?.abort();
   clearTimeout(local.timer);
   detail.id = null;
   el.detail.hidden = true;
-  markSelected(null);
+  destroyChart();
+  hooks.markSelected(null);
+  hooks.viewChanged();
   if (local.opener?.isConnected) local.opener.focus();
 }
 
-/** The panel's subtitle: group, online, age of the last reading. Runs every second. */
+/** The panel's subtitle and live values: group, online, age of the last reading. Every second. */
 export function renderDetailHead() {
   if (!detail.id) return;
-  const s = local.device = state.grid.states.get(detail.id) ?? local.device; // off this page: last known
-  if (!s) { el.sub.textContent = "No reading yet."; return; }
+  const s = local.device = state.grid.states.get(detail.id) ?? local.device;
+  if (!s) { el.sub.textContent = "No reading yet."; el.values.replaceChildren(); return; }
   const seen = typeof s.ts === "number" ? `last reading ${formatAge(Date.now() - s.ts)}` : "never seen";
   el.sub.textContent = `${s.group} · ${s.online === false ? "offline" : "online"} · ${seen}`;
+  const names = Object.keys(s.metrics ?? {}).sort();
+  if (el.values.dataset.names !== names.join()) {
+    el.values.dataset.names = names.join();
+    el.values.replaceChildren(...names.map((n) => {
+      const pair = make("div");                       // a dl may group each dt with its dd
+      pair.append(make("dt", { textContent: n.replace(/_/g, " ") }), make("dd"));
+      return pair;
+    }));
+  }
+  names.forEach((n, i) => { el.values.children[i].lastElementChild.textContent = formatValue(s.metrics[n]); });
+}
+
+/** A new state of the open device arrived over the socket: its values, and the chart live. */
+export function onDeviceState(/** @type {import("./state.js").DeviceState} */ device) {
+  if (device.id !== detail.id) return;
+  local.device = device;
+  renderDetailHead();
+  const value = device.metrics?.[detail.metric];
+  if (typeof value !== "number" || typeof device.ts !== "number" || !isLive()) return;
+  if (addLive(local.live, { ts: device.ts, value })) draw();
 }
 
 function clearChart() {
   local.series = null;
-  el.history.replaceChildren();
   el.history.removeAttribute("data-points");
+  el.history.removeAttribute("data-live");
   el.info.textContent = el.error.textContent = "";
+  local.chart?.setData([[], [], [], []]);
+}
+
+function destroyChart() {
+  local.chart?.destroy();
+  local.chart = null;
+  el.history.removeAttribute("data-scheme");
 }
 
 async function loadHistory() {
@@ -72,127 +122,104 @@ async function loadHistory() {
   if (!detail.id) return;
   if (!detail.metric) { el.error.textContent = "This device has reported no numeric metric yet."; return; }
   const ctl = local.ctl = new AbortController();
-  const to = Date.now(), from = to - detail.range;
+  const [from, to] = isLive() ? [Date.now() - detail.range, Date.now()] : detail.custom;
+  const width = el.history.clientWidth || 500;
+  const points = Math.min(2000, Math.max(2, Math.floor(width / 2))); // ~2 px per bucket
   const url = new URL("/api/history", location.href);
-  const points = Math.min(2000, Math.max(2, Math.floor((el.history.clientWidth || 500) / 2))); // ~2 px per bucket
-  const params = { device: detail.id, metric: detail.metric, from, to, points };
-  for (const [k, v] of Object.entries(params)) url.searchParams.set(k, String(v));
+  for (const [k, v] of Object.entries({ device: detail.id, metric: detail.metric, from, to, points })) url.searchParams.set(k, String(v));
   try {
-    const res = await fetch(url, { signal: ctl.signal, headers: authHeaders() });
+    const [res, uPlot] = await Promise.all([fetch(url, { signal: ctl.signal, headers: authHeaders() }), loadUplot()]);
     const body = await res.json().catch(() => ({}));
     if (res.status === 401) throw new Error("the viewer token was refused");
     if (!res.ok) throw new Error(body.error ?? (res.status === 503 ? "this dashboard has no history store" : `HTTP ${res.status}`));
+    if (ctl !== local.ctl) return;
     el.error.textContent = "";
-    local.series = { ...body, from, to };
-    drawChart(local.series);
+    local.series = body;
+    local.live = liveAfter(local.live, body.points, body.bucket_ms);
+    if (!local.chart) {
+      local.chart = createChart(uPlot, el.history, {
+        width, height: CHART_HEIGHT, label: detail.metric, range: () => [local.from, local.to],
+      });
+      // The colours it was made in (it is made anew when the scheme changes).
+      el.history.dataset.scheme = matchMedia("(prefers-color-scheme: dark)").matches ? "dark" : "light";
+    }
+    local.chart.series[2].label = detail.metric;
+    draw();
   } catch (err) {
     if (err.name === "AbortError") return;
     el.error.textContent = `Could not load the history: ${err.message}`;
   } finally {
-    if (ctl === local.ctl && detail.id) local.timer = setTimeout(loadHistory, HISTORY_REFRESH_MS);
+    if (ctl === local.ctl && detail.id && isLive()) local.timer = setTimeout(loadHistory, refreshEvery(detail.range));
   }
 }
 
-function svg(tag, attrs, text) {
-  const node = document.createElementNS(SVG_NS, tag);
-  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, String(v));
-  if (text != null) node.textContent = text;
-  return node;
+/** Draws the series and the live readings; a live range slides to end now. */
+function draw() {
+  if (!local.chart || !local.series) return;          // made anew (colour scheme) or not loaded yet
+  const { points, bucket_ms: bucket, tier_ms: tier } = local.series;
+  [local.from, local.to] = isLive() ? [Date.now() - detail.range, Date.now()] : detail.custom;
+  local.chart.setData(chartColumns(points, bucket, isLive() ? local.live : []));
+  el.history.dataset.points = String(points.length);
+  el.history.dataset.live = String(isLive() ? local.live.length : 0);
+  const live = isLive() ? ` · ${local.live.length} live reading${local.live.length === 1 ? "" : "s"} since` : "";
+  el.info.textContent = `${points.length} point${points.length === 1 ? "" : "s"} · ${formatDuration(bucket)} buckets ` +
+    `(from the ${formatDuration(tier)} tier)${live} · band: min–max, line: mean`;
 }
-
-// Round steps (1, 2, 5 × 10^n) spanning [lo, hi]; the domain snaps out to whole steps.
-function niceScale(lo, hi, count) {
-  if (lo === hi) { lo -= 1; hi += 1; }
-  const raw = (hi - lo) / count, mag = 10 ** Math.floor(Math.log10(raw));
-  const step = [1, 2, 5, 10].map((f) => f * mag).find((s) => s >= raw);
-  const start = Math.floor(lo / step) * step, end = Math.ceil(hi / step) * step;
-  const ticks = [];
-  for (let v = start; v <= end + step / 2; v += step) ticks.push(v);
-  return { lo: start, hi: end, ticks, decimals: Math.max(0, Math.min(4, -Math.floor(Math.log10(step)))) };
-}
-
-const MIN = 60_000, HOUR = 3_600_000, DAY = 86_400_000;
-const TIME_STEPS = [MIN, 2 * MIN, 5 * MIN, 10 * MIN, 15 * MIN, 30 * MIN, HOUR, 2 * HOUR, 3 * HOUR, 6 * HOUR, 12 * HOUR, DAY];
 
 function formatDuration(ms) {
-  if (ms < MIN) return `${Math.round(ms / 1000)} s`;
-  if (ms < HOUR) return `${Math.round(ms / MIN)} min`;
-  if (ms < DAY) return `${Math.round(ms / HOUR)} h`;
-  return `${Math.round(ms / DAY)} d`;
+  if (ms < 60_000) return `${Math.round(ms / 1000)} s`;
+  if (ms < HOUR) return `${Math.round(ms / 60_000)} min`;
+  if (ms < 24 * HOUR) return `${Math.round(ms / HOUR)} h`;
+  return `${Math.round(ms / (24 * HOUR))} d`;
 }
 
-function drawChart({ points, bucket_ms: bucket, tier_ms: tier, from, to }) {
-  const W = Math.max(300, el.history.clientWidth || 500), H = 260;   // drawn at pixel size: text is not scaled
-  const m = { l: 52, r: 14, t: 12, b: 26 };
-  const y = points.length ? niceScale(Math.min(...points.map((p) => p.min)), Math.max(...points.map((p) => p.max)), 5)
-    : { ...niceScale(0, 1, 2), ticks: [] };
-  const px = (t) => m.l + (Math.min(to, Math.max(from, t)) - from) / (to - from) * (W - m.l - m.r);
-  const py = (v) => m.t + (y.hi - v) / (y.hi - y.lo) * (H - m.t - m.b);
-  const f = (n) => n.toFixed(1);
-  const parts = [];
-  for (const v of y.ticks) {
-    parts.push(svg("line", { class: "grid", x1: m.l, x2: W - m.r, y1: f(py(v)), y2: f(py(v)) }),
-      svg("text", { x: m.l - 6, y: f(py(v) + 4), "text-anchor": "end" }, v.toFixed(y.decimals)));
-  }
-  // Time ticks on round local times (whole hours, midnights).
-  const step = TIME_STEPS.find((s) => (to - from) / s <= 6) ?? DAY * Math.ceil((to - from) / DAY / 6);
-  const tz = new Date(from).getTimezoneOffset() * MIN;
-  const long = to - from > DAY;
-  for (let t = Math.ceil((from - tz) / step) * step + tz; t <= to; t += step) {
-    const d = new Date(t);
-    const label = step >= DAY ? d.toLocaleDateString([], { weekday: "short", day: "numeric" })
-      : (long ? `${d.toLocaleDateString([], { weekday: "short" })} ` : "") + d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
-    parts.push(svg("line", { class: "axis", x1: f(px(t)), x2: f(px(t)), y1: H - m.b, y2: H - m.b + 4 }));
-    if (px(t) < W - 30) parts.push(svg("text", { x: f(px(t)), y: H - 8, "text-anchor": "middle" }, label)); // else clipped
-  }
-  parts.push(svg("line", { class: "axis", x1: m.l, x2: W - m.r, y1: H - m.b, y2: H - m.b }));
-  // Runs of consecutive buckets; a missing bucket breaks the line instead of bridging the gap.
-  const runs = [];
-  for (const [i, p] of points.entries()) {
-    if (i === 0 || p.ts - points[i - 1].ts > bucket * 1.5) runs.push([]);
-    runs.at(-1).push(p);
-  }
-  const half = Math.max(1.5, (px(from + bucket) - px(from)) / 2); // a lone bucket still gets a width
-  for (const run of runs) {
-    const xs = run.map((p) => px(p.ts + bucket / 2));
-    if (run.length === 1) { xs.unshift(xs[0] - half); xs[1] += half; run.unshift(run[0]); }
-    const top = run.map((p, i) => `${f(xs[i])},${f(py(p.max))}`);
-    const bottom = run.map((p, i) => `${f(xs[i])},${f(py(p.min))}`).reverse();
-    parts.push(svg("path", { class: "band", d: `M${top.join("L")}L${bottom.join("L")}Z` }),
-      svg("path", { class: "mean", d: `M${run.map((p, i) => `${f(xs[i])},${f(py(p.mean))}`).join("L")}` }));
-  }
-  // Few points: mark each, with its numbers as a tooltip.
-  if (points.length <= 60) {
-    for (const p of points) {
-      const dot = svg("circle", { cx: f(px(p.ts + bucket / 2)), cy: f(py(p.mean)), r: 2.5 });
-      dot.append(svg("title", {}, `${new Date(p.ts).toLocaleString()}: mean ${formatValue(p.mean)}, ` +
-        `min ${formatValue(p.min)}, max ${formatValue(p.max)}, ${p.count} readings`));
-      parts.push(dot);
-    }
-  }
-  if (!points.length) {
-    parts.push(svg("text", { x: (W + m.l) / 2, y: H / 2, "text-anchor": "middle" }, "No data in this range yet."));
-  }
-  el.history.setAttribute("viewBox", `0 0 ${W} ${H}`);
-  el.history.replaceChildren(...parts);
-  el.history.dataset.points = String(points.length);
-  el.info.textContent = `${points.length} point${points.length === 1 ? "" : "s"} · ` +
-    `${formatDuration(bucket)} buckets (from the ${formatDuration(tier)} tier) · band: min–max, line: mean`;
+/** A datetime-local input's value for `ms` (local time, minutes). */
+const localInput = (ms) => new Date(ms - new Date(ms).getTimezoneOffset() * 60_000).toISOString().slice(0, 16);
+
+function pressRange(button) {
+  for (const b of el.ranges.querySelectorAll("button")) b.setAttribute("aria-pressed", String(b === button));
 }
 
-/** @param {{ markSelected: (id: string|null) => void }} hooks */
-export function initDetail(hooks) {
-  markSelected = hooks.markSelected;
+/** @param {typeof hooks} h */
+export function initDetail(h) {
+  hooks = h;
   el.close.addEventListener("click", closeDetail);
-  el.metric.addEventListener("change", () => { detail.metric = el.metric.value; clearChart(); loadHistory(); });
+  el.metric.addEventListener("change", () => { detail.metric = el.metric.value; local.live = []; clearChart(); loadHistory(); });
   el.ranges.addEventListener("click", (ev) => {
     const button = /** @type {HTMLElement} */ (ev.target).closest("button[data-range]");
     if (!button) return;
+    pressRange(button);
+    if (button.dataset.range === "custom") {
+      // The form opens on the range shown now; Apply draws it.
+      el.custom.hidden = false;
+      const [from, to] = detail.custom ?? [Date.now() - detail.range, Date.now()];
+      el.from.value = localInput(from);
+      el.to.value = localInput(to);
+      el.from.focus();
+      return;
+    }
+    el.custom.hidden = true;
+    detail.custom = null;
     detail.range = Number(button.dataset.range);
-    for (const b of el.ranges.querySelectorAll("button")) b.setAttribute("aria-pressed", String(b === button));
+    clearChart();
+    loadHistory();
+  });
+  el.custom.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const from = new Date(el.from.value).getTime(), to = new Date(el.to.value).getTime();
+    if (!(from < to)) { el.error.textContent = "The range must start before it ends."; return; }
+    detail.custom = [from, to];
     clearChart();
     loadHistory();
   });
   document.addEventListener("keydown", (ev) => { if (ev.key === "Escape" && !el.detail.hidden) closeDetail(); });
-  window.addEventListener("resize", () => { if (local.series && !el.detail.hidden) drawChart(local.series); });
+  new ResizeObserver(() => {
+    if (local.chart && el.history.clientWidth) local.chart.setSize({ width: el.history.clientWidth, height: CHART_HEIGHT });
+  }).observe(el.history);
+  // The chart takes its colours when made: make it anew when the scheme changes.
+  matchMedia("(prefers-color-scheme: dark)").addEventListener("change", () => {
+    if (!local.chart) return;
+    destroyChart();
+    if (local.series) loadHistory();
+  });
 }

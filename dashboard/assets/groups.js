@@ -1,8 +1,9 @@
 // The group tree (sidebar). The structure comes from /api/groups every 10 s; the numbers come
-// live over the socket for the nodes on screen (roots plus the children of expanded nodes),
-// because the server sends aggregates only for subscribed groups and caps the subscription at
-// 100. The roots are always subscribed first: a subscription also brings every alert under
-// the group, so the roots bring the whole fleet's alerts to the alerts panel.
+// live over the socket for the nodes on screen (roots plus the children of expanded nodes).
+// Up to the server's 100 groups a message, those are subscribed by name; beyond, the page
+// takes the fleet subscription (`"*"`: every group, and every alert), which the server sends
+// in bounded batches. The roots are always among the subscribed: a subscription also brings
+// every alert under the group, so the roots bring the whole fleet's alerts to the alerts panel.
 
 import { state, authHeaders } from "./state.js";
 import { $, make, formatValue } from "./util.js";
@@ -10,10 +11,12 @@ import { worstSeverityByGroup } from "./alert-model.js";
 
 const GROUPS_REFRESH_MS = 10_000;  // re-fetch the tree's structure so new groups appear
 const MAX_GROUP_SUBSCRIPTIONS = 100; // the server's limit per `groups` message
+const FLEET = "*";                   // every group, whatever their number
 const GROUPS_SEND_DELAY_MS = 250;  // coalesces quick expand/collapse clicks: the server allows
                                    // 5 view/groups changes per second, shared with `view`
 
-const el = { tree: $("tree"), error: $("groups-error"), metric: /** @type {HTMLSelectElement} */ ($("group-metric")), crumbs: $("crumbs") };
+const el = { tree: $("tree"), error: $("groups-error"), metric: /** @type {HTMLSelectElement} */ ($("group-metric")), crumbs: $("crumbs"),
+  expandAll: $("expand-all") };
 const tree = state.tree;
 /** @type {Map<string, HTMLLIElement>} path -> rendered li, for in-place updates */
 const nodeEls = new Map();
@@ -22,7 +25,8 @@ let worst = new Map();
 let treeKey = null;           // the rendered structure (paths in order), to skip rebuilds
 let sentGroups = null, groupsTimer = 0, refreshTimer = 0;
 
-/** @type {{ sendGroups: (groups: string[]) => boolean, showGroup: (path: string) => void }} */
+/** @type {{ sendGroups: (groups: string[]) => boolean, showGroup: (path: string) => void,
+ *           onTree: (nodes: import("./state.js").GroupNode[]) => void }} */
 let hooks;
 
 function walk(nodes, fn) { for (const n of nodes) { fn(n); walk(n.children ?? [], fn); } }
@@ -37,7 +41,7 @@ export async function loadGroups() {
     el.error.textContent = "";
     const paths = [];
     walk(tree.nodes, (n) => { paths.push(n.group); if (n.aggregate) mergeAggregate(n.aggregate); });
-    if (paths.join("\n") !== treeKey) renderTree(); else for (const li of nodeEls.values()) fillNode(li);
+    if (paths.join("\n") !== treeKey) { renderTree(); hooks.onTree(tree.nodes); } else for (const li of nodeEls.values()) fillNode(li);
     scheduleGroups();                                 // sends only if the visible set is not the one sent
   } catch (err) {
     el.error.textContent = `Could not load groups (${err.message}); retrying.`;
@@ -143,8 +147,8 @@ function fillNode(li) {
   mean.title = m?.count ? `${tree.metric}: mean ${formatValue(m.mean)}, min ${formatValue(m.min)}, max ${formatValue(m.max)} (${m.count} devices)` : "";
 }
 
-/** Roots first, then the children of expanded nodes, depth first: what to subscribe to. */
-export function subscribedGroups() {
+/** Roots first, then the children of expanded nodes, depth first: the groups on screen. */
+export function visibleGroups() {
   const out = tree.nodes.map((n) => n.group);
   const visit = (nodes) => {
     for (const n of nodes) {
@@ -153,7 +157,13 @@ export function subscribedGroups() {
     }
   };
   visit(tree.nodes);
-  return out.slice(0, MAX_GROUP_SUBSCRIPTIONS);
+  return out;
+}
+
+/** What to subscribe to: the groups on screen, or the whole fleet when they are too many. */
+export function subscribedGroups() {
+  const visible = visibleGroups();
+  return visible.length > MAX_GROUP_SUBSCRIPTIONS ? [FLEET] : visible;
 }
 
 function scheduleGroups(delay = GROUPS_SEND_DELAY_MS) {
@@ -199,6 +209,14 @@ export function renderCrumbs() {
 /** @param {typeof hooks} h */
 export function initGroups(h) {
   hooks = h;
+  el.expandAll.addEventListener("click", () => {
+    const expand = el.expandAll.getAttribute("aria-pressed") !== "true";
+    if (expand) walk(tree.nodes, (n) => { if (n.children?.length) tree.expanded.add(n.group); });
+    else tree.expanded.clear();
+    el.expandAll.setAttribute("aria-pressed", String(expand));
+    el.expandAll.textContent = expand ? "Collapse all" : "Expand all";
+    renderTree();
+  });
   el.metric.addEventListener("change", () => {
     tree.metric = el.metric.value;
     for (const li of nodeEls.values()) fillNode(li);

@@ -70,17 +70,27 @@ export const state = {
   },
 
   grid: {
-    page: 0,              // zero-based
     query: "",
     groupFilter: "",      // path of the group the grid is narrowed to; "" = all devices
+    /** @type {""|"alerting"|"offline"|"online"} */
+    status: "",
+    /** "group", "id", "seen" or "metric:NAME", as /api/devices takes it */
+    sort: "group",
+    /** @type {"asc"|"desc"} */
+    order: "asc",
+    /** @type {"table"|"cards"} */
+    layout: "table",
+    /** Devices matching the filter, over all pages (from the server). */
     total: 0,
-    /** @type {string[]} device ids on screen, in server order */
-    ids: [],
-    loaded: false,        // a page has been fetched at least once (so `ids` means something)
-    /** @type {Map<string, DeviceState>} latest state of the devices on screen */
+    loaded: false,        // a page of the current query has arrived
+    /** Index of the item that takes the keyboard focus (roving tabindex). */
+    active: 0,
+    /** @type {Map<string, DeviceState>} latest state of the devices in cached pages (bounded with them) */
     states: new Map(),
-    /** @type {string[]} metric columns currently rendered */
+    /** @type {string[]} metric columns, in name order; only grows */
     metricNames: [],
+    /** @type {Map<string, Severity>} worst active alert per device id */
+    severities: new Map(),
   },
 
   tree: {
@@ -107,10 +117,15 @@ export const state = {
     operator: localStorage.getItem(OPERATOR_KEY) || "",
     /** @type {Map<number, PendingCommand>} */
     pending: new Map(),
+    /** Only alerts under this group path ("" = all). */
+    group: "",
+    /** Minutes a Shelve puts an alert aside for (the server allows 1 to 43,200). */
+    shelveMinutes: 60,
   },
 
-  /** The device whose history panel is open. */
-  detail: { id: /** @type {string|null} */ (null), metric: "", range: 3_600_000 },
+  /** The device whose panel is open; its history range (ms back from now), or a fixed
+   * custom [from, to]. */
+  detail: { id: /** @type {string|null} */ (null), metric: "", range: 3_600_000, custom: /** @type {[number, number]|null} */ (null) },
 };
 
 export function setToken(token) {

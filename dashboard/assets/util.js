@@ -13,6 +13,15 @@ export const $ = (id) => /** @type {HTMLElement} */ (document.getElementById(id)
  */
 export const make = (tag, props = {}) => Object.assign(document.createElement(tag), props);
 
+/**
+ * `node` with `data-*` attributes set (`dataset` cannot be assigned whole).
+ * @template {HTMLElement} T
+ * @param {T} node
+ * @param {Record<string, string>} data
+ * @returns {T}
+ */
+export const withData = (node, data) => { Object.assign(node.dataset, data); return node; };
+
 /** A metric value as shown in a cell. */
 export function formatValue(v) {
   if (typeof v === "boolean") return v ? "yes" : "no";

@@ -23,7 +23,7 @@ use iotmon_wire::history::{HistoryQuery, HistorySeries, HistorySource};
 use iotmon_wire::unix_millis;
 
 use crate::alerts::AlertAccess;
-use crate::hub::{DevicePage, DeviceQuery, GroupNode, HubHandle};
+use crate::hub::{DevicePage, DeviceQuery, DeviceSort, DeviceStatus, GroupNode, HubHandle};
 use crate::session::{serve_viewer, SessionLimits};
 
 /// The page, compiled into the binary: users need nothing but `iotmon` to run the UI.
@@ -46,9 +46,28 @@ const ASSETS: &[(&str, &str, &str)] = &[
         include_str!("../assets/alert-model.js"),
     ),
     ("detail.js", JS, include_str!("../assets/detail.js")),
+    ("chart.js", JS, include_str!("../assets/chart.js")),
+    ("grid-model.js", JS, include_str!("../assets/grid-model.js")),
+    // uPlot, vendored (see assets/VENDORED.md), loaded when a device panel first opens.
+    (
+        "uPlot.iife.min.js",
+        JS,
+        include_str!("../assets/uPlot.iife.min.js"),
+    ),
+    (
+        "uPlot.min.css",
+        CSS,
+        include_str!("../assets/uPlot.min.css"),
+    ),
+    (
+        "uPlot.LICENSE.txt",
+        TEXT,
+        include_str!("../assets/uPlot.LICENSE.txt"),
+    ),
 ];
 const JS: &str = "text/javascript; charset=utf-8";
 const CSS: &str = "text/css; charset=utf-8";
+const TEXT: &str = "text/plain; charset=utf-8";
 
 /// Most devices one `/api/devices` page may hold.
 const MAX_PAGE: usize = 500;
@@ -294,9 +313,56 @@ struct DevicesParams {
     q: Option<String>,
     /// Only devices under this group path.
     group: Option<String>,
+    /// Only devices that are `alerting`, `offline` or `online`.
+    state: Option<String>,
+    /// `group` (group path then id, the default), `id`, `seen` (latest reading) or
+    /// `metric:NAME` (that metric's latest value).
+    sort: Option<String>,
+    /// `asc` (the default) or `desc`.
+    order: Option<String>,
     /// The viewer token: checked by `require_token`, accepted here so it is not unknown.
     #[serde(rename = "token")]
     _token: Option<String>,
+}
+
+/// The `state` filter of `/api/devices`.
+fn device_status(state: Option<&str>) -> Result<Option<DeviceStatus>, ApiError> {
+    match state.unwrap_or("") {
+        "" => Ok(None),
+        "alerting" => Ok(Some(DeviceStatus::Alerting)),
+        "offline" => Ok(Some(DeviceStatus::Offline)),
+        "online" => Ok(Some(DeviceStatus::Online)),
+        other => Err(ApiError::BadRequest(format!(
+            "unknown state {other:?}: expected alerting, offline or online"
+        ))),
+    }
+}
+
+/// The `sort` and `order` of `/api/devices`.
+fn device_sort(sort: Option<&str>, order: Option<&str>) -> Result<(DeviceSort, bool), ApiError> {
+    let sort = match sort.unwrap_or("") {
+        "" | "group" => DeviceSort::Group,
+        "id" => DeviceSort::Id,
+        "seen" => DeviceSort::LastSeen,
+        other => match other.strip_prefix("metric:") {
+            Some(name) if !name.is_empty() => DeviceSort::Metric(name.to_string()),
+            _ => {
+                return Err(ApiError::BadRequest(format!(
+                    "unknown sort {other:?}: expected group, id, seen or metric:NAME"
+                )))
+            }
+        },
+    };
+    let descending = match order.unwrap_or("asc") {
+        "asc" => false,
+        "desc" => true,
+        other => {
+            return Err(ApiError::BadRequest(format!(
+                "unknown order {other:?}: expected asc or desc"
+            )))
+        }
+    };
+    Ok((sort, descending))
 }
 
 async fn devices(
@@ -310,11 +376,15 @@ async fn devices(
             "limit must be between 1 and {MAX_PAGE}"
         )));
     }
+    let (sort, descending) = device_sort(params.sort.as_deref(), params.order.as_deref())?;
     let query = DeviceQuery {
         offset: params.offset,
         limit,
         text: params.q.filter(|q| !q.is_empty()),
         group: params.group.filter(|g| !g.is_empty()),
+        status: device_status(params.state.as_deref())?,
+        sort,
+        descending,
     };
     let page = state
         .hub
@@ -476,6 +546,41 @@ mod tests {
         assert_eq!(find_asset("style.css").map(|a| a.0), Some(CSS));
         assert!(find_asset("../api.rs").is_none());
         assert_ne!(asset_etag("a"), asset_etag("b"));
+    }
+
+    #[test]
+    fn device_list_parameters_name_a_sort_an_order_and_a_state() {
+        assert!(matches!(
+            device_sort(None, None),
+            Ok((DeviceSort::Group, false))
+        ));
+        assert!(matches!(
+            device_sort(Some("seen"), Some("desc")),
+            Ok((DeviceSort::LastSeen, true))
+        ));
+        assert!(matches!(
+            device_sort(Some("metric:temperature"), None),
+            Ok((DeviceSort::Metric(name), false)) if name == "temperature"
+        ));
+        for (sort, order) in [
+            (Some("metric:"), None),
+            (Some("size"), None),
+            (None, Some("up")),
+        ] {
+            assert!(matches!(
+                device_sort(sort, order),
+                Err(ApiError::BadRequest(_))
+            ));
+        }
+        assert!(matches!(
+            device_status(Some("alerting")),
+            Ok(Some(DeviceStatus::Alerting))
+        ));
+        assert!(matches!(device_status(Some("")), Ok(None)));
+        assert!(matches!(
+            device_status(Some("asleep")),
+            Err(ApiError::BadRequest(_))
+        ));
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! waits on: when it is full, the viewer's changed devices stay pending and go out coalesced
 //! (latest value wins) once the viewer has caught up.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::cmp::Ordering as Order;
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +24,14 @@ use tracing::warn;
 
 /// Identifies one viewer session.
 pub type ViewerId = u64;
+
+/// The group subscription that stands for every group: a fleet overview (`"groups": ["*"]`).
+pub const FLEET: &str = "*";
+
+/// Most group aggregates one `update` carries. A fleet subscriber may have thousands of groups
+/// change each aggregation window; the rest wait for the next tick, oldest change first
+/// (latest aggregate wins), so a frame stays small and every group still goes out.
+pub const MAX_GROUPS_PER_UPDATE: usize = 500;
 
 /// Commands the hub accepts from sessions and REST handlers.
 #[derive(Debug)]
@@ -85,9 +94,11 @@ pub struct ViewerGauges {
     pub max_queued_frames: usize,
     /// Viewers currently behind (their queue was full; a snapshot is owed).
     pub lagging_viewers: usize,
+    /// Viewers subscribed to every group (the fleet overview).
+    pub fleet_viewers: usize,
 }
 
-/// Which devices `/api/devices` returns.
+/// Which devices `/api/devices` returns, and in what order.
 #[derive(Debug, Clone, Default)]
 pub struct DeviceQuery {
     pub offset: usize,
@@ -96,6 +107,35 @@ pub struct DeviceQuery {
     pub text: Option<String>,
     /// Only devices under this group (the group itself or a subgroup).
     pub group: Option<String>,
+    /// Only devices in this condition.
+    pub status: Option<DeviceStatus>,
+    pub sort: DeviceSort,
+    /// Largest first (the tie-break, group path then id, stays ascending).
+    pub descending: bool,
+}
+
+/// A device's condition, to filter the device list by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceStatus {
+    /// The subject of an active alert (acknowledged or not).
+    Alerting,
+    /// Marked offline (last will, `offline` status, or silence).
+    Offline,
+    Online,
+}
+
+/// The order of the device list. Every order ends with group path then id, so that pages of
+/// one query never overlap or skip a device while the fleet stands still.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum DeviceSort {
+    /// Group path, then id: the hub's own order, read without sorting.
+    #[default]
+    Group,
+    Id,
+    /// Time of the latest reading.
+    LastSeen,
+    /// A metric's latest value; devices without it come last in either direction.
+    Metric(String),
 }
 
 /// One group of the location hierarchy, with its latest aggregate and its subgroups.
@@ -223,6 +263,11 @@ impl Collector for ViewerGauges {
                 "Viewers behind, owed a resynchronising snapshot.",
                 self.lagging_viewers,
             ),
+            (
+                "iotmon_fleet_viewers",
+                "Viewers subscribed to every group's aggregate (the fleet overview).",
+                self.fleet_viewers,
+            ),
         ];
         for (name, help, value) in gauges {
             encode_one(&mut encoder, name, help, Kind::Gauge, value as u64)?;
@@ -342,10 +387,16 @@ struct Viewer {
     /// own entries alone, without visiting the fleet-wide device map, so its cost does not
     /// grow with the fleet.
     pending: HashMap<DeviceId, DeviceJson>,
-    /// Groups whose aggregates the viewer shows.
+    /// Groups whose aggregates the viewer shows (empty for a fleet subscriber).
     groups: HashSet<GroupPath>,
+    /// Subscribed to every group's aggregate ([`FLEET`]).
+    fleet: bool,
+    /// The next snapshot must carry every subscribed aggregate: after a `groups` message, or
+    /// when the viewer fell behind. A fleet subscriber's snapshot answering a mere `view`
+    /// change leaves them out: it has them, and they are thousands (megabytes).
+    groups_owed: bool,
     /// Subscribed groups whose aggregate changed since the viewer's last frame.
-    pending_groups: HashSet<GroupPath>,
+    pending_groups: PendingGroups,
     /// A snapshot is owed instead of an update: after a new view, or after the viewer's queue
     /// was full (it fell behind; once it catches up, a snapshot resynchronises it).
     needs_snapshot: bool,
@@ -357,6 +408,43 @@ struct Viewer {
 
 /// A device's state serialized once, shared by every frame that carries it.
 type DeviceJson = Arc<RawValue>;
+
+/// Groups whose aggregate changed and is owed to a viewer, in the order they first changed.
+/// At most one entry per group (a group that changes again keeps its place: the frame carries
+/// its latest aggregate), so it is bounded by the number of groups.
+#[derive(Debug, Default)]
+struct PendingGroups {
+    order: VecDeque<GroupPath>,
+    members: HashSet<GroupPath>,
+}
+
+impl PendingGroups {
+    fn insert(&mut self, group: &GroupPath) {
+        if self.members.insert(group.clone()) {
+            self.order.push_back(group.clone());
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    /// The oldest `n` entries, left in place until [`Self::remove_first`].
+    fn first(&self, n: usize) -> impl Iterator<Item = &GroupPath> {
+        self.order.iter().take(n)
+    }
+
+    fn remove_first(&mut self, n: usize) {
+        for group in self.order.drain(..n.min(self.order.len())) {
+            self.members.remove(&group);
+        }
+    }
+
+    fn clear(&mut self) {
+        self.order.clear();
+        self.members.clear();
+    }
+}
 
 /// What the hub knows of one device.
 #[derive(Debug)]
@@ -414,6 +502,8 @@ pub struct Hub {
     aggregates: HashMap<GroupPath, GroupAggregate>,
     /// Group path to the viewers subscribed to its aggregate.
     group_watchers: HashMap<GroupPath, HashSet<ViewerId>>,
+    /// Viewers subscribed to every group: each changed aggregate goes to each of them.
+    fleet_watchers: HashSet<ViewerId>,
     /// Viewers with something to send at the next tick.
     dirty: HashSet<ViewerId>,
     /// The open alerts.
@@ -431,6 +521,7 @@ impl Hub {
             watchers: HashMap::new(),
             aggregates: HashMap::new(),
             group_watchers: HashMap::new(),
+            fleet_watchers: HashSet::new(),
             dirty: HashSet::new(),
             alerts: HashMap::new(),
             stats,
@@ -453,8 +544,11 @@ impl Hub {
                 let _ = reply.send(self.alerts.values().cloned().collect());
             }
             HubCommand::ListDevices { query, reply } => {
-                // The asker may have gone; nothing to do then.
-                let _ = reply.send(self.list(&query));
+                // A page scrolled past is abandoned by the browser before its turn comes:
+                // listing a large fleet is not free, and the hub has better things to do.
+                if !reply.is_closed() {
+                    let _ = reply.send(self.list(&query));
+                }
             }
         }
     }
@@ -466,7 +560,9 @@ impl Hub {
             view: HashSet::new(),
             pending: HashMap::new(),
             groups: HashSet::new(),
-            pending_groups: HashSet::new(),
+            fleet: false,
+            groups_owed: false,
+            pending_groups: PendingGroups::default(),
             needs_snapshot: false,
             group_total: None,
             seq: 0,
@@ -483,6 +579,7 @@ impl Hub {
             unindex(&mut self.watchers, id, &viewer.view);
             unindex(&mut self.group_watchers, id, &viewer.groups);
         }
+        self.fleet_watchers.remove(&id);
         self.dirty.remove(&id);
         self.stats
             .viewers
@@ -516,12 +613,24 @@ impl Hub {
         self.push_to(id);
     }
 
-    /// Replaces viewer `id`'s group subscriptions and sends it a snapshot at once.
+    /// Replaces viewer `id`'s group subscriptions and sends it a snapshot at once. A list
+    /// naming [`FLEET`] subscribes to every group.
     pub fn set_groups(&mut self, id: ViewerId, groups: Vec<GroupPath>) {
         let Some(viewer) = self.viewers.get_mut(&id) else {
             return;
         };
-        let new_groups: HashSet<GroupPath> = groups.into_iter().collect();
+        viewer.fleet = groups.iter().any(|group| &**group == FLEET);
+        viewer.groups_owed = true;
+        if viewer.fleet {
+            self.fleet_watchers.insert(id);
+        } else {
+            self.fleet_watchers.remove(&id);
+        }
+        let new_groups: HashSet<GroupPath> = if viewer.fleet {
+            HashSet::new()
+        } else {
+            groups.into_iter().collect()
+        };
         let old_groups = std::mem::replace(&mut viewer.groups, new_groups.clone());
         viewer.pending_groups.clear();
         viewer.needs_snapshot = true;
@@ -564,7 +673,12 @@ impl Hub {
         for viewer in self.viewers.values() {
             let queued = viewer.outbound.max_capacity() - viewer.outbound.capacity();
             gauges.viewed_devices += viewer.view.len();
-            gauges.viewed_groups += viewer.groups.len();
+            gauges.viewed_groups += if viewer.fleet {
+                self.aggregates.len()
+            } else {
+                viewer.groups.len()
+            };
+            gauges.fleet_viewers += usize::from(viewer.fleet);
             gauges.queued_frames += queued;
             gauges.max_queued_frames = gauges.max_queued_frames.max(queued);
             gauges.lagging_viewers += usize::from(viewer.needs_snapshot && !viewer.view.is_empty());
@@ -622,6 +736,7 @@ impl Hub {
                 viewers.extend(watchers);
             }
         }
+        viewers.extend(&self.fleet_watchers);
         viewers
     }
 
@@ -645,12 +760,15 @@ impl Hub {
 
     fn apply_aggregates(&mut self, aggregates: Vec<GroupAggregate>) {
         for aggregate in aggregates {
-            if let Some(watchers) = self.group_watchers.get(&aggregate.group) {
-                for viewer_id in watchers {
-                    if let Some(viewer) = self.viewers.get_mut(viewer_id) {
-                        viewer.pending_groups.insert(aggregate.group.clone());
-                        self.dirty.insert(*viewer_id);
-                    }
+            let watchers = self
+                .group_watchers
+                .get(&aggregate.group)
+                .into_iter()
+                .flatten();
+            for viewer_id in watchers.chain(&self.fleet_watchers) {
+                if let Some(viewer) = self.viewers.get_mut(viewer_id) {
+                    viewer.pending_groups.insert(&aggregate.group);
+                    self.dirty.insert(*viewer_id);
                 }
             }
             self.aggregates.insert(aggregate.group.clone(), aggregate);
@@ -711,11 +829,22 @@ impl Hub {
         let Some(viewer) = self.viewers.get_mut(&id) else {
             return;
         };
+        let mut groups_sent = 0;
+        let mut groups_in_snapshot = true;
         let (frame, is_snapshot) = if viewer.needs_snapshot {
+            // A fleet snapshot carries every group, like `/api/groups` does, when it owes them.
+            let groups = if viewer.fleet && !viewer.groups_owed {
+                groups_in_snapshot = false;
+                Vec::new()
+            } else if viewer.fleet {
+                self.aggregates.values().collect()
+            } else {
+                aggregates_of(&self.aggregates, viewer.groups.iter())
+            };
             let snapshot = Frame::Snapshot {
                 seq: viewer.seq,
                 devices: jsons_of(&mut self.devices, viewer.view.iter()),
-                groups: aggregates_of(&self.aggregates, viewer.groups.iter()),
+                groups,
                 total: viewer.group_total,
                 alerts: alerts_in_scope(&self.alerts, viewer),
             };
@@ -723,10 +852,11 @@ impl Hub {
         } else if viewer.pending.is_empty() && viewer.pending_groups.is_empty() {
             return;
         } else {
+            groups_sent = MAX_GROUPS_PER_UPDATE;
             let update = Frame::Update {
                 seq: viewer.seq,
                 devices: viewer.pending.values().collect(),
-                groups: aggregates_of(&self.aggregates, viewer.pending_groups.iter()),
+                groups: aggregates_of(&self.aggregates, viewer.pending_groups.first(groups_sent)),
             };
             (update, false)
         };
@@ -734,9 +864,18 @@ impl Hub {
             Offer::Queued => {
                 viewer.seq += 1;
                 viewer.pending.clear();
-                viewer.pending_groups.clear();
                 if is_snapshot {
                     viewer.needs_snapshot = false;
+                    viewer.groups_owed = false;
+                    if groups_in_snapshot {
+                        viewer.pending_groups.clear();
+                    }
+                } else {
+                    viewer.pending_groups.remove_first(groups_sent);
+                }
+                if !viewer.pending_groups.is_empty() {
+                    // More than one frame's worth of groups changed: the rest go next tick.
+                    self.dirty.insert(id);
                 }
                 self.stats.frames_sent.fetch_add(1, Ordering::Relaxed);
             }
@@ -756,13 +895,18 @@ impl Hub {
             self.stats.resync_snapshots.fetch_add(1, Ordering::Relaxed);
         }
         viewer.needs_snapshot = true;
+        viewer.groups_owed = true;
         viewer.pending.clear();
         viewer.pending_groups.clear();
         self.dirty.insert(id);
     }
 
+    /// One page of the device list. In the hub's own order the page is read off the ordered
+    /// set; any other order selects the page from the matching devices in linear time (two
+    /// partitions, then a sort of the page alone) rather than sorting the whole fleet.
     fn list(&self, query: &DeviceQuery) -> DevicePage {
         let needle = query.text.as_deref().map(str::to_lowercase);
+        let alerting = (query.status == Some(DeviceStatus::Alerting)).then(|| self.alerting());
         let matches = |(group, id): &&(GroupPath, DeviceId)| {
             let in_scope = query
                 .group
@@ -773,15 +917,44 @@ impl Hub {
             });
             in_scope && found
         };
-        let total = self.order.iter().filter(matches).count();
-        let devices = self
+        let in_status = |state: &DeviceState| match query.status {
+            None => true,
+            Some(DeviceStatus::Online) => state.online,
+            Some(DeviceStatus::Offline) => !state.online,
+            Some(DeviceStatus::Alerting) => alerting
+                .as_ref()
+                .is_some_and(|alerting| alerting.contains(&*state.id)),
+        };
+        let matching = self
             .order
             .iter()
             .filter(matches)
-            .skip(query.offset)
-            .take(query.limit)
-            .filter_map(|(_, id)| self.devices.get(id).map(|entry| entry.state.clone()))
-            .collect();
+            .filter_map(|(_, id)| self.devices.get(id).map(|entry| &entry.state))
+            .filter(|state| in_status(state));
+        let (total, devices) = if query.sort == DeviceSort::Group && !query.descending {
+            // Already in order: counted and paged in one pass, nothing collected but the page.
+            let mut total = 0;
+            let mut page = Vec::new();
+            for (index, state) in matching.enumerate() {
+                total += 1;
+                if index >= query.offset && page.len() < query.limit {
+                    page.push(state.clone());
+                }
+            }
+            (total, page)
+        } else {
+            // Each device's sort key is read once, not at every comparison.
+            let mut keyed: Vec<(SortKey, &DeviceState)> = matching
+                .map(|state| (SortKey::of(state, &query.sort), state))
+                .collect();
+            let total = keyed.len();
+            let compare = device_order(query.descending);
+            let page = select_page(&mut keyed, query.offset, query.limit, compare);
+            (
+                total,
+                page.iter().map(|(_, state)| (*state).clone()).collect(),
+            )
+        };
         DevicePage {
             total,
             offset: query.offset,
@@ -789,6 +962,90 @@ impl Hub {
             devices,
         }
     }
+
+    /// The devices that are the subject of an active alert.
+    fn alerting(&self) -> HashSet<&str> {
+        self.alerts
+            .values()
+            .filter(|alert| alert.state.is_active())
+            .map(|alert| &*alert.subject)
+            .collect()
+    }
+}
+
+/// A device's key in a [`DeviceSort`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum SortKey<'a> {
+    /// Sorting by group: the tie-break is the whole order.
+    Group,
+    Text(&'a str),
+    Time(i64),
+    Number(f64),
+    /// The metric sorted by is absent.
+    Missing,
+}
+
+impl<'a> SortKey<'a> {
+    fn of(state: &'a DeviceState, sort: &DeviceSort) -> Self {
+        match sort {
+            DeviceSort::Group => SortKey::Group,
+            DeviceSort::Id => SortKey::Text(&state.id),
+            DeviceSort::LastSeen => SortKey::Time(state.ts),
+            DeviceSort::Metric(name) => state
+                .metrics
+                .get(name.as_str())
+                .map_or(SortKey::Missing, |value| SortKey::Number(value.as_f64())),
+        }
+    }
+}
+
+/// How two keyed devices compare: the key (reversed when `descending`), then group path and
+/// id ascending, so the order is total and pages are stable. Devices without the metric
+/// sorted by come last in either direction; sorting by group descending reverses it all.
+fn device_order<'a>(
+    descending: bool,
+) -> impl Fn(&(SortKey<'a>, &'a DeviceState), &(SortKey<'a>, &'a DeviceState)) -> Order {
+    let directed = move |order: Order| if descending { order.reverse() } else { order };
+    move |(a_key, a), (b_key, b)| {
+        let tie = || (&a.group, &a.id).cmp(&(&b.group, &b.id));
+        let primary = match (a_key, b_key) {
+            (SortKey::Group, _) => return directed(tie()),
+            (SortKey::Text(x), SortKey::Text(y)) => directed(x.cmp(y)),
+            (SortKey::Time(x), SortKey::Time(y)) => directed(x.cmp(y)),
+            (SortKey::Number(x), SortKey::Number(y)) => directed(x.total_cmp(y)),
+            (SortKey::Missing, SortKey::Missing) => Order::Equal,
+            (SortKey::Missing, _) => Order::Greater,
+            (_, SortKey::Missing) => Order::Less,
+            // One sort gives every device the same kind of key.
+            _ => Order::Equal,
+        };
+        primary.then_with(tie)
+    }
+}
+
+/// The items at `offset..offset + limit` in `compare`'s order, sorted, without sorting the
+/// rest: O(n + limit log limit).
+fn select_page<T>(
+    items: &mut [T],
+    offset: usize,
+    limit: usize,
+    compare: impl Fn(&T, &T) -> Order,
+) -> &[T] {
+    if offset >= items.len() || limit == 0 {
+        return &[];
+    }
+    if offset > 0 {
+        items.select_nth_unstable_by(offset, &compare);
+    }
+    let tail = &mut items[offset..];
+    let page = if tail.len() > limit {
+        tail.select_nth_unstable_by(limit, &compare);
+        &mut tail[..limit]
+    } else {
+        tail
+    };
+    page.sort_unstable_by(&compare);
+    page
 }
 
 impl Hub {
@@ -886,7 +1143,8 @@ fn alerts_in_scope<'a>(alerts: &'a HashMap<AlertId, Alert>, viewer: &Viewer) -> 
     let mut in_scope: Vec<&Alert> = alerts
         .values()
         .filter(|alert| {
-            viewer.view.contains(&*alert.subject)
+            viewer.fleet
+                || viewer.view.contains(&*alert.subject)
                 || viewer
                     .groups
                     .iter()
@@ -1117,6 +1375,7 @@ mod tests {
             limit: 2,
             text: None,
             group: None,
+            ..DeviceQuery::default()
         });
         assert_eq!(page.total, 3);
         let listed: Vec<&str> = page.devices.iter().map(|d| &*d.id).collect();
@@ -1126,6 +1385,7 @@ mod tests {
             limit: 10,
             text: Some("Z-".into()),
             group: None,
+            ..DeviceQuery::default()
         });
         assert_eq!(found.total, 1);
     }
@@ -1354,8 +1614,169 @@ mod tests {
             limit: 10,
             text: None,
             group: Some("hq".into()),
+            ..DeviceQuery::default()
         });
         let listed: Vec<&str> = page.devices.iter().map(|d| &*d.id).collect();
         assert_eq!((page.total, listed), (2, vec!["d3", "d1"]));
+    }
+
+    #[test]
+    fn a_fleet_subscriber_gets_every_group_and_every_alert_in_bounded_updates() {
+        let mut hub = Hub::new(Arc::default());
+        let many: Vec<GroupAggregate> = (0..MAX_GROUPS_PER_UPDATE + 20)
+            .map(|n| aggregate(&format!("site-{n}"), 1))
+            .collect();
+        hub.apply(LiveUpdate::Aggregates(many.clone()));
+        let (tx, mut rx) = mpsc::channel(8);
+        hub.join(1, tx);
+        hub.set_groups(1, vec![FLEET.into()]);
+        match frames(&mut rx).as_slice() {
+            [ServerMessage::Snapshot { groups, .. }] => assert_eq!(groups.len(), many.len()),
+            other => panic!("expected a snapshot of every group, got {other:?}"),
+        }
+        assert_eq!(hub.gauges().fleet_viewers, 1);
+        assert_eq!(hub.gauges().viewed_groups, many.len());
+        // Every group changes: one tick carries at most a frame's worth, the next the rest.
+        let changed: Vec<GroupAggregate> = many.iter().map(|a| aggregate(&a.group, 2)).collect();
+        hub.apply(LiveUpdate::Aggregates(changed));
+        let mut seen = HashSet::new();
+        for expected in [MAX_GROUPS_PER_UPDATE, 20] {
+            hub.push_pending();
+            match frames(&mut rx).as_slice() {
+                [ServerMessage::Update { groups, .. }] => {
+                    assert_eq!(groups.len(), expected);
+                    assert!(groups.iter().all(|g| g.devices.online == 2));
+                    seen.extend(groups.iter().map(|g| g.group.clone()));
+                }
+                other => panic!("expected one update, got {other:?}"),
+            }
+        }
+        assert_eq!(seen.len(), many.len(), "every group went out once");
+        hub.push_pending();
+        assert!(frames(&mut rx).is_empty(), "nothing left");
+        // A view change is answered without the thousands of aggregates the viewer has.
+        hub.set_view(1, ViewSpec::Devices(vec!["d1".into()]));
+        match frames(&mut rx).as_slice() {
+            [ServerMessage::Snapshot { groups, .. }] => assert!(groups.is_empty()),
+            other => panic!("expected a snapshot without groups, got {other:?}"),
+        }
+        // A viewer that fell behind is owed them all again.
+        hub.fell_behind(1);
+        hub.push_pending();
+        match frames(&mut rx).as_slice() {
+            [ServerMessage::Snapshot { groups, .. }] => assert_eq!(groups.len(), many.len()),
+            other => panic!("expected a full snapshot, got {other:?}"),
+        }
+        // Alerts anywhere are in a fleet subscriber's scope.
+        hub.apply(LiveUpdate::Alerts(vec![alert(4, "d9", "far/away", 1)]));
+        assert!(matches!(
+            frames(&mut rx).as_slice(),
+            [ServerMessage::Alert { alert }] if alert.id == 4
+        ));
+        // Back to a plain subscription: the fleet's traffic stops.
+        hub.set_groups(1, vec!["site-1".into()]);
+        frames(&mut rx);
+        hub.apply(LiveUpdate::Aggregates(vec![aggregate("site-2", 3)]));
+        hub.push_pending();
+        assert!(frames(&mut rx).is_empty());
+        assert_eq!(hub.gauges().fleet_viewers, 0);
+        hub.set_groups(1, vec![FLEET.into()]);
+        hub.leave(1);
+        assert!(hub.fleet_watchers.is_empty());
+    }
+
+    fn reading(id: &str, group: &str, ts: i64, t: Option<f64>, online: bool) -> DeviceState {
+        let mut device = placed(id, group);
+        device.ts = ts;
+        device.online = online;
+        device.metrics.clear();
+        if let Some(t) = t {
+            device.metrics.insert("t".into(), MetricValue::Number(t));
+        }
+        device
+    }
+
+    fn listed(hub: &Hub, query: DeviceQuery) -> (usize, Vec<String>) {
+        let page = hub.list(&query);
+        let ids = page.devices.iter().map(|d| d.id.to_string()).collect();
+        (page.total, ids)
+    }
+
+    #[test]
+    fn device_lists_sort_by_a_key_and_filter_by_state_in_stable_pages() {
+        let mut hub = Hub::new(Arc::default());
+        hub.apply(LiveUpdate::Devices(vec![
+            reading("e", "hq/a", 50, Some(3.0), true),
+            reading("b", "hq/b", 10, Some(9.0), false),
+            reading("d", "hq/a", 40, None, true),
+            reading("a", "hq/b", 30, Some(1.0), true),
+            reading("c", "hq/a", 20, Some(3.0), false),
+        ]));
+        hub.apply(LiveUpdate::Alerts(vec![alert(1, "a", "hq/b", 1)]));
+        let query = |sort: DeviceSort, descending: bool, offset: usize, limit: usize| DeviceQuery {
+            offset,
+            limit,
+            sort,
+            descending,
+            ..DeviceQuery::default()
+        };
+        let by_metric = DeviceSort::Metric("t".into());
+        // Equal values break ties by group then id; no value comes last either way.
+        assert_eq!(
+            listed(&hub, query(by_metric.clone(), false, 0, 10)),
+            (5, ["a", "c", "e", "b", "d"].map(String::from).to_vec())
+        );
+        assert_eq!(
+            listed(&hub, query(by_metric.clone(), true, 0, 10)).1,
+            ["b", "c", "e", "a", "d"]
+        );
+        // Pages of a sorted list put together are the whole list.
+        let pages: Vec<String> = (0..3)
+            .flat_map(|page| listed(&hub, query(DeviceSort::LastSeen, true, page * 2, 2)).1)
+            .collect();
+        assert_eq!(pages, ["e", "d", "a", "c", "b"]);
+        assert_eq!(
+            listed(&hub, query(DeviceSort::Id, false, 3, 10)).1,
+            ["d", "e"]
+        );
+        assert_eq!(
+            listed(&hub, query(DeviceSort::Id, false, 9, 10)),
+            (5, vec![])
+        );
+        assert_eq!(
+            listed(&hub, query(DeviceSort::Group, true, 0, 2)).1,
+            ["b", "a"]
+        );
+        let with_status = |status| DeviceQuery {
+            limit: 10,
+            status: Some(status),
+            ..DeviceQuery::default()
+        };
+        assert_eq!(
+            listed(&hub, with_status(DeviceStatus::Offline)),
+            (2, vec!["c".into(), "b".into()])
+        );
+        assert_eq!(listed(&hub, with_status(DeviceStatus::Online)).0, 3);
+        assert_eq!(
+            listed(&hub, with_status(DeviceStatus::Alerting)),
+            (1, vec!["a".into()])
+        );
+        // A cleared alert is no longer alerting.
+        let mut cleared = alert(1, "a", "hq/b", 2);
+        cleared.state = iotmon_wire::AlertState::ClearedUnacknowledged;
+        hub.apply(LiveUpdate::Alerts(vec![cleared]));
+        assert_eq!(listed(&hub, with_status(DeviceStatus::Alerting)).0, 0);
+    }
+
+    #[test]
+    fn a_page_is_selected_without_sorting_the_rest() {
+        let mut items: Vec<u32> = (0..100).rev().collect();
+        assert_eq!(
+            select_page(&mut items, 10, 5, u32::cmp),
+            [10, 11, 12, 13, 14]
+        );
+        assert_eq!(select_page(&mut items, 97, 5, u32::cmp), [97, 98, 99]);
+        assert!(select_page(&mut items, 100, 5, u32::cmp).is_empty());
+        assert_eq!(select_page(&mut items, 0, 2, u32::cmp), [0, 1]);
     }
 }

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::alerts::{operator, shelve_until, AlertAccess, CommandFailure};
-use crate::hub::{HubCommand, HubHandle, ViewSpec, ViewerId};
+use crate::hub::{HubCommand, HubHandle, ViewSpec, ViewerId, FLEET};
 use crate::rate::TokenBucket;
 
 /// What a session enforces on its viewer (see `DashboardConfig` for each).
@@ -320,6 +320,16 @@ pub fn parse_client_message(text: &str, limits: &SessionLimits) -> Result<Reques
         serde_json::from_str(text).map_err(|e| format!("invalid message: {e}"))?;
     match message {
         ClientMessage::Ping => Ok(Request::Ping),
+        // The fleet (every group) is one subscription, whatever the number of groups.
+        ClientMessage::Groups { groups } if groups.iter().any(|g| &**g == FLEET) => {
+            if groups.len() == 1 {
+                Ok(Request::Groups(groups))
+            } else {
+                Err(format!(
+                    "\"{FLEET}\" (every group) is a subscription of its own: send it alone"
+                ))
+            }
+        }
         ClientMessage::Groups { groups } if groups.len() > limits.max_view_groups => Err(format!(
             "at most {} groups at once, this message has {}",
             limits.max_view_groups,
@@ -487,6 +497,18 @@ mod tests {
         let err = parse_client_message(r#"{"type":"groups","groups":["a","b"]}"#, &limits)
             .expect_err("too many groups");
         assert!(err.contains("at most 1 groups"), "{err}");
+    }
+
+    #[test]
+    fn the_fleet_is_one_subscription_beyond_the_group_limit() {
+        let limits = limits();
+        assert_eq!(
+            parse_client_message(r#"{"type":"groups","groups":["*"]}"#, &limits),
+            Ok(Request::Groups(vec![FLEET.into()]))
+        );
+        let err = parse_client_message(r#"{"type":"groups","groups":["*","hq"]}"#, &limits)
+            .expect_err("fleet with others");
+        assert!(err.contains("alone"), "{err}");
     }
 
     #[test]

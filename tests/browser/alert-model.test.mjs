@@ -8,7 +8,7 @@ import { readFile } from 'node:fs/promises';
 // (they are served to browsers, not run by Node): load this one as a module from its text.
 // It imports nothing, so that works.
 const source = await readFile(new URL('../../dashboard/assets/alert-model.js', import.meta.url));
-const { applyAlert, applySnapshot, arrange, worstSeverityByGroup } =
+const { applyAlert, applySnapshot, arrange, worstSeverityByGroup, worstSeverityBySubject, shelveMinutes, formatMinutes } =
   await import(`data:text/javascript;base64,${source.toString('base64')}`);
 
 const NOW = 1_700_000_000_000;
@@ -87,4 +87,30 @@ test('each group takes the worst severity of the active, unshelved alerts under 
     alert(4, { group: 'hq/a/f2', severity: 'critical', shelved_until: NOW + 1000 }),
   ], NOW);
   assert.deepEqual(Object.fromEntries(worst), { 'hq': 'major', 'hq/a': 'minor', 'hq/a/f1': 'minor', 'hq/b': 'major' });
+});
+
+test('the group filter keeps the alerts under the group, counting only those', () => {
+  const list = [alert(1, { group: 'hq/a' }), alert(2, { group: 'hq/a/floor-1', severity: 'critical' }),
+    alert(3, { group: 'hq-annex' }), alert(4, { group: 'plant' })];
+  const under = arrange(list, { ...all, group: 'hq/a' });
+  assert.deepEqual(ids(under), [2, 1]);
+  assert.equal(under.counts.critical + under.counts.minor, 2);
+  assert.deepEqual(ids(arrange(list, { ...all, group: 'hq' })), [2, 1], 'not hq-annex');
+  assert.deepEqual(ids(arrange(list, { ...all, group: 'pla' })), [], 'a prefix of a name is not a group');
+  assert.equal(ids(arrange(list, { ...all, group: '' })).length, 4);
+});
+
+test('each device takes the worst severity of its active, unshelved alerts', () => {
+  const list = [alert(1, { subject: 'd', severity: 'minor' }), alert(2, { subject: 'd', severity: 'major' }),
+    alert(3, { subject: 'e', severity: 'critical', state: 'cleared_unacknowledged' }),
+    alert(4, { subject: 'f', severity: 'critical', shelved_until: NOW + 1 })];
+  assert.deepEqual([...worstSeverityBySubject(list, NOW)], [['d', 'major']]);
+});
+
+test('a custom shelving is taken in hours within the server\'s 1 minute to 30 days', () => {
+  assert.equal(shelveMinutes('2'), 120);
+  assert.equal(shelveMinutes(0.25), 15);
+  assert.equal(shelveMinutes('720'), 43_200);
+  for (const bad of ['0', '-1', '721', 'soon', '']) assert.equal(shelveMinutes(bad), null, bad);
+  assert.deepEqual([15, 60, 480, 1500].map(formatMinutes), ['15 min', '1 h', '8 h', '1 d 1 h']);
 });

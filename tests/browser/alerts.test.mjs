@@ -85,8 +85,11 @@ test('the page subscribes to every top-level group, so it receives the whole fle
   await waitHere('a groups subscription naming lab and site-1', () =>
     frames.sent.some((m) => m.type === 'groups' && m.groups.includes('lab') && m.groups.includes('site-1')), 20_000);
   const subscribedAt = frames.sent.findLast((m) => m.type === 'groups').seenAt;
-  await waitHere('the snapshot answering the subscription', () =>
-    frames.received.some((m) => m.type === 'snapshot' && m.seenAt >= subscribedAt && m.groups?.some((g) => g.group === 'lab')), 10_000);
+  // The snapshot answering it carries lab's aggregate if the bridge has made one yet; if not,
+  // the next update does.
+  await waitHere('lab\'s aggregate since the subscription', () =>
+    frames.received.some((m) => (m.type === 'snapshot' || m.type === 'update') && m.seenAt >= subscribedAt &&
+      m.groups?.some((g) => g.group === 'lab')), 10_000);
   await waitInPage('the panel to say there are no alerts',
     () => document.querySelector('#alert-list')?.textContent.includes('No active alerts'), null, 5_000);
 });
@@ -166,13 +169,23 @@ test('Acknowledge sends an ack and the panel shows it acknowledged', { timeout: 
   assert.equal(await page.evaluate(() => document.activeElement?.dataset.action), 'shelve');
 });
 
-test('Shelve hides it behind the shelved toggle; Unshelve brings it back', { timeout: 20_000 }, async () => {
+test('Shelve for a chosen time hides it behind the shelved toggle; Unshelve brings it back', { timeout: 20_000 }, async () => {
+  // A custom length outside the server's range is refused on the page; 15 minutes is taken.
+  await page.selectOption('#shelve-minutes', 'custom');
+  await page.fill('#shelve-hours', '1000');
+  await waitInPage('the out-of-range length refused', () => /30 days/.test(document.querySelector('#alerts-error').textContent), null, 3_000);
+  await page.fill('#shelve-hours', '0.25');
+  await waitInPage('the shelve button to say 15 min', (sel) => document.querySelector(`${sel} button[data-action="shelve"]`)?.textContent === 'Shelve 15 min',
+    item(), 3_000);
+  const before = Date.now();
   await page.click(`${item()} button[data-action="shelve"]`);
-  await waitHere('a shelve frame for one hour', () =>
-    frames.sent.some((m) => m.type === 'shelve' && m.id === alertId && m.minutes === 60), 3_000);
+  await waitHere('a shelve frame for 15 minutes', () =>
+    frames.sent.some((m) => m.type === 'shelve' && m.id === alertId && m.minutes === 15), 3_000);
   await waitInPage('the alert to be hidden and counted as shelved', (sel) => !document.querySelector(sel) &&
     document.querySelector('#shelved-count').textContent === '1', item(), 5_000);
-  assert.ok((await openAlerts()).find((a) => a.id === alertId).shelved_until > Date.now());
+  const until = (await openAlerts()).find((a) => a.id === alertId).shelved_until;
+  assert.ok(until >= before + 15 * 60_000 - 1000 && until <= Date.now() + 15 * 60_000 + 1000, 'shelved for 15 minutes');
+  await page.selectOption('#shelve-minutes', '60');
   await page.check('#show-shelved');
   await waitInPage('the shelved alert shown with Unshelve', (sel) =>
     document.querySelector(`${sel}.shelved button[data-action="unshelve"]`) !== null, item(), 3_000);
@@ -183,6 +196,44 @@ test('Shelve hides it behind the shelved toggle; Unshelve brings it back', { tim
     return li && !li.classList.contains('shelved') && document.querySelector('#shelved-count').textContent === '0';
   }, item(), 5_000);
   await page.uncheck('#show-shelved');
+});
+
+test('the history of an alert lists its transitions, and follows it', { timeout: 20_000 }, async () => {
+  const fetched = page.waitForRequest((req) => new URL(req.url()).pathname === `/api/alerts/${alertId}`, { timeout: 5_000 });
+  await page.click(`${item()} button.history-toggle`);
+  await fetched;
+  const events = () => page.$$eval(`${item()} .transitions li[data-event]`, (lis) => lis.map((li) => li.dataset.event));
+  await waitInPage('raised, acknowledged, shelved and unshelved in the history', (sel) => {
+    const shown = [...document.querySelectorAll(`${sel} .transitions li[data-event]`)].map((li) => li.dataset.event);
+    return ['raised', 'acknowledged', 'shelved', 'unshelved'].every((e) => shown.includes(e));
+  }, item(), 5_000);
+  assert.equal(await page.getAttribute(`${item()} button.history-toggle`, 'aria-expanded'), 'true');
+  assert.match(await page.textContent(`${item()} .transitions li[data-event="acknowledged"]`), /by ana/);
+  // A new transition while it is open (shelved alerts shown, so it stays listed): fetched again.
+  const count = (await events()).length;
+  await page.check('#show-shelved');
+  await page.click(`${item()} button[data-action="shelve"]`);
+  await waitInPage('the new shelving in the open history', ([sel, n]) =>
+    document.querySelectorAll(`${sel} .transitions li[data-event]`).length > n, [item(), count], 5_000);
+  await page.click(`${item()} button[data-action="unshelve"]`);
+  await waitInPage('unshelved again', (sel) => !document.querySelector(sel)?.classList.contains('shelved'), item(), 5_000);
+  await page.uncheck('#show-shelved');
+  await page.click(`${item()} button.history-toggle`);
+  assert.equal(await page.isHidden(`${item()} .transitions`), true);
+});
+
+test('the group filter keeps the alerts under a group', { timeout: 15_000 }, async () => {
+  await waitInPage('lab and site-1 offered', () => {
+    const values = [...document.querySelectorAll('#alert-group option')].map((o) => o.value);
+    return values.includes('lab') && values.includes('site-1');
+  }, null, 10_000);
+  await page.selectOption('#alert-group', 'site-1');
+  await waitInPage('the alert hidden under site-1', (sel) => !document.querySelector(sel) &&
+    document.querySelector('#alert-list').textContent.includes('No alert matches the filter'), item(), 3_000);
+  await page.selectOption('#alert-group', 'lab/bench-1');
+  await page.waitForSelector(item(), { timeout: 3_000 });
+  await page.selectOption('#alert-group', '');
+  await page.waitForSelector(item(), { timeout: 3_000 });
 });
 
 test('after a server restart the page reconnects, subscribes again and shows the open alert', { timeout: 60_000 }, async () => {

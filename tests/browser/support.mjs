@@ -175,3 +175,20 @@ export function mqttConnect(address, clientId) {
     };
   });
 }
+
+// --- The dashboard's own figures ------------------------------------------------------------
+
+/** A gauge or counter from /metrics (without labels), or NaN when absent. */
+export async function metric(httpUrl, name) {
+  const text = await (await fetch(`${httpUrl}/metrics`)).text();
+  const line = text.split('\n').find((l) => l.startsWith(`${name} `));
+  return line ? Number(line.split(' ')[1]) : NaN;
+}
+
+/** The device ids of the grid's items in the page, in list order (loaded ones only). */
+export const gridIds = (page) => page.$$eval('#rows [data-device]', (items) => items
+  .map((n) => [Number(n.getAttribute('aria-rowindex')), n.dataset.device])
+  .sort((a, b) => a[0] - b[0]).map(([, id]) => id));
+
+/** The last `view` the page sent, or undefined. */
+export const lastView = (frames) => frames.sent.findLast((m) => m.type === 'view');
