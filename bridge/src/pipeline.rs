@@ -15,8 +15,12 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use iotmon_wire::mqtt::Message;
+use iotmon_wire::partial::PartialAggregate;
+use iotmon_wire::partition::Partition;
 use iotmon_wire::supervise::critical;
-use iotmon_wire::topics::{ALERT_COMMANDS, SYNC_REQUEST};
+use iotmon_wire::topics::{
+    parse_partial_topic, ALERT_COMMANDS, PARTIALS_SYNC_REQUEST, SYNC_REQUEST,
+};
 use iotmon_wire::unix_millis;
 use iotmon_wire::Derived;
 use tokio::sync::mpsc::{self, error::TrySendError};
@@ -29,6 +33,7 @@ use crate::aggregates::{AggregateMerger, ShardGroup};
 use crate::alerts::group_evaluator::GroupEvaluator;
 use crate::alerts::lifecycle::AlertBook;
 use crate::alerts::manager::{self, ManagerInput, ManagerOutputs};
+use crate::alerts::store::Saved;
 use crate::alerts::{webhook, Alerting};
 use crate::config::BridgeConfig;
 use crate::counters::BridgeCounters;
@@ -38,6 +43,11 @@ use crate::store::{OpenStore, StoreHandle};
 /// Messages queued per shard. When full, the dispatcher waits (and with it the broker link).
 pub const SHARD_CAPACITY: usize = 1024;
 
+/// Other partitions' partial aggregates queued for the aggregator (of the bridge that
+/// evaluates group rules). When full, the dispatcher waits: a partial is the latest state of
+/// a group and must not be lost, and the aggregator takes each in microseconds.
+pub const PEER_PARTIALS_CAPACITY: usize = 1024;
+
 /// What a shard receives.
 #[derive(Debug)]
 pub enum ShardInput {
@@ -45,6 +55,8 @@ pub enum ShardInput {
     Message(Message),
     /// A dashboard asked for everything: resend every device and group.
     SyncAll,
+    /// The bridge evaluating group rules asked for every group's partial: resend every group.
+    SyncGroups,
 }
 
 /// What happened to a batch of changed devices handed to the live stream.
@@ -117,12 +129,21 @@ pub async fn run(
         .inspect_err(|error| tracing::error!(%error, "alert webhook not started"))
         .ok()
         .flatten();
+    let partition = config.partition();
+    let saved = keep_own_alerts(saved, partition, &rules);
     let now_ms = clock.now_ms();
     let mut shards: Vec<Shard> = (0..count)
         .map(|_| Shard::new(config.clone(), counters.clone(), rules.clone()))
         .collect();
     let restored_count = restored.len();
+    let mut not_ours = 0usize;
     for entry in restored {
+        // A device another partition owns now (the deployment was re-partitioned) is that
+        // partition's to report; restoring it here would show it twice.
+        if !partition.owns(&entry.state.id) {
+            not_ours += 1;
+            continue;
+        }
         shards[shard_of(&entry.state.id, count)].restore(entry, now_ms);
     }
     let mut group_rules = GroupEvaluator::new(rules.clone());
@@ -133,8 +154,10 @@ pub async fn run(
             continue;
         };
         if rules.get(index).is_some_and(|rule| rule.is_group_rule()) {
-            group_rules.restore(index, &saved.group, saved.phase);
-        } else {
+            if !partition.is_split() || partition.evaluates_group_rules() {
+                group_rules.restore(index, &saved.group, saved.phase);
+            }
+        } else if partition.owns(&saved.device) {
             let device = (saved.device.as_str(), saved.group.as_str());
             conditions
                 .entry(device)
@@ -147,16 +170,22 @@ pub async fn run(
     }
     info!(
         shards = count,
+        %partition,
         restored = restored_count,
+        restored_elsewhere = not_ours,
         rules = rules.rules().len(),
         open_alerts = saved.open.len(),
         "bridge starting"
     );
     let (to_alerts, from_shards_to_alerts) = mpsc::channel(manager::MANAGER_CAPACITY);
+    let mut book = AlertBook::new(rules, saved, now_ms);
+    if partition.is_split() {
+        book.partition_ids(partition.index, partition.count);
+    }
     tasks.spawn(critical(
         "the alert manager",
         manager::run(
-            AlertBook::new(rules, saved, now_ms),
+            book,
             from_shards_to_alerts,
             requests,
             ManagerOutputs {
@@ -199,6 +228,8 @@ pub async fn run(
     }
     drop(to_aggregator);
     drop(store_handle);
+    let (to_merged, from_peers) = mpsc::channel(PEER_PARTIALS_CAPACITY);
+    let scope = GroupScope::of(partition, config.aggregate_interval, from_peers);
     tasks.spawn(critical(
         "the aggregator",
         run_aggregator(
@@ -209,14 +240,23 @@ pub async fn run(
             AggregatorOutputs {
                 live_updates,
                 to_alerts: to_alerts.clone(),
-                counters,
+                counters: counters.clone(),
                 clock,
             },
+            scope,
             shutdown.clone(),
         ),
     ));
     tasks.close();
-    dispatch(&mut from_broker, &inputs, &to_alerts, &shutdown).await;
+    let route = Route {
+        partition,
+        shards: &inputs,
+        to_alerts: &to_alerts,
+        to_merged: &to_merged,
+        counters: &counters,
+    };
+    dispatch(&mut from_broker, &route, &shutdown).await;
+    drop(to_merged);
     drop(inputs);
     drop(to_alerts);
     tasks.wait().await;
@@ -237,13 +277,53 @@ async fn run_influx(
     }
 }
 
+/// Keeps, of the alerts and conditions saved before a restart, those this partition owns:
+/// device alerts of its devices, and group alerts when it evaluates group rules. A lone
+/// bridge owns them all.
+fn keep_own_alerts(
+    mut saved: Saved,
+    partition: Partition,
+    rules: &crate::alerts::RuleSet,
+) -> Saved {
+    if !partition.is_split() {
+        return saved;
+    }
+    let is_group_rule = |name: &str| {
+        rules
+            .index_of(name)
+            .and_then(|index| rules.get(index))
+            .is_some_and(|rule| rule.is_group_rule())
+    };
+    saved.open.retain(|alert| {
+        if is_group_rule(&alert.rule) {
+            partition.evaluates_group_rules()
+        } else {
+            partition.owns(&alert.subject)
+        }
+    });
+    saved
+}
+
+/// Where the dispatcher sends what it reads.
+#[derive(Debug)]
+struct Route<'a> {
+    /// The devices this bridge owns; messages about others are skipped and counted.
+    partition: Partition,
+    shards: &'a [mpsc::Sender<ShardInput>],
+    to_alerts: &'a mpsc::Sender<ManagerInput>,
+    /// Other partitions' partial aggregates, for group rules on merged values.
+    to_merged: &'a mpsc::Sender<PartialAggregate>,
+    counters: &'a BridgeCounters,
+}
+
 /// Routes every message to its shard until the input ends or `shutdown`.
 async fn dispatch(
     from_broker: &mut mpsc::Receiver<Message>,
-    inputs: &[mpsc::Sender<ShardInput>],
-    to_alerts: &mpsc::Sender<ManagerInput>,
+    route: &Route<'_>,
     shutdown: &CancellationToken,
 ) {
+    let inputs = route.shards;
+    let to_alerts = route.to_alerts;
     loop {
         let message = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -269,7 +349,29 @@ async fn dispatch(
             let _ = to_alerts.send(ManagerInput::SyncAll).await;
             continue;
         }
-        let shard = shard_of(routing_key(&message.topic), inputs.len());
+        if message.topic == PARTIALS_SYNC_REQUEST {
+            for input in inputs {
+                let _ = input.send(ShardInput::SyncGroups).await;
+            }
+            continue;
+        }
+        if message.topic.starts_with("iotmon/partial/") {
+            if let Some(partial) = peer_partial(&message, route.partition, route.counters) {
+                let _ = route.to_merged.send(partial).await;
+            }
+            continue;
+        }
+        let device = routing_key(&message.topic);
+        // Checked on the topic alone, before any parsing: on a broker that hands every
+        // bridge the whole tree, this is all a message of another partition costs.
+        if !route.partition.owns(device) {
+            route
+                .counters
+                .other_partition_messages
+                .fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        let shard = shard_of(device, inputs.len());
         if inputs[shard]
             .send(ShardInput::Message(message))
             .await
@@ -278,6 +380,44 @@ async fn dispatch(
             return;
         }
     }
+}
+
+/// Another partition's partial aggregate, checked; `None` for this bridge's own (it comes
+/// back from the broker) and for refused ones (counted).
+fn peer_partial(
+    message: &Message,
+    own: Partition,
+    counters: &BridgeCounters,
+) -> Option<PartialAggregate> {
+    let refuse = |error: &dyn std::fmt::Display| {
+        counters
+            .peer_partials_rejected
+            .fetch_add(1, Ordering::Relaxed);
+        debug!(topic = message.topic, %error, "partial aggregate refused");
+    };
+    let (partition, group) = match parse_partial_topic(&message.topic) {
+        Ok(parsed) => parsed,
+        Err(error) => {
+            refuse(&error);
+            return None;
+        }
+    };
+    if partition == own.index {
+        return None;
+    }
+    let partial: PartialAggregate = match serde_json::from_slice(&message.payload) {
+        Ok(partial) => partial,
+        Err(error) => {
+            refuse(&error);
+            return None;
+        }
+    };
+    if partial.partition != partition || *partial.group != *group {
+        refuse(&"the payload names another partition or group than its topic");
+        return None;
+    }
+    counters.peer_partials.fetch_add(1, Ordering::Relaxed);
+    Some(partial)
 }
 
 /// Where a shard's outputs go.
@@ -321,6 +461,7 @@ async fn run_shard(
                     send_alert_events(&mut shard, &outputs);
                 }
                 Some(ShardInput::SyncAll) => shard.mark_all_changed(),
+                Some(ShardInput::SyncGroups) => shard.mark_groups(),
                 None => break,
             },
             _ = live.tick() => {
@@ -417,14 +558,108 @@ struct AggregatorOutputs {
     clock: Clock,
 }
 
+/// On which aggregates group rules are evaluated: exactly one bridge of a deployment
+/// evaluates them, on aggregates that cover the whole fleet.
+#[derive(Debug)]
+enum GroupScope {
+    /// A lone bridge: its own aggregates are the fleet's.
+    Own,
+    /// A partitioned bridge other than partition 0: its aggregates are partial, and partition
+    /// 0 evaluates group rules for the deployment.
+    Elsewhere,
+    /// Partition 0 of a split fleet: on its own partials merged with every other
+    /// partition's, as dashboards merge them.
+    Merged(MergedGroups),
+}
+
+/// How many aggregation windows partition 0 waits, after it starts, for every other
+/// partition's partials before it evaluates group rules on what it has: evaluating on its
+/// own share alone would raise (or clear) alerts the merged values do not justify.
+const MERGE_GRACE_WINDOWS: u32 = 5;
+
+/// Partition 0's view of every group across partitions.
+#[derive(Debug)]
+struct MergedGroups {
+    partition: Partition,
+    merger: iotmon_wire::partial::PartialMerger,
+    from_peers: mpsc::Receiver<PartialAggregate>,
+    /// Merged aggregates changed since the last evaluation (latest per group).
+    pending: std::collections::HashMap<iotmon_wire::GroupPath, iotmon_wire::GroupAggregate>,
+    /// Partitions heard from since start.
+    heard: std::collections::HashSet<u32>,
+    /// When group rules start regardless of partitions not yet heard from.
+    grace_ends: Instant,
+}
+
+impl GroupScope {
+    fn of(
+        partition: Partition,
+        window: Duration,
+        from_peers: mpsc::Receiver<PartialAggregate>,
+    ) -> GroupScope {
+        if !partition.is_split() {
+            return GroupScope::Own;
+        }
+        if !partition.evaluates_group_rules() {
+            return GroupScope::Elsewhere;
+        }
+        GroupScope::Merged(MergedGroups {
+            partition,
+            merger: Default::default(),
+            from_peers,
+            pending: Default::default(),
+            heard: std::iter::once(partition.index).collect(),
+            grace_ends: Instant::now() + window * MERGE_GRACE_WINDOWS,
+        })
+    }
+
+    /// The next partial from another partition; never, for scopes that merge none.
+    async fn next_peer(&mut self) -> Option<PartialAggregate> {
+        match self {
+            GroupScope::Merged(merged) => merged.from_peers.recv().await,
+            _ => std::future::pending().await,
+        }
+    }
+}
+
+impl MergedGroups {
+    fn add(&mut self, partial: PartialAggregate, counters: &BridgeCounters) {
+        let partition = partial.partition;
+        match self.merger.update(partial) {
+            Ok(merged) => {
+                self.heard.insert(partition);
+                self.pending.insert(merged.group.clone(), merged);
+            }
+            Err(error) => {
+                counters
+                    .peer_partials_rejected
+                    .fetch_add(1, Ordering::Relaxed);
+                debug!(%error, "partial aggregate refused");
+            }
+        }
+    }
+
+    /// The merged aggregates to evaluate now: none until every partition has been heard
+    /// from or the grace has run out.
+    fn take_ready(&mut self) -> Vec<iotmon_wire::GroupAggregate> {
+        let everyone = self.heard.len() >= self.partition.count as usize;
+        if !everyone && Instant::now() < self.grace_ends {
+            return Vec::new();
+        }
+        self.pending.drain().map(|(_, merged)| merged).collect()
+    }
+}
+
 /// Merges the shards' partials and emits the changed groups' aggregates each window, after
-/// evaluating the group alert rules on them.
+/// evaluating the group alert rules on them (or, split, on the merged partitions' values).
+#[allow(clippy::too_many_arguments)] // Each is one of the aggregator's separate inputs.
 async fn run_aggregator(
     shards: usize,
     mut from_shards: mpsc::Receiver<(usize, Vec<ShardGroup>)>,
     mut groups: GroupEvaluator,
     window: Duration,
     outputs: AggregatorOutputs,
+    mut scope: GroupScope,
     shutdown: CancellationToken,
 ) {
     let mut merger = AggregateMerger::new(shards);
@@ -436,8 +671,13 @@ async fn run_aggregator(
                 Some((shard, partials)) => partials.into_iter().for_each(|group| merger.update(shard, group)),
                 None => break,
             },
+            Some(partial) = scope.next_peer() => {
+                if let GroupScope::Merged(merged) = &mut scope {
+                    merged.add(partial, &outputs.counters);
+                }
+            }
             _ = ticker.tick() => {
-                if emit_aggregates(&mut merger, &mut groups, &outputs) == Flush::Closed {
+                if emit_aggregates(&mut merger, &mut groups, &mut scope, &outputs) == Flush::Closed {
                     break;
                 }
             }
@@ -448,7 +688,7 @@ async fn run_aggregator(
             .into_iter()
             .for_each(|group| merger.update(shard, group));
     }
-    emit_aggregates(&mut merger, &mut groups, &outputs);
+    emit_aggregates(&mut merger, &mut groups, &mut scope, &outputs);
     let events = groups.take_events();
     if !events.is_empty() {
         let _ = outputs
@@ -461,12 +701,27 @@ async fn run_aggregator(
 fn emit_aggregates(
     merger: &mut AggregateMerger,
     groups: &mut GroupEvaluator,
+    scope: &mut GroupScope,
     outputs: &AggregatorOutputs,
 ) -> Flush {
     let now_ms = outputs.clock.now_ms();
     let aggregates = merger.take(now_ms);
-    for aggregate in &aggregates {
-        groups.on_aggregate(aggregate, now_ms);
+    match scope {
+        GroupScope::Own => {
+            for aggregate in &aggregates {
+                groups.on_aggregate(aggregate, now_ms);
+            }
+        }
+        GroupScope::Elsewhere => {}
+        GroupScope::Merged(merged) => {
+            for aggregate in &aggregates {
+                let own = PartialAggregate::from_aggregate(aggregate, merged.partition);
+                merged.add(own, &outputs.counters);
+            }
+            for aggregate in merged.take_ready() {
+                groups.on_aggregate(&aggregate, now_ms);
+            }
+        }
     }
     groups.check_deadlines(now_ms);
     send_group_events(groups, outputs);
