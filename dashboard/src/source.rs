@@ -1,10 +1,16 @@
 //! The dashboard's input when it runs in a process of its own: device states from the
 //! bridge's `iotmon/live/...` topics and group aggregates from `iotmon/agg/...` on an MQTT
-//! broker.
+//! broker. With partitioned bridges, each group's aggregate is merged here from the
+//! partitions' partials on `iotmon/partial/<K>/...`: every dashboard merges for itself, so
+//! none depends on another and any number can run.
 
 use bytes::Bytes;
 use iotmon_wire::mqtt::{drive_session, BrokerUrl, Login, Message, SessionPlan};
-use iotmon_wire::topics::{AGG_FILTER, ALERTS_FILTER, ALERT_COMMANDS, LIVE_FILTER, SYNC_REQUEST};
+use iotmon_wire::partial::{PartialAggregate, PartialMerger};
+use iotmon_wire::topics::{
+    parse_partial_topic, AGG_FILTER, ALERTS_FILTER, ALERT_COMMANDS, LIVE_FILTER, PARTIAL_FILTER,
+    SYNC_REQUEST,
+};
 use iotmon_wire::{Alert, AlertCommand, Derived, DeviceState, GroupAggregate};
 use rumqttc::{AsyncClient, QoS};
 use tokio::sync::mpsc;
@@ -29,7 +35,11 @@ pub async fn from_broker(
     let (client, eventloop) = AsyncClient::new(broker.options_for(&login, max_packet_size), 64);
     let (messages_tx, mut messages) = mpsc::channel::<Message>(INPUT_CAPACITY);
     let plan = SessionPlan {
-        subscriptions: vec![LIVE_FILTER.to_string(), AGG_FILTER.to_string()],
+        subscriptions: vec![
+            LIVE_FILTER.to_string(),
+            AGG_FILTER.to_string(),
+            PARTIAL_FILTER.to_string(),
+        ],
         reliable_subscriptions: vec![ALERTS_FILTER.to_string()],
         announce: Some((SYNC_REQUEST.to_string(), Bytes::new())),
     };
@@ -40,11 +50,12 @@ pub async fn from_broker(
         Some(messages_tx),
         shutdown.clone(),
     ));
+    let mut partials = PartialMerger::new();
     loop {
         tokio::select! {
             message = messages.recv() => {
                 let Some(message) = message else { break };
-                let Some(derived) = decode(&message) else {
+                let Some(derived) = decode(&message, &mut partials) else {
                     continue;
                 };
                 if to_hub.send(derived).await.is_err() {
@@ -70,9 +81,14 @@ async fn publish_command(client: &AsyncClient, command: &AlertCommand) {
     }
 }
 
-/// A device state (`iotmon/live/...`) or a group aggregate (`iotmon/agg/...`); unreadable
-/// payloads are logged and skipped.
-fn decode(message: &Message) -> Option<Derived> {
+/// A device state (`iotmon/live/...`) or a group aggregate (`iotmon/agg/...`, or merged from
+/// `iotmon/partial/...`); unreadable payloads are logged and skipped.
+fn decode(message: &Message, partials: &mut PartialMerger) -> Option<Derived> {
+    if message.topic.starts_with("iotmon/partial/") {
+        return merge_partial(message, partials)
+            .inspect_err(|error| warn!(topic = message.topic, %error, "ignoring unreadable partial aggregate"))
+            .ok();
+    }
     let decoded = if message.topic.starts_with("iotmon/alerts/") {
         serde_json::from_slice::<Alert>(&message.payload).map(|alert| Derived::Alerts(vec![alert]))
     } else if message.topic.starts_with("iotmon/agg/") {
@@ -87,4 +103,73 @@ fn decode(message: &Message) -> Option<Derived> {
             |error| warn!(topic = message.topic, %error, "ignoring unreadable derived data"),
         )
         .ok()
+}
+
+/// Records one partition's partial and returns its group's aggregate merged over every
+/// partition.
+fn merge_partial(
+    message: &Message,
+    partials: &mut PartialMerger,
+) -> Result<Derived, Box<dyn std::error::Error>> {
+    let (partition, group) = parse_partial_topic(&message.topic)?;
+    let partial: PartialAggregate = serde_json::from_slice(&message.payload)?;
+    if partial.partition != partition || *partial.group != *group {
+        return Err("the payload names another partition or group than its topic".into());
+    }
+    let merged = partials.update(partial)?;
+    Ok(Derived::Aggregates(vec![merged]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(topic: &str, payload: &str) -> Message {
+        Message {
+            topic: topic.to_string(),
+            payload: Bytes::copy_from_slice(payload.as_bytes()),
+        }
+    }
+
+    fn partial(partition: u32, count: u64, sum: f64) -> String {
+        format!(
+            r#"{{"group":"hq","partition":{partition},"partitions":2,"ts":1,"devices":{{"online":{count},"offline":0,"alerting":0}},"metrics":{{"t":{{"count":{count},"sum":{sum},"min":1.0,"max":9.0}}}}}}"#
+        )
+    }
+
+    #[test]
+    fn partials_of_two_partitions_reach_the_hub_merged() {
+        let mut partials = PartialMerger::new();
+        decode(
+            &message("iotmon/partial/0/hq", &partial(0, 3, 6.0)),
+            &mut partials,
+        )
+        .expect("merged");
+        let Some(Derived::Aggregates(merged)) = decode(
+            &message("iotmon/partial/1/hq", &partial(1, 1, 10.0)),
+            &mut partials,
+        ) else {
+            panic!("an aggregate");
+        };
+        assert_eq!(merged[0].metrics["t"].count, 4);
+        assert_eq!(merged[0].metrics["t"].mean, 4.0);
+        assert_eq!(merged[0].devices.online, 4);
+    }
+
+    #[test]
+    fn a_partial_on_the_wrong_topic_or_unreadable_is_skipped() {
+        let mut partials = PartialMerger::new();
+        assert!(decode(
+            &message("iotmon/partial/1/hq", &partial(0, 1, 1.0)),
+            &mut partials
+        )
+        .is_none());
+        assert!(decode(
+            &message("iotmon/partial/0/other", &partial(0, 1, 1.0)),
+            &mut partials
+        )
+        .is_none());
+        assert!(decode(&message("iotmon/partial/0/hq", "{"), &mut partials).is_none());
+        assert!(partials.is_empty());
+    }
 }
