@@ -40,7 +40,7 @@ pub enum Command {
     /// The embedded MQTT broker alone.
     Broker(ServeArgs),
     /// The bridge alone, against any MQTT broker; publishes device states on `iotmon/live/...`.
-    Bridge(RemoteArgs),
+    Bridge(BridgeArgs),
     /// A dashboard alone, fed by a bridge through any MQTT broker.
     Dashboard(RemoteArgs),
     /// Simulated devices publishing readings to a broker (or `simulate viewers`).
@@ -136,6 +136,19 @@ impl ServeArgs {
         config.validate()?;
         Ok(config)
     }
+}
+
+/// `iotmon bridge`: a role on a broker it does not run, owning all of the fleet or a
+/// partition of it.
+#[derive(Debug, Args)]
+pub struct BridgeArgs {
+    /// Own only partition K of N: the devices whose id hashes (FNV-1a) to K modulo N. Run one
+    /// bridge per K, each with its own data directory; see docs/scaling.md. Overrides
+    /// `bridge.partition` in the config file.
+    #[arg(long, value_name = "K/N", env = "IOTMON_PARTITION")]
+    pub partition: Option<iotmon_wire::partition::Partition>,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
 }
 
 /// A role that connects to an MQTT broker it does not run.

@@ -12,7 +12,7 @@ use iotmon_simulator::FleetConfig;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{Cli, Command, SimulateCommand};
+use crate::cli::{BridgeArgs, Cli, Command, SimulateCommand};
 use crate::config::Config;
 
 /// Logging when `RUST_LOG` is unset. rumqttd is silenced: it logs every connect at info and
@@ -92,17 +92,15 @@ async fn run_role(command: Command, shutdown: CancellationToken) -> anyhow::Resu
             roles::serve(config, Some(fleet), shutdown).await
         }
         Command::Broker(args) => roles::broker(args.resolve()?, args.http_listen, shutdown).await,
-        Command::Bridge(args) => {
+        Command::Bridge(BridgeArgs {
+            remote: args,
+            partition,
+        }) => {
             let login = args.login("bridge")?;
             let http_listen = args.serve.http_listen;
-            roles::bridge(
-                args.serve.resolve()?,
-                args.broker,
-                login,
-                http_listen,
-                shutdown,
-            )
-            .await
+            let mut config = args.serve.resolve()?;
+            config.bridge.partition = partition.or(config.bridge.partition);
+            roles::bridge(config, args.broker, login, http_listen, shutdown).await
         }
         Command::Dashboard(args) => {
             let login = args.login("dashboard")?;

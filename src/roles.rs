@@ -162,7 +162,7 @@ pub async fn bridge(
     http_listen: Option<SocketAddr>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    info!(broker = %broker_url, client_id = login.client_id, "bridge starting");
+    info!(broker = %broker_url, client_id = login.client_id, partition = %config.bridge.partition(), "bridge starting");
     let counters = Arc::new(BridgeCounters::default());
     let store = open_store(&config, counters.clone())?;
     // Split, operators' commands arrive over the broker (`iotmon/commands/alerts`).
