@@ -67,6 +67,11 @@ pub struct BridgeCounters {
     pub peer_partials: AtomicU64,
     /// Partial aggregates refused: unreadable, invalid, or on a topic that does not match.
     pub peer_partials_rejected: AtomicU64,
+    /// Dashboards' history questions answered over MQTT (partitioned bridges).
+    pub history_requests: AtomicU64,
+    /// History questions refused as unreadable or with a reply topic outside
+    /// `iotmon/history/reply/`.
+    pub history_requests_rejected: AtomicU64,
 }
 
 impl BridgeCounters {
@@ -79,7 +84,7 @@ impl BridgeCounters {
     }
 
     /// Every unlabelled counter with its metric name and help.
-    fn plain(&self) -> [(&'static str, &'static str, Kind, &AtomicU64); 25] {
+    fn plain(&self) -> [(&'static str, &'static str, Kind, &AtomicU64); 27] {
         use Kind::{Counter, Gauge};
         [
             ("iotmon_ingest_messages_total", "Messages received on device topics.", Counter, &self.messages),
@@ -107,6 +112,8 @@ impl BridgeCounters {
             ("iotmon_partition_skipped_messages_total", "Device messages skipped because another partition owns the device.", Counter, &self.other_partition_messages),
             ("iotmon_partition_peer_partials_total", "Partial aggregates received from other partitions.", Counter, &self.peer_partials),
             ("iotmon_partition_peer_partials_rejected_total", "Partial aggregates from other partitions refused as unreadable or invalid.", Counter, &self.peer_partials_rejected),
+            ("iotmon_history_requests_total", "Dashboards' history questions answered over MQTT.", Counter, &self.history_requests),
+            ("iotmon_history_requests_rejected_total", "History questions refused as unreadable or with a bad reply topic.", Counter, &self.history_requests_rejected),
         ]
     }
 }

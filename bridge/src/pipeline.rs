@@ -569,13 +569,19 @@ enum GroupScope {
     Elsewhere,
     /// Partition 0 of a split fleet: on its own partials merged with every other
     /// partition's, as dashboards merge them.
-    Merged(MergedGroups),
+    Merged(Box<MergedGroups>),
 }
 
 /// How many aggregation windows partition 0 waits, after it starts, for every other
 /// partition's partials before it evaluates group rules on what it has: evaluating on its
-/// own share alone would raise (or clear) alerts the merged values do not justify.
-const MERGE_GRACE_WINDOWS: u32 = 5;
+/// own share alone would raise (or clear) alerts the merged values do not justify, so while
+/// a partition is missing, group conditions keep their phase (up to this long).
+const MERGE_GRACE_WINDOWS: u32 = 30;
+
+/// How many windows partition 0 waits after it has heard from every partition before it
+/// evaluates: a partition's answer to `iotmon/sync/partials` is one publish per group, and
+/// the first of them must not open the gate while the others are still on their way.
+const MERGE_SETTLE_WINDOWS: u32 = 2;
 
 /// Partition 0's view of every group across partitions.
 #[derive(Debug)]
@@ -587,6 +593,11 @@ struct MergedGroups {
     pending: std::collections::HashMap<iotmon_wire::GroupPath, iotmon_wire::GroupAggregate>,
     /// Partitions heard from since start.
     heard: std::collections::HashSet<u32>,
+    /// The aggregation window, for the waits below.
+    window: Duration,
+    /// When every partition had been heard from, plus the settling wait: group rules start
+    /// then.
+    settled_at: Option<Instant>,
     /// When group rules start regardless of partitions not yet heard from.
     grace_ends: Instant,
 }
@@ -603,14 +614,16 @@ impl GroupScope {
         if !partition.evaluates_group_rules() {
             return GroupScope::Elsewhere;
         }
-        GroupScope::Merged(MergedGroups {
+        GroupScope::Merged(Box::new(MergedGroups {
             partition,
             merger: Default::default(),
             from_peers,
             pending: Default::default(),
             heard: std::iter::once(partition.index).collect(),
+            window,
+            settled_at: None,
             grace_ends: Instant::now() + window * MERGE_GRACE_WINDOWS,
-        })
+        }))
     }
 
     /// The next partial from another partition; never, for scopes that merge none.
@@ -628,6 +641,9 @@ impl MergedGroups {
         match self.merger.update(partial) {
             Ok(merged) => {
                 self.heard.insert(partition);
+                if self.settled_at.is_none() && self.heard.len() >= self.partition.count as usize {
+                    self.settled_at = Some(Instant::now() + self.window * MERGE_SETTLE_WINDOWS);
+                }
                 self.pending.insert(merged.group.clone(), merged);
             }
             Err(error) => {
@@ -640,10 +656,11 @@ impl MergedGroups {
     }
 
     /// The merged aggregates to evaluate now: none until every partition has been heard
-    /// from or the grace has run out.
+    /// from (and its resend has settled) or the grace has run out.
     fn take_ready(&mut self) -> Vec<iotmon_wire::GroupAggregate> {
-        let everyone = self.heard.len() >= self.partition.count as usize;
-        if !everyone && Instant::now() < self.grace_ends {
+        let now = Instant::now();
+        let settled = self.settled_at.is_some_and(|at| now >= at);
+        if !settled && now < self.grace_ends {
             return Vec::new();
         }
         self.pending.drain().map(|(_, merged)| merged).collect()
@@ -813,6 +830,72 @@ mod tests {
         }
         assert!(seen.iter().all(|&n| n > 150), "{seen:?}");
         assert_eq!(routing_key("sensors/hq/d1"), "d1");
+    }
+
+    /// A bridge owning partition 1 of 2 skips the other partition's devices before parsing
+    /// them (even malformed ones), counts them, and aggregates only its own.
+    #[tokio::test(start_paused = true)]
+    async fn a_partition_keeps_only_its_own_devices() {
+        let partition = Partition::new(1, 2).expect("valid");
+        let config = BridgeConfig {
+            shards: 2,
+            partition: Some(partition),
+            ..BridgeConfig::default()
+        };
+        let ids: Vec<String> = (0..20).map(|i| format!("dev-{i}")).collect();
+        let (ours, theirs): (Vec<&String>, Vec<&String>) =
+            ids.iter().partition(|id| partition.owns(id));
+        assert!(!ours.is_empty() && !theirs.is_empty());
+        let (to_bridge, from_broker) = mpsc::channel(64);
+        let (live_updates, mut derived) = mpsc::channel(64);
+        let counters = Arc::new(BridgeCounters::default());
+        let shutdown = CancellationToken::new();
+        let bridge = tokio::spawn(run(
+            config,
+            Alerting::disabled(),
+            from_broker,
+            live_updates,
+            counters.clone(),
+            None,
+            shutdown.clone(),
+        ));
+        for id in &ids {
+            let topic = format!("sensors/hq/{id}");
+            to_bridge
+                .send(message(&topic, r#"{"t":1}"#))
+                .await
+                .expect("bridge runs");
+        }
+        to_bridge
+            .send(message(&format!("sensors/hq/{}", theirs[0]), "not json"))
+            .await
+            .expect("bridge runs");
+        let mut seen = std::collections::BTreeSet::new();
+        let mut hq_count = 0;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while hq_count < ours.len() as u64 || seen.len() < ours.len() {
+            assert!(tokio::time::Instant::now() < deadline, "not in time");
+            match derived.recv().await.expect("bridge runs") {
+                Derived::Devices(states) => {
+                    seen.extend(states.into_iter().map(|s| s.id.to_string()))
+                }
+                Derived::Aggregates(aggregates) => {
+                    if let Some(hq) = aggregates.iter().find(|a| &*a.group == "hq") {
+                        hq_count = hq.metrics["t"].count;
+                    }
+                }
+                Derived::Alerts(_) => {}
+            }
+        }
+        assert!(seen.iter().all(|id| partition.owns(id)), "{seen:?}");
+        assert_eq!(hq_count, ours.len() as u64);
+        assert_eq!(
+            counters.other_partition_messages.load(Ordering::Relaxed),
+            theirs.len() as u64 + 1
+        );
+        assert_eq!(counters.messages.load(Ordering::Relaxed), ours.len() as u64);
+        shutdown.cancel();
+        bridge.await.expect("bridge stops");
     }
 
     /// The whole pipeline on tokio's paused clock: states, aggregates, and presence by silence.

@@ -16,6 +16,9 @@
 //!   bridge that owns one partition of the fleet (`--partition K/N`); dashboards merge them.
 //! - `iotmon/sync/request`: published by a dashboard when it (re)connects; the bridge answers by
 //!   republishing every device's state so the new dashboard starts complete.
+//! - `iotmon/history/request/<K>` and `iotmon/history/reply/<client id>`: a dashboard's
+//!   history questions to partition K's bridge (JSON `HistoryRequest`, QoS 1) and their
+//!   answers (`HistoryReply`), when each bridge keeps its own SQLite store.
 //! - `iotmon/sync/partials`: published by partition 0's bridge when it (re)connects; every
 //!   partitioned bridge answers by republishing its partial aggregates.
 
@@ -31,6 +34,17 @@ pub const STATUS_FILTER: &str = "status/#";
 pub const AGG_FILTER: &str = "iotmon/agg/#";
 /// Filter a dashboard subscribes to for alerts.
 pub const ALERTS_FILTER: &str = "iotmon/alerts/#";
+/// Where a dashboard asks partition K's bridge for history: `iotmon/history/request/<K>`.
+pub fn history_request_topic(partition: u32) -> String {
+    format!("iotmon/history/request/{partition}")
+}
+
+/// Where the bridges answer a dashboard's history questions: one topic per dashboard,
+/// named after its MQTT client id.
+pub fn history_reply_topic(client_id: &str) -> String {
+    format!("iotmon/history/reply/{client_id}")
+}
+
 /// Filter a dashboard (and the bridge that evaluates group rules) subscribes to for the
 /// partitions' partial aggregates.
 pub const PARTIAL_FILTER: &str = "iotmon/partial/#";
