@@ -42,7 +42,7 @@ pub enum Command {
     /// The bridge alone, against any MQTT broker; publishes device states on `iotmon/live/...`.
     Bridge(BridgeArgs),
     /// A dashboard alone, fed by a bridge through any MQTT broker.
-    Dashboard(RemoteArgs),
+    Dashboard(DashboardArgs),
     /// Simulated devices publishing readings to a broker (or `simulate viewers`).
     Simulate(SimulateArgs),
     /// A whole scenario on this machine (iotmon as a child process, fleet and viewers), with
@@ -147,6 +147,18 @@ pub struct BridgeArgs {
     /// `bridge.partition` in the config file.
     #[arg(long, value_name = "K/N", env = "IOTMON_PARTITION")]
     pub partition: Option<iotmon_wire::partition::Partition>,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+/// `iotmon dashboard`: a role on a broker it does not run.
+#[derive(Debug, Args)]
+pub struct DashboardArgs {
+    /// The bridges own N partitions (`iotmon bridge --partition K/N`): ask each device's
+    /// owner for its history over MQTT instead of reading a store in the data directory.
+    #[arg(long, value_name = "N", env = "IOTMON_PARTITIONS",
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(iotmon_wire::partition::MAX_PARTITIONS)))]
+    pub partitions: Option<u32>,
     #[command(flatten)]
     pub remote: RemoteArgs,
 }

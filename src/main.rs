@@ -12,7 +12,7 @@ use iotmon_simulator::FleetConfig;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{BridgeArgs, Cli, Command, SimulateCommand};
+use crate::cli::{BridgeArgs, Cli, Command, DashboardArgs, SimulateCommand};
 use crate::config::Config;
 
 /// Logging when `RUST_LOG` is unset. rumqttd is silenced: it logs every connect at info and
@@ -102,9 +102,13 @@ async fn run_role(command: Command, shutdown: CancellationToken) -> anyhow::Resu
             config.bridge.partition = partition.or(config.bridge.partition);
             roles::bridge(config, args.broker, login, http_listen, shutdown).await
         }
-        Command::Dashboard(args) => {
+        Command::Dashboard(DashboardArgs {
+            remote: args,
+            partitions,
+        }) => {
             let login = args.login("dashboard")?;
-            roles::dashboard(args.serve.resolve()?, args.broker, login, shutdown).await
+            let config = args.serve.resolve()?;
+            roles::dashboard(config, args.broker, login, partitions, shutdown).await
         }
         Command::Simulate(args) => match args.what {
             Some(SimulateCommand::Viewers(viewers)) => {

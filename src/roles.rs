@@ -12,6 +12,7 @@ use iotmon_bridge::{source, BridgeCounters, INPUT_CAPACITY, LIVE_CAPACITY};
 use iotmon_broker::credentials::registry_path;
 use iotmon_broker::{EmbeddedBroker, ListenerKind, LocalSubscription};
 use iotmon_dashboard::alerts::{AlertAccess, CommandRoute, BROKER_COMMAND_CAPACITY};
+use iotmon_dashboard::remote_history::BrokerHistory;
 use iotmon_dashboard::DERIVED_CAPACITY;
 use iotmon_simulator::viewers::ViewerConfig;
 use iotmon_simulator::{FleetConfig, Progress};
@@ -184,6 +185,23 @@ pub async fn bridge(
         }
         None => None,
     };
+    // A partitioned bridge answers dashboards' history questions over MQTT, on a
+    // connection of its own; a lone bridge stays as it was (dashboards read its store).
+    let partition = config.bridge.partition;
+    let history = match (partition, config.bridge.store.enabled) {
+        (Some(partition), true) => Some(tokio::spawn(critical(
+            "the bridge's history server",
+            iotmon_bridge::history_server::run(
+                broker_url.clone(),
+                history_login(&login),
+                partition,
+                Arc::new(StoreHistory::new(&config.data_dir, &config.bridge)),
+                counters.clone(),
+                shutdown.clone(),
+            ),
+        ))),
+        _ => None,
+    };
     iotmon_bridge::standalone::run(
         config.bridge,
         alerting,
@@ -198,7 +216,25 @@ pub async fn bridge(
     if let Some(http) = http {
         http.await??;
     }
+    if let Some(history) = history {
+        history.await?;
+    }
     Ok(())
+}
+
+/// The login of a role's history connection: the role's own, under the client id
+/// `<client id>-history` (a broker allows one connection per client id).
+fn history_login(login: &Login) -> Login {
+    Login {
+        client_id: format!("{}-history", login.client_id),
+        username: Some(
+            login
+                .username
+                .clone()
+                .unwrap_or_else(|| login.client_id.clone()),
+        ),
+        password: login.password.clone(),
+    }
 }
 
 /// Creates the data directory and opens the bridge's store in it (unless disabled), after
@@ -245,7 +281,8 @@ fn rules_json(rules: &RuleSet) -> Arc<serde_json::Value> {
     Arc::new(serde_json::json!({ "rules": value }))
 }
 
-/// Runs a dashboard alone, fed from `broker_url`, until `shutdown`.
+/// Runs a dashboard alone, fed from `broker_url`, until `shutdown`; with `partitions`,
+/// asking the partitioned bridges for history over MQTT.
 ///
 /// # Errors
 /// The HTTP listener cannot be bound.
@@ -253,6 +290,7 @@ pub async fn dashboard(
     config: Config,
     broker_url: BrokerUrl,
     login: Login,
+    partitions: Option<u32>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let http = iotmon_dashboard::bind(&config.dashboard).await?;
@@ -262,21 +300,33 @@ pub async fn dashboard(
     let source = tokio::spawn(critical(
         "the dashboard's MQTT source",
         iotmon_dashboard::source::from_broker(
-            broker_url,
-            login,
+            broker_url.clone(),
+            login.clone(),
             config.broker.max_packet_size,
             to_hub,
             commands_to_publish,
             shutdown.clone(),
         ),
     ));
-    // History comes from the bridge's store: readable when this dashboard shares the
-    // bridge's data directory (same machine, or a shared volume).
-    let history = iotmon_bridge::store::db_path(&config.data_dir)
-        .exists()
-        .then(|| -> Arc<dyn HistorySource> {
-            Arc::new(StoreHistory::new(&config.data_dir, &config.bridge))
-        });
+    // History comes from the bridge's store: from each device's owner over MQTT when the
+    // bridges are partitioned (each keeps its own file); else readable when this dashboard
+    // shares the bridge's data directory (same machine, or a shared volume).
+    let history = match partitions {
+        Some(partitions) => {
+            let history: Arc<dyn HistorySource> = BrokerHistory::start(
+                &broker_url,
+                &history_login(&login),
+                partitions,
+                shutdown.clone(),
+            );
+            Some(history)
+        }
+        None => iotmon_bridge::store::db_path(&config.data_dir)
+            .exists()
+            .then(|| -> Arc<dyn HistorySource> {
+                Arc::new(StoreHistory::new(&config.data_dir, &config.bridge))
+            }),
+    };
     if history.is_none() {
         info!(
             data_dir = %config.data_dir.display(),

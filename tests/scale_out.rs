@@ -209,10 +209,32 @@ fn start_dashboard(url: &str, config: &str) -> Iotmon {
         url,
         "--config",
         config,
+        "--partitions",
+        "2",
         "--http-listen",
         "127.0.0.1:0",
     ];
     Iotmon::start(&args, false, true)
+}
+
+/// The readings of `device`'s `seq` in the last minutes, as a dashboard's `/api/history`
+/// answers (asking the device's bridge over MQTT).
+async fn history_readings(dashboard: &Iotmon, device: &str) -> u64 {
+    let now = iotmon_wire::unix_millis();
+    let path = format!(
+        "/api/history?device={device}&metric=seq&from={}&to={}",
+        now - 600_000,
+        now + 60_000
+    );
+    let (status, body) = http_get(dashboard.http.expect("http"), &path).await;
+    assert_eq!(status, 200, "{body}");
+    let series: Value = serde_json::from_str(&body).expect("JSON");
+    series["points"]
+        .as_array()
+        .expect("points")
+        .iter()
+        .map(|point| point["count"].as_u64().expect("count"))
+        .sum()
 }
 
 /// Publishes the fleet's current values round after round until every viewer's condition
@@ -521,6 +543,23 @@ async fn two_partitioned_bridges_and_two_dashboards_on_mosquitto() {
         );
     }
 
+    // Any dashboard answers history for devices of either bridge, by asking the owner; no
+    // dashboard can read a bridge's SQLite file (they have no data directory in common).
+    for dashboard in &dashboards {
+        for partition in [0, 1] {
+            let device = fleet
+                .iter()
+                .find(|device| device.partition == partition)
+                .expect("a device");
+            assert_eq!(
+                history_readings(dashboard, &device.id).await,
+                BEFORE + AFTER,
+                "{}",
+                device.id
+            );
+        }
+    }
+
     // The building's load falls on both floors: the merged mean clears the same alert.
     for device in fleet.iter_mut().filter(|d| d.group.starts_with(BUILDING)) {
         device.load = 10.0;
@@ -570,5 +609,34 @@ async fn two_partitioned_bridges_and_two_dashboards_on_mosquitto() {
     assert_eq!(
         bridge_metric(&bridge_1, "iotmon_alerts_raised_total").await,
         0
+    );
+
+    // The alert's history, from its bridge's store through a dashboard: raised once, before
+    // the kill, and cleared once, after it.
+    let http = dashboards[1].http.expect("http");
+    let (status, body) = http_get(http, &format!("/api/alerts/{group_alert_id}")).await;
+    assert_eq!(status, 200, "{body}");
+    let detail: Value = serde_json::from_str(&body).expect("JSON");
+    let events: Vec<&str> = detail["transitions"]
+        .as_array()
+        .expect("transitions")
+        .iter()
+        .filter_map(|step| step["event"].as_str())
+        .collect();
+    assert_eq!(events, ["raised", "cleared"], "{detail}");
+    // The alert history merges both bridges' stores: the building's and the device's alerts.
+    let (status, body) = http_get(http, "/api/alerts?from=0").await;
+    assert_eq!(status, 200, "{body}");
+    let listed: Value = serde_json::from_str(&body).expect("JSON");
+    let subjects: std::collections::BTreeSet<&str> = listed["alerts"]
+        .as_array()
+        .expect("alerts")
+        .iter()
+        .filter_map(|alert| alert["subject"].as_str())
+        .collect();
+    assert_eq!(
+        subjects,
+        [BUILDING, hot_id.as_str()].into_iter().collect(),
+        "{listed}"
     );
 }
