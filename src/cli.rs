@@ -46,7 +46,7 @@ pub enum Command {
     /// Simulated devices publishing readings to a broker (or `simulate viewers`).
     Simulate(SimulateArgs),
     /// A whole scenario on this machine (iotmon as a child process, fleet and viewers), with
-    /// a report: reference, stress, fanout or broker.
+    /// a report: reference, stress, fanout, broker, viewer-cost or split.
     Bench(BenchArgs),
     /// Prints the default configuration file; with --check FILE, checks FILE instead (every
     /// setting and alert rule, with the line at fault) and lists its alert rules.
@@ -434,7 +434,7 @@ impl FleetArgs {
 /// `iotmon bench <scenario>`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// reference, stress, fanout, broker or viewer-cost.
+    /// reference, stress, fanout, broker, viewer-cost or split.
     pub scenario: iotmon_simulator::bench::Scenario,
     /// Devices in the fleet (default: the scenario's).
     #[arg(long)]

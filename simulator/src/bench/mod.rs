@@ -15,6 +15,8 @@
 //! - `raw_mqtt`: the few MQTT packets `load` encodes, and packet framing.
 //! - `viewer_cost`: what one viewer costs as the fleet grows, from load points with and
 //!   without viewers.
+//! - `split`: the same fleet through one bridge and through two partitioned bridges on
+//!   mosquitto: CPU per reading, and the cost of merging partial aggregates.
 //! - `report`: what a scenario prints.
 
 mod broker;
@@ -23,6 +25,7 @@ pub mod process;
 mod raw_mqtt;
 pub mod report;
 mod serve;
+pub mod split;
 mod viewer_cost;
 
 use std::path::PathBuf;
@@ -50,6 +53,8 @@ pub enum Scenario {
     /// What each viewer costs (CPU, memory, bytes/s) at fleets of 1K, 10K and 100K devices
     /// with 5K viewers × 100 visible.
     ViewerCost,
+    /// The same fleet through one bridge and through two partitioned bridges on mosquitto.
+    Split,
 }
 
 impl FromStr for Scenario {
@@ -62,8 +67,9 @@ impl FromStr for Scenario {
             "fanout" => Ok(Scenario::Fanout),
             "broker" => Ok(Scenario::Broker),
             "viewer-cost" => Ok(Scenario::ViewerCost),
+            "split" => Ok(Scenario::Split),
             other => Err(format!(
-                "unknown scenario {other:?}: use reference, stress, fanout, broker or viewer-cost"
+                "unknown scenario {other:?}: use reference, stress, fanout, broker, viewer-cost or split"
             )),
         }
     }
@@ -199,6 +205,7 @@ pub async fn run(
         Scenario::Fanout => serve::fanout(&config, &shutdown).await,
         Scenario::Broker => broker::compare(&config, &shutdown).await,
         Scenario::ViewerCost => viewer_cost::viewer_cost(&config, &shutdown).await,
+        Scenario::Split => split::split(&config, &shutdown).await,
     }
 }
 
@@ -239,6 +246,7 @@ mod tests {
             ("fanout", Scenario::Fanout),
             ("broker", Scenario::Broker),
             ("viewer-cost", Scenario::ViewerCost),
+            ("split", Scenario::Split),
         ] {
             assert_eq!(name.parse(), Ok(scenario));
             let config = BenchConfig::new("iotmon".into(), scenario);

@@ -229,7 +229,7 @@ pub fn own_usage() -> Result<Usage, SimulatorError> {
 }
 
 /// CPU seconds and peak RSS of process `pid` (a number or `self`) from `/proc`.
-fn usage_of(pid: &str) -> Result<Usage, SimulatorError> {
+pub(crate) fn usage_of(pid: &str) -> Result<Usage, SimulatorError> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map_err(|error| fail(format!("/proc/{pid}/stat: {error}")))?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))

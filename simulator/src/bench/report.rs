@@ -398,6 +398,12 @@ pub enum BenchReport {
         fleets: Vec<ViewerCost>,
         targets: Vec<Target>,
     },
+    Split {
+        machine: Machine,
+        /// Boxed: larger than the other variants.
+        report: Box<super::split::SplitReport>,
+        targets: Vec<Target>,
+    },
 }
 
 impl BenchReport {
@@ -408,7 +414,8 @@ impl BenchReport {
             | BenchReport::Stress { targets, .. }
             | BenchReport::Fanout { targets, .. }
             | BenchReport::Broker { targets, .. }
-            | BenchReport::ViewerCost { targets, .. } => targets,
+            | BenchReport::ViewerCost { targets, .. }
+            | BenchReport::Split { targets, .. } => targets,
         }
     }
 }
@@ -498,6 +505,12 @@ impl fmt::Display for BenchReport {
                 for fleet in fleets {
                     writeln!(f, "{fleet}")?;
                 }
+                machine
+            }
+            BenchReport::Split {
+                machine, report, ..
+            } => {
+                writeln!(f, "{report}")?;
                 machine
             }
         };
