@@ -640,3 +640,59 @@ async fn two_partitioned_bridges_and_two_dashboards_on_mosquitto() {
         "{listed}"
     );
 }
+
+/// `iotmon bench split`, tiny: both runs produce figures that add up (every reading through
+/// one and two bridges, the second bridge skipping the first's devices), never how fast.
+#[test]
+fn a_tiny_split_bench_measures_one_and_two_bridges() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_iotmon"))
+        .args([
+            "bench",
+            "split",
+            "--devices",
+            "40",
+            "--interval",
+            "500ms",
+            "--warmup",
+            "500ms",
+            "--measure",
+            "2s",
+            "--json",
+        ])
+        .env("RUST_LOG", "warn")
+        .env(
+            "PATH",
+            format!("{}:/usr/sbin", std::env::var("PATH").unwrap_or_default()),
+        )
+        .output()
+        .expect("iotmon bench runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).expect("a JSON report");
+    assert_eq!(report["scenario"], "split");
+    let runs = report["report"]["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 2, "{report}");
+    for (run, bridges) in runs.iter().zip([1, 2]) {
+        assert_eq!(run["bridges"], bridges);
+        let published = run["published"].as_u64().expect("published");
+        let ingested = run["ingested"].as_u64().expect("ingested");
+        // The window's edges are not synchronized with the fleet: one interval's readings
+        // (40) may be in flight at either edge.
+        assert!(published > 0 && ingested.abs_diff(published) <= 40, "{run}");
+        assert_eq!(
+            run["bridge_cpu_seconds"].as_array().map(Vec::len),
+            Some(bridges)
+        );
+        assert!(
+            run["aggregate_messages_per_second"].as_f64() > Some(0.0),
+            "{run}"
+        );
+    }
+    // The one bridge skips nothing; each of the two skips the other's devices.
+    assert_eq!(runs[0]["skipped"], 0);
+    assert!(runs[1]["skipped"].as_u64() > Some(0), "{report}");
+    assert!(report["report"]["merge"]["ns_per_merge"].as_f64() > Some(0.0));
+}

@@ -69,6 +69,10 @@ pub struct SplitRun {
     pub broker_cpu_us_per_reading: f64,
     /// Peak resident memory of each bridge, MiB.
     pub bridge_peak_rss_mib: Vec<f64>,
+    /// CPU of one dashboard (no viewers) taking in every device state and aggregate, per
+    /// reading ingested, microseconds: what the whole fleet's derived stream costs each
+    /// dashboard, merging partials included.
+    pub dashboard_cpu_us_per_reading: f64,
     /// Aggregate messages on the broker (`iotmon/agg/#` or `iotmon/partial/#`) per second.
     pub aggregate_messages_per_second: f64,
     pub aggregate_bytes_per_second: f64,
@@ -115,7 +119,7 @@ impl fmt::Display for SplitReport {
                 .collect();
             writeln!(
                 f,
-                "  {} bridge(s), {:.0} s: published {}, ingested {}, skipped {}; bridge CPU s [{}] = {:.1} µs/reading; mosquitto {:.1} µs/reading; bridge peak RSS MiB [{}]; aggregates {:.0} msg/s, {:.0} B/s",
+                "  {} bridge(s), {:.0} s: published {}, ingested {}, skipped {}; bridge CPU s [{}] = {:.1} µs/reading; mosquitto {:.1} µs/reading; a dashboard {:.1} µs/reading; bridge peak RSS MiB [{}]; aggregates {:.0} msg/s, {:.0} B/s",
                 run.bridges,
                 run.window_seconds,
                 run.published,
@@ -124,6 +128,7 @@ impl fmt::Display for SplitReport {
                 cpu.join(", "),
                 run.bridge_cpu_us_per_reading,
                 run.broker_cpu_us_per_reading,
+                run.dashboard_cpu_us_per_reading,
                 rss.join(", "),
                 run.aggregate_messages_per_second,
                 run.aggregate_bytes_per_second,
@@ -209,14 +214,9 @@ async fn run(
     let mut children = Vec::new();
     for index in 0..bridges {
         let partition = (bridges > 1).then(|| format!("{index}/{bridges}"));
-        let exe = config.iotmon.clone();
-        let url = url.to_string();
-        let child =
-            tokio::task::spawn_blocking(move || Bridge::start(&exe, &url, partition.as_deref()))
-                .await
-                .map_err(|error| fail(format!("starting a bridge: {error}")))??;
-        children.push(child);
+        children.push(Role::start(&config.iotmon, "bridge", &url, partition).await?);
     }
+    let dashboard = Role::start(&config.iotmon, "dashboard", &url, None).await?;
     let traffic = Arc::new(Traffic::default());
     let counting = CancellationToken::new();
     tokio::spawn(count_aggregates(
@@ -255,9 +255,9 @@ async fn run(
     }
     sleep(config.warmup).await;
 
-    let start = Edge::take(&children, &broker, &counters, &traffic).await?;
+    let start = Edge::take(&children, &dashboard, &broker, &counters, &traffic).await?;
     sleep(config.measure).await;
-    let end = Edge::take(&children, &broker, &counters, &traffic).await?;
+    let end = Edge::take(&children, &dashboard, &broker, &counters, &traffic).await?;
     counting.cancel();
     fleet.stop().await;
 
@@ -283,6 +283,10 @@ async fn run(
             end.broker.cpu_seconds - start.broker.cpu_seconds,
             published,
         ),
+        dashboard_cpu_us_per_reading: per_reading(
+            end.dashboard.cpu_seconds - start.dashboard.cpu_seconds,
+            ingested,
+        ),
         bridge_peak_rss_mib: end
             .bridges
             .iter()
@@ -301,6 +305,7 @@ struct Edge {
     skipped: u64,
     published: u64,
     bridges: Vec<Usage>,
+    dashboard: Usage,
     broker: Usage,
     aggregate_messages: u64,
     aggregate_bytes: u64,
@@ -308,7 +313,8 @@ struct Edge {
 
 impl Edge {
     async fn take(
-        bridges: &[Bridge],
+        bridges: &[Role],
+        dashboard: &Role,
         broker: &Measured,
         counters: &crate::stats::Counters,
         traffic: &Traffic,
@@ -329,6 +335,7 @@ impl Edge {
             skipped,
             published: counters.readings_written(),
             bridges: usages,
+            dashboard: usage_of(&dashboard.child.id().to_string())?,
             broker: broker.usage()?,
             aggregate_messages: traffic.messages.load(Ordering::Relaxed),
             aggregate_bytes: traffic.bytes.load(Ordering::Relaxed),
@@ -336,7 +343,7 @@ impl Edge {
     }
 }
 
-async fn ingested(bridges: &[Bridge]) -> Result<u64, SimulatorError> {
+async fn ingested(bridges: &[Role]) -> Result<u64, SimulatorError> {
     let mut total = 0;
     for bridge in bridges {
         let metrics = http_get(&bridge.http.to_string(), "/metrics").await?;
@@ -444,18 +451,36 @@ fn merge_cost(devices: usize) -> MergeCost {
     }
 }
 
-/// An `iotmon bridge` under measurement; killed when dropped.
+/// An `iotmon bridge` or `iotmon dashboard` under measurement; killed when dropped.
 #[derive(Debug)]
-struct Bridge {
+struct Role {
     child: Child,
     http: SocketAddr,
     dir: PathBuf,
 }
 
-impl Bridge {
-    /// Starts `iotmon bridge` on `broker` (owning `partition`, or everything), with a data
-    /// directory of its own and `/metrics` on a free port.
-    fn start(exe: &Path, broker: &str, partition: Option<&str>) -> Result<Bridge, SimulatorError> {
+impl Role {
+    /// [`Role::spawn`] off the async workers (it waits, blocking, for the start-up line).
+    async fn start(
+        exe: &Path,
+        role: &'static str,
+        broker: &BrokerUrl,
+        partition: Option<String>,
+    ) -> Result<Role, SimulatorError> {
+        let (exe, broker) = (exe.to_path_buf(), broker.to_string());
+        tokio::task::spawn_blocking(move || Role::spawn(&exe, role, &broker, partition.as_deref()))
+            .await
+            .map_err(|error| fail(format!("starting iotmon {role}: {error}")))?
+    }
+
+    /// Starts `iotmon ROLE` on `broker` (a bridge owning `partition`, or everything), with a
+    /// data directory of its own and HTTP on a free port.
+    fn spawn(
+        exe: &Path,
+        role: &str,
+        broker: &str,
+        partition: Option<&str>,
+    ) -> Result<Role, SimulatorError> {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |since| since.subsec_nanos());
@@ -464,7 +489,7 @@ impl Bridge {
         std::fs::create_dir_all(&dir)
             .map_err(|error| fail(format!("cannot create {}: {error}", dir.display())))?;
         let mut args = vec![
-            "bridge".to_string(),
+            role.to_string(),
             "--broker".into(),
             broker.into(),
             "--data-dir".into(),
@@ -500,7 +525,7 @@ impl Bridge {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             let line = lines
                 .recv_timeout(left)
-                .map_err(|_| fail("iotmon bridge did not print its address in time".into()))?;
+                .map_err(|_| fail(format!("iotmon {role} did not print its address in time")))?;
             if let Some(addr) = line.strip_prefix("http listening on http://") {
                 break addr
                     .trim()
@@ -508,11 +533,11 @@ impl Bridge {
                     .map_err(|_| fail(format!("bad address {addr:?}")))?;
             }
         };
-        Ok(Bridge { child, http, dir })
+        Ok(Role { child, http, dir })
     }
 }
 
-impl Drop for Bridge {
+impl Drop for Role {
     fn drop(&mut self) {
         // Errors mean it has already exited, which is what we want.
         let _ = self.child.kill();
