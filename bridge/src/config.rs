@@ -329,6 +329,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_partition_in_the_file_is_checked_and_named_when_wrong() {
+        let config: BridgeConfig = toml::from_str("partition = \"1/2\"").expect("valid");
+        assert_eq!(config.partition(), Partition::new(1, 2).expect("valid"));
+        assert_eq!(BridgeConfig::default().partition(), Partition::WHOLE);
+        let error = toml::from_str::<BridgeConfig>("partition = \"3/2\"")
+            .expect_err("3/2 refused")
+            .to_string();
+        assert!(
+            error.contains("partition") && error.contains("K must be below N"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn defaults_are_valid() {
         assert_eq!(BridgeConfig::default().validate(), Ok(()));
     }
