@@ -898,6 +898,76 @@ mod tests {
         bridge.await.expect("bridge stops");
     }
 
+    fn share(partition: u32, group: &str, sum: f64) -> PartialAggregate {
+        let aggregate = iotmon_wire::GroupAggregate {
+            group: group.into(),
+            ts: 1,
+            devices: iotmon_wire::DeviceCounts::default(),
+            metrics: [(
+                Arc::from("t"),
+                iotmon_wire::MetricAggregate {
+                    count: 1,
+                    mean: sum,
+                    min: sum,
+                    max: sum,
+                },
+            )]
+            .into_iter()
+            .collect(),
+        };
+        PartialAggregate::from_aggregate(&aggregate, Partition::new(partition, 2).expect("valid"))
+    }
+
+    /// Partition 0 evaluates group rules only on complete merged values: not on its own share
+    /// while the other partition is unheard, nor on the first partial of the other's resend.
+    #[tokio::test(start_paused = true)]
+    async fn partition_zero_waits_for_every_partition_before_group_rules() {
+        let window = Duration::from_secs(1);
+        let (_to_merged, from_peers) = mpsc::channel(4);
+        let partition = Partition::new(0, 2).expect("valid");
+        let GroupScope::Merged(mut merged) = GroupScope::of(partition, window, from_peers) else {
+            panic!("partition 0 merges");
+        };
+        let counters = BridgeCounters::default();
+        merged.add(share(0, "hq", 10.0), &counters);
+        assert!(merged.take_ready().is_empty(), "partition 1 not heard yet");
+        merged.add(share(1, "hq/b", 50.0), &counters);
+        assert!(merged.take_ready().is_empty(), "the resend has not settled");
+        merged.add(share(1, "hq", 30.0), &counters);
+        tokio::time::sleep(window * MERGE_SETTLE_WINDOWS).await;
+        let mut ready = merged.take_ready();
+        ready.sort_by(|a, b| a.group.cmp(&b.group));
+        assert_eq!(ready.len(), 2);
+        assert_eq!(ready[0].metrics["t"].mean, 20.0, "hq over both partitions");
+        assert_eq!(ready[0].metrics["t"].count, 2);
+        assert!(
+            merged.take_ready().is_empty(),
+            "each change is evaluated once"
+        );
+        // Without the other partition, the grace ends the wait.
+        let (_to_merged, from_peers) = mpsc::channel(4);
+        let GroupScope::Merged(mut alone) = GroupScope::of(partition, window, from_peers) else {
+            panic!("partition 0 merges");
+        };
+        alone.add(share(0, "hq", 10.0), &counters);
+        tokio::time::sleep(window * (MERGE_GRACE_WINDOWS - 1)).await;
+        assert!(alone.take_ready().is_empty());
+        tokio::time::sleep(window).await;
+        assert_eq!(alone.take_ready().len(), 1);
+        assert!(matches!(
+            GroupScope::of(
+                Partition::new(1, 2).expect("valid"),
+                window,
+                mpsc::channel(1).1
+            ),
+            GroupScope::Elsewhere
+        ));
+        assert!(matches!(
+            GroupScope::of(Partition::WHOLE, window, mpsc::channel(1).1),
+            GroupScope::Own
+        ));
+    }
+
     /// The whole pipeline on tokio's paused clock: states, aggregates, and presence by silence.
     #[tokio::test(start_paused = true)]
     async fn states_and_aggregates_flow_through_the_shards() {
