@@ -297,6 +297,7 @@ pub async fn dashboard(
     announce_http(http.local_addr()?);
     let (to_hub, derived) = mpsc::channel(DERIVED_CAPACITY);
     let (alert_commands, commands_to_publish) = mpsc::channel(BROKER_COMMAND_CAPACITY);
+    let source_counters = Arc::new(iotmon_dashboard::source::SourceCounters::default());
     let source = tokio::spawn(critical(
         "the dashboard's MQTT source",
         iotmon_dashboard::source::from_broker(
@@ -305,18 +306,21 @@ pub async fn dashboard(
             config.broker.max_packet_size,
             to_hub,
             commands_to_publish,
+            source_counters.clone(),
             shutdown.clone(),
         ),
     ));
     // History comes from the bridge's store: from each device's owner over MQTT when the
     // bridges are partitioned (each keeps its own file); else readable when this dashboard
     // shares the bridge's data directory (same machine, or a shared volume).
+    let history_tasks = TaskTracker::new();
     let history = match partitions {
         Some(partitions) => {
             let history: Arc<dyn HistorySource> = BrokerHistory::start(
                 &broker_url,
                 &history_login(&login),
                 partitions,
+                &history_tasks,
                 shutdown.clone(),
             );
             Some(history)
@@ -341,7 +345,7 @@ pub async fn dashboard(
         config.dashboard,
         http,
         derived,
-        vec![Arc::new(PanicMetrics)],
+        vec![source_counters, Arc::new(PanicMetrics)],
         history,
         alert_access,
         shutdown.clone(),
@@ -349,6 +353,8 @@ pub async fn dashboard(
     .await;
     shutdown.cancel();
     let _ = source.await;
+    history_tasks.close();
+    history_tasks.wait().await;
     Ok(served?)
 }
 

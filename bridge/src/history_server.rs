@@ -6,6 +6,7 @@
 //! It runs on an MQTT connection of its own, apart from the ingest session: a burst of chart
 //! queries then never holds up readings, and ingest never delays a chart beyond its query.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use iotmon_wire::history::{answer, HistoryAnswer, HistoryReply, HistoryRequest, HistorySource};
@@ -13,7 +14,6 @@ use iotmon_wire::mqtt::{drive_session, BrokerUrl, Login, Message, SessionPlan};
 use iotmon_wire::partition::Partition;
 use iotmon_wire::topics::history_request_topic;
 use rumqttc::{AsyncClient, QoS};
-use std::sync::atomic::Ordering;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;

@@ -277,9 +277,11 @@ async fn run_influx(
     }
 }
 
-/// Keeps, of the alerts and conditions saved before a restart, those this partition owns:
-/// device alerts of its devices, and group alerts when it evaluates group rules. A lone
-/// bridge owns them all.
+/// Keeps, of the open alerts saved before a restart, those this partition owns: alerts
+/// about its devices, and group alerts when it evaluates group rules (the saved conditions
+/// are sorted the same way where they are restored). A lone bridge owns them all. Alerts
+/// left out (their device moved when the deployment was re-partitioned) stay in this store,
+/// unloaded: the new owner starts them afresh.
 fn keep_own_alerts(
     mut saved: Saved,
     partition: Partition,

@@ -5,14 +5,13 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use iotmon_wire::mqtt::{drive_session, BrokerUrl, Login, SessionPlan};
+use iotmon_wire::partition::Partition;
 use iotmon_wire::supervise::critical;
 use iotmon_wire::topics::{ALERT_COMMANDS, PARTIALS_SYNC_REQUEST, PARTIAL_FILTER};
 use rumqttc::AsyncClient;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-
-use iotmon_wire::partition::Partition;
 
 use crate::alerts::Alerting;
 use crate::config::BridgeConfig;

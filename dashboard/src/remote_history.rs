@@ -22,6 +22,7 @@ use iotmon_wire::{Alert, AlertId};
 use rumqttc::{AsyncClient, QoS};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::debug;
 
 /// How long a question may wait for its bridge's answer; then the request fails (the viewer
@@ -54,11 +55,12 @@ pub struct BrokerHistory {
 
 impl BrokerHistory {
     /// Connects to `broker` as `login` (a client id of its own) and answers history from
-    /// bridges split `partitions` ways, until `shutdown`.
+    /// bridges split `partitions` ways, until `shutdown`; its tasks go in `tasks`.
     pub fn start(
         broker: &BrokerUrl,
         login: &Login,
         partitions: u32,
+        tasks: &TaskTracker,
         shutdown: CancellationToken,
     ) -> Arc<BrokerHistory> {
         let (client, eventloop) =
@@ -70,7 +72,7 @@ impl BrokerHistory {
             reliable_subscriptions: vec![reply_to.clone()],
             announce: None,
         };
-        tokio::spawn(drive_session(
+        tasks.spawn(drive_session(
             eventloop,
             client.clone(),
             plan,
@@ -78,7 +80,7 @@ impl BrokerHistory {
             shutdown,
         ));
         let pending = Pending::default();
-        tokio::spawn(route_replies(replies, pending.clone()));
+        tasks.spawn(route_replies(replies, pending.clone()));
         Arc::new(BrokerHistory {
             client,
             reply_to,

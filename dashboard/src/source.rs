@@ -4,7 +4,11 @@
 //! partitions' partials on `iotmon/partial/<K>/...`: every dashboard merges for itself, so
 //! none depends on another and any number can run.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
 use bytes::Bytes;
+use iotmon_wire::metrics::{write_metric, Kind, MetricsSource};
 use iotmon_wire::mqtt::{drive_session, BrokerUrl, Login, Message, SessionPlan};
 use iotmon_wire::partial::{PartialAggregate, PartialMerger};
 use iotmon_wire::topics::{
@@ -20,16 +24,38 @@ use tracing::warn;
 /// Messages buffered between the MQTT client and the decoder.
 const INPUT_CAPACITY: usize = 4096;
 
+/// What the dashboard's MQTT source refused, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct SourceCounters {
+    /// Partial aggregates refused: unreadable, invalid, or on a topic that does not match.
+    pub partials_refused: AtomicU64,
+}
+
+impl MetricsSource for SourceCounters {
+    fn render_prometheus(&self, out: &mut String) {
+        write_metric(
+            out,
+            "iotmon_dashboard_partials_refused_total",
+            "Partial aggregates from partitioned bridges refused as unreadable or invalid.",
+            Kind::Counter,
+            &[("", self.partials_refused.load(Ordering::Relaxed))],
+        );
+    }
+}
+
 /// Subscribes to the bridge's device states on `broker` and feeds them to `to_hub` until
 /// `shutdown`. On every (re)connect it asks the bridge to resend all states, so a dashboard
 /// that starts late, or lost its connection, is complete again. Operators' alert commands
-/// from `alert_commands` are published for the bridge at QoS 1.
+/// from `alert_commands` are published for the bridge at QoS 1. Refused input is counted in
+/// `counters`.
+#[allow(clippy::too_many_arguments)] // Each is one of the source's separate inputs.
 pub async fn from_broker(
     broker: BrokerUrl,
     login: Login,
     max_packet_size: usize,
     to_hub: mpsc::Sender<Derived>,
     mut alert_commands: mpsc::Receiver<AlertCommand>,
+    counters: Arc<SourceCounters>,
     shutdown: CancellationToken,
 ) {
     let (client, eventloop) = AsyncClient::new(broker.options_for(&login, max_packet_size), 64);
@@ -55,7 +81,7 @@ pub async fn from_broker(
         tokio::select! {
             message = messages.recv() => {
                 let Some(message) = message else { break };
-                let Some(derived) = decode(&message, &mut partials) else {
+                let Some(derived) = decode(&message, &mut partials, &counters) else {
                     continue;
                 };
                 if to_hub.send(derived).await.is_err() {
@@ -83,10 +109,17 @@ async fn publish_command(client: &AsyncClient, command: &AlertCommand) {
 
 /// A device state (`iotmon/live/...`) or a group aggregate (`iotmon/agg/...`, or merged from
 /// `iotmon/partial/...`); unreadable payloads are logged and skipped.
-fn decode(message: &Message, partials: &mut PartialMerger) -> Option<Derived> {
+fn decode(
+    message: &Message,
+    partials: &mut PartialMerger,
+    counters: &SourceCounters,
+) -> Option<Derived> {
     if message.topic.starts_with("iotmon/partial/") {
         return merge_partial(message, partials)
-            .inspect_err(|error| warn!(topic = message.topic, %error, "ignoring unreadable partial aggregate"))
+            .inspect_err(|error| {
+                counters.partials_refused.fetch_add(1, Ordering::Relaxed);
+                warn!(topic = message.topic, %error, "ignoring unreadable partial aggregate");
+            })
             .ok();
     }
     let decoded = if message.topic.starts_with("iotmon/alerts/") {
@@ -140,14 +173,17 @@ mod tests {
     #[test]
     fn partials_of_two_partitions_reach_the_hub_merged() {
         let mut partials = PartialMerger::new();
+        let counters = SourceCounters::default();
         decode(
             &message("iotmon/partial/0/hq", &partial(0, 3, 6.0)),
             &mut partials,
+            &counters,
         )
         .expect("merged");
         let Some(Derived::Aggregates(merged)) = decode(
             &message("iotmon/partial/1/hq", &partial(1, 1, 10.0)),
             &mut partials,
+            &counters,
         ) else {
             panic!("an aggregate");
         };
@@ -159,17 +195,32 @@ mod tests {
     #[test]
     fn a_partial_on_the_wrong_topic_or_unreadable_is_skipped() {
         let mut partials = PartialMerger::new();
+        let counters = SourceCounters::default();
         assert!(decode(
             &message("iotmon/partial/1/hq", &partial(0, 1, 1.0)),
-            &mut partials
+            &mut partials,
+            &counters
         )
         .is_none());
         assert!(decode(
             &message("iotmon/partial/0/other", &partial(0, 1, 1.0)),
-            &mut partials
+            &mut partials,
+            &counters
         )
         .is_none());
-        assert!(decode(&message("iotmon/partial/0/hq", "{"), &mut partials).is_none());
+        assert!(decode(
+            &message("iotmon/partial/0/hq", "{"),
+            &mut partials,
+            &counters
+        )
+        .is_none());
         assert!(partials.is_empty());
+        assert_eq!(counters.partials_refused.load(Ordering::Relaxed), 3);
+        let mut metrics = String::new();
+        counters.render_prometheus(&mut metrics);
+        assert!(
+            metrics.contains("iotmon_dashboard_partials_refused_total 3"),
+            "{metrics}"
+        );
     }
 }
