@@ -696,3 +696,45 @@ fn a_tiny_split_bench_measures_one_and_two_bridges() {
     assert!(runs[1]["skipped"].as_u64() > Some(0), "{report}");
     assert!(report["report"]["merge"]["ns_per_merge"].as_f64() > Some(0.0));
 }
+
+/// A partition that cannot be is refused at start-up, naming the flag or the key at fault.
+#[test]
+fn an_impossible_partition_is_refused_before_anything_starts() {
+    let dir = TempDir::new("bad-partition");
+    let run = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_iotmon"))
+            .args(args)
+            .output()
+            .expect("iotmon runs");
+        assert!(!output.status.success(), "{args:?} was accepted");
+        String::from_utf8_lossy(&output.stderr).to_string()
+    };
+    let flag = run(&[
+        "bridge",
+        "--broker",
+        "mqtt://127.0.0.1:1",
+        "--data-dir",
+        dir.path(),
+        "--partition",
+        "3/2",
+    ]);
+    assert!(
+        flag.contains("--partition") && flag.contains("K must be below N"),
+        "{flag}"
+    );
+    let config = format!("{}/iotmon.toml", dir.path());
+    std::fs::write(&config, "[bridge]\npartition = \"0/0\"\n").expect("config written");
+    let key = run(&[
+        "bridge",
+        "--broker",
+        "mqtt://127.0.0.1:1",
+        "--data-dir",
+        dir.path(),
+        "--config",
+        &config,
+    ]);
+    assert!(
+        key.contains("partition") && key.contains("N must be between 1 and 1024"),
+        "{key}"
+    );
+}
