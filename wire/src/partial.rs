@@ -165,9 +165,10 @@ pub fn merge<'a>(
     let mut metrics: BTreeMap<Arc<str>, PartialMetric> = BTreeMap::new();
     for partial in partials {
         ts = ts.max(partial.ts);
-        devices.online += partial.devices.online;
-        devices.offline += partial.devices.offline;
-        devices.alerting += partial.devices.alerting;
+        // Saturating: a partial is input from the broker, and absurd counts must not overflow.
+        devices.online = devices.online.saturating_add(partial.devices.online);
+        devices.offline = devices.offline.saturating_add(partial.devices.offline);
+        devices.alerting = devices.alerting.saturating_add(partial.devices.alerting);
         for (name, metric) in &partial.metrics {
             if metric.count == 0 {
                 continue;
@@ -175,7 +176,7 @@ pub fn merge<'a>(
             metrics
                 .entry(name.clone())
                 .and_modify(|total| {
-                    total.count += metric.count;
+                    total.count = total.count.saturating_add(metric.count);
                     total.sum += metric.sum;
                     total.min = total.min.min(metric.min);
                     total.max = total.max.max(metric.max);
@@ -277,6 +278,19 @@ mod tests {
         let after = merger.update(partial(0, 3, &[1.0], 1)).expect("valid");
         assert_eq!(after.metrics["t"].count, 1);
         assert_eq!(merger.partitions_of("hq/building-a"), 1);
+    }
+
+    #[test]
+    fn absurd_counts_saturate_instead_of_overflowing() {
+        let mut merger = PartialMerger::new();
+        let mut huge = partial(0, 2, &[1.0], u64::MAX);
+        if let Some(metric) = huge.metrics.get_mut("t") {
+            metric.count = u64::MAX;
+        }
+        merger.update(huge).expect("valid");
+        let merged = merger.update(partial(1, 2, &[1.0], 5)).expect("valid");
+        assert_eq!(merged.devices.online, u64::MAX);
+        assert_eq!(merged.metrics["t"].count, u64::MAX);
     }
 
     #[test]
