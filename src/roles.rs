@@ -13,7 +13,7 @@ use iotmon_broker::credentials::registry_path;
 use iotmon_broker::{EmbeddedBroker, ListenerKind, LocalSubscription};
 use iotmon_dashboard::alerts::{AlertAccess, CommandRoute, BROKER_COMMAND_CAPACITY};
 use iotmon_dashboard::remote_history::BrokerHistory;
-use iotmon_dashboard::DERIVED_CAPACITY;
+use iotmon_dashboard::LIVE_UPDATE_CAPACITY;
 use iotmon_simulator::viewers::ViewerConfig;
 use iotmon_simulator::{FleetConfig, Progress};
 use iotmon_wire::history::HistorySource;
@@ -70,7 +70,7 @@ pub async fn serve(
     }
 
     let (to_bridge, from_broker) = mpsc::channel(INPUT_CAPACITY);
-    let (live_updates, derived) = mpsc::channel(LIVE_CAPACITY.max(DERIVED_CAPACITY));
+    let (live_updates, updates) = mpsc::channel(LIVE_CAPACITY.max(LIVE_UPDATE_CAPACITY));
     let tasks = TaskTracker::new();
     tasks.spawn(critical(
         "the bridge's broker link",
@@ -106,7 +106,7 @@ pub async fn serve(
     let served = iotmon_dashboard::run(
         config.dashboard,
         http,
-        derived,
+        updates,
         sources,
         Some(history),
         alert_access,
@@ -295,7 +295,7 @@ pub async fn dashboard(
 ) -> anyhow::Result<()> {
     let http = iotmon_dashboard::bind(&config.dashboard).await?;
     announce_http(http.local_addr()?);
-    let (to_hub, derived) = mpsc::channel(DERIVED_CAPACITY);
+    let (to_hub, updates) = mpsc::channel(LIVE_UPDATE_CAPACITY);
     let (alert_commands, commands_to_publish) = mpsc::channel(BROKER_COMMAND_CAPACITY);
     let source_counters = Arc::new(iotmon_dashboard::source::SourceCounters::default());
     let source = tokio::spawn(critical(
@@ -344,7 +344,7 @@ pub async fn dashboard(
     let served = iotmon_dashboard::run(
         config.dashboard,
         http,
-        derived,
+        updates,
         vec![source_counters, Arc::new(PanicMetrics)],
         history,
         alert_access,

@@ -7,7 +7,7 @@
 use iotmon_wire::partial::PartialAggregate;
 use iotmon_wire::partition::Partition;
 use iotmon_wire::topics::{agg_topic, alert_topic, live_topic, partial_topic};
-use iotmon_wire::Derived;
+use iotmon_wire::LiveUpdate;
 use rumqttc::{AsyncClient, QoS};
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -19,7 +19,7 @@ use tracing::warn;
 /// request queue is full; meanwhile the bridge coalesces.
 pub async fn publish_live(
     client: AsyncClient,
-    mut live_updates: mpsc::Receiver<Derived>,
+    mut live_updates: mpsc::Receiver<LiveUpdate>,
     partition: Partition,
     shutdown: CancellationToken,
 ) {
@@ -32,15 +32,15 @@ pub async fn publish_live(
             },
         };
         let qos = match batch {
-            Derived::Alerts(_) => QoS::AtLeastOnce,
+            LiveUpdate::Alerts(_) => QoS::AtLeastOnce,
             _ => QoS::AtMostOnce,
         };
         let messages: Vec<(String, Option<Vec<u8>>)> = match batch {
-            Derived::Devices(devices) => devices
+            LiveUpdate::Devices(devices) => devices
                 .iter()
                 .map(|state| (live_topic(&state.group, &state.id), encode(state)))
                 .collect(),
-            Derived::Aggregates(aggregates) if partition.is_split() => aggregates
+            LiveUpdate::Aggregates(aggregates) if partition.is_split() => aggregates
                 .iter()
                 .map(|aggregate| {
                     let partial = PartialAggregate::from_aggregate(aggregate, partition);
@@ -50,11 +50,11 @@ pub async fn publish_live(
                     )
                 })
                 .collect(),
-            Derived::Aggregates(aggregates) => aggregates
+            LiveUpdate::Aggregates(aggregates) => aggregates
                 .iter()
                 .map(|aggregate| (agg_topic(&aggregate.group), encode(aggregate)))
                 .collect(),
-            Derived::Alerts(alerts) => alerts
+            LiveUpdate::Alerts(alerts) => alerts
                 .iter()
                 .map(|alert| (alert_topic(&alert.subject), encode(alert)))
                 .collect(),

@@ -22,7 +22,7 @@ use iotmon_wire::topics::{
     parse_partial_topic, ALERT_COMMANDS, PARTIALS_SYNC_REQUEST, SYNC_REQUEST,
 };
 use iotmon_wire::unix_millis;
-use iotmon_wire::Derived;
+use iotmon_wire::LiveUpdate;
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio::time::{Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
@@ -93,7 +93,7 @@ pub async fn run(
     config: BridgeConfig,
     alerting: Alerting,
     mut from_broker: mpsc::Receiver<Message>,
-    live_updates: mpsc::Sender<Derived>,
+    live_updates: mpsc::Sender<LiveUpdate>,
     counters: Arc<BridgeCounters>,
     store: Option<OpenStore>,
     shutdown: CancellationToken,
@@ -426,7 +426,7 @@ fn peer_partial(
 #[derive(Debug)]
 struct ShardOutputs {
     index: usize,
-    live_updates: mpsc::Sender<Derived>,
+    live_updates: mpsc::Sender<LiveUpdate>,
     to_aggregator: mpsc::Sender<(usize, Vec<ShardGroup>)>,
     to_alerts: mpsc::Sender<ManagerInput>,
     to_store: Option<StoreHandle>,
@@ -517,9 +517,9 @@ fn flush_live(shard: &mut Shard, outputs: &ShardOutputs, config: &BridgeConfig) 
     if changed.is_empty() {
         return Flush::Idle;
     }
-    match outputs.live_updates.try_send(Derived::Devices(changed)) {
+    match outputs.live_updates.try_send(LiveUpdate::Devices(changed)) {
         Ok(()) => Flush::Sent,
-        Err(TrySendError::Full(Derived::Devices(changed))) => {
+        Err(TrySendError::Full(LiveUpdate::Devices(changed))) => {
             outputs
                 .counters
                 .live_batches_deferred
@@ -554,7 +554,7 @@ fn send_to_store(shard: &mut Shard, outputs: &ShardOutputs) {
 /// Where the aggregator's output goes.
 #[derive(Debug)]
 struct AggregatorOutputs {
-    live_updates: mpsc::Sender<Derived>,
+    live_updates: mpsc::Sender<LiveUpdate>,
     to_alerts: mpsc::Sender<ManagerInput>,
     counters: Arc<BridgeCounters>,
     clock: Clock,
@@ -749,10 +749,10 @@ fn emit_aggregates(
     }
     match outputs
         .live_updates
-        .try_send(Derived::Aggregates(aggregates))
+        .try_send(LiveUpdate::Aggregates(aggregates))
     {
         Ok(()) => Flush::Sent,
-        Err(TrySendError::Full(Derived::Aggregates(aggregates))) => {
+        Err(TrySendError::Full(LiveUpdate::Aggregates(aggregates))) => {
             outputs
                 .counters
                 .aggregates_deferred
@@ -878,15 +878,15 @@ mod tests {
         while hq_count < ours.len() as u64 || seen.len() < ours.len() {
             assert!(tokio::time::Instant::now() < deadline, "not in time");
             match derived.recv().await.expect("bridge runs") {
-                Derived::Devices(states) => {
+                LiveUpdate::Devices(states) => {
                     seen.extend(states.into_iter().map(|s| s.id.to_string()))
                 }
-                Derived::Aggregates(aggregates) => {
+                LiveUpdate::Aggregates(aggregates) => {
                     if let Some(hq) = aggregates.iter().find(|a| &*a.group == "hq") {
                         hq_count = hq.metrics["t"].count;
                     }
                 }
-                Derived::Alerts(_) => {}
+                LiveUpdate::Alerts(_) => {}
             }
         }
         assert!(seen.iter().all(|id| partition.owns(id)), "{seen:?}");
@@ -1009,18 +1009,18 @@ mod tests {
                 "no complete aggregate in time"
             );
             match derived.recv().await.expect("bridge runs") {
-                Derived::Devices(states) => {
+                LiveUpdate::Devices(states) => {
                     for state in states {
                         devices.insert(state.id.to_string(), state);
                     }
                 }
-                Derived::Aggregates(aggregates) => {
+                LiveUpdate::Aggregates(aggregates) => {
                     hq = aggregates
                         .into_iter()
                         .find(|a| &*a.group == "hq" && a.devices.online + a.devices.offline == 4)
                         .or(hq);
                 }
-                Derived::Alerts(_) => panic!("no rules, no alerts"),
+                LiveUpdate::Alerts(_) => panic!("no rules, no alerts"),
             }
         }
         let hq = hq.expect("hq aggregate");
@@ -1035,7 +1035,7 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(61)).await;
         let mut offline = false;
         while let Ok(batch) = derived.try_recv() {
-            if let Derived::Aggregates(aggregates) = batch {
+            if let LiveUpdate::Aggregates(aggregates) = batch {
                 offline |= aggregates
                     .iter()
                     .any(|a| &*a.group == "hq" && a.devices.offline == 4);

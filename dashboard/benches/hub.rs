@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use iotmon_dashboard::hub::{Hub, ViewSpec};
-use iotmon_wire::{Derived, DeviceState, MetricValue, Metrics};
+use iotmon_wire::{LiveUpdate, DeviceState, MetricValue, Metrics};
 use tokio::sync::mpsc;
 
 const VIEWERS: usize = 200;
@@ -36,7 +36,7 @@ fn device(index: usize, value: f64) -> DeviceState {
 /// across the fleet; returns the viewers' queues.
 fn setup(fleet: usize) -> (Hub, Vec<mpsc::Receiver<String>>) {
     let mut hub = Hub::new(Arc::default());
-    hub.apply(Derived::Devices(
+    hub.apply(LiveUpdate::Devices(
         (0..fleet).map(|i| device(i, 20.0)).collect(),
     ));
     let stride = fleet / VIEWERS;
@@ -88,7 +88,7 @@ fn tick_cost(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("apply", fleet), |b| {
             b.iter(|| {
                 tick += 1;
-                hub.apply(Derived::Devices(changes(fleet, tick)));
+                hub.apply(LiveUpdate::Devices(changes(fleet, tick)));
             });
             hub.push_pending();
             drain(&mut queues);
@@ -100,7 +100,7 @@ fn tick_cost(c: &mut Criterion) {
                 let mut spent = Duration::ZERO;
                 for _ in 0..iterations {
                     tick += 1;
-                    hub.apply(Derived::Devices(changes(fleet, tick)));
+                    hub.apply(LiveUpdate::Devices(changes(fleet, tick)));
                     let start = Instant::now();
                     hub.push_pending();
                     bytes += black_box(drain(&mut queues));

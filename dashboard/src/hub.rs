@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use iotmon_wire::metrics::{write_metric, Kind, MetricsSource};
 use iotmon_wire::topics::{group_prefixes, in_group};
-use iotmon_wire::{Alert, AlertId, Derived, DeviceId, DeviceState, GroupAggregate, GroupPath};
+use iotmon_wire::{Alert, AlertId, LiveUpdate, DeviceId, DeviceState, GroupAggregate, GroupPath};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
@@ -253,9 +253,9 @@ impl HubHandle {
 const COMMAND_QUEUE: usize = 1024;
 
 /// Creates the hub: the handle for sessions and handlers, and the task to spawn.
-pub fn hub(
+pub fn create(
     tick: Duration,
-    derived: mpsc::Receiver<Derived>,
+    updates: mpsc::Receiver<LiveUpdate>,
     shutdown: CancellationToken,
 ) -> (HubHandle, impl std::future::Future<Output = ()>) {
     let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
@@ -265,7 +265,7 @@ pub fn hub(
         next_viewer: Arc::new(AtomicU64::new(1)),
         stats: stats.clone(),
     };
-    let task = run_hub(Hub::new(stats), tick, command_rx, derived, shutdown);
+    let task = run_hub(Hub::new(stats), tick, command_rx, updates, shutdown);
     (handle, task)
 }
 
@@ -273,7 +273,7 @@ async fn run_hub(
     mut hub: Hub,
     tick: Duration,
     mut commands: mpsc::Receiver<HubCommand>,
-    mut derived: mpsc::Receiver<Derived>,
+    mut updates: mpsc::Receiver<LiveUpdate>,
     shutdown: CancellationToken,
 ) {
     let mut ticker = tokio::time::interval(tick);
@@ -282,7 +282,7 @@ async fn run_hub(
         tokio::select! {
             () = shutdown.cancelled() => break,
             Some(command) = commands.recv() => hub.handle_command(command),
-            batch = derived.recv() => match batch {
+            batch = updates.recv() => match batch {
                 Some(batch) => hub.apply(batch),
                 None => {
                     warn!("the derived stream ended; the dashboard shows frozen values");
@@ -535,11 +535,11 @@ impl Hub {
     }
 
     /// Records a batch from the bridge and marks the viewers that see what changed.
-    pub fn apply(&mut self, batch: Derived) {
+    pub fn apply(&mut self, batch: LiveUpdate) {
         match batch {
-            Derived::Devices(states) => self.apply_devices(states),
-            Derived::Aggregates(aggregates) => self.apply_aggregates(aggregates),
-            Derived::Alerts(alerts) => self.apply_alerts(alerts),
+            LiveUpdate::Devices(states) => self.apply_devices(states),
+            LiveUpdate::Aggregates(aggregates) => self.apply_aggregates(aggregates),
+            LiveUpdate::Alerts(alerts) => self.apply_alerts(alerts),
         }
     }
 
@@ -944,7 +944,7 @@ mod tests {
     #[test]
     fn a_viewer_gets_a_snapshot_then_only_its_devices() {
         let mut hub = Hub::new(Arc::default());
-        hub.apply(Derived::Devices(vec![state("a", 1.0), state("b", 1.0)]));
+        hub.apply(LiveUpdate::Devices(vec![state("a", 1.0), state("b", 1.0)]));
         let (tx, mut rx) = mpsc::channel(8);
         hub.join(1, tx);
         hub.set_view(1, ViewSpec::Devices(vec!["a".into(), "c".into()]));
@@ -957,7 +957,7 @@ mod tests {
             }] => assert_eq!(ids(devices), ["a"]),
             other => panic!("expected one snapshot, got {other:?}"),
         }
-        hub.apply(Derived::Devices(vec![
+        hub.apply(LiveUpdate::Devices(vec![
             state("a", 2.0),
             state("b", 2.0),
             state("c", 2.0),
@@ -981,10 +981,10 @@ mod tests {
         hub.set_view(1, ViewSpec::Devices(vec!["a".into(), "b".into()]));
         // The snapshot fills the queue of one; the updates that follow cannot be queued.
         for t in 1..=5 {
-            hub.apply(Derived::Devices(vec![state("a", f64::from(t))]));
+            hub.apply(LiveUpdate::Devices(vec![state("a", f64::from(t))]));
             hub.push_pending();
         }
-        hub.apply(Derived::Devices(vec![state("b", 9.0)]));
+        hub.apply(LiveUpdate::Devices(vec![state("b", 9.0)]));
         hub.push_pending();
         assert_eq!(hub.stats.frames_deferred.load(Ordering::Relaxed), 6);
         assert_eq!(hub.stats.resync_snapshots.load(Ordering::Relaxed), 1);
@@ -1014,7 +1014,7 @@ mod tests {
     #[test]
     fn a_group_view_is_a_page_of_the_group_and_its_subgroups() {
         let mut hub = Hub::new(Arc::default());
-        hub.apply(Derived::Devices(vec![
+        hub.apply(LiveUpdate::Devices(vec![
             placed("d1", "hq"),
             placed("d2", "hq/a"),
             placed("d3", "hq/a/1"),
@@ -1069,7 +1069,7 @@ mod tests {
     #[test]
     fn lists_devices_in_group_order_with_search_and_paging() {
         let mut hub = Hub::new(Arc::default());
-        hub.apply(Derived::Devices(vec![
+        hub.apply(LiveUpdate::Devices(vec![
             state("b", 1.0),
             state("a", 1.0),
             placed("z-1", "a-site"),
@@ -1136,14 +1136,14 @@ mod tests {
         hub.join(1, by_device);
         hub.join(2, by_group);
         hub.join(3, elsewhere);
-        hub.apply(Derived::Devices(vec![placed("d1", "hq/floor-1")]));
+        hub.apply(LiveUpdate::Devices(vec![placed("d1", "hq/floor-1")]));
         hub.set_view(1, ViewSpec::Devices(vec!["d1".into()]));
         hub.set_groups(2, vec!["hq".into()]);
         hub.set_groups(3, vec!["plant".into()]);
         for frames in [&mut device_frames, &mut group_frames, &mut other_frames] {
             frames.try_recv().expect("the snapshot of the view");
         }
-        hub.apply(Derived::Alerts(vec![alert(1, "d1", "hq/floor-1", 1)]));
+        hub.apply(LiveUpdate::Alerts(vec![alert(1, "d1", "hq/floor-1", 1)]));
         // No tick: the alert frames are queued already.
         for frames in [&mut device_frames, &mut group_frames] {
             let frame = frames.try_recv().expect("an alert frame at once");
@@ -1152,7 +1152,7 @@ mod tests {
         }
         assert!(other_frames.try_recv().is_err(), "out of scope: nothing");
         // An older copy (a resend) changes nothing; a new viewer's snapshot carries it.
-        hub.apply(Derived::Alerts(vec![alert(1, "d1", "hq/floor-1", 0)]));
+        hub.apply(LiveUpdate::Alerts(vec![alert(1, "d1", "hq/floor-1", 0)]));
         assert!(device_frames.try_recv().is_err());
         hub.set_groups(3, vec!["hq/floor-1".into()]);
         let snapshot: ServerMessage =
@@ -1161,7 +1161,7 @@ mod tests {
         // A closed alert goes out once more and is forgotten.
         let mut closed = alert(1, "d1", "hq/floor-1", 2);
         closed.state = iotmon_wire::AlertState::Closed;
-        hub.apply(Derived::Alerts(vec![closed]));
+        hub.apply(LiveUpdate::Alerts(vec![closed]));
         assert!(device_frames.try_recv().is_ok());
         assert!(hub.alerts.is_empty());
     }
@@ -1242,7 +1242,7 @@ mod tests {
     #[test]
     fn a_viewer_gets_only_the_aggregates_it_subscribed_to() {
         let mut hub = Hub::new(Arc::default());
-        hub.apply(Derived::Aggregates(vec![
+        hub.apply(LiveUpdate::Aggregates(vec![
             aggregate("hq", 1),
             aggregate("plant", 1),
         ]));
@@ -1256,7 +1256,7 @@ mod tests {
             }
             other => panic!("expected a snapshot, got {other:?}"),
         }
-        hub.apply(Derived::Aggregates(vec![
+        hub.apply(LiveUpdate::Aggregates(vec![
             aggregate("hq", 2),
             aggregate("hq/a", 5),
             aggregate("plant", 9),
@@ -1283,8 +1283,8 @@ mod tests {
     #[test]
     fn the_group_tree_nests_every_level() {
         let mut hub = Hub::new(Arc::default());
-        hub.apply(Derived::Devices(vec![placed("d1", "site/b/floor-1")]));
-        hub.apply(Derived::Aggregates(vec![
+        hub.apply(LiveUpdate::Devices(vec![placed("d1", "site/b/floor-1")]));
+        hub.apply(LiveUpdate::Aggregates(vec![
             aggregate("site", 3),
             aggregate("site/a", 2),
         ]));
@@ -1306,7 +1306,7 @@ mod tests {
     #[test]
     fn device_lists_can_be_scoped_to_a_group() {
         let mut hub = Hub::new(Arc::default());
-        hub.apply(Derived::Devices(vec![
+        hub.apply(LiveUpdate::Devices(vec![
             placed("d1", "hq/a"),
             placed("d2", "hq-b"),
             placed("d3", "hq"),

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use iotmon_wire::metrics::MetricsSource;
-use iotmon_wire::Derived;
+use iotmon_wire::LiveUpdate;
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -33,7 +33,7 @@ pub use config::DashboardConfig;
 
 /// Capacity of the channel of derived batches into the dashboard. When full, the bridge
 /// coalesces (in-process) or the MQTT reader waits (split roles).
-pub const DERIVED_CAPACITY: usize = 8;
+pub const LIVE_UPDATE_CAPACITY: usize = 8;
 
 /// How long shutdown waits for viewer sessions to say goodbye.
 const SESSIONS_GRACE: Duration = Duration::from_secs(2);
@@ -67,7 +67,7 @@ pub async fn bind(config: &DashboardConfig) -> Result<TcpListener, DashboardErro
         })
 }
 
-/// Serves the dashboard on `listener` from the `derived` stream until `shutdown`; then tells
+/// Serves the dashboard on `listener` from the `updates` stream until `shutdown`; then tells
 /// every viewer to reconnect and returns.
 ///
 /// # Errors
@@ -75,13 +75,13 @@ pub async fn bind(config: &DashboardConfig) -> Result<TcpListener, DashboardErro
 pub async fn run(
     config: DashboardConfig,
     listener: TcpListener,
-    derived: mpsc::Receiver<Derived>,
+    updates: mpsc::Receiver<LiveUpdate>,
     metrics_sources: Vec<Arc<dyn MetricsSource>>,
     history: Option<Arc<dyn iotmon_wire::history::HistorySource>>,
     alerts: alerts::AlertAccess,
     shutdown: CancellationToken,
 ) -> Result<(), DashboardError> {
-    let (hub, hub_task) = hub::hub(config.tick, derived, shutdown.clone());
+    let (hub, hub_task) = hub::create(config.tick, updates, shutdown.clone());
     let hub_task = tokio::spawn(iotmon_wire::supervise::critical(
         "the dashboard hub",
         hub_task,

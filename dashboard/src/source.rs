@@ -15,7 +15,7 @@ use iotmon_wire::topics::{
     parse_partial_topic, AGG_FILTER, ALERTS_FILTER, ALERT_COMMANDS, LIVE_FILTER, PARTIAL_FILTER,
     SYNC_REQUEST,
 };
-use iotmon_wire::{Alert, AlertCommand, Derived, DeviceState, GroupAggregate};
+use iotmon_wire::{Alert, AlertCommand, LiveUpdate, DeviceState, GroupAggregate};
 use rumqttc::{AsyncClient, QoS};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -53,7 +53,7 @@ pub async fn from_broker(
     broker: BrokerUrl,
     login: Login,
     max_packet_size: usize,
-    to_hub: mpsc::Sender<Derived>,
+    to_hub: mpsc::Sender<LiveUpdate>,
     mut alert_commands: mpsc::Receiver<AlertCommand>,
     counters: Arc<SourceCounters>,
     shutdown: CancellationToken,
@@ -113,7 +113,7 @@ fn decode(
     message: &Message,
     partials: &mut PartialMerger,
     counters: &SourceCounters,
-) -> Option<Derived> {
+) -> Option<LiveUpdate> {
     if message.topic.starts_with("iotmon/partial/") {
         return merge_partial(message, partials)
             .inspect_err(|error| {
@@ -123,13 +123,13 @@ fn decode(
             .ok();
     }
     let decoded = if message.topic.starts_with("iotmon/alerts/") {
-        serde_json::from_slice::<Alert>(&message.payload).map(|alert| Derived::Alerts(vec![alert]))
+        serde_json::from_slice::<Alert>(&message.payload).map(|alert| LiveUpdate::Alerts(vec![alert]))
     } else if message.topic.starts_with("iotmon/agg/") {
         serde_json::from_slice::<GroupAggregate>(&message.payload)
-            .map(|aggregate| Derived::Aggregates(vec![aggregate]))
+            .map(|aggregate| LiveUpdate::Aggregates(vec![aggregate]))
     } else {
         serde_json::from_slice::<DeviceState>(&message.payload)
-            .map(|state| Derived::Devices(vec![state]))
+            .map(|state| LiveUpdate::Devices(vec![state]))
     };
     decoded
         .inspect_err(
@@ -143,14 +143,14 @@ fn decode(
 fn merge_partial(
     message: &Message,
     partials: &mut PartialMerger,
-) -> Result<Derived, Box<dyn std::error::Error>> {
+) -> Result<LiveUpdate, Box<dyn std::error::Error>> {
     let (partition, group) = parse_partial_topic(&message.topic)?;
     let partial: PartialAggregate = serde_json::from_slice(&message.payload)?;
     if partial.partition != partition || *partial.group != *group {
         return Err("the payload names another partition or group than its topic".into());
     }
     let merged = partials.update(partial)?;
-    Ok(Derived::Aggregates(vec![merged]))
+    Ok(LiveUpdate::Aggregates(vec![merged]))
 }
 
 #[cfg(test)]
@@ -180,7 +180,7 @@ mod tests {
             &counters,
         )
         .expect("merged");
-        let Some(Derived::Aggregates(merged)) = decode(
+        let Some(LiveUpdate::Aggregates(merged)) = decode(
             &message("iotmon/partial/1/hq", &partial(1, 1, 10.0)),
             &mut partials,
             &counters,

@@ -7,7 +7,7 @@
 //! - [`aggregate`]: group aggregates (per metric count/mean/min/max, devices online/offline).
 //! - [`partition`]: which bridge owns which devices (`--partition K/N`, a stable hash).
 //! - [`partial`]: partitions' partial group aggregates and their merge.
-//! - [`derived`]: the batches the bridge hands to dashboards.
+//! - [`live_update`]: the batches the bridge hands to dashboards.
 //! - [`topics`]: the topic tree (`sensors/...`, `iotmon/live/...`) and its parsing.
 //! - [`viewer`]: the WebSocket messages between the dashboard and a browser.
 //! - [`history`]: what a dashboard reads from the store, through [`history::HistorySource`].
@@ -17,7 +17,7 @@
 
 pub mod aggregate;
 pub mod alert;
-pub mod derived;
+pub mod live_update;
 pub mod device;
 pub mod history;
 pub mod metrics;
@@ -30,7 +30,7 @@ pub mod viewer;
 
 pub use aggregate::{DeviceCounts, GroupAggregate, MetricAggregate};
 pub use alert::{Alert, AlertCommand, AlertId, AlertState, Severity};
-pub use derived::Derived;
+pub use live_update::LiveUpdate;
 pub use device::{DeviceId, DeviceState, GroupPath, MetricValue, Metrics};
 
 /// Milliseconds since the Unix epoch, now (0 if the clock is before 1970).

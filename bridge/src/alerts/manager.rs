@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use iotmon_wire::alert::{AlertRequest, CommandError};
-use iotmon_wire::{Alert, AlertCommand, Derived};
+use iotmon_wire::{Alert, AlertCommand, LiveUpdate};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
@@ -48,7 +48,7 @@ const HOUSEKEEPING: Duration = Duration::from_secs(1);
 /// Where the manager's output goes.
 #[derive(Debug)]
 pub struct ManagerOutputs {
-    pub live_updates: mpsc::Sender<Derived>,
+    pub live_updates: mpsc::Sender<LiveUpdate>,
     pub store: Option<AlertStore>,
     pub counters: Arc<BridgeCounters>,
     pub clock: Clock,
@@ -98,7 +98,7 @@ pub async fn run(
     let mut last_prune = i64::MIN;
     // Dashboards start knowing the alerts still open from before a restart.
     let open: Vec<Alert> = book.open_alerts().cloned().collect();
-    if !open.is_empty() && live_updates.send(Derived::Alerts(open)).await.is_err() {
+    if !open.is_empty() && live_updates.send(LiveUpdate::Alerts(open)).await.is_err() {
         return;
     }
     loop {
@@ -141,7 +141,7 @@ pub async fn run(
         if !changed.is_empty() {
             // An error means nobody watches any more (shutting down); the store still gets
             // the changes.
-            let _ = live_updates.send(Derived::Alerts(changed)).await;
+            let _ = live_updates.send(LiveUpdate::Alerts(changed)).await;
         }
         for (reply, outcome) in replies {
             // The asker may have gone; the change stands.

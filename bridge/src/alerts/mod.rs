@@ -3,7 +3,7 @@
 //! owned by one manager task; persistence in `alerts.db`; delivery to dashboards at once.
 //!
 //! ```text
-//! shard ──(condition phase changes)──▶ manager ──▶ live stream (Derived::Alerts, at once)
+//! shard ──(condition phase changes)──▶ manager ──▶ live stream (LiveUpdate::Alerts, at once)
 //!   rules, deadlines (evaluator)         ▲  │
 //!                       operators' commands  └──▶ alerts.db (alerts, transitions, phases)
 //! ```

@@ -154,17 +154,17 @@ impl Writer {
                 Err(RecvTimeoutError::Disconnected) => break,
             }
             let merged = self.merge_slice();
-            self.check(merged);
+            self.record_failure(merged);
             if last_maintenance.elapsed() >= MAINTENANCE_EVERY {
                 last_maintenance = Instant::now();
                 let maintained = self.maintain(unix_millis());
-                self.check(maintained);
+                self.record_failure(maintained);
             }
         }
         // Leaves the database in the layout older versions of iotmon read too; a kill before
         // this point loses nothing (the next run reads the recent rows and merges them).
         let merged = self.merge_recent(unix_millis());
-        self.check(merged);
+        self.record_failure(merged);
         info!("store closed");
     }
 
@@ -181,7 +181,7 @@ impl Writer {
             .store_queued_batches
             .fetch_sub(batches.len() as u64, Ordering::Relaxed);
         let written = self.write(&batches);
-        self.check(written);
+        self.record_failure(written);
         let lag = u64::try_from(oldest.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.counters.store_lag_ms.store(lag, Ordering::Relaxed);
     }
@@ -331,7 +331,7 @@ impl Writer {
         Ok(())
     }
 
-    fn check(&mut self, result: Result<(), StoreError>) {
+    fn record_failure(&mut self, result: Result<(), StoreError>) {
         let Err(failure) = result else { return };
         self.ids.clear();
         self.counters.store_errors.fetch_add(1, Ordering::Relaxed);

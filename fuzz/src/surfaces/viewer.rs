@@ -9,7 +9,7 @@ use iotmon_dashboard::session::{parse_client_message, Request, SessionLimits};
 use iotmon_dashboard::DashboardConfig;
 use iotmon_wire::viewer::ServerMessage;
 use iotmon_wire::AlertCommand;
-use iotmon_wire::{Derived, DeviceState, MetricValue};
+use iotmon_wire::{LiveUpdate, DeviceState, MetricValue};
 use rand::rngs::SmallRng;
 use rand::Rng;
 use tokio::sync::mpsc;
@@ -56,7 +56,7 @@ fn fleet_hub(queue: usize) -> (Hub, mpsc::Receiver<String>) {
             online: i % 3 != 0,
         })
         .collect();
-    hub.apply(Derived::Devices(states));
+    hub.apply(LiveUpdate::Devices(states));
     let (outbound, frames) = mpsc::channel(queue);
     hub.join(VIEWER, outbound);
     (hub, frames)

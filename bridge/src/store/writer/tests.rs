@@ -250,7 +250,7 @@ fn a_full_disk_is_counted_and_the_writer_goes_on() {
         .collect();
     let failed = writer.write(&[batch(vec![], many)]);
     assert!(failed.is_err(), "the write cannot fit");
-    writer.check(failed);
+    writer.record_failure(failed);
     assert_eq!(counters.store_errors.load(Ordering::Relaxed), 1);
     assert_eq!(
         count_rows(&writer, 10_000),
@@ -462,7 +462,7 @@ fn a_failed_merge_leaves_both_tables_as_they_were() {
     fill_the_disk(&writer);
     let failed = writer.merge_recent(T0 + 1);
     assert!(failed.is_err(), "the merge cannot fit");
-    writer.check(failed);
+    writer.record_failure(failed);
     assert_eq!(counters.store_errors.load(Ordering::Relaxed), 1);
     assert_eq!(
         recent_row_count(&writer),

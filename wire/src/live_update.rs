@@ -7,7 +7,7 @@ use crate::device::DeviceState;
 
 /// One batch of derived data.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Derived {
+pub enum LiveUpdate {
     /// Devices whose state changed since the previous batch (latest state only: a device
     /// appears at most once per batch).
     Devices(Vec<DeviceState>),
