@@ -40,13 +40,13 @@ pub enum Command {
     /// The embedded MQTT broker alone.
     Broker(ServeArgs),
     /// The bridge alone, against any MQTT broker; publishes device states on `iotmon/live/...`.
-    Bridge(RemoteArgs),
+    Bridge(BridgeArgs),
     /// A dashboard alone, fed by a bridge through any MQTT broker.
-    Dashboard(RemoteArgs),
+    Dashboard(DashboardArgs),
     /// Simulated devices publishing readings to a broker (or `simulate viewers`).
     Simulate(SimulateArgs),
     /// A whole scenario on this machine (iotmon as a child process, fleet and viewers), with
-    /// a report: reference, stress, fanout, broker, viewer-cost or faults.
+    /// a report: reference, stress, fanout, broker, viewer-cost, faults or split.
     Bench(BenchArgs),
     /// Prints the default configuration file; with --check FILE, checks FILE instead (every
     /// setting and alert rule, with the line at fault) and lists its alert rules.
@@ -136,6 +136,31 @@ impl ServeArgs {
         config.validate()?;
         Ok(config)
     }
+}
+
+/// `iotmon bridge`: a role on a broker it does not run, owning all of the fleet or a
+/// partition of it.
+#[derive(Debug, Args)]
+pub struct BridgeArgs {
+    /// Own only partition K of N: the devices whose id hashes (FNV-1a) to K modulo N. Run one
+    /// bridge per K, each with its own data directory; see docs/scaling.md. Overrides
+    /// `bridge.partition` in the config file.
+    #[arg(long, value_name = "K/N", env = "IOTMON_PARTITION")]
+    pub partition: Option<iotmon_wire::partition::Partition>,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+/// `iotmon dashboard`: a role on a broker it does not run.
+#[derive(Debug, Args)]
+pub struct DashboardArgs {
+    /// The bridges own N partitions (`iotmon bridge --partition K/N`): ask each device's
+    /// owner for its history over MQTT instead of reading a store in the data directory.
+    #[arg(long, value_name = "N", env = "IOTMON_PARTITIONS",
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(iotmon_wire::partition::MAX_PARTITIONS)))]
+    pub partitions: Option<u32>,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
 }
 
 /// A role that connects to an MQTT broker it does not run.
@@ -307,7 +332,7 @@ impl FleetFlags {
 /// `iotmon bench <scenario>`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// reference, stress, fanout, broker, viewer-cost or faults.
+    /// reference, stress, fanout, broker, viewer-cost, faults or split.
     pub scenario: iotmon_bench::Scenario,
     /// Devices in the fleet (default: the scenario's).
     #[arg(long)]

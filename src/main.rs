@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use iotmon::cli::{Cli, Command, SimulateCommand};
+use iotmon::cli::{BridgeArgs, Cli, Command, DashboardArgs, SimulateCommand};
 use iotmon::config::Config;
 use iotmon::{devices, roles};
 use iotmon_simulator::FleetConfig;
@@ -86,21 +86,23 @@ async fn run_role(command: Command, shutdown: CancellationToken) -> anyhow::Resu
             roles::serve(config, Some(fleet), shutdown, None).await
         }
         Command::Broker(args) => roles::broker(args.resolve()?, args.http_listen, shutdown).await,
-        Command::Bridge(args) => {
+        Command::Bridge(BridgeArgs {
+            remote: args,
+            partition,
+        }) => {
             let login = args.login("bridge")?;
             let http_listen = args.serve.http_listen;
-            roles::bridge(
-                args.serve.resolve()?,
-                args.broker,
-                login,
-                http_listen,
-                shutdown,
-            )
-            .await
+            let mut config = args.serve.resolve()?;
+            config.bridge.partition = partition.or(config.bridge.partition);
+            roles::bridge(config, args.broker, login, http_listen, shutdown).await
         }
-        Command::Dashboard(args) => {
+        Command::Dashboard(DashboardArgs {
+            remote: args,
+            partitions,
+        }) => {
             let login = args.login("dashboard")?;
-            roles::dashboard(args.serve.resolve()?, args.broker, login, shutdown).await
+            let config = args.serve.resolve()?;
+            roles::dashboard(config, args.broker, login, partitions, shutdown).await
         }
         Command::Simulate(args) => match args.what {
             Some(SimulateCommand::Viewers(viewers)) => {

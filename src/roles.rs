@@ -12,6 +12,7 @@ use iotmon_bridge::{source, BridgeCounters, INPUT_CAPACITY, LIVE_CAPACITY};
 use iotmon_broker::credentials::registry_path;
 use iotmon_broker::{EmbeddedBroker, ListenerKind, LocalSubscription};
 use iotmon_dashboard::alerts::{AlertAccess, CommandRoute, BROKER_COMMAND_CAPACITY};
+use iotmon_dashboard::remote_history::BrokerHistory;
 use iotmon_dashboard::LIVE_UPDATE_CAPACITY;
 use iotmon_simulator::viewers::ViewerConfig;
 use iotmon_simulator::{FleetConfig, Progress};
@@ -190,7 +191,7 @@ pub async fn bridge(
     http_listen: Option<SocketAddr>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    info!(broker = %broker_url, client_id = login.client_id, "bridge starting");
+    info!(broker = %broker_url, client_id = login.client_id, partition = %config.bridge.partition(), "bridge starting");
     let counters = Arc::new(BridgeCounters::default());
     let store = open_store(&config, counters.clone())?;
     // Split, operators' commands arrive over the broker (`iotmon/commands/alerts`).
@@ -210,6 +211,23 @@ pub async fn bridge(
         }
         None => None,
     };
+    // A partitioned bridge answers dashboards' history questions over MQTT, on a
+    // connection of its own; a lone bridge stays as it was (dashboards read its store).
+    let partition = config.bridge.partition;
+    let history = match (partition, config.bridge.store.enabled) {
+        (Some(partition), true) => Some(tokio::spawn(critical(
+            "the bridge's history server",
+            iotmon_bridge::history_server::run(
+                broker_url.clone(),
+                history_login(&login),
+                partition,
+                Arc::new(StoreHistory::new(&config.data_dir, &config.bridge)),
+                counters.clone(),
+                shutdown.clone(),
+            ),
+        ))),
+        _ => None,
+    };
     iotmon_bridge::standalone::run(
         config.bridge,
         alerting,
@@ -224,7 +242,25 @@ pub async fn bridge(
     if let Some(http) = http {
         http.await??;
     }
+    if let Some(history) = history {
+        history.await?;
+    }
     Ok(())
+}
+
+/// The login of a role's history connection: the role's own, under the client id
+/// `<client id>-history` (a broker allows one connection per client id).
+fn history_login(login: &Login) -> Login {
+    Login {
+        client_id: format!("{}-history", login.client_id),
+        username: Some(
+            login
+                .username
+                .clone()
+                .unwrap_or_else(|| login.client_id.clone()),
+        ),
+        password: login.password.clone(),
+    }
 }
 
 /// Creates the data directory and opens the bridge's store in it (unless disabled), after
@@ -271,7 +307,8 @@ fn rules_json(rules: &RuleSet) -> Arc<serde_json::Value> {
     Arc::new(serde_json::json!({ "rules": value }))
 }
 
-/// Runs a dashboard alone, fed from `broker_url`, until `shutdown`.
+/// Runs a dashboard alone, fed from `broker_url`, until `shutdown`; with `partitions`,
+/// asking the partitioned bridges for history over MQTT.
 ///
 /// # Errors
 /// The HTTP listener cannot be bound.
@@ -279,30 +316,47 @@ pub async fn dashboard(
     config: Config,
     broker_url: BrokerUrl,
     login: Login,
+    partitions: Option<u32>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let http = iotmon_dashboard::bind(&config.dashboard).await?;
     announce_http(http.local_addr()?);
     let (to_hub, updates) = mpsc::channel(LIVE_UPDATE_CAPACITY);
     let (alert_commands, commands_to_publish) = mpsc::channel(BROKER_COMMAND_CAPACITY);
+    let source_counters = Arc::new(iotmon_dashboard::source::SourceCounters::default());
     let source = tokio::spawn(critical(
         "the dashboard's MQTT source",
         iotmon_dashboard::source::from_broker(
-            broker_url,
-            login,
+            broker_url.clone(),
+            login.clone(),
             config.broker.max_packet_size,
             to_hub,
             commands_to_publish,
+            source_counters.clone(),
             shutdown.clone(),
         ),
     ));
-    // History comes from the bridge's store: readable when this dashboard shares the
-    // bridge's data directory (same machine, or a shared volume).
-    let history = iotmon_bridge::store::db_path(&config.data_dir)
-        .exists()
-        .then(|| -> Arc<dyn HistorySource> {
-            Arc::new(StoreHistory::new(&config.data_dir, &config.bridge))
-        });
+    // History comes from the bridge's store: from each device's owner over MQTT when the
+    // bridges are partitioned (each keeps its own file); else readable when this dashboard
+    // shares the bridge's data directory (same machine, or a shared volume).
+    let history_tasks = TaskTracker::new();
+    let history = match partitions {
+        Some(partitions) => {
+            let history: Arc<dyn HistorySource> = BrokerHistory::start(
+                &broker_url,
+                &history_login(&login),
+                partitions,
+                &history_tasks,
+                shutdown.clone(),
+            );
+            Some(history)
+        }
+        None => iotmon_bridge::store::db_path(&config.data_dir)
+            .exists()
+            .then(|| -> Arc<dyn HistorySource> {
+                Arc::new(StoreHistory::new(&config.data_dir, &config.bridge))
+            }),
+    };
     if history.is_none() {
         info!(
             data_dir = %config.data_dir.display(),
@@ -317,7 +371,7 @@ pub async fn dashboard(
         config.dashboard,
         http,
         updates,
-        registry([]),
+        registry([Box::new(source_counters)]),
         history,
         alert_access,
         shutdown.clone(),
@@ -325,6 +379,8 @@ pub async fn dashboard(
     .await;
     shutdown.cancel();
     let _ = source.await;
+    history_tasks.close();
+    history_tasks.wait().await;
     Ok(served?)
 }
 

@@ -20,5 +20,6 @@ mod crate_graph;
 mod dashboard;
 mod end_to_end;
 mod influx_victoria;
+mod scale_out;
 mod simulator_fleet;
 mod store_restart;

@@ -16,6 +16,8 @@
 //!   without viewers.
 //! - `faults`: faults iotmon should survive (kill -9, an InfluxDB outage, stalled viewers, a
 //!   reconnect storm, a full disk), each with what was lost.
+//! - `split`: the same fleet through one bridge and through two partitioned bridges on
+//!   mosquitto: CPU per reading, and the cost of merging partial aggregates.
 //! - `report`: what a scenario prints.
 
 mod broker;
@@ -25,6 +27,7 @@ mod load;
 pub mod process;
 pub mod report;
 mod serve;
+pub mod split;
 mod viewer_cost;
 
 use std::path::PathBuf;
@@ -57,6 +60,8 @@ pub enum Scenario {
     /// Faults survived, each with what was lost: `kill -9` of serve, an InfluxDB outage,
     /// stalled viewers, a reconnect storm, a full disk.
     Faults,
+    /// The same fleet through one bridge and through two partitioned bridges on mosquitto.
+    Split,
 }
 
 impl FromStr for Scenario {
@@ -70,8 +75,10 @@ impl FromStr for Scenario {
             "broker" => Ok(Scenario::Broker),
             "viewer-cost" => Ok(Scenario::ViewerCost),
             "faults" => Ok(Scenario::Faults),
+            "split" => Ok(Scenario::Split),
             other => Err(format!(
-                "unknown scenario {other:?}: use reference, stress, fanout, broker, viewer-cost or faults"
+                "unknown scenario {other:?}: use reference, stress, fanout, broker, viewer-cost, \
+                 faults or split"
             )),
         }
     }
@@ -223,6 +230,7 @@ pub async fn run(
         Scenario::Broker => broker::compare(&config, &shutdown).await,
         Scenario::ViewerCost => viewer_cost::viewer_cost(&config, &shutdown).await,
         Scenario::Faults => faults::faults(&config, &shutdown).await,
+        Scenario::Split => split::split(&config, &shutdown).await,
     }
 }
 
@@ -264,6 +272,7 @@ mod tests {
             ("broker", Scenario::Broker),
             ("viewer-cost", Scenario::ViewerCost),
             ("faults", Scenario::Faults),
+            ("split", Scenario::Split),
         ] {
             assert_eq!(name.parse(), Ok(scenario));
             let config = BenchConfig::new("iotmon".into(), scenario);

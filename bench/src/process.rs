@@ -306,7 +306,7 @@ pub fn own_usage() -> Result<Usage, BenchError> {
 }
 
 /// CPU seconds and peak RSS of process `pid` (a number or `self`) from `/proc`.
-fn usage_of(pid: &str) -> Result<Usage, BenchError> {
+pub(crate) fn usage_of(pid: &str) -> Result<Usage, BenchError> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map_err(|error| fail(format!("/proc/{pid}/stat: {error}")))?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))

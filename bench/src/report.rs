@@ -405,6 +405,12 @@ pub enum BenchReport {
         /// One per fault: survived when every target of its section was met.
         targets: Vec<Target>,
     },
+    Split {
+        machine: Machine,
+        /// Boxed: larger than the other variants.
+        report: Box<crate::split::SplitReport>,
+        targets: Vec<Target>,
+    },
 }
 
 impl BenchReport {
@@ -416,7 +422,8 @@ impl BenchReport {
             | BenchReport::Fanout { targets, .. }
             | BenchReport::Broker { targets, .. }
             | BenchReport::ViewerCost { targets, .. }
-            | BenchReport::Faults { targets, .. } => targets,
+            | BenchReport::Faults { targets, .. }
+            | BenchReport::Split { targets, .. } => targets,
         }
     }
 }
@@ -515,6 +522,12 @@ impl fmt::Display for BenchReport {
                 for fault in faults {
                     writeln!(f, "{fault}")?;
                 }
+                machine
+            }
+            BenchReport::Split {
+                machine, report, ..
+            } => {
+                writeln!(f, "{report}")?;
                 machine
             }
         };

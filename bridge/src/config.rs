@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use iotmon_wire::partition::Partition;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -34,6 +35,10 @@ pub struct BridgeConfig {
     pub store: StoreConfig,
     /// The optional InfluxDB sink.
     pub influx: InfluxConfig,
+    /// The share of the fleet this bridge owns, `"K/N"`: the devices whose id hashes to K
+    /// modulo N (see `iotmon_wire::partition`). Absent: every device, as a lone bridge.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partition: Option<Partition>,
 }
 
 impl Default for BridgeConfig {
@@ -48,6 +53,7 @@ impl Default for BridgeConfig {
             rollups: RollupConfig::default(),
             store: StoreConfig::default(),
             influx: InfluxConfig::default(),
+            partition: None,
         }
     }
 }
@@ -95,6 +101,11 @@ impl BridgeConfig {
         }
         self.rollups.validate()?;
         self.influx.validate()
+    }
+
+    /// The partition this bridge owns: all of the fleet unless one was given.
+    pub fn partition(&self) -> Partition {
+        self.partition.unwrap_or(Partition::WHOLE)
     }
 
     /// The number of shards to run: `shards`, or one per available core.
@@ -316,6 +327,20 @@ impl InfluxConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_partition_in_the_file_is_checked_and_named_when_wrong() {
+        let config: BridgeConfig = toml::from_str("partition = \"1/2\"").expect("valid");
+        assert_eq!(config.partition(), Partition::new(1, 2).expect("valid"));
+        assert_eq!(BridgeConfig::default().partition(), Partition::WHOLE);
+        let error = toml::from_str::<BridgeConfig>("partition = \"3/2\"")
+            .expect_err("3/2 refused")
+            .to_string();
+        assert!(
+            error.contains("partition") && error.contains("K must be below N"),
+            "{error}"
+        );
+    }
 
     #[test]
     fn defaults_are_valid() {

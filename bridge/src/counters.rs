@@ -59,6 +59,19 @@ pub struct BridgeCounters {
     pub webhook_failures: AtomicU64,
     /// Transitions dropped because the webhook's queue or outbox was full.
     pub webhook_dropped: AtomicU64,
+    /// Device messages skipped because their device is another partition's (a partitioned
+    /// bridge reads the whole tree on brokers that cannot split it; see docs/scaling.md).
+    pub other_partition_messages: AtomicU64,
+    /// Partial aggregates received from the other partitions (by the bridge that evaluates
+    /// group rules).
+    pub peer_partials: AtomicU64,
+    /// Partial aggregates refused: unreadable, invalid, or on a topic that does not match.
+    pub peer_partials_rejected: AtomicU64,
+    /// Dashboards' history questions answered over MQTT (partitioned bridges).
+    pub history_requests: AtomicU64,
+    /// History questions refused as unreadable or with a reply topic outside
+    /// `iotmon/history/reply/`.
+    pub history_requests_rejected: AtomicU64,
 }
 
 impl BridgeCounters {
@@ -71,7 +84,7 @@ impl BridgeCounters {
     }
 
     /// Every unlabelled counter with its metric name and help.
-    fn plain(&self) -> [(&'static str, &'static str, Kind, &AtomicU64); 22] {
+    fn plain(&self) -> [(&'static str, &'static str, Kind, &AtomicU64); 27] {
         use Kind::{Counter, Gauge};
         [
             ("iotmon_ingest_messages_total", "Messages received on device topics.", Counter, &self.messages),
@@ -96,6 +109,11 @@ impl BridgeCounters {
             ("iotmon_webhook_sent_total", "Alert transitions posted to the webhook.", Counter, &self.webhook_sent),
             ("iotmon_webhook_failures_total", "Webhook posts that failed (retried with backoff).", Counter, &self.webhook_failures),
             ("iotmon_webhook_dropped_total", "Alert transitions dropped because the webhook's queue or outbox was full.", Counter, &self.webhook_dropped),
+            ("iotmon_partition_skipped_messages_total", "Device messages skipped because another partition owns the device.", Counter, &self.other_partition_messages),
+            ("iotmon_partition_peer_partials_total", "Partial aggregates received from other partitions.", Counter, &self.peer_partials),
+            ("iotmon_partition_peer_partials_rejected_total", "Partial aggregates from other partitions refused as unreadable or invalid.", Counter, &self.peer_partials_rejected),
+            ("iotmon_history_requests_total", "Dashboards' history questions answered over MQTT.", Counter, &self.history_requests),
+            ("iotmon_history_requests_rejected_total", "History questions refused as unreadable or with a bad reply topic.", Counter, &self.history_requests_rejected),
         ]
     }
 }

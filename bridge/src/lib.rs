@@ -7,12 +7,14 @@
 //! [`live_publisher`] on `iotmon/...` topics; the [`store`] thread (SQLite) keeps rollup tiers
 //! and the device registry, serves history, and feeds the [`influx`] sink's outbox.
 //! [`alerts`] evaluates rules in the shards and keeps the alert lifecycle, persisted and
-//! pushed to dashboards at once. [`standalone`] composes the pieces for `iotmon bridge --broker ...`.
+//! pushed to dashboards at once. [`history_server`] answers dashboards' history questions over
+//! MQTT when bridges are partitioned. [`standalone`] composes the pieces for `iotmon bridge --broker ...`.
 
 pub mod aggregates;
 pub mod alerts;
 pub mod config;
 pub mod counters;
+pub mod history_server;
 pub mod influx;
 pub mod ingest;
 pub mod live_publisher;

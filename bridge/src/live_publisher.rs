@@ -1,9 +1,12 @@
 //! Publishing derived data when the bridge runs in a process of its own, so any number of
 //! dashboards can subscribe: device states on `iotmon/live/<group>/<device>`, group aggregates
-//! on `iotmon/agg/<group>` (JSON, QoS 0), alerts on `iotmon/alerts/<subject>` (JSON, QoS 1:
+//! on `iotmon/agg/<group>` (JSON, QoS 0) — or, for one partition of a split fleet, partial
+//! aggregates on `iotmon/partial/<K>/<group>` for dashboards to merge — alerts on `iotmon/alerts/<subject>` (JSON, QoS 1:
 //! an alert must arrive, and it is never coalesced away).
 
-use iotmon_wire::topics::{agg_topic, alert_topic, live_topic};
+use iotmon_wire::partial::PartialAggregate;
+use iotmon_wire::partition::Partition;
+use iotmon_wire::topics::{agg_topic, alert_topic, live_topic, partial_topic};
 use iotmon_wire::LiveUpdate;
 use rumqttc::{AsyncClient, QoS};
 use serde::Serialize;
@@ -11,11 +14,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-/// Publishes every batch from `live_updates` through `client` at QoS 0, until `shutdown`.
-/// Waits while the client's request queue is full; meanwhile the bridge coalesces.
+/// Publishes every batch from `live_updates` through `client` at QoS 0, until `shutdown`;
+/// aggregates as `partition`'s partials when the fleet is split. Waits while the client's
+/// request queue is full; meanwhile the bridge coalesces.
 pub async fn publish_live(
     client: AsyncClient,
     mut live_updates: mpsc::Receiver<LiveUpdate>,
+    partition: Partition,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -34,6 +39,16 @@ pub async fn publish_live(
             LiveUpdate::Devices(devices) => devices
                 .iter()
                 .map(|state| (live_topic(&state.group, &state.id), encode(state)))
+                .collect(),
+            LiveUpdate::Aggregates(aggregates) if partition.is_split() => aggregates
+                .iter()
+                .map(|aggregate| {
+                    let partial = PartialAggregate::from_aggregate(aggregate, partition);
+                    (
+                        partial_topic(partition.index, &aggregate.group),
+                        encode(&partial),
+                    )
+                })
                 .collect(),
             LiveUpdate::Aggregates(aggregates) => aggregates
                 .iter()

@@ -15,8 +15,12 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use iotmon_wire::mqtt::Message;
+use iotmon_wire::partial::PartialAggregate;
+use iotmon_wire::partition::Partition;
 use iotmon_wire::supervise::critical;
-use iotmon_wire::topics::{ALERT_COMMANDS, SYNC_REQUEST};
+use iotmon_wire::topics::{
+    parse_partial_topic, ALERT_COMMANDS, PARTIALS_SYNC_REQUEST, SYNC_REQUEST,
+};
 use iotmon_wire::unix_millis;
 use iotmon_wire::LiveUpdate;
 use tokio::sync::mpsc::{self, error::TrySendError};
@@ -29,6 +33,7 @@ use crate::aggregates::{AggregateMerger, ShardGroup};
 use crate::alerts::group_evaluator::GroupEvaluator;
 use crate::alerts::lifecycle::AlertBook;
 use crate::alerts::manager::{self, ManagerInput, ManagerOutputs};
+use crate::alerts::store::Saved;
 use crate::alerts::{webhook, Alerting};
 use crate::config::BridgeConfig;
 use crate::counters::BridgeCounters;
@@ -38,6 +43,11 @@ use crate::store::{OpenStore, StoreHandle};
 /// Messages queued per shard. When full, the dispatcher waits (and with it the broker link).
 pub const SHARD_CAPACITY: usize = 1024;
 
+/// Other partitions' partial aggregates queued for the aggregator (of the bridge that
+/// evaluates group rules). When full, the dispatcher waits: a partial is the latest state of
+/// a group and must not be lost, and the aggregator takes each in microseconds.
+pub const PEER_PARTIALS_CAPACITY: usize = 1024;
+
 /// What a shard receives.
 #[derive(Debug)]
 pub enum ShardInput {
@@ -45,6 +55,8 @@ pub enum ShardInput {
     Message(Message),
     /// A dashboard asked for everything: resend every device and group.
     SyncAll,
+    /// The bridge evaluating group rules asked for every group's partial: resend every group.
+    SyncGroups,
 }
 
 /// What happened to a batch of changed devices handed to the live stream.
@@ -117,12 +129,21 @@ pub async fn run(
         .inspect_err(|error| tracing::error!(%error, "alert webhook not started"))
         .ok()
         .flatten();
+    let partition = config.partition();
+    let saved = keep_own_alerts(saved, partition, &rules);
     let now_ms = clock.now_ms();
     let mut shards: Vec<Shard> = (0..count)
         .map(|_| Shard::new(config.clone(), counters.clone(), rules.clone()))
         .collect();
     let restored_count = restored.len();
+    let mut not_ours = 0usize;
     for entry in restored {
+        // A device another partition owns now (the deployment was re-partitioned) is that
+        // partition's to report; restoring it here would show it twice.
+        if !partition.owns(&entry.state.id) {
+            not_ours += 1;
+            continue;
+        }
         shards[shard_of(&entry.state.id, count)].restore(entry, now_ms);
     }
     let mut group_rules = GroupEvaluator::new(rules.clone());
@@ -133,8 +154,10 @@ pub async fn run(
             continue;
         };
         if rules.get(index).is_some_and(|rule| rule.is_group_rule()) {
-            group_rules.restore(index, &saved.group, saved.phase);
-        } else {
+            if !partition.is_split() || partition.evaluates_group_rules() {
+                group_rules.restore(index, &saved.group, saved.phase);
+            }
+        } else if partition.owns(&saved.device) {
             let device = (saved.device.as_str(), saved.group.as_str());
             conditions
                 .entry(device)
@@ -147,16 +170,22 @@ pub async fn run(
     }
     info!(
         shards = count,
+        %partition,
         restored = restored_count,
+        restored_elsewhere = not_ours,
         rules = rules.rules().len(),
         open_alerts = saved.open.len(),
         "bridge starting"
     );
     let (to_alerts, from_shards_to_alerts) = mpsc::channel(manager::MANAGER_CAPACITY);
+    let mut book = AlertBook::new(rules, saved, now_ms);
+    if partition.is_split() {
+        book.partition_ids(partition.index, partition.count);
+    }
     tasks.spawn(critical(
         "the alert manager",
         manager::run(
-            AlertBook::new(rules, saved, now_ms),
+            book,
             from_shards_to_alerts,
             requests,
             ManagerOutputs {
@@ -199,6 +228,8 @@ pub async fn run(
     }
     drop(to_aggregator);
     drop(store_handle);
+    let (to_merged, from_peers) = mpsc::channel(PEER_PARTIALS_CAPACITY);
+    let scope = GroupScope::of(partition, config.aggregate_interval, from_peers);
     tasks.spawn(critical(
         "the aggregator",
         run_aggregator(
@@ -209,14 +240,23 @@ pub async fn run(
             AggregatorOutputs {
                 live_updates,
                 to_alerts: to_alerts.clone(),
-                counters,
+                counters: counters.clone(),
                 clock,
             },
+            scope,
             shutdown.clone(),
         ),
     ));
     tasks.close();
-    dispatch(&mut from_broker, &inputs, &to_alerts, &shutdown).await;
+    let route = Route {
+        partition,
+        shards: &inputs,
+        to_alerts: &to_alerts,
+        to_merged: &to_merged,
+        counters: &counters,
+    };
+    dispatch(&mut from_broker, &route, &shutdown).await;
+    drop(to_merged);
     drop(inputs);
     drop(to_alerts);
     tasks.wait().await;
@@ -237,13 +277,55 @@ async fn run_influx(
     }
 }
 
+/// Keeps, of the open alerts saved before a restart, those this partition owns: alerts
+/// about its devices, and group alerts when it evaluates group rules (the saved conditions
+/// are sorted the same way where they are restored). A lone bridge owns them all. Alerts
+/// left out (their device moved when the deployment was re-partitioned) stay in this store,
+/// unloaded: the new owner starts them afresh.
+fn keep_own_alerts(
+    mut saved: Saved,
+    partition: Partition,
+    rules: &crate::alerts::RuleSet,
+) -> Saved {
+    if !partition.is_split() {
+        return saved;
+    }
+    let is_group_rule = |name: &str| {
+        rules
+            .index_of(name)
+            .and_then(|index| rules.get(index))
+            .is_some_and(|rule| rule.is_group_rule())
+    };
+    saved.open.retain(|alert| {
+        if is_group_rule(&alert.rule) {
+            partition.evaluates_group_rules()
+        } else {
+            partition.owns(&alert.subject)
+        }
+    });
+    saved
+}
+
+/// Where the dispatcher sends what it reads.
+#[derive(Debug)]
+struct Route<'a> {
+    /// The devices this bridge owns; messages about others are skipped and counted.
+    partition: Partition,
+    shards: &'a [mpsc::Sender<ShardInput>],
+    to_alerts: &'a mpsc::Sender<ManagerInput>,
+    /// Other partitions' partial aggregates, for group rules on merged values.
+    to_merged: &'a mpsc::Sender<PartialAggregate>,
+    counters: &'a BridgeCounters,
+}
+
 /// Routes every message to its shard until the input ends or `shutdown`.
 async fn dispatch(
     from_broker: &mut mpsc::Receiver<Message>,
-    inputs: &[mpsc::Sender<ShardInput>],
-    to_alerts: &mpsc::Sender<ManagerInput>,
+    route: &Route<'_>,
     shutdown: &CancellationToken,
 ) {
+    let inputs = route.shards;
+    let to_alerts = route.to_alerts;
     loop {
         let message = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -269,7 +351,29 @@ async fn dispatch(
             let _ = to_alerts.send(ManagerInput::SyncAll).await;
             continue;
         }
-        let shard = shard_of(routing_key(&message.topic), inputs.len());
+        if message.topic == PARTIALS_SYNC_REQUEST {
+            for input in inputs {
+                let _ = input.send(ShardInput::SyncGroups).await;
+            }
+            continue;
+        }
+        if message.topic.starts_with("iotmon/partial/") {
+            if let Some(partial) = peer_partial(&message, route.partition, route.counters) {
+                let _ = route.to_merged.send(partial).await;
+            }
+            continue;
+        }
+        let device = routing_key(&message.topic);
+        // Checked on the topic alone, before any parsing: on a broker that hands every
+        // bridge the whole tree, this is all a message of another partition costs.
+        if !route.partition.owns(device) {
+            route
+                .counters
+                .other_partition_messages
+                .fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        let shard = shard_of(device, inputs.len());
         if inputs[shard]
             .send(ShardInput::Message(message))
             .await
@@ -278,6 +382,44 @@ async fn dispatch(
             return;
         }
     }
+}
+
+/// Another partition's partial aggregate, checked; `None` for this bridge's own (it comes
+/// back from the broker) and for refused ones (counted).
+fn peer_partial(
+    message: &Message,
+    own: Partition,
+    counters: &BridgeCounters,
+) -> Option<PartialAggregate> {
+    let refuse = |error: &dyn std::fmt::Display| {
+        counters
+            .peer_partials_rejected
+            .fetch_add(1, Ordering::Relaxed);
+        debug!(topic = message.topic, %error, "partial aggregate refused");
+    };
+    let (partition, group) = match parse_partial_topic(&message.topic) {
+        Ok(parsed) => parsed,
+        Err(error) => {
+            refuse(&error);
+            return None;
+        }
+    };
+    if partition == own.index {
+        return None;
+    }
+    let partial: PartialAggregate = match serde_json::from_slice(&message.payload) {
+        Ok(partial) => partial,
+        Err(error) => {
+            refuse(&error);
+            return None;
+        }
+    };
+    if partial.partition != partition || *partial.group != *group {
+        refuse(&"the payload names another partition or group than its topic");
+        return None;
+    }
+    counters.peer_partials.fetch_add(1, Ordering::Relaxed);
+    Some(partial)
 }
 
 /// Where a shard's outputs go.
@@ -321,6 +463,7 @@ async fn run_shard(
                     send_alert_events(&mut shard, &outputs);
                 }
                 Some(ShardInput::SyncAll) => shard.mark_all_changed(),
+                Some(ShardInput::SyncGroups) => shard.mark_groups(),
                 None => break,
             },
             _ = live.tick() => {
@@ -417,14 +560,125 @@ struct AggregatorOutputs {
     clock: Clock,
 }
 
+/// On which aggregates group rules are evaluated: exactly one bridge of a deployment
+/// evaluates them, on aggregates that cover the whole fleet.
+#[derive(Debug)]
+enum GroupScope {
+    /// A lone bridge: its own aggregates are the fleet's.
+    Own,
+    /// A partitioned bridge other than partition 0: its aggregates are partial, and partition
+    /// 0 evaluates group rules for the deployment.
+    Elsewhere,
+    /// Partition 0 of a split fleet: on its own partials merged with every other
+    /// partition's, as dashboards merge them.
+    Merged(Box<MergedGroups>),
+}
+
+/// How many aggregation windows partition 0 waits, after it starts, for every other
+/// partition's partials before it evaluates group rules on what it has: evaluating on its
+/// own share alone would raise (or clear) alerts the merged values do not justify, so while
+/// a partition is missing, group conditions keep their phase (up to this long).
+const MERGE_GRACE_WINDOWS: u32 = 30;
+
+/// How many windows partition 0 waits after it has heard from every partition before it
+/// evaluates: a partition's answer to `iotmon/sync/partials` is one publish per group, and
+/// the first of them must not open the gate while the others are still on their way.
+const MERGE_SETTLE_WINDOWS: u32 = 2;
+
+/// Partition 0's view of every group across partitions.
+#[derive(Debug)]
+struct MergedGroups {
+    partition: Partition,
+    merger: iotmon_wire::partial::PartialMerger,
+    from_peers: mpsc::Receiver<PartialAggregate>,
+    /// Merged aggregates changed since the last evaluation (latest per group).
+    pending: std::collections::HashMap<iotmon_wire::GroupPath, iotmon_wire::GroupAggregate>,
+    /// Partitions heard from since start.
+    heard: std::collections::HashSet<u32>,
+    /// The aggregation window, for the waits below.
+    window: Duration,
+    /// When every partition had been heard from, plus the settling wait: group rules start
+    /// then.
+    settled_at: Option<Instant>,
+    /// When group rules start regardless of partitions not yet heard from.
+    grace_ends: Instant,
+}
+
+impl GroupScope {
+    fn of(
+        partition: Partition,
+        window: Duration,
+        from_peers: mpsc::Receiver<PartialAggregate>,
+    ) -> GroupScope {
+        if !partition.is_split() {
+            return GroupScope::Own;
+        }
+        if !partition.evaluates_group_rules() {
+            return GroupScope::Elsewhere;
+        }
+        GroupScope::Merged(Box::new(MergedGroups {
+            partition,
+            merger: Default::default(),
+            from_peers,
+            pending: Default::default(),
+            heard: std::iter::once(partition.index).collect(),
+            window,
+            settled_at: None,
+            grace_ends: Instant::now() + window * MERGE_GRACE_WINDOWS,
+        }))
+    }
+
+    /// The next partial from another partition; never, for scopes that merge none.
+    async fn next_peer(&mut self) -> Option<PartialAggregate> {
+        match self {
+            GroupScope::Merged(merged) => merged.from_peers.recv().await,
+            _ => std::future::pending().await,
+        }
+    }
+}
+
+impl MergedGroups {
+    fn add(&mut self, partial: PartialAggregate, counters: &BridgeCounters) {
+        let partition = partial.partition;
+        match self.merger.update(partial) {
+            Ok(merged) => {
+                self.heard.insert(partition);
+                if self.settled_at.is_none() && self.heard.len() >= self.partition.count as usize {
+                    self.settled_at = Some(Instant::now() + self.window * MERGE_SETTLE_WINDOWS);
+                }
+                self.pending.insert(merged.group.clone(), merged);
+            }
+            Err(error) => {
+                counters
+                    .peer_partials_rejected
+                    .fetch_add(1, Ordering::Relaxed);
+                debug!(%error, "partial aggregate refused");
+            }
+        }
+    }
+
+    /// The merged aggregates to evaluate now: none until every partition has been heard
+    /// from (and its resend has settled) or the grace has run out.
+    fn take_ready(&mut self) -> Vec<iotmon_wire::GroupAggregate> {
+        let now = Instant::now();
+        let settled = self.settled_at.is_some_and(|at| now >= at);
+        if !settled && now < self.grace_ends {
+            return Vec::new();
+        }
+        self.pending.drain().map(|(_, merged)| merged).collect()
+    }
+}
+
 /// Merges the shards' partials and emits the changed groups' aggregates each window, after
-/// evaluating the group alert rules on them.
+/// evaluating the group alert rules on them (or, split, on the merged partitions' values).
+#[allow(clippy::too_many_arguments)] // Each is one of the aggregator's separate inputs.
 async fn run_aggregator(
     shards: usize,
     mut from_shards: mpsc::Receiver<(usize, Vec<ShardGroup>)>,
     mut groups: GroupEvaluator,
     window: Duration,
     outputs: AggregatorOutputs,
+    mut scope: GroupScope,
     shutdown: CancellationToken,
 ) {
     let mut merger = AggregateMerger::new(shards);
@@ -436,8 +690,13 @@ async fn run_aggregator(
                 Some((shard, partials)) => partials.into_iter().for_each(|group| merger.update(shard, group)),
                 None => break,
             },
+            Some(partial) = scope.next_peer() => {
+                if let GroupScope::Merged(merged) = &mut scope {
+                    merged.add(partial, &outputs.counters);
+                }
+            }
             _ = ticker.tick() => {
-                if emit_aggregates(&mut merger, &mut groups, &outputs) == Flush::Closed {
+                if emit_aggregates(&mut merger, &mut groups, &mut scope, &outputs) == Flush::Closed {
                     break;
                 }
             }
@@ -448,7 +707,7 @@ async fn run_aggregator(
             .into_iter()
             .for_each(|group| merger.update(shard, group));
     }
-    emit_aggregates(&mut merger, &mut groups, &outputs);
+    emit_aggregates(&mut merger, &mut groups, &mut scope, &outputs);
     let events = groups.take_events();
     if !events.is_empty() {
         let _ = outputs
@@ -461,12 +720,27 @@ async fn run_aggregator(
 fn emit_aggregates(
     merger: &mut AggregateMerger,
     groups: &mut GroupEvaluator,
+    scope: &mut GroupScope,
     outputs: &AggregatorOutputs,
 ) -> Flush {
     let now_ms = outputs.clock.now_ms();
     let aggregates = merger.take(now_ms);
-    for aggregate in &aggregates {
-        groups.on_aggregate(aggregate, now_ms);
+    match scope {
+        GroupScope::Own => {
+            for aggregate in &aggregates {
+                groups.on_aggregate(aggregate, now_ms);
+            }
+        }
+        GroupScope::Elsewhere => {}
+        GroupScope::Merged(merged) => {
+            for aggregate in &aggregates {
+                let own = PartialAggregate::from_aggregate(aggregate, merged.partition);
+                merged.add(own, &outputs.counters);
+            }
+            for aggregate in merged.take_ready() {
+                groups.on_aggregate(&aggregate, now_ms);
+            }
+        }
     }
     groups.check_deadlines(now_ms);
     send_group_events(groups, outputs);
@@ -558,6 +832,142 @@ mod tests {
         }
         assert!(seen.iter().all(|&n| n > 150), "{seen:?}");
         assert_eq!(routing_key("sensors/hq/d1"), "d1");
+    }
+
+    /// A bridge owning partition 1 of 2 skips the other partition's devices before parsing
+    /// them (even malformed ones), counts them, and aggregates only its own.
+    #[tokio::test(start_paused = true)]
+    async fn a_partition_keeps_only_its_own_devices() {
+        let partition = Partition::new(1, 2).expect("valid");
+        let config = BridgeConfig {
+            shards: 2,
+            partition: Some(partition),
+            ..BridgeConfig::default()
+        };
+        let ids: Vec<String> = (0..20).map(|i| format!("dev-{i}")).collect();
+        let (ours, theirs): (Vec<&String>, Vec<&String>) =
+            ids.iter().partition(|id| partition.owns(id));
+        assert!(!ours.is_empty() && !theirs.is_empty());
+        let (to_bridge, from_broker) = mpsc::channel(64);
+        let (live_updates, mut derived) = mpsc::channel(64);
+        let counters = Arc::new(BridgeCounters::default());
+        let shutdown = CancellationToken::new();
+        let bridge = tokio::spawn(run(
+            config,
+            Alerting::disabled(),
+            from_broker,
+            live_updates,
+            counters.clone(),
+            None,
+            shutdown.clone(),
+        ));
+        for id in &ids {
+            let topic = format!("sensors/hq/{id}");
+            to_bridge
+                .send(message(&topic, r#"{"t":1}"#))
+                .await
+                .expect("bridge runs");
+        }
+        to_bridge
+            .send(message(&format!("sensors/hq/{}", theirs[0]), "not json"))
+            .await
+            .expect("bridge runs");
+        let mut seen = std::collections::BTreeSet::new();
+        let mut hq_count = 0;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while hq_count < ours.len() as u64 || seen.len() < ours.len() {
+            assert!(tokio::time::Instant::now() < deadline, "not in time");
+            match derived.recv().await.expect("bridge runs") {
+                LiveUpdate::Devices(states) => {
+                    seen.extend(states.into_iter().map(|s| s.id.to_string()))
+                }
+                LiveUpdate::Aggregates(aggregates) => {
+                    if let Some(hq) = aggregates.iter().find(|a| &*a.group == "hq") {
+                        hq_count = hq.metrics["t"].count;
+                    }
+                }
+                LiveUpdate::Alerts(_) => {}
+            }
+        }
+        assert!(seen.iter().all(|id| partition.owns(id)), "{seen:?}");
+        assert_eq!(hq_count, ours.len() as u64);
+        assert_eq!(
+            counters.other_partition_messages.load(Ordering::Relaxed),
+            theirs.len() as u64 + 1
+        );
+        assert_eq!(counters.messages.load(Ordering::Relaxed), ours.len() as u64);
+        shutdown.cancel();
+        bridge.await.expect("bridge stops");
+    }
+
+    fn share(partition: u32, group: &str, sum: f64) -> PartialAggregate {
+        let aggregate = iotmon_wire::GroupAggregate {
+            group: group.into(),
+            ts: 1,
+            devices: iotmon_wire::DeviceCounts::default(),
+            metrics: [(
+                Arc::from("t"),
+                iotmon_wire::MetricAggregate {
+                    count: 1,
+                    mean: sum,
+                    min: sum,
+                    max: sum,
+                },
+            )]
+            .into_iter()
+            .collect(),
+        };
+        PartialAggregate::from_aggregate(&aggregate, Partition::new(partition, 2).expect("valid"))
+    }
+
+    /// Partition 0 evaluates group rules only on complete merged values: not on its own share
+    /// while the other partition is unheard, nor on the first partial of the other's resend.
+    #[tokio::test(start_paused = true)]
+    async fn partition_zero_waits_for_every_partition_before_group_rules() {
+        let window = Duration::from_secs(1);
+        let (_to_merged, from_peers) = mpsc::channel(4);
+        let partition = Partition::new(0, 2).expect("valid");
+        let GroupScope::Merged(mut merged) = GroupScope::of(partition, window, from_peers) else {
+            panic!("partition 0 merges");
+        };
+        let counters = BridgeCounters::default();
+        merged.add(share(0, "hq", 10.0), &counters);
+        assert!(merged.take_ready().is_empty(), "partition 1 not heard yet");
+        merged.add(share(1, "hq/b", 50.0), &counters);
+        assert!(merged.take_ready().is_empty(), "the resend has not settled");
+        merged.add(share(1, "hq", 30.0), &counters);
+        tokio::time::sleep(window * MERGE_SETTLE_WINDOWS).await;
+        let mut ready = merged.take_ready();
+        ready.sort_by(|a, b| a.group.cmp(&b.group));
+        assert_eq!(ready.len(), 2);
+        assert_eq!(ready[0].metrics["t"].mean, 20.0, "hq over both partitions");
+        assert_eq!(ready[0].metrics["t"].count, 2);
+        assert!(
+            merged.take_ready().is_empty(),
+            "each change is evaluated once"
+        );
+        // Without the other partition, the grace ends the wait.
+        let (_to_merged, from_peers) = mpsc::channel(4);
+        let GroupScope::Merged(mut alone) = GroupScope::of(partition, window, from_peers) else {
+            panic!("partition 0 merges");
+        };
+        alone.add(share(0, "hq", 10.0), &counters);
+        tokio::time::sleep(window * (MERGE_GRACE_WINDOWS - 1)).await;
+        assert!(alone.take_ready().is_empty());
+        tokio::time::sleep(window).await;
+        assert_eq!(alone.take_ready().len(), 1);
+        assert!(matches!(
+            GroupScope::of(
+                Partition::new(1, 2).expect("valid"),
+                window,
+                mpsc::channel(1).1
+            ),
+            GroupScope::Elsewhere
+        ));
+        assert!(matches!(
+            GroupScope::of(Partition::WHOLE, window, mpsc::channel(1).1),
+            GroupScope::Own
+        ));
     }
 
     /// The whole pipeline on tokio's paused clock: states, aggregates, and presence by silence.

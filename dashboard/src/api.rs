@@ -161,7 +161,8 @@ impl IntoResponse for ApiError {
             ApiError::NoStore => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "history is not available: this dashboard has no access to the store \
-                 (run it with the bridge's --data-dir)"
+                 (run it with the bridge's --data-dir, or with --partitions N to ask \
+                 partitioned bridges)"
                     .to_string(),
             ),
             ApiError::Store => (

@@ -6,12 +6,14 @@
 //! - [`alerts`]: operators' alert commands, alert history and rules for the REST API.
 //! - [`api`]: HTTP routes (web UI, REST, `/ws`, `/healthz`, `/metrics`).
 //! - [`source`]: device states from MQTT when the dashboard runs apart from the bridge.
+//! - [`remote_history`]: history asked of partitioned bridges over MQTT.
 
 pub mod alerts;
 pub mod api;
 pub mod config;
 pub mod hub;
 pub mod rate;
+pub mod remote_history;
 pub mod session;
 pub mod source;
 

@@ -1,10 +1,20 @@
 //! The dashboard's input when it runs in a process of its own: device states from the
 //! bridge's `iotmon/live/...` topics and group aggregates from `iotmon/agg/...` on an MQTT
-//! broker.
+//! broker. With partitioned bridges, each group's aggregate is merged here from the
+//! partitions' partials on `iotmon/partial/<K>/...`: every dashboard merges for itself, so
+//! none depends on another and any number can run.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use bytes::Bytes;
+use iotmon_wire::metrics::{encode_one, Collector, DescriptorEncoder, Kind};
 use iotmon_wire::mqtt::{drive_session, BrokerUrl, Login, Message, SessionPlan};
-use iotmon_wire::topics::{AGG_FILTER, ALERTS_FILTER, ALERT_COMMANDS, LIVE_FILTER, SYNC_REQUEST};
+use iotmon_wire::partial::{PartialAggregate, PartialMerger};
+use iotmon_wire::topics::{
+    parse_partial_topic, AGG_FILTER, ALERTS_FILTER, ALERT_COMMANDS, LIVE_FILTER, PARTIAL_FILTER,
+    SYNC_REQUEST,
+};
 use iotmon_wire::{Alert, AlertCommand, DeviceState, GroupAggregate, LiveUpdate};
 use rumqttc::{AsyncClient, QoS};
 use tokio::sync::mpsc;
@@ -14,22 +24,48 @@ use tracing::warn;
 /// Messages buffered between the MQTT client and the decoder.
 const INPUT_CAPACITY: usize = 4096;
 
+/// What the dashboard's MQTT source refused, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct SourceCounters {
+    /// Partial aggregates refused: unreadable, invalid, or on a topic that does not match.
+    pub partials_refused: AtomicU64,
+}
+
+impl Collector for SourceCounters {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        encode_one(
+            &mut encoder,
+            "iotmon_dashboard_partials_refused_total",
+            "Partial aggregates from partitioned bridges refused as unreadable or invalid.",
+            Kind::Counter,
+            self.partials_refused.load(Ordering::Relaxed),
+        )
+    }
+}
+
 /// Subscribes to the bridge's device states on `broker` and feeds them to `to_hub` until
 /// `shutdown`. On every (re)connect it asks the bridge to resend all states, so a dashboard
 /// that starts late, or lost its connection, is complete again. Operators' alert commands
-/// from `alert_commands` are published for the bridge at QoS 1.
+/// from `alert_commands` are published for the bridge at QoS 1. Refused input is counted in
+/// `counters`.
+#[allow(clippy::too_many_arguments)] // Each is one of the source's separate inputs.
 pub async fn from_broker(
     broker: BrokerUrl,
     login: Login,
     max_packet_size: usize,
     to_hub: mpsc::Sender<LiveUpdate>,
     mut alert_commands: mpsc::Receiver<AlertCommand>,
+    counters: Arc<SourceCounters>,
     shutdown: CancellationToken,
 ) {
     let (client, eventloop) = AsyncClient::new(broker.options_for(&login, max_packet_size), 64);
     let (messages_tx, mut messages) = mpsc::channel::<Message>(INPUT_CAPACITY);
     let plan = SessionPlan {
-        subscriptions: vec![LIVE_FILTER.to_string(), AGG_FILTER.to_string()],
+        subscriptions: vec![
+            LIVE_FILTER.to_string(),
+            AGG_FILTER.to_string(),
+            PARTIAL_FILTER.to_string(),
+        ],
         reliable_subscriptions: vec![ALERTS_FILTER.to_string()],
         announce: Some((SYNC_REQUEST.to_string(), Bytes::new())),
     };
@@ -40,11 +76,12 @@ pub async fn from_broker(
         Some(messages_tx),
         shutdown.clone(),
     ));
+    let mut partials = PartialMerger::new();
     loop {
         tokio::select! {
             message = messages.recv() => {
                 let Some(message) = message else { break };
-                let Some(derived) = decode(&message) else {
+                let Some(derived) = decode(&message, &mut partials, &counters) else {
                     continue;
                 };
                 if to_hub.send(derived).await.is_err() {
@@ -70,9 +107,21 @@ async fn publish_command(client: &AsyncClient, command: &AlertCommand) {
     }
 }
 
-/// A device state (`iotmon/live/...`) or a group aggregate (`iotmon/agg/...`); unreadable
-/// payloads are logged and skipped.
-fn decode(message: &Message) -> Option<LiveUpdate> {
+/// A device state (`iotmon/live/...`) or a group aggregate (`iotmon/agg/...`, or merged from
+/// `iotmon/partial/...`); unreadable payloads are logged and skipped.
+fn decode(
+    message: &Message,
+    partials: &mut PartialMerger,
+    counters: &SourceCounters,
+) -> Option<LiveUpdate> {
+    if message.topic.starts_with("iotmon/partial/") {
+        return merge_partial(message, partials)
+            .inspect_err(|error| {
+                counters.partials_refused.fetch_add(1, Ordering::Relaxed);
+                warn!(topic = message.topic, %error, "ignoring unreadable partial aggregate");
+            })
+            .ok();
+    }
     let decoded = if message.topic.starts_with("iotmon/alerts/") {
         serde_json::from_slice::<Alert>(&message.payload)
             .map(|alert| LiveUpdate::Alerts(vec![alert]))
@@ -88,4 +137,92 @@ fn decode(message: &Message) -> Option<LiveUpdate> {
             |error| warn!(topic = message.topic, %error, "ignoring unreadable derived data"),
         )
         .ok()
+}
+
+/// Records one partition's partial and returns its group's aggregate merged over every
+/// partition.
+fn merge_partial(
+    message: &Message,
+    partials: &mut PartialMerger,
+) -> Result<LiveUpdate, Box<dyn std::error::Error>> {
+    let (partition, group) = parse_partial_topic(&message.topic)?;
+    let partial: PartialAggregate = serde_json::from_slice(&message.payload)?;
+    if partial.partition != partition || *partial.group != *group {
+        return Err("the payload names another partition or group than its topic".into());
+    }
+    let merged = partials.update(partial)?;
+    Ok(LiveUpdate::Aggregates(vec![merged]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(topic: &str, payload: &str) -> Message {
+        Message {
+            topic: topic.to_string(),
+            payload: Bytes::copy_from_slice(payload.as_bytes()),
+        }
+    }
+
+    fn partial(partition: u32, count: u64, sum: f64) -> String {
+        format!(
+            r#"{{"group":"hq","partition":{partition},"partitions":2,"ts":1,"devices":{{"online":{count},"offline":0,"alerting":0}},"metrics":{{"t":{{"count":{count},"sum":{sum},"min":1.0,"max":9.0}}}}}}"#
+        )
+    }
+
+    #[test]
+    fn partials_of_two_partitions_reach_the_hub_merged() {
+        let mut partials = PartialMerger::new();
+        let counters = SourceCounters::default();
+        decode(
+            &message("iotmon/partial/0/hq", &partial(0, 3, 6.0)),
+            &mut partials,
+            &counters,
+        )
+        .expect("merged");
+        let Some(LiveUpdate::Aggregates(merged)) = decode(
+            &message("iotmon/partial/1/hq", &partial(1, 1, 10.0)),
+            &mut partials,
+            &counters,
+        ) else {
+            panic!("an aggregate");
+        };
+        assert_eq!(merged[0].metrics["t"].count, 4);
+        assert_eq!(merged[0].metrics["t"].mean, 4.0);
+        assert_eq!(merged[0].devices.online, 4);
+    }
+
+    #[test]
+    fn a_partial_on_the_wrong_topic_or_unreadable_is_skipped() {
+        let mut partials = PartialMerger::new();
+        let counters = SourceCounters::default();
+        assert!(decode(
+            &message("iotmon/partial/1/hq", &partial(0, 1, 1.0)),
+            &mut partials,
+            &counters
+        )
+        .is_none());
+        assert!(decode(
+            &message("iotmon/partial/0/other", &partial(0, 1, 1.0)),
+            &mut partials,
+            &counters
+        )
+        .is_none());
+        assert!(decode(
+            &message("iotmon/partial/0/hq", "{"),
+            &mut partials,
+            &counters
+        )
+        .is_none());
+        assert!(partials.is_empty());
+        assert_eq!(counters.partials_refused.load(Ordering::Relaxed), 3);
+        let mut registry = iotmon_wire::metrics::Registry::default();
+        registry.register_collector(Box::new(Arc::new(counters)));
+        let metrics = iotmon_wire::metrics::render(&[&registry]);
+        assert!(
+            metrics.contains("iotmon_dashboard_partials_refused_total 3"),
+            "{metrics}"
+        );
+    }
 }

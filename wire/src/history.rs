@@ -8,7 +8,7 @@ use thiserror::Error;
 use crate::alert::{Alert, AlertId, AlertState, AlertTransition};
 
 /// A metric's history to read.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryQuery {
     pub device: String,
     pub metric: String,
@@ -46,7 +46,7 @@ pub struct HistorySeries {
 }
 
 /// Which alerts a history query returns.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AlertQuery {
     pub state: Option<AlertState>,
     /// Only alerts about this group (the group itself or a subgroup).
@@ -87,4 +87,94 @@ pub trait HistorySource: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// The store cannot be read.
     fn alert(&self, id: AlertId) -> Result<Option<(Alert, Vec<AlertTransition>)>, HistoryError>;
+}
+
+/// A history question a dashboard asks the bridge that owns the answer, over MQTT on
+/// `iotmon/history/request/<K>`, when it cannot read a store itself (partitioned bridges,
+/// each with its own SQLite file). The answer comes back as a [`HistoryReply`] on
+/// `reply_to`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryRequest {
+    /// Chosen by the asker to match the reply to the question.
+    pub id: u64,
+    /// The topic to answer on (the asker's own).
+    pub reply_to: String,
+    pub ask: HistoryAsk,
+}
+
+/// What a [`HistoryRequest`] asks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HistoryAsk {
+    Series(HistoryQuery),
+    Alerts(AlertQuery),
+    Alert(AlertId),
+}
+
+/// The answer to the [`HistoryRequest`] with the same `id`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryReply {
+    pub id: u64,
+    pub answer: HistoryAnswer,
+}
+
+/// What a [`HistoryReply`] carries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HistoryAnswer {
+    Series(HistorySeries),
+    Alerts(Vec<Alert>),
+    Alert(Option<(Alert, Vec<AlertTransition>)>),
+    /// The store could not answer; the bridge logs why, the asker shows a generic error.
+    Failed(String),
+}
+
+/// Answers `ask` from `source` (blocking, as every [`HistorySource`] method).
+pub fn answer(source: &dyn HistorySource, ask: &HistoryAsk) -> HistoryAnswer {
+    let answered = match ask {
+        HistoryAsk::Series(query) => source.series(query).map(HistoryAnswer::Series),
+        HistoryAsk::Alerts(query) => source.alerts(query).map(HistoryAnswer::Alerts),
+        HistoryAsk::Alert(id) => source.alert(*id).map(HistoryAnswer::Alert),
+    };
+    answered.unwrap_or_else(|error| HistoryAnswer::Failed(error.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_and_replies_round_trip_through_json() {
+        let request = HistoryRequest {
+            id: 7,
+            reply_to: "iotmon/history/reply/d1".into(),
+            ask: HistoryAsk::Series(HistoryQuery {
+                device: "dev-1".into(),
+                metric: "t".into(),
+                from: 1,
+                to: 2,
+                max_points: 10,
+                now: 3,
+            }),
+        };
+        let json = serde_json::to_string(&request).expect("serialize");
+        assert!(
+            json.contains(r#""ask":{"series":{"device":"dev-1""#),
+            "{json}"
+        );
+        assert_eq!(
+            serde_json::from_str::<HistoryRequest>(&json).expect("parse"),
+            request
+        );
+        let reply = HistoryReply {
+            id: 7,
+            answer: HistoryAnswer::Alert(None),
+        };
+        let json = serde_json::to_string(&reply).expect("serialize");
+        assert_eq!(json, r#"{"id":7,"answer":{"alert":null}}"#);
+        assert_eq!(
+            serde_json::from_str::<HistoryReply>(&json).expect("parse"),
+            reply
+        );
+    }
 }

@@ -5,6 +5,8 @@
 //! - [`device`]: a device's latest state, as the bridge derives it and viewers receive it.
 //! - [`alert`]: alerts, their lifecycle, and what operators ask of them.
 //! - [`aggregate`]: group aggregates (per metric count/mean/min/max, devices online/offline).
+//! - [`partition`]: which bridge owns which devices (`--partition K/N`, a stable hash).
+//! - [`partial`]: partitions' partial group aggregates and their merge.
 //! - [`live_update`]: the batches the bridge hands to dashboards.
 //! - [`topics`]: the topic tree (`sensors/...`, `iotmon/live/...`) and its parsing.
 //! - [`viewer`]: the WebSocket messages between the dashboard and a browser.
@@ -20,6 +22,8 @@ pub mod history;
 pub mod live_update;
 pub mod metrics;
 pub mod mqtt;
+pub mod partial;
+pub mod partition;
 pub mod supervise;
 pub mod topics;
 pub mod viewer;

@@ -11,8 +11,16 @@
 //!   once on every change when the roles run as separate processes.
 //! - `iotmon/commands/alerts`: operators' alert commands (acknowledge, shelve), JSON, QoS 1,
 //!   published by a dashboard that runs apart from the bridge.
+//! - `iotmon/partial/<K>/<group path>`: partition K's share of a group's aggregate (count,
+//!   sum, min, max per metric; device counts), published instead of `iotmon/agg/...` by a
+//!   bridge that owns one partition of the fleet (`--partition K/N`); dashboards merge them.
 //! - `iotmon/sync/request`: published by a dashboard when it (re)connects; the bridge answers by
 //!   republishing every device's state so the new dashboard starts complete.
+//! - `iotmon/history/request/<K>` and `iotmon/history/reply/<client id>`: a dashboard's
+//!   history questions to partition K's bridge (JSON `HistoryRequest`, QoS 1) and their
+//!   answers (`HistoryReply`), when each bridge keeps its own SQLite store.
+//! - `iotmon/sync/partials`: published by partition 0's bridge when it (re)connects; every
+//!   partitioned bridge answers by republishing its partial aggregates.
 
 use thiserror::Error;
 
@@ -26,16 +34,34 @@ pub const STATUS_FILTER: &str = "status/#";
 pub const AGG_FILTER: &str = "iotmon/agg/#";
 /// Filter a dashboard subscribes to for alerts.
 pub const ALERTS_FILTER: &str = "iotmon/alerts/#";
+/// Where a dashboard asks partition K's bridge for history: `iotmon/history/request/<K>`.
+pub fn history_request_topic(partition: u32) -> String {
+    format!("iotmon/history/request/{partition}")
+}
+
+/// Where the bridges answer a dashboard's history questions: one topic per dashboard,
+/// named after its MQTT client id.
+pub fn history_reply_topic(client_id: &str) -> String {
+    format!("iotmon/history/reply/{client_id}")
+}
+
+/// Filter a dashboard (and the bridge that evaluates group rules) subscribes to for the
+/// partitions' partial aggregates.
+pub const PARTIAL_FILTER: &str = "iotmon/partial/#";
 /// Topic a dashboard publishes operators' alert commands on, for the bridge.
 pub const ALERT_COMMANDS: &str = "iotmon/commands/alerts";
 /// Topic a dashboard publishes to ask the bridge for a full republish.
 pub const SYNC_REQUEST: &str = "iotmon/sync/request";
+/// Topic the bridge that evaluates group rules publishes when it (re)starts, asking the
+/// other partitions to republish their partial aggregates (and nothing else).
+pub const PARTIALS_SYNC_REQUEST: &str = "iotmon/sync/partials";
 
 const SENSORS_ROOT: &str = "sensors";
 const LIVE_ROOT: &str = "iotmon/live";
 const STATUS_ROOT: &str = "status";
 const AGG_ROOT: &str = "iotmon/agg";
 const ALERTS_ROOT: &str = "iotmon/alerts";
+const PARTIAL_ROOT: &str = "iotmon/partial";
 
 /// Group levels allowed between the root and the device id.
 pub const MAX_GROUP_LEVELS: usize = 8;
@@ -95,6 +121,33 @@ pub fn status_topic(group: &str, device: &str) -> String {
 /// The topic the bridge publishes a group's aggregate on.
 pub fn agg_topic(group: &str) -> String {
     format!("{AGG_ROOT}/{group}")
+}
+
+/// The topic a partitioned bridge publishes partition `partition`'s share of a group's
+/// aggregate on.
+pub fn partial_topic(partition: u32, group: &str) -> String {
+    format!("{PARTIAL_ROOT}/{partition}/{group}")
+}
+
+/// The partition and group path of an `iotmon/partial/<K>/<group path>` topic.
+///
+/// # Errors
+/// The topic is not under `iotmon/partial/`, K is not a number, or the group path is
+/// empty, has an empty level or is too deep.
+pub fn parse_partial_topic(topic: &str) -> Result<(u32, &str), TopicError> {
+    let rest = topic
+        .strip_prefix(PARTIAL_ROOT)
+        .and_then(|rest| rest.strip_prefix('/'))
+        .ok_or(TopicError::WrongRoot)?;
+    let (partition, group) = rest.split_once('/').ok_or(TopicError::NoGroup)?;
+    let partition = partition.parse().map_err(|_| TopicError::WrongRoot)?;
+    if group.split('/').any(str::is_empty) {
+        return Err(TopicError::EmptyLevel);
+    }
+    if group.split('/').count() > MAX_GROUP_LEVELS {
+        return Err(TopicError::TooDeep);
+    }
+    Ok((partition, group))
 }
 
 /// The group path of an `iotmon/agg/<group path>` topic.
@@ -182,6 +235,27 @@ mod tests {
         assert_eq!(parse_agg_topic(&agg_topic("hq/a")), Ok("hq/a"));
         assert_eq!(parse_agg_topic("iotmon/agg/"), Err(TopicError::EmptyLevel));
         assert_eq!(parse_agg_topic("iotmon/live/x"), Err(TopicError::WrongRoot));
+    }
+
+    #[test]
+    fn partial_topics_carry_the_partition_and_the_group() {
+        assert_eq!(partial_topic(1, "hq/a"), "iotmon/partial/1/hq/a");
+        assert_eq!(
+            parse_partial_topic("iotmon/partial/1/hq/a"),
+            Ok((1, "hq/a"))
+        );
+        assert_eq!(
+            parse_partial_topic("iotmon/partial/x/hq"),
+            Err(TopicError::WrongRoot)
+        );
+        assert_eq!(
+            parse_partial_topic("iotmon/partial/1"),
+            Err(TopicError::NoGroup)
+        );
+        assert_eq!(
+            parse_partial_topic("iotmon/partial/1/hq//a"),
+            Err(TopicError::EmptyLevel)
+        );
     }
 
     #[test]

@@ -22,6 +22,10 @@ pub struct AlertBook {
     /// (rule name, subject) → the open alert about it.
     by_subject: HashMap<(Arc<str>, Arc<str>), AlertId>,
     next_id: AlertId,
+    /// How far apart the ids this book hands out are: 1 for a lone bridge; N for partition
+    /// K of N, whose ids are all K modulo N, so that alerts of different bridges never share
+    /// an id and an operator's command names the alert of exactly one bridge.
+    id_step: AlertId,
     next_seq: u64,
     unsaved: Changes,
     /// Active alerts whose rule suppresses others (a group's, a gateway's), with their rule
@@ -38,6 +42,7 @@ impl AlertBook {
             open: HashMap::new(),
             by_subject: HashMap::new(),
             next_id: saved.next_id.max(1),
+            id_step: 1,
             next_seq: 1,
             unsaved: Changes::default(),
             suppressors: HashMap::new(),
@@ -69,6 +74,20 @@ impl AlertBook {
             .collect();
         book.suppressors.extend(suppressors);
         book
+    }
+
+    /// From now on, hands out only ids that are `index` modulo `count` (partition `index` of
+    /// `count`), never below the next id the store expects.
+    pub fn partition_ids(&mut self, index: u32, count: u32) {
+        let step = AlertId::from(count.max(1));
+        let index = AlertId::from(index) % step;
+        let mut next = self.next_id.max(1);
+        next += (index + step - next % step) % step;
+        if next == 0 {
+            next = step;
+        }
+        self.next_id = next;
+        self.id_step = step;
     }
 
     /// `alert`'s rule, if its alerts suppress others while active.
@@ -187,7 +206,7 @@ impl AlertBook {
 
     fn raise(&mut self, rule: &Rule, event: &ConditionEvent) -> Alert {
         let id = self.next_id;
-        self.next_id += 1;
+        self.next_id += self.id_step;
         let mut alert = Alert {
             id,
             rule: rule.name.clone(),
@@ -568,6 +587,38 @@ mod tests {
             .next()
             .expect("raised");
         assert_ne!(again.id, raised.id);
+    }
+
+    #[test]
+    fn a_partitioned_book_hands_out_only_its_own_residue_of_ids() {
+        let mut book = book();
+        book.partition_ids(1, 3);
+        let mut ids = Vec::new();
+        for at in [10, 30, 50] {
+            let raised = book.on_condition(&event(Phase::Firing, at, 31.0));
+            ids.push(raised[0].id);
+            let _ = book.on_command(&ack(raised[0].id), at + 1);
+            book.on_condition(&event(Phase::Normal, at + 2, 20.0));
+        }
+        assert_eq!(ids, [1, 4, 7]);
+        // Another bridge's id is not this book's: refused, whatever that bridge holds.
+        assert!(book.on_command(&ack(2), 60).is_err());
+        let mut restarted = book_with_next_id(8);
+        restarted.partition_ids(0, 3);
+        let raised = restarted.on_condition(&event(Phase::Firing, 10, 31.0));
+        assert_eq!(
+            raised[0].id, 9,
+            "never below the stored next id, and 0 mod 3"
+        );
+    }
+
+    fn book_with_next_id(next_id: AlertId) -> AlertBook {
+        let fresh = book();
+        let saved = Saved {
+            next_id,
+            ..Saved::default()
+        };
+        AlertBook::new(fresh.rules, saved, 0)
     }
 
     #[test]

@@ -1,0 +1,739 @@
+//! Scale-out end to end, on Debian's mosquitto as the external broker: two bridges, each
+//! owning one partition of the fleet (`--partition 0/2`, `1/2`), two dashboards, a simulated
+//! fleet and a hand-made one whose building has a floor on each bridge. Each dashboard's
+//! viewer sees every device of its view and the aggregates merged over both partitions;
+//! group rules fire once, on merged values; a bridge killed with SIGKILL and started again
+//! with the same partition loses and doubles nothing (rollups, alerts).
+
+use crate::support;
+
+use crate::support::mosquitto;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use iotmon_bridge::store::HistoryReader;
+use iotmon_bridge::BridgeConfig;
+use iotmon_wire::history::HistoryQuery;
+use iotmon_wire::partition::partition_of;
+use serde_json::{json, Value};
+use support::{http_get, metric_value, Iotmon, Publisher, TempDir, Viewer, DEADLINE};
+
+/// A device rule every bridge evaluates on its own devices, and a group rule on a building
+/// whose floors live on different bridges: only the merged mean (45) is above 40; one
+/// partition alone (60) would be too, the other (30) not.
+const CONFIG: &str = r#"
+[[alerts.rules]]
+name = "hot"
+metric = "temperature"
+above = 70.0
+severity = "major"
+
+[[alerts.rules]]
+name = "building-loaded"
+scope = "group"
+groups = ["hq/building-a"]
+metric = "load"
+above = 40.0
+suppress_children = false
+severity = "minor"
+"#;
+
+const BUILDING: &str = "hq/building-a";
+
+/// One device of the hand-made fleet.
+#[derive(Debug, Clone)]
+struct Device {
+    id: String,
+    group: String,
+    partition: u32,
+    temperature: f64,
+    load: f64,
+}
+
+/// Six devices in building A — its floor 1 all partition 0's, its floor 2 all partition
+/// 1's — and four in building B, two of each partition.
+fn fleet() -> Vec<Device> {
+    let mut fleet = Vec::new();
+    let mut wanted = [
+        (0u32, 3usize, "hq/building-a/floor-1"),
+        (1, 3, "hq/building-a/floor-2"),
+    ]
+    .to_vec();
+    wanted.extend([(0, 2, "hq/building-b"), (1, 2, "hq/building-b")]);
+    let mut candidates = (0..).map(|n| format!("dev-{n:03}"));
+    for (partition, count, group) in wanted {
+        let mut found = 0;
+        while found < count {
+            let id = candidates.next().expect("endless");
+            if partition_of(&id, 2) != partition {
+                continue;
+            }
+            let index = fleet.len() as f64;
+            fleet.push(Device {
+                id,
+                group: group.to_string(),
+                partition,
+                temperature: 10.0 + 3.0 * index,
+                load: if partition == 0 { 30.0 } else { 60.0 },
+            });
+            found += 1;
+        }
+    }
+    fleet
+}
+
+async fn publish_round(publisher: &Publisher, fleet: &[Device]) {
+    for device in fleet {
+        let payload = json!({"temperature": device.temperature, "load": device.load});
+        publisher
+            .publish(
+                &format!("sensors/{}/{}", device.group, device.id),
+                payload.to_string(),
+            )
+            .await;
+    }
+}
+
+/// The latest aggregate of `group` a viewer received (snapshot or update).
+fn aggregate(viewer: &Viewer, group: &str) -> Option<Value> {
+    viewer.messages.iter().rev().find_map(|message| {
+        message["groups"]
+            .as_array()?
+            .iter()
+            .find(|entry| entry["group"] == group)
+            .cloned()
+    })
+}
+
+/// Every alert message a viewer received, oldest first.
+fn alerts(viewer: &Viewer) -> Vec<Value> {
+    viewer
+        .messages
+        .iter()
+        .filter(|message| message["type"] == "alert")
+        .map(|message| message["alert"].clone())
+        .collect()
+}
+
+/// Whether `viewer` shows `group`'s `metric` as merged over `members`: their count and the
+/// mean, min and max of `value` over them.
+fn shows_merged(
+    viewer: &Viewer,
+    group: &str,
+    metric: &str,
+    members: &[&Device],
+    value: fn(&Device) -> f64,
+) -> bool {
+    let Some(aggregate) = aggregate(viewer, group) else {
+        return false;
+    };
+    let shown = &aggregate["metrics"][metric];
+    let values: Vec<f64> = members.iter().map(|device| value(device)).collect();
+    let mean = values.iter().sum::<f64>() / values.len() as f64;
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    shown["count"].as_u64() == Some(members.len() as u64)
+        && shown["mean"]
+            .as_f64()
+            .is_some_and(|m| (m - mean).abs() < 1e-9)
+        && shown["min"].as_f64() == Some(min)
+        && shown["max"].as_f64() == Some(max)
+}
+
+/// Readings of `device`'s `seq` metric in the rollups of the bridge keeping `data_dir`.
+fn stored_readings(data_dir: &str, device: &str) -> u64 {
+    let reader = HistoryReader::new(Path::new(data_dir), &BridgeConfig::default());
+    let now = iotmon_wire::unix_millis();
+    reader
+        .query(&HistoryQuery {
+            device: device.into(),
+            metric: "seq".into(),
+            from: now - 600_000,
+            to: now + 60_000,
+            max_points: 1000,
+            now,
+        })
+        .map(|series| series.points.iter().map(|point| point.count).sum())
+        .unwrap_or(0)
+}
+
+async fn bridge_metric(bridge: &Iotmon, name: &str) -> u64 {
+    let (status, metrics) = http_get(bridge.http.expect("http"), "/metrics").await;
+    assert_eq!(status, 200);
+    metric_value(&metrics, name)
+}
+
+async fn eventually<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {DEADLINE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A bridge process owning `partition`, keeping its store in `data_dir`.
+fn start_bridge(url: &str, partition: &str, data_dir: &str, config: &str) -> Iotmon {
+    let args = [
+        "bridge",
+        "--broker",
+        url,
+        "--partition",
+        partition,
+        "--client-id",
+        &format!("bridge-{}", partition.replace('/', "-of-")),
+        "--data-dir",
+        data_dir,
+        "--config",
+        config,
+        "--http-listen",
+        "127.0.0.1:0",
+    ];
+    Iotmon::start(&args, false, true)
+}
+
+fn start_dashboard(url: &str, config: &str) -> Iotmon {
+    let args = [
+        "dashboard",
+        "--broker",
+        url,
+        "--config",
+        config,
+        "--partitions",
+        "2",
+        "--http-listen",
+        "127.0.0.1:0",
+    ];
+    Iotmon::start(&args, false, true)
+}
+
+/// The readings of `device`'s `seq` in the last minutes, as a dashboard's `/api/history`
+/// answers (asking the device's bridge over MQTT).
+async fn history_readings(dashboard: &Iotmon, device: &str) -> u64 {
+    let now = iotmon_wire::unix_millis();
+    let path = format!(
+        "/api/history?device={device}&metric=seq&from={}&to={}",
+        now - 600_000,
+        now + 60_000
+    );
+    let (status, body) = http_get(dashboard.http.expect("http"), &path).await;
+    assert_eq!(status, 200, "{body}");
+    let series: Value = serde_json::from_str(&body).expect("JSON");
+    series["points"]
+        .as_array()
+        .expect("points")
+        .iter()
+        .map(|point| point["count"].as_u64().expect("count"))
+        .sum()
+}
+
+/// Publishes the fleet's current values round after round until every viewer's condition
+/// holds.
+async fn publish_until(
+    publisher: &Publisher,
+    fleet: &[Device],
+    viewers: &mut [&mut Viewer],
+    what: &str,
+    done: impl Fn(&Viewer) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        publish_round(publisher, fleet).await;
+        let mut all = true;
+        for viewer in viewers.iter_mut() {
+            all &= viewer.read_until(Duration::from_millis(300), &done).await;
+        }
+        if all {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {DEADLINE:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_partitioned_bridges_and_two_dashboards_on_mosquitto() {
+    let broker = mosquitto::Mosquitto::start();
+    let url = format!("mqtt://127.0.0.1:{}", broker.port);
+    let mqtt = SocketAddr::from(([127, 0, 0, 1], broker.port));
+    let dir = TempDir::new("scale-out");
+    let config = format!("{}/iotmon.toml", dir.path());
+    std::fs::write(&config, CONFIG).expect("config written");
+    let (data_0, data_1) = (TempDir::new("bridge-0"), TempDir::new("bridge-1"));
+    let mut bridge_0 = start_bridge(&url, "0/2", data_0.path(), &config);
+    let bridge_1 = start_bridge(&url, "1/2", data_1.path(), &config);
+    let dashboards = [
+        start_dashboard(&url, &config),
+        start_dashboard(&url, &config),
+    ];
+
+    let mut fleet = fleet();
+    let ids: Vec<&str> = fleet.iter().map(|device| device.id.as_str()).collect();
+    let mut viewers = Vec::new();
+    for dashboard in &dashboards {
+        let mut viewer = Viewer::connect(&dashboard.ws_url()).await;
+        viewer.view(&ids).await;
+        viewer
+            .send(json!({"type": "groups", "groups": ["hq", BUILDING]}))
+            .await;
+        viewers.push(viewer);
+    }
+    let publisher = Publisher::connect(mqtt, "scale-out-fleet").await;
+
+    // A simulated fleet alongside, spread by the same hash over both bridges.
+    let simulator = Iotmon::start(
+        &[
+            "simulate",
+            "--broker",
+            &url,
+            "--devices",
+            "40",
+            "--interval",
+            "1s",
+            "--devices-per-floor",
+            "10",
+            "--floors-per-building",
+            "2",
+            "--buildings-per-site",
+            "2",
+            "--devices-per-connection",
+            "20",
+        ],
+        false,
+        false,
+    );
+
+    // Every device of the view reaches both dashboards' viewers, and the building's
+    // aggregate is the one over its six devices, three on each bridge.
+    let building: Vec<Device> = fleet
+        .iter()
+        .filter(|device| device.group.starts_with(BUILDING))
+        .cloned()
+        .collect();
+    let hq: Vec<Device> = fleet.clone();
+    {
+        let building: Vec<&Device> = building.iter().collect();
+        let hq: Vec<&Device> = hq.iter().collect();
+        let mut refs: Vec<&mut Viewer> = viewers.iter_mut().collect();
+        publish_until(
+            &publisher,
+            &fleet,
+            &mut refs,
+            "devices and merged aggregates",
+            |viewer| {
+                ids.iter().all(|id| viewer.devices.contains_key(*id))
+                    && shows_merged(viewer, BUILDING, "temperature", &building, |d| {
+                        d.temperature
+                    })
+                    && shows_merged(viewer, BUILDING, "load", &building, |d| d.load)
+                    && shows_merged(viewer, "hq", "temperature", &hq, |d| d.temperature)
+            },
+        )
+        .await;
+    }
+    for viewer in &viewers {
+        let seen: Vec<&String> = viewer.seen.iter().collect();
+        assert!(
+            seen.iter().all(|id| ids.contains(&id.as_str())),
+            "a viewer received a device outside its view: {seen:?}"
+        );
+        let devices = &aggregate(viewer, BUILDING).expect("building")["devices"];
+        assert_eq!(devices["online"].as_u64(), Some(6), "{devices}");
+    }
+
+    // The simulated fleet: each dashboard shows all of site-1, from both bridges.
+    for dashboard in &dashboards {
+        let mut viewer = Viewer::connect(&dashboard.ws_url()).await;
+        viewer
+            .send(json!({"type": "groups", "groups": ["site-1"]}))
+            .await;
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        let complete = |v: &Viewer| {
+            v.devices.len() == 40
+                && aggregate(v, "site-1")
+                    .is_some_and(|a| a["metrics"]["temperature"]["count"] == 40)
+        };
+        loop {
+            viewer
+                .send(json!({"type": "view", "group": "site-1", "offset": 0, "limit": 100}))
+                .await;
+            if viewer.read_until(Duration::from_secs(1), complete).await {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "simulated fleet incomplete: {} devices, site-1 {:?}",
+                viewer.devices.len(),
+                aggregate(&viewer, "site-1")
+            );
+        }
+        let partitions: std::collections::BTreeSet<u32> = viewer
+            .devices
+            .keys()
+            .map(|id| partition_of(id, 2))
+            .collect();
+        assert_eq!(
+            partitions.len(),
+            2,
+            "the simulated fleet spans both bridges"
+        );
+    }
+    drop(simulator);
+
+    // The group rule fires once, on the merged mean, raised by partition 0 alone.
+    let building_alert = |viewer: &Viewer| {
+        alerts(viewer)
+            .into_iter()
+            .find(|alert| alert["subject"] == BUILDING)
+    };
+    {
+        let mut refs: Vec<&mut Viewer> = viewers.iter_mut().collect();
+        publish_until(
+            &publisher,
+            &fleet,
+            &mut refs,
+            "the building's alert",
+            |viewer| building_alert(viewer).is_some(),
+        )
+        .await;
+    }
+    let group_alert = building_alert(&viewers[0]).expect("raised");
+    let group_alert_id = group_alert["id"].as_u64().expect("id");
+    assert_eq!(group_alert["rule"], "building-loaded");
+    assert_eq!(group_alert_id % 2, 0, "partition 0's ids are even");
+    assert_eq!(
+        bridge_metric(&bridge_0, "iotmon_alerts_raised_total").await,
+        1
+    );
+    assert_eq!(
+        bridge_metric(&bridge_1, "iotmon_alerts_raised_total").await,
+        0
+    );
+
+    // A device alert on partition 0's device, raised by its owner.
+    let hot = fleet
+        .iter()
+        .position(|device| device.partition == 0 && device.group == "hq/building-b")
+        .expect("a partition-0 device in building B");
+    fleet[hot].temperature = 80.0;
+    let hot_id = fleet[hot].id.clone();
+    {
+        let mut refs: Vec<&mut Viewer> = viewers.iter_mut().collect();
+        publish_until(
+            &publisher,
+            &fleet,
+            &mut refs,
+            "the device alert",
+            |viewer| {
+                alerts(viewer)
+                    .iter()
+                    .any(|alert| alert["subject"] == hot_id.as_str())
+            },
+        )
+        .await;
+    }
+    assert_eq!(
+        bridge_metric(&bridge_0, "iotmon_alerts_raised_total").await,
+        2
+    );
+    assert_eq!(
+        bridge_metric(&bridge_1, "iotmon_alerts_raised_total").await,
+        0
+    );
+    // Each bridge skipped the other's devices before parsing them.
+    assert!(bridge_metric(&bridge_1, "iotmon_partition_skipped_messages_total").await > 0);
+
+    // Rollups: an exact number of readings per device, each in its owner's store only.
+    const BEFORE: u64 = 5;
+    const AFTER: u64 = 4;
+    let publish_seq = |from: u64, to: u64| {
+        let publisher = &publisher;
+        let fleet = &fleet;
+        async move {
+            for seq in from..to {
+                for device in fleet {
+                    let topic = format!("sensors/{}/{}", device.group, device.id);
+                    publisher
+                        .publish(&topic, json!({ "seq": seq }).to_string())
+                        .await;
+                }
+            }
+        }
+    };
+    publish_seq(0, BEFORE).await;
+    let store_of = |device: &Device| {
+        if device.partition == 0 {
+            data_0.path()
+        } else {
+            data_1.path()
+        }
+    };
+    let other_store = |device: &Device| {
+        if device.partition == 0 {
+            data_1.path()
+        } else {
+            data_0.path()
+        }
+    };
+    eventually("the first readings stored by their owners", || async {
+        fleet
+            .iter()
+            .all(|device| stored_readings(store_of(device), &device.id) == BEFORE)
+    })
+    .await;
+    for device in &fleet {
+        assert_eq!(
+            stored_readings(other_store(device), &device.id),
+            0,
+            "{}",
+            device.id
+        );
+    }
+
+    // kill -9 partition 0's bridge (its devices, the group rule and both alerts) and start
+    // a new one with the same partition and store.
+    bridge_0.kill_hard();
+    let bridge_0 = start_bridge(&url, "0/2", data_0.path(), &config);
+    eventually("the new bridge reads its devices again", || async {
+        publish_round(&publisher, &fleet).await;
+        bridge_metric(&bridge_0, "iotmon_ingest_readings_total").await > 0
+    })
+    .await;
+    publish_seq(BEFORE, BEFORE + AFTER).await;
+    eventually("the later readings stored by their owners", || async {
+        fleet
+            .iter()
+            .all(|device| stored_readings(store_of(device), &device.id) == BEFORE + AFTER)
+    })
+    .await;
+    // The group rule runs again on merged values (partition 1 resent its partials), and
+    // nothing was raised anew: both alerts were restored, still open.
+    eventually("partition 1's partials reach the new bridge", || async {
+        bridge_metric(&bridge_0, "iotmon_partition_peer_partials_total").await > 0
+    })
+    .await;
+    for _ in 0..3 {
+        publish_round(&publisher, &fleet).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert_eq!(
+        bridge_metric(&bridge_0, "iotmon_alerts_raised_total").await,
+        0
+    );
+    assert_eq!(bridge_metric(&bridge_0, "iotmon_alerts_open").await, 2);
+    // Two flush intervals later the rollups are still exact: nothing written twice.
+    for device in &fleet {
+        assert_eq!(
+            stored_readings(store_of(device), &device.id),
+            BEFORE + AFTER,
+            "{}",
+            device.id
+        );
+    }
+
+    // Any dashboard answers history for devices of either bridge, by asking the owner; no
+    // dashboard can read a bridge's SQLite file (they have no data directory in common).
+    for dashboard in &dashboards {
+        for partition in [0, 1] {
+            let device = fleet
+                .iter()
+                .find(|device| device.partition == partition)
+                .expect("a device");
+            assert_eq!(
+                history_readings(dashboard, &device.id).await,
+                BEFORE + AFTER,
+                "{}",
+                device.id
+            );
+        }
+    }
+
+    // The building's load falls on both floors: the merged mean clears the same alert.
+    for device in fleet.iter_mut().filter(|d| d.group.starts_with(BUILDING)) {
+        device.load = 10.0;
+    }
+    let building: Vec<Device> = fleet
+        .iter()
+        .filter(|device| device.group.starts_with(BUILDING))
+        .cloned()
+        .collect();
+    {
+        let building: Vec<&Device> = building.iter().collect();
+        let mut refs: Vec<&mut Viewer> = viewers.iter_mut().collect();
+        publish_until(
+            &publisher,
+            &fleet,
+            &mut refs,
+            "the building's alert cleared",
+            |viewer| {
+                shows_merged(viewer, BUILDING, "load", &building, |d| d.load)
+                    && alerts(viewer).iter().any(|alert| {
+                        alert["subject"] == BUILDING && alert["state"] == "cleared_unacknowledged"
+                    })
+            },
+        )
+        .await;
+    }
+    for viewer in &viewers {
+        let about_building: BTreeMap<u64, Vec<String>> = alerts(viewer)
+            .iter()
+            .filter(|alert| alert["subject"] == BUILDING)
+            .fold(BTreeMap::new(), |mut ids, alert| {
+                ids.entry(alert["id"].as_u64().expect("id"))
+                    .or_default()
+                    .push(alert["state"].as_str().unwrap_or_default().to_string());
+                ids
+            });
+        assert_eq!(
+            about_building.keys().copied().collect::<Vec<_>>(),
+            [group_alert_id],
+            "one alert about the building, before and after the restart: {about_building:?}"
+        );
+    }
+    assert_eq!(
+        bridge_metric(&bridge_0, "iotmon_alerts_raised_total").await,
+        0
+    );
+    assert_eq!(
+        bridge_metric(&bridge_1, "iotmon_alerts_raised_total").await,
+        0
+    );
+
+    // The alert's history, from its bridge's store through a dashboard: raised once, before
+    // the kill, and cleared once, after it.
+    let http = dashboards[1].http.expect("http");
+    let (status, body) = http_get(http, &format!("/api/alerts/{group_alert_id}")).await;
+    assert_eq!(status, 200, "{body}");
+    let detail: Value = serde_json::from_str(&body).expect("JSON");
+    let events: Vec<&str> = detail["transitions"]
+        .as_array()
+        .expect("transitions")
+        .iter()
+        .filter_map(|step| step["event"].as_str())
+        .collect();
+    assert_eq!(events, ["raised", "cleared"], "{detail}");
+    // The alert history merges both bridges' stores: the building's and the device's alerts.
+    let (status, body) = http_get(http, "/api/alerts?from=0").await;
+    assert_eq!(status, 200, "{body}");
+    let listed: Value = serde_json::from_str(&body).expect("JSON");
+    let subjects: std::collections::BTreeSet<&str> = listed["alerts"]
+        .as_array()
+        .expect("alerts")
+        .iter()
+        .filter_map(|alert| alert["subject"].as_str())
+        .collect();
+    assert_eq!(
+        subjects,
+        [BUILDING, hot_id.as_str()].into_iter().collect(),
+        "{listed}"
+    );
+}
+
+/// `iotmon bench split`, tiny: both runs produce figures that add up (every reading through
+/// one and two bridges, the second bridge skipping the first's devices), never how fast.
+#[test]
+fn a_tiny_split_bench_measures_one_and_two_bridges() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_iotmon"))
+        .args([
+            "bench",
+            "split",
+            "--devices",
+            "40",
+            "--interval",
+            "500ms",
+            "--warmup",
+            "500ms",
+            "--measure",
+            "2s",
+            "--json",
+        ])
+        .env("RUST_LOG", "warn")
+        .env(
+            "PATH",
+            format!("{}:/usr/sbin", std::env::var("PATH").unwrap_or_default()),
+        )
+        .output()
+        .expect("iotmon bench runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).expect("a JSON report");
+    assert_eq!(report["scenario"], "split");
+    let runs = report["report"]["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 2, "{report}");
+    for (run, bridges) in runs.iter().zip([1, 2]) {
+        assert_eq!(run["bridges"], bridges);
+        let published = run["published"].as_u64().expect("published");
+        let ingested = run["ingested"].as_u64().expect("ingested");
+        // The window's edges are not synchronized with the fleet: one interval's readings
+        // (40) may be in flight at either edge.
+        assert!(published > 0 && ingested.abs_diff(published) <= 40, "{run}");
+        assert_eq!(
+            run["bridge_cpu_seconds"].as_array().map(Vec::len),
+            Some(bridges)
+        );
+        assert!(
+            run["aggregate_messages_per_second"].as_f64() > Some(0.0),
+            "{run}"
+        );
+    }
+    // The one bridge skips nothing; each of the two skips the other's devices.
+    assert_eq!(runs[0]["skipped"], 0);
+    assert!(runs[1]["skipped"].as_u64() > Some(0), "{report}");
+    assert!(report["report"]["merge"]["ns_per_merge"].as_f64() > Some(0.0));
+}
+
+/// A partition that cannot be is refused at start-up, naming the flag or the key at fault.
+#[test]
+fn an_impossible_partition_is_refused_before_anything_starts() {
+    let dir = TempDir::new("bad-partition");
+    let run = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_iotmon"))
+            .args(args)
+            .output()
+            .expect("iotmon runs");
+        assert!(!output.status.success(), "{args:?} was accepted");
+        String::from_utf8_lossy(&output.stderr).to_string()
+    };
+    let flag = run(&[
+        "bridge",
+        "--broker",
+        "mqtt://127.0.0.1:1",
+        "--data-dir",
+        dir.path(),
+        "--partition",
+        "3/2",
+    ]);
+    assert!(
+        flag.contains("--partition") && flag.contains("K must be below N"),
+        "{flag}"
+    );
+    let config = format!("{}/iotmon.toml", dir.path());
+    std::fs::write(&config, "[bridge]\npartition = \"0/0\"\n").expect("config written");
+    let key = run(&[
+        "bridge",
+        "--broker",
+        "mqtt://127.0.0.1:1",
+        "--data-dir",
+        dir.path(),
+        "--config",
+        &config,
+    ]);
+    assert!(
+        key.contains("partition") && key.contains("N must be between 1 and 1024"),
+        "{key}"
+    );
+}

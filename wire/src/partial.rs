@@ -1,0 +1,340 @@
+//! Partial group aggregates: what a partitioned bridge publishes for the devices it owns, on
+//! `iotmon/partial/<K>/<group path>`, and how dashboards (and the bridge that evaluates group
+//! rules) merge the partitions' partials into one [`GroupAggregate`].
+//!
+//! A mean cannot be merged, a sum can: each partial carries per metric count, sum, min and
+//! max, and device counts, all of which add (or take min/max) across partitions. The merged
+//! mean is the sum of sums over the sum of counts, so a building whose floors live on
+//! different bridges shows the mean over all its devices.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::aggregate::{DeviceCounts, GroupAggregate, MetricAggregate};
+use crate::device::GroupPath;
+use crate::partition::{Partition, MAX_PARTITIONS};
+
+/// One metric over one partition's devices of a group.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PartialMetric {
+    pub count: u64,
+    pub sum: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+/// One partition's share of one group's aggregate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PartialAggregate {
+    pub group: GroupPath,
+    /// The partition (K of `--partition K/N`) this is the share of.
+    pub partition: u32,
+    /// N: how many partitions the publishing bridge knows of.
+    pub partitions: u32,
+    /// When the bridge computed it, ms since the Unix epoch.
+    pub ts: i64,
+    pub devices: DeviceCounts,
+    pub metrics: BTreeMap<Arc<str>, PartialMetric>,
+}
+
+impl PartialAggregate {
+    /// `aggregate` (one bridge's aggregate over its own devices) as partition `partition`'s
+    /// share. The bridge keeps an exact sum internally but hands on a mean; count × mean
+    /// gives the sum back to within f64 rounding (a relative error near 1e-16).
+    pub fn from_aggregate(aggregate: &GroupAggregate, partition: Partition) -> PartialAggregate {
+        PartialAggregate {
+            group: aggregate.group.clone(),
+            partition: partition.index,
+            partitions: partition.count,
+            ts: aggregate.ts,
+            devices: aggregate.devices,
+            metrics: aggregate
+                .metrics
+                .iter()
+                .map(|(name, metric)| {
+                    let partial = PartialMetric {
+                        count: metric.count,
+                        sum: metric.mean * metric.count as f64,
+                        min: metric.min,
+                        max: metric.max,
+                    };
+                    (name.clone(), partial)
+                })
+                .collect(),
+        }
+    }
+
+    /// Checks what serde cannot: a partition within its count, finite numbers.
+    ///
+    /// # Errors
+    /// The first problem found.
+    pub fn check(&self) -> Result<(), PartialError> {
+        if Partition::new(self.partition, self.partitions).is_err() {
+            return Err(PartialError::Partition(self.partition, self.partitions));
+        }
+        for (name, metric) in &self.metrics {
+            if ![metric.sum, metric.min, metric.max]
+                .iter()
+                .all(|value| value.is_finite())
+            {
+                return Err(PartialError::NotFinite(name.to_string()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why a partial was not merged.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum PartialError {
+    #[error("partition {0}/{1} is not a valid partition (at most {MAX_PARTITIONS})")]
+    Partition(u32, u32),
+    #[error("metric {0:?} has a non-finite sum, min or max")]
+    NotFinite(String),
+    #[error("partial for group {partial:?} arrived on the topic of {topic:?}")]
+    TopicMismatch { topic: String, partial: String },
+}
+
+/// The latest partial of every partition, per group; merges them on every change.
+///
+/// Bounded by the deployment: one entry per group and partition, and groups are the prefixes
+/// of the fleet's group paths. A partial announcing a different N than the ones held for its
+/// group (the deployment was re-partitioned) replaces them all, so shares of the old layout
+/// are never added to the new one.
+#[derive(Debug, Default)]
+pub struct PartialMerger {
+    groups: HashMap<GroupPath, GroupShares>,
+}
+
+#[derive(Debug, Default)]
+struct GroupShares {
+    partitions: u32,
+    shares: BTreeMap<u32, PartialAggregate>,
+}
+
+impl PartialMerger {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records `partial` and returns its group's aggregate merged over every partition heard
+    /// from.
+    ///
+    /// # Errors
+    /// The partial fails [`PartialAggregate::check`]; nothing is recorded.
+    pub fn update(&mut self, partial: PartialAggregate) -> Result<GroupAggregate, PartialError> {
+        partial.check()?;
+        let shares = self.groups.entry(partial.group.clone()).or_default();
+        if shares.partitions != partial.partitions {
+            shares.shares.clear();
+            shares.partitions = partial.partitions;
+        }
+        let group = partial.group.clone();
+        shares.shares.insert(partial.partition, partial);
+        Ok(merge(group, shares.shares.values()))
+    }
+
+    /// Groups held.
+    pub fn len(&self) -> usize {
+        self.groups.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.groups.is_empty()
+    }
+
+    /// Partitions heard from for `group`.
+    pub fn partitions_of(&self, group: &str) -> usize {
+        self.groups
+            .get(group)
+            .map_or(0, |shares| shares.shares.len())
+    }
+}
+
+/// Merges partials of one group: counts add, min of mins, max of maxes, the mean is the sum
+/// of sums over the sum of counts, the time is the newest.
+pub fn merge<'a>(
+    group: GroupPath,
+    partials: impl IntoIterator<Item = &'a PartialAggregate>,
+) -> GroupAggregate {
+    let mut devices = DeviceCounts::default();
+    let mut ts = 0;
+    let mut metrics: BTreeMap<Arc<str>, PartialMetric> = BTreeMap::new();
+    for partial in partials {
+        ts = ts.max(partial.ts);
+        // Saturating: a partial is input from the broker, and absurd counts must not overflow.
+        devices.online = devices.online.saturating_add(partial.devices.online);
+        devices.offline = devices.offline.saturating_add(partial.devices.offline);
+        devices.alerting = devices.alerting.saturating_add(partial.devices.alerting);
+        for (name, metric) in &partial.metrics {
+            if metric.count == 0 {
+                continue;
+            }
+            metrics
+                .entry(name.clone())
+                .and_modify(|total| {
+                    total.count = total.count.saturating_add(metric.count);
+                    total.sum += metric.sum;
+                    total.min = total.min.min(metric.min);
+                    total.max = total.max.max(metric.max);
+                })
+                .or_insert(*metric);
+        }
+    }
+    GroupAggregate {
+        group,
+        ts,
+        devices,
+        metrics: metrics
+            .into_iter()
+            .map(|(name, total)| {
+                let aggregate = MetricAggregate {
+                    count: total.count,
+                    mean: total.sum / total.count as f64,
+                    min: total.min,
+                    max: total.max,
+                };
+                (name, aggregate)
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn partial(partition: u32, partitions: u32, values: &[f64], online: u64) -> PartialAggregate {
+        let mut metrics = BTreeMap::new();
+        if !values.is_empty() {
+            metrics.insert(
+                Arc::from("t"),
+                PartialMetric {
+                    count: values.len() as u64,
+                    sum: values.iter().sum(),
+                    min: values.iter().copied().fold(f64::INFINITY, f64::min),
+                    max: values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+                },
+            );
+        }
+        PartialAggregate {
+            group: "hq/building-a".into(),
+            partition,
+            partitions,
+            ts: 1000 + i64::from(partition),
+            devices: DeviceCounts {
+                online,
+                offline: 1,
+                alerting: partition.into(),
+            },
+            metrics,
+        }
+    }
+
+    #[test]
+    fn partitions_merge_into_the_mean_over_all_devices() {
+        let mut merger = PartialMerger::new();
+        // Partition 0 holds three devices, partition 1 one: the mean is over four devices,
+        // not the mean of the two means (which would be 25).
+        let first = merger
+            .update(partial(0, 2, &[10.0, 20.0, 30.0], 3))
+            .expect("valid");
+        assert_eq!(first.metrics["t"].mean, 20.0);
+        let both = merger.update(partial(1, 2, &[30.0], 1)).expect("valid");
+        assert_eq!(
+            both.metrics["t"],
+            MetricAggregate {
+                count: 4,
+                mean: 22.5,
+                min: 10.0,
+                max: 30.0
+            }
+        );
+        assert_eq!(
+            both.devices,
+            DeviceCounts {
+                online: 4,
+                offline: 2,
+                alerting: 1
+            }
+        );
+        assert_eq!(both.ts, 1001);
+        // A newer share of partition 0 replaces its old one; it is not added.
+        let again = merger.update(partial(0, 2, &[10.0], 1)).expect("valid");
+        assert_eq!(
+            (again.metrics["t"].count, again.metrics["t"].mean),
+            (2, 20.0)
+        );
+        assert_eq!(merger.partitions_of("hq/building-a"), 2);
+    }
+
+    #[test]
+    fn a_new_partition_count_drops_the_shares_of_the_old_layout() {
+        let mut merger = PartialMerger::new();
+        merger.update(partial(1, 2, &[100.0], 1)).expect("valid");
+        let after = merger.update(partial(0, 3, &[1.0], 1)).expect("valid");
+        assert_eq!(after.metrics["t"].count, 1);
+        assert_eq!(merger.partitions_of("hq/building-a"), 1);
+    }
+
+    #[test]
+    fn absurd_counts_saturate_instead_of_overflowing() {
+        let mut merger = PartialMerger::new();
+        let mut huge = partial(0, 2, &[1.0], u64::MAX);
+        if let Some(metric) = huge.metrics.get_mut("t") {
+            metric.count = u64::MAX;
+        }
+        merger.update(huge).expect("valid");
+        let merged = merger.update(partial(1, 2, &[1.0], 5)).expect("valid");
+        assert_eq!(merged.devices.online, u64::MAX);
+        assert_eq!(merged.metrics["t"].count, u64::MAX);
+    }
+
+    #[test]
+    fn bad_partials_are_refused_and_change_nothing() {
+        let mut merger = PartialMerger::new();
+        assert_eq!(
+            merger.update(partial(2, 2, &[1.0], 1)),
+            Err(PartialError::Partition(2, 2))
+        );
+        assert!(matches!(
+            merger.update(partial(0, 2, &[f64::NAN], 1)),
+            Err(PartialError::NotFinite(_))
+        ));
+        assert!(merger.is_empty());
+    }
+
+    #[test]
+    fn a_bridge_aggregate_becomes_a_partial_that_round_trips() {
+        let mut metrics = BTreeMap::new();
+        metrics.insert(
+            Arc::from("t"),
+            MetricAggregate {
+                count: 3,
+                mean: 21.0,
+                min: 20.0,
+                max: 22.0,
+            },
+        );
+        let aggregate = GroupAggregate {
+            group: "hq".into(),
+            ts: 5,
+            devices: DeviceCounts::default(),
+            metrics,
+        };
+        let partition = Partition::new(1, 2).expect("valid");
+        let share = PartialAggregate::from_aggregate(&aggregate, partition);
+        assert_eq!(share.metrics["t"].sum, 63.0);
+        let json = serde_json::to_string(&share).expect("serialize");
+        assert_eq!(
+            json,
+            r#"{"group":"hq","partition":1,"partitions":2,"ts":5,"devices":{"online":0,"offline":0,"alerting":0},"metrics":{"t":{"count":3,"sum":63.0,"min":20.0,"max":22.0}}}"#
+        );
+        let back: PartialAggregate = serde_json::from_str(&json).expect("deserialize");
+        assert_eq!(back, share);
+        assert_eq!(merge("hq".into(), [&back]), aggregate);
+    }
+}
