@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use iotmon_wire::topics::group_prefixes;
-use iotmon_wire::{DeviceCounts, GroupAggregate, GroupPath, MetricAggregate};
+use iotmon_wire::{DeviceCounts, GroupAggregate, GroupPath};
 
 use crate::FastMap;
 
@@ -87,23 +87,9 @@ impl MetricPartial {
     }
 }
 
-/// count/sum/min/max of one metric over some devices; combinable across shards.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct PartialMetric {
-    pub count: u64,
-    pub sum: f64,
-    pub min: f64,
-    pub max: f64,
-}
-
-impl PartialMetric {
-    fn combine(&mut self, other: &PartialMetric) {
-        self.count += other.count;
-        self.sum += other.sum;
-        self.min = self.min.min(other.min);
-        self.max = self.max.max(other.max);
-    }
-}
+/// count/sum/min/max of one metric over some devices; combinable across shards, and (in
+/// `wire`) across partitions.
+pub use iotmon_wire::partial::PartialMetric;
 
 /// One shard's share of one group's aggregate.
 #[derive(Debug, Clone, PartialEq)]
@@ -308,21 +294,15 @@ fn merge(group: GroupPath, slots: &[Option<ShardGroup>], now_ms: i64) -> GroupAg
         devices,
         metrics: metrics
             .into_iter()
-            .map(|(name, total)| {
-                let aggregate = MetricAggregate {
-                    count: total.count,
-                    mean: total.sum / total.count as f64,
-                    min: total.min,
-                    max: total.max,
-                };
-                (name, aggregate)
-            })
+            .map(|(name, total)| (name, total.aggregate()))
             .collect(),
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use iotmon_wire::MetricAggregate;
+
     use super::*;
 
     fn metric(name: &str) -> Arc<str> {

@@ -26,6 +26,27 @@ pub struct PartialMetric {
     pub max: f64,
 }
 
+impl PartialMetric {
+    /// Adds `other`'s devices: counts and sums add, min of mins, max of maxes. Saturating:
+    /// a partial can come from the broker, and absurd counts must not overflow.
+    pub fn combine(&mut self, other: &PartialMetric) {
+        self.count = self.count.saturating_add(other.count);
+        self.sum += other.sum;
+        self.min = self.min.min(other.min);
+        self.max = self.max.max(other.max);
+    }
+
+    /// The metric's aggregate: the mean is the sum over the count.
+    pub fn aggregate(&self) -> MetricAggregate {
+        MetricAggregate {
+            count: self.count,
+            mean: self.sum / self.count as f64,
+            min: self.min,
+            max: self.max,
+        }
+    }
+}
+
 /// One partition's share of one group's aggregate.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PartialAggregate {
@@ -175,12 +196,7 @@ pub fn merge<'a>(
             }
             metrics
                 .entry(name.clone())
-                .and_modify(|total| {
-                    total.count = total.count.saturating_add(metric.count);
-                    total.sum += metric.sum;
-                    total.min = total.min.min(metric.min);
-                    total.max = total.max.max(metric.max);
-                })
+                .and_modify(|total| total.combine(metric))
                 .or_insert(*metric);
         }
     }
@@ -190,15 +206,7 @@ pub fn merge<'a>(
         devices,
         metrics: metrics
             .into_iter()
-            .map(|(name, total)| {
-                let aggregate = MetricAggregate {
-                    count: total.count,
-                    mean: total.sum / total.count as f64,
-                    min: total.min,
-                    max: total.max,
-                };
-                (name, aggregate)
-            })
+            .map(|(name, total)| (name, total.aggregate()))
             .collect(),
     }
 }
