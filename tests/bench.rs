@@ -6,8 +6,8 @@ use std::process::Command;
 
 use serde_json::Value;
 
-/// Runs `iotmon bench ARGS --json` and parses the report.
-fn bench(args: &[&str]) -> Value {
+/// Runs `iotmon bench ARGS --json` and parses the report; fails the test if the bench fails.
+pub(crate) fn bench(args: &[&str]) -> Value {
     let output = Command::new(env!("CARGO_BIN_EXE_iotmon"))
         .arg("bench")
         .args(args)

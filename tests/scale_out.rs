@@ -644,33 +644,17 @@ async fn two_partitioned_bridges_and_two_dashboards_on_mosquitto() {
 /// one and two bridges, the second bridge skipping the first's devices), never how fast.
 #[test]
 fn a_tiny_split_bench_measures_one_and_two_bridges() {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_iotmon"))
-        .args([
-            "bench",
-            "split",
-            "--devices",
-            "40",
-            "--interval",
-            "500ms",
-            "--warmup",
-            "500ms",
-            "--measure",
-            "2s",
-            "--json",
-        ])
-        .env("RUST_LOG", "warn")
-        .env(
-            "PATH",
-            format!("{}:/usr/sbin", std::env::var("PATH").unwrap_or_default()),
-        )
-        .output()
-        .expect("iotmon bench runs");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: Value = serde_json::from_slice(&output.stdout).expect("a JSON report");
+    let report = crate::bench::bench(&[
+        "split",
+        "--devices",
+        "40",
+        "--interval",
+        "500ms",
+        "--warmup",
+        "500ms",
+        "--measure",
+        "2s",
+    ]);
     assert_eq!(report["scenario"], "split");
     let runs = report["report"]["runs"].as_array().expect("runs");
     assert_eq!(runs.len(), 2, "{report}");
