@@ -14,6 +14,40 @@ use crate::config::{read_ca_file, read_password_file};
 use crate::layout::{device_id, Group, Layout, Shape};
 use crate::{FleetConfig, Metric, MqttVersion, Qos, SimulatorError};
 
+/// Declares [`FleetDescription`] from one list of its settings, and with it the merge that
+/// lays one description over another, field by field: a setting added to the list is a
+/// fleet-file key, a flag and part of the merge at once, and none can be forgotten in one of
+/// them. Every field must be an `Option`.
+macro_rules! fleet_description {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            $(
+                $(#[$field_meta:meta])*
+                pub $field:ident: $type:ty,
+            )*
+        }
+    ) => {
+        $(#[$meta])*
+        pub struct $name {
+            $(
+                $(#[$field_meta])*
+                pub $field: $type,
+            )*
+        }
+
+        impl $name {
+            /// Every setting of `over` that is given, the one of `self` where it is not.
+            fn each_given_in(self, over: $name) -> $name {
+                $name {
+                    $($field: over.$field.or(self.$field),)*
+                }
+            }
+        }
+    };
+}
+
+fleet_description! {
 /// A fleet as its user describes it, each setting `None` when not given: the keys of a fleet
 /// file, and (with the `cli` feature) the same settings as command-line flags, declared once
 /// here. [`FleetDescription::overridden_by`] lays one description over another (flags over
@@ -110,6 +144,7 @@ pub struct FleetDescription {
     #[cfg_attr(feature = "cli", arg(long, value_parser = humantime::parse_duration))]
     pub ramp: Option<Duration>,
 }
+}
 
 /// `--qos 0|1`.
 #[cfg(feature = "cli")]
@@ -171,37 +206,14 @@ impl FleetDescription {
 
     /// These settings with every one that `over` gives replaced. A password given either way
     /// in `over` replaces both ways here.
-    pub fn overridden_by(self, over: FleetDescription) -> FleetDescription {
-        let credentials = if over.password.is_some() || over.password_file.is_some() {
-            (over.password, over.password_file)
-        } else {
-            (self.password, self.password_file)
-        };
-        FleetDescription {
-            broker: over.broker.or(self.broker),
-            mqtt_version: over.mqtt_version.or(self.mqtt_version),
-            devices: over.devices.or(self.devices),
-            devices_per_floor: over.devices_per_floor.or(self.devices_per_floor),
-            floors_per_building: over.floors_per_building.or(self.floors_per_building),
-            buildings_per_site: over.buildings_per_site.or(self.buildings_per_site),
-            groups: over.groups.or(self.groups),
-            interval: over.interval.or(self.interval),
-            duration: over.duration.or(self.duration),
-            metrics: over.metrics.or(self.metrics),
-            qos: over.qos.or(self.qos),
-            readings_per_message: over.readings_per_message.or(self.readings_per_message),
-            anomaly_rate: over.anomaly_rate.or(self.anomaly_rate),
-            seed: over.seed.or(self.seed),
-            presence: over.presence.or(self.presence),
-            offline_rate: over.offline_rate.or(self.offline_rate),
-            offline_for: over.offline_for.or(self.offline_for),
-            devices_per_connection: over.devices_per_connection.or(self.devices_per_connection),
-            client_prefix: over.client_prefix.or(self.client_prefix),
-            password: credentials.0,
-            password_file: credentials.1,
-            tls_ca: over.tls_ca.or(self.tls_ca),
-            ramp: over.ramp.or(self.ramp),
+    pub fn overridden_by(mut self, over: FleetDescription) -> FleetDescription {
+        // The password and its file are one setting given two ways: a flag's password must
+        // not meet the file's password file (which `resolve` refuses as two passwords).
+        if over.password.is_some() || over.password_file.is_some() {
+            self.password = None;
+            self.password_file = None;
         }
+        self.each_given_in(over)
     }
 
     /// The fleet's device count and layout: the groups listed, or the generated layout's
@@ -420,6 +432,87 @@ mod tests {
         assert_eq!(config.interval, Duration::from_secs(2));
         assert_eq!(config.mqtt_version, MqttVersion::V5);
         assert_eq!(config.password.as_deref(), Some("from-flag"));
+    }
+
+    /// A description giving every setting, the values of `side` 0 and `side` 1 all
+    /// different. Built field by field with no `..`, so a setting added to the description
+    /// does not compile here until it is given too, and then takes part in the tests below.
+    fn every_setting(side: u8) -> FleetDescription {
+        let pick = |values: [u64; 2]| values[usize::from(side)];
+        let secs = |values: [u64; 2]| Some(Duration::from_secs(pick(values)));
+        let path = |name: &str| Some(PathBuf::from(format!("{name}-{side}")));
+        FleetDescription {
+            broker: Some(format!("mqtt://host-{side}:1883").parse().expect("address")),
+            mqtt_version: Some([MqttVersion::V3_1_1, MqttVersion::V5][usize::from(side)]),
+            devices: Some(pick([10, 20]) as usize),
+            devices_per_floor: Some(pick([2, 3]) as usize),
+            floors_per_building: Some(pick([4, 5]) as usize),
+            buildings_per_site: Some(pick([6, 7]) as usize),
+            groups: Some(vec![GroupSettings {
+                path: format!("site-{side}"),
+                devices: Some(1),
+                ids: None,
+            }]),
+            interval: secs([1, 2]),
+            duration: secs([30, 40]),
+            metrics: Some(vec![[Metric::Co2, Metric::Pressure][usize::from(side)]]),
+            qos: Some([Qos::AtMostOnce, Qos::AtLeastOnce][usize::from(side)]),
+            readings_per_message: Some(pick([8, 9]) as usize),
+            anomaly_rate: Some([0.1, 0.2][usize::from(side)]),
+            seed: Some(pick([11, 12])),
+            presence: Some(side == 1),
+            offline_rate: Some([0.3, 0.4][usize::from(side)]),
+            offline_for: secs([50, 60]),
+            devices_per_connection: Some(pick([13, 14]) as usize),
+            client_prefix: Some(format!("prefix-{side}")),
+            password: Some(format!("password-{side}")),
+            password_file: path("password-file"),
+            tls_ca: path("ca"),
+            ramp: secs([70, 80]),
+        }
+    }
+
+    #[test]
+    fn each_setting_given_over_wins_and_each_given_only_below_is_kept() {
+        let (below, over) = (every_setting(0), every_setting(1));
+        assert_ne!(below, over);
+        let none = FleetDescription::default;
+        assert_eq!(none().overridden_by(over.clone()), over, "given only over");
+        assert_eq!(
+            below.clone().overridden_by(none()),
+            below,
+            "given only below"
+        );
+        assert_eq!(
+            below.overridden_by(over.clone()),
+            over,
+            "given on both sides"
+        );
+    }
+
+    #[test]
+    fn a_password_given_either_way_over_replaces_both_ways_below() {
+        let below = FleetDescription {
+            password: Some("below".into()),
+            password_file: Some("below-file".into()),
+            ..FleetDescription::default()
+        };
+        let password = FleetDescription {
+            password: Some("over".into()),
+            ..FleetDescription::default()
+        };
+        let merged = below.clone().overridden_by(password);
+        assert_eq!(merged.password.as_deref(), Some("over"));
+        assert_eq!(merged.password_file, None);
+        let file = FleetDescription {
+            password_file: Some("over-file".into()),
+            ..FleetDescription::default()
+        };
+        let merged = below.clone().overridden_by(file);
+        assert_eq!(merged.password, None);
+        assert_eq!(merged.password_file, Some("over-file".into()));
+        let kept = below.clone().overridden_by(FleetDescription::default());
+        assert_eq!(kept, below);
     }
 
     #[test]
