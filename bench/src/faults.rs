@@ -1982,9 +1982,10 @@ mod tests {
 
     #[test]
     fn store_errors_are_found_in_the_log() {
-        let log = "2026-01-01T00:00:00Z ERROR iotmon_bridge::store::writer: store write failed; batch lost error=database or disk is full\n\
-                   2026-01-01T00:00:01Z WARN iotmon_dashboard: something else\n";
-        assert_eq!(store_error_lines(log).len(), 1);
+        let log = "2026-01-01T00:00:00Z ERROR iotmon_bridge::store::writer: store write failed; batch lost (its rollups and device registry changes; see iotmon_store_errors_total) error=database or disk is full batches=1\n\
+                   2026-01-01T00:00:01Z WARN iotmon_dashboard: something else\n\
+                   2026-01-01T00:00:02Z ERROR iotmon_bridge::store::writer: store maintenance failed; nothing lost, it is retried on the next pass (see iotmon_store_maintenance_errors_total) error=database or disk is full\n";
+        assert_eq!(store_error_lines(log).len(), 2);
     }
 
     #[test]

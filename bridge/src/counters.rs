@@ -25,8 +25,12 @@ pub struct BridgeCounters {
     pub late_readings: AtomicU64,
     /// Store batches dropped because the store's queue was full.
     pub store_batches_dropped: AtomicU64,
-    /// Store transactions that failed (disk full, I/O error, ...); their batch is lost.
+    /// Store transactions that failed (disk full, I/O error, ...): writes, whose batches are
+    /// lost, and maintenance, counted in `store_maintenance_errors` too.
     pub store_errors: AtomicU64,
+    /// Of the failed store transactions, cascade, export, retention and merge passes: nothing
+    /// is lost, they are tried again.
+    pub store_maintenance_errors: AtomicU64,
     /// Rollup rows (finest tier deltas) written to the store.
     pub store_rollup_rows: AtomicU64,
     /// Batches waiting in the store's queue (gauge).
@@ -84,7 +88,7 @@ impl BridgeCounters {
     }
 
     /// Every unlabelled counter with its metric name and help.
-    fn plain(&self) -> [(&'static str, &'static str, Kind, &AtomicU64); 27] {
+    fn plain(&self) -> [(&'static str, &'static str, Kind, &AtomicU64); 28] {
         use Kind::{Counter, Gauge};
         [
             ("iotmon_ingest_messages_total", "Messages received on device topics.", Counter, &self.messages),
@@ -93,7 +97,8 @@ impl BridgeCounters {
             ("iotmon_aggregates_deferred_total", "Aggregate batches held back because the consumer was busy; their groups went out next window.", Counter, &self.aggregates_deferred),
             ("iotmon_rollup_late_readings_total", "Readings later than their rollup window plus grace, left out of the rollups.", Counter, &self.late_readings),
             ("iotmon_store_batches_dropped_total", "Store batches dropped because the store queue was full.", Counter, &self.store_batches_dropped),
-            ("iotmon_store_errors_total", "Store transactions that failed.", Counter, &self.store_errors),
+            ("iotmon_store_errors_total", "Store transactions that failed (a failed write loses its batches).", Counter, &self.store_errors),
+            ("iotmon_store_maintenance_errors_total", "Of the failed store transactions, cascade, export, retention and merge passes (nothing lost, retried).", Counter, &self.store_maintenance_errors),
             ("iotmon_store_rollup_rows_total", "Finest-tier rollup deltas written to the store.", Counter, &self.store_rollup_rows),
             ("iotmon_store_queued_batches", "Batches waiting in the store's queue.", Gauge, &self.store_queued_batches),
             ("iotmon_store_lag_milliseconds", "Queue-to-commit time of the oldest batch in the store's latest transaction.", Gauge, &self.store_lag_ms),

@@ -5,7 +5,10 @@
 //! slices between the shards' batches.
 //!
 //! Errors (disk full, I/O) never stop the thread: the transaction is rolled back, counted in
-//! `iotmon_store_errors_total`, logged at most once per interval, and the thread goes on.
+//! `iotmon_store_errors_total`, logged at most once per interval for each kind of failure,
+//! and the thread goes on. A failed write loses its batches of rollups; a failed maintenance
+//! pass or merge slice loses nothing (it is tried again later) and is also counted in
+//! `iotmon_store_maintenance_errors_total`.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -35,7 +38,7 @@ const RETENTION_EVERY: Duration = Duration::from_secs(600);
 const MAX_WINDOWS_PER_PASS: usize = 1000;
 /// Most lines per outbox entry (one InfluxDB write).
 const LINES_PER_WRITE: usize = 5000;
-/// Least time between two logged store errors.
+/// Least time between two logged store errors of one [`Failed`] kind.
 const ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
 /// How often a merge of `recent_rollups` into `rollups` starts (ms of the clock `maintain` is
 /// given). A merge writes the newest pages of every active series once, where merging every
@@ -51,6 +54,16 @@ const MERGE_AT_ROWS: u64 = 2_000_000;
 /// batch from the shards waits behind the merge: at the reference load about 100 devices'
 /// worth of five minutes, a few hundred of `rollups`' pages.
 const MERGE_SLICE_ROWS: usize = 10_000;
+
+/// What a failed transaction was doing, which says what its failure cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failed {
+    /// Writing batches from the shards: their rollup deltas and registry changes are lost.
+    Write { batches: usize },
+    /// Cascade, export, retention or a merge slice: nothing is lost, the next maintenance
+    /// pass tries again.
+    Maintenance,
+}
 
 /// One tier as the writer uses it.
 #[derive(Debug, Clone, Copy)]
@@ -72,7 +85,11 @@ pub struct Writer {
     counters: Arc<BridgeCounters>,
     ids: Ids,
     last_retention: Option<Instant>,
-    last_error_log: Option<Instant>,
+    /// When a failed write was last logged.
+    last_write_error_log: Option<Instant>,
+    /// When a failed maintenance pass or merge slice was last logged: kept apart from
+    /// writes, so that failing maintenance never hides that batches are being lost.
+    last_maintenance_error_log: Option<Instant>,
     /// When the last completed merge of `recent_rollups` into `rollups` started, on
     /// `maintain`'s clock.
     last_merge_ms: i64,
@@ -117,7 +134,8 @@ impl Writer {
             counters,
             ids: Ids::default(),
             last_retention: None,
-            last_error_log: None,
+            last_write_error_log: None,
+            last_maintenance_error_log: None,
             last_merge_ms: now_ms,
             rows_since_merge,
             merge: None,
@@ -154,17 +172,17 @@ impl Writer {
                 Err(RecvTimeoutError::Disconnected) => break,
             }
             let merged = self.merge_slice();
-            self.record_failure(merged);
+            self.record_failure(Failed::Maintenance, merged);
             if last_maintenance.elapsed() >= MAINTENANCE_EVERY {
                 last_maintenance = Instant::now();
                 let maintained = self.maintain(unix_millis());
-                self.record_failure(maintained);
+                self.record_failure(Failed::Maintenance, maintained);
             }
         }
         // Leaves the database in the layout older versions of iotmon read too; a kill before
         // this point loses nothing (the next run reads the recent rows and merges them).
         let merged = self.merge_recent(unix_millis());
-        self.record_failure(merged);
+        self.record_failure(Failed::Maintenance, merged);
         info!("store closed");
     }
 
@@ -181,7 +199,8 @@ impl Writer {
             .store_queued_batches
             .fetch_sub(batches.len() as u64, Ordering::Relaxed);
         let written = self.write(&batches);
-        self.record_failure(written);
+        let batches = batches.len();
+        self.record_failure(Failed::Write { batches }, written);
         let lag = u64::try_from(oldest.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.counters.store_lag_ms.store(lag, Ordering::Relaxed);
     }
@@ -331,16 +350,38 @@ impl Writer {
         Ok(())
     }
 
-    fn record_failure(&mut self, result: Result<(), StoreError>) {
-        let Err(failure) = result else { return };
+    /// Counts a failed transaction and logs it, saying what it cost, at most once per
+    /// [`ERROR_LOG_EVERY`] for each kind of failure.
+    fn record_failure(&mut self, failed: Failed, result: Result<(), StoreError>) {
+        let Err(error) = result else { return };
+        // Ids the rolled-back transaction inserted are gone with it.
         self.ids.clear();
         self.counters.store_errors.fetch_add(1, Ordering::Relaxed);
-        let due = self
-            .last_error_log
-            .is_none_or(|last| last.elapsed() >= ERROR_LOG_EVERY);
-        if due {
-            self.last_error_log = Some(Instant::now());
-            error!(error = %failure, "store write failed; batch lost (see iotmon_store_errors_total)");
+        let last_log = match failed {
+            Failed::Write { .. } => &mut self.last_write_error_log,
+            Failed::Maintenance => {
+                self.counters
+                    .store_maintenance_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                &mut self.last_maintenance_error_log
+            }
+        };
+        if last_log.is_some_and(|last| last.elapsed() < ERROR_LOG_EVERY) {
+            return;
+        }
+        *last_log = Some(Instant::now());
+        match failed {
+            Failed::Write { batches } => error!(
+                %error,
+                batches,
+                "store write failed; batch lost (its rollups and device registry changes; see \
+                 iotmon_store_errors_total)"
+            ),
+            Failed::Maintenance => error!(
+                %error,
+                "store maintenance failed; nothing lost, it is retried on the next pass \
+                 (see iotmon_store_maintenance_errors_total)"
+            ),
         }
     }
 }

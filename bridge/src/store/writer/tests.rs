@@ -250,8 +250,9 @@ fn a_full_disk_is_counted_and_the_writer_goes_on() {
         .collect();
     let failed = writer.write(&[batch(vec![], many)]);
     assert!(failed.is_err(), "the write cannot fit");
-    writer.record_failure(failed);
+    writer.record_failure(Failed::Write { batches: 1 }, failed);
     assert_eq!(counters.store_errors.load(Ordering::Relaxed), 1);
+    assert_eq!(counters.store_maintenance_errors.load(Ordering::Relaxed), 0);
     assert_eq!(
         count_rows(&writer, 10_000),
         0,
@@ -523,8 +524,9 @@ fn a_failed_merge_leaves_both_tables_as_they_were() {
     fill_the_disk(&writer);
     let failed = writer.merge_recent(T0 + 1);
     assert!(failed.is_err(), "the merge cannot fit");
-    writer.record_failure(failed);
+    writer.record_failure(Failed::Maintenance, failed);
     assert_eq!(counters.store_errors.load(Ordering::Relaxed), 1);
+    assert_eq!(counters.store_maintenance_errors.load(Ordering::Relaxed), 1);
     assert_eq!(
         recent_row_count(&writer),
         5_000,
@@ -1056,4 +1058,74 @@ fn store_write_cost_probe() {
         timings[timings.len() / 2].as_secs_f64() * 1000.0,
         timings[timings.len() - 1].as_secs_f64() * 1000.0,
     );
+}
+
+/// The log lines `tracing` writes while `run` runs, one string each.
+fn logged(run: impl FnOnce()) -> Vec<String> {
+    #[derive(Clone, Default)]
+    struct Lines(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Lines {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .expect("not poisoned")
+                .extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let lines = Lines::default();
+    let sink = lines.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || sink.clone())
+        .with_ansi(false)
+        .finish();
+    tracing::subscriber::with_default(subscriber, run);
+    let text = String::from_utf8(lines.0.lock().expect("not poisoned").clone()).expect("UTF-8");
+    text.lines().map(str::to_string).collect()
+}
+
+#[test]
+fn the_log_tells_a_lost_batch_from_maintenance_retried_each_at_most_once_per_interval() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let counters = Arc::new(BridgeCounters::default());
+    let connection = schema::open(&db_path(dir.path())).expect("open");
+    let mut writer =
+        Writer::new(connection, &BridgeConfig::default(), counters.clone(), T0).expect("writer");
+    let deltas = |from: i64| -> Vec<RollupDelta> {
+        (0..5_000)
+            .map(|i| delta("d1", from + i * 10_000, 1.0, from + i * 10_000))
+            .collect()
+    };
+    writer
+        .write(&[batch(vec![entry("d1")], deltas(T0))])
+        .expect("write");
+    fill_the_disk(&writer);
+    let lines = logged(|| {
+        for _ in 0..2 {
+            let lost = writer.write(&[batch(vec![], deltas(T0 + 100_000_000))]);
+            assert!(lost.is_err(), "the write cannot fit");
+            writer.record_failure(Failed::Write { batches: 1 }, lost);
+            let retried = writer.merge_recent(T0 + 1);
+            assert!(retried.is_err(), "the merge cannot fit");
+            writer.record_failure(Failed::Maintenance, retried);
+        }
+    });
+    assert_eq!(lines.len(), 2, "one line of each kind: {lines:#?}");
+    assert!(
+        lines[0].contains("store write failed; batch lost") && lines[0].contains("batches=1"),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[1].contains("store maintenance failed; nothing lost")
+            && !lines[1].contains("batch lost"),
+        "{}",
+        lines[1]
+    );
+    assert!(lines.iter().all(|line| line.contains("full")), "{lines:#?}");
+    assert_eq!(counters.store_errors.load(Ordering::Relaxed), 4);
+    assert_eq!(counters.store_maintenance_errors.load(Ordering::Relaxed), 2);
 }
