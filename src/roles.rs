@@ -58,6 +58,7 @@ pub async fn serve(
     let alert_access = AlertAccess {
         commands: Some(CommandRoute::InProcess(alert_commands)),
         rules: rules_json(&alerting.rules),
+        open_alerts_first: true,
     };
     let broker = start_broker(&config)?;
     // The bridge subscribes before the listener opens, so no early reading is lost.
@@ -366,6 +367,9 @@ pub async fn dashboard(
     let alert_access = AlertAccess {
         commands: Some(CommandRoute::Broker(alert_commands)),
         rules: rules_json(&config.rules()?),
+        // Alerts arrive one subject at a time from the broker (retained, then resent when
+        // the bridge answers the sync request), so no batch is known to be all of them.
+        open_alerts_first: false,
     };
     let served = iotmon_dashboard::run(
         config.dashboard,

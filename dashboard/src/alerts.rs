@@ -42,6 +42,12 @@ pub struct AlertAccess {
     pub commands: Option<CommandRoute>,
     /// The configured rules, as `/api/rules` serves them.
     pub rules: Arc<serde_json::Value>,
+    /// The first batch of alerts on the live stream holds every open alert: the alert
+    /// manager of a bridge in this process sends the alerts it reloaded first, even none.
+    /// The HTTP listener then answers only once the hub has them, so that the first
+    /// `/api/alerts` after a restart lists every alert still open. `false` when split: alerts
+    /// come from the broker one at a time, with no batch known to be complete.
+    pub open_alerts_first: bool,
 }
 
 /// Longest shelving an operator may ask for: 30 days.

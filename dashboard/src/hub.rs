@@ -65,6 +65,8 @@ pub enum HubCommand {
     },
     /// The open alerts, for `/api/alerts`.
     ListAlerts { reply: oneshot::Sender<Vec<Alert>> },
+    /// Answered once the first batch of alerts has arrived (at once if it has).
+    AlertsReceived { reply: oneshot::Sender<()> },
 }
 
 /// What a viewer has on screen.
@@ -313,6 +315,14 @@ impl HubHandle {
         answer.await.ok()
     }
 
+    /// Returns once the first batch of alerts from the bridge has been applied (with the
+    /// bridge in this process, that batch holds every open alert); `false` if the hub stopped
+    /// first.
+    pub async fn alerts_received(&self) -> bool {
+        let (reply, answer) = oneshot::channel();
+        self.send(HubCommand::AlertsReceived { reply }).await && answer.await.is_ok()
+    }
+
     /// The open alerts, or `None` once the hub stopped.
     pub async fn list_alerts(&self) -> Option<Vec<Alert>> {
         let (reply, answer) = oneshot::channel();
@@ -508,6 +518,10 @@ pub struct Hub {
     dirty: HashSet<ViewerId>,
     /// The open alerts.
     alerts: HashMap<AlertId, Alert>,
+    /// Whether a batch of alerts has arrived yet.
+    alerts_received: bool,
+    /// Who waits for the first batch of alerts (see [`HubHandle::alerts_received`]).
+    awaiting_alerts: Vec<oneshot::Sender<()>>,
     stats: Arc<HubStats>,
 }
 
@@ -524,6 +538,8 @@ impl Hub {
             fleet_watchers: HashSet::new(),
             dirty: HashSet::new(),
             alerts: HashMap::new(),
+            alerts_received: false,
+            awaiting_alerts: Vec::new(),
             stats,
         }
     }
@@ -542,6 +558,13 @@ impl Hub {
             }
             HubCommand::ListAlerts { reply } => {
                 let _ = reply.send(self.alerts.values().cloned().collect());
+            }
+            HubCommand::AlertsReceived { reply } => {
+                if self.alerts_received {
+                    let _ = reply.send(());
+                } else {
+                    self.awaiting_alerts.push(reply);
+                }
             }
             HubCommand::ListDevices { query, reply } => {
                 // A page scrolled past is abandoned by the browser before its turn comes:
@@ -699,6 +722,11 @@ impl Hub {
     /// in its view, or under one of its groups. A viewer whose queue is full gets it in the
     /// snapshot it is then owed.
     fn apply_alerts(&mut self, alerts: Vec<Alert>) {
+        self.alerts_received = true;
+        for waiting in self.awaiting_alerts.drain(..) {
+            // One that stopped waiting needs no answer.
+            let _ = waiting.send(());
+        }
         for alert in alerts {
             // Copies of one alert may arrive twice (a resend after a dashboard asked for
             // everything); only a newer one counts.

@@ -38,6 +38,11 @@ pub const LIVE_UPDATE_CAPACITY: usize = 8;
 /// How long shutdown waits for viewer sessions to say goodbye.
 const SESSIONS_GRACE: Duration = Duration::from_secs(2);
 
+/// Longest the HTTP listener waits at start for the bridge's open alerts (see
+/// [`alerts::AlertAccess::open_alerts_first`]); they normally come within milliseconds. Past
+/// it the dashboard answers with what it has, as it would without a bridge.
+const OPEN_ALERTS_WAIT: Duration = Duration::from_secs(5);
+
 /// Why the dashboard stopped with an error.
 #[derive(Debug, Error)]
 pub enum DashboardError {
@@ -87,6 +92,9 @@ pub async fn run(
         "the dashboard hub",
         hub_task,
     ));
+    if alerts.open_alerts_first {
+        await_open_alerts(&hub, &shutdown).await;
+    }
     let sessions = TaskTracker::new();
     let state = api::AppState {
         hub,
@@ -107,4 +115,21 @@ pub async fn run(
     let _ = tokio::time::timeout(SESSIONS_GRACE, sessions.wait()).await;
     let _ = hub_task.await;
     served.map_err(DashboardError::Serve)
+}
+
+/// Waits until the hub holds the open alerts the bridge sent first, for at most
+/// [`OPEN_ALERTS_WAIT`] or until `shutdown`. Connections that arrive meanwhile wait in the
+/// listener's backlog.
+async fn await_open_alerts(hub: &hub::HubHandle, shutdown: &CancellationToken) {
+    tokio::select! {
+        () = shutdown.cancelled() => {}
+        received = tokio::time::timeout(OPEN_ALERTS_WAIT, hub.alerts_received()) => {
+            if received.is_err() {
+                tracing::warn!(
+                    waited = ?OPEN_ALERTS_WAIT,
+                    "no open alerts from the bridge yet; answering without them"
+                );
+            }
+        }
+    }
 }

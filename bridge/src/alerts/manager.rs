@@ -96,9 +96,11 @@ pub async fn run(
     let mut writer = Writer::new(store, counters.clone());
     writer.queue(book.take_changes());
     let mut last_prune = i64::MIN;
-    // Dashboards start knowing the alerts still open from before a restart.
+    // Dashboards start knowing the alerts still open from before a restart. This is the
+    // first batch of alerts on the live stream, and it is sent even when empty: a dashboard
+    // in this process waits for it before it answers (`AlertAccess::open_alerts_first`).
     let open: Vec<Alert> = book.open_alerts().cloned().collect();
-    if !open.is_empty() && live_updates.send(LiveUpdate::Alerts(open)).await.is_err() {
+    if live_updates.send(LiveUpdate::Alerts(open)).await.is_err() {
         return;
     }
     loop {
