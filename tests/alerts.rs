@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use crate::support::mosquitto;
 use crate::support::{
-    eventually, http_get, http_post, Iotmon, Publisher, TempDir, Viewer, DEADLINE,
+    eventually, http_get, http_post, metric_value, Iotmon, Publisher, TempDir, Viewer, DEADLINE,
 };
 
 const RULES: &str = r#"
@@ -237,6 +237,65 @@ async fn open_alerts_and_pending_delays_survive_kill_9_and_acknowledgements_a_re
         .expect("still open");
     assert_eq!(hot["state"], "active_acknowledged");
     assert_eq!(hot["acknowledged_by"], "api");
+}
+
+/// serve reloads the open alerts from its alert store at start, and its dashboard answers
+/// only once it holds them: the very first `/api/alerts` after a `kill -9` lists them all,
+/// even while the bridge is busy restoring a registry of thousands of devices.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_answer_of_api_alerts_after_kill_9_lists_every_open_alert() {
+    const DEVICES: usize = 5_000;
+    const HOT: usize = 100;
+    let data_dir = TempDir::new("alerts-first-answer");
+    let config = format!("{}/iotmon.toml", data_dir.path());
+    std::fs::write(&config, RULES).expect("config written");
+    let mut iotmon = Iotmon::serve_in(data_dir.path(), &["--config", &config]);
+    let http = iotmon.http.expect("http");
+    let device = Publisher::connect(iotmon.mqtt.expect("mqtt"), "fleet").await;
+    for i in 0..DEVICES {
+        let t = if i < HOT { 35.0 } else { 20.0 };
+        device
+            .publish(&format!("sensors/hq/a/d-{i}"), format!(r#"{{"t":{t}}}"#))
+            .await;
+    }
+    // Every device in the store's registry (written with its rollups, in one transaction),
+    // every alert in the alert store: what a restart reloads.
+    eventually(DEADLINE, "every device's rollup stored", || async {
+        let (_, metrics) = http_get(http, "/metrics").await;
+        let rows = metric_value(&metrics, "iotmon_store_rollup_rows_total");
+        if rows >= DEVICES as u64 {
+            Ok(())
+        } else {
+            Err(rows)
+        }
+    })
+    .await;
+    alerts_until(http, "?from=0&limit=1000", |alerts| alerts.len() == HOT).await;
+    drop(device);
+    iotmon.kill_hard();
+
+    let iotmon = Iotmon::serve_in(data_dir.path(), &["--config", &config]);
+    let http = iotmon.http.expect("http").to_string();
+    // The first answer there is: any later one would hide an answer given too early.
+    let first = eventually(DEADLINE, "an answer of /api/alerts", || async {
+        match iotmon_probe::http::get(&http, "/api/alerts?limit=1000").await {
+            Ok(response) if response.status == 200 => Ok(response.body),
+            Ok(response) => Err(format!("{}: {}", response.status, response.body)),
+            Err(error) => Err(error.to_string()),
+        }
+    })
+    .await;
+    let first: Value = serde_json::from_str(&first).expect("JSON");
+    let mut subjects: Vec<&str> = first["alerts"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|alert| alert["subject"].as_str().expect("a subject"))
+        .collect();
+    subjects.sort_unstable();
+    let mut expected: Vec<String> = (0..HOT).map(|i| format!("d-{i}")).collect();
+    expected.sort_unstable();
+    assert_eq!(subjects, expected, "the first answer after the restart");
 }
 
 #[test]

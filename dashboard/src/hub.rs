@@ -1378,6 +1378,20 @@ mod tests {
     }
 
     #[test]
+    fn waiting_for_alerts_ends_with_the_first_batch_even_an_empty_one() {
+        let mut hub = Hub::new(Arc::default());
+        let (reply, mut early) = oneshot::channel();
+        hub.handle_command(HubCommand::AlertsReceived { reply });
+        hub.apply(LiveUpdate::Devices(vec![state("a", 1.0)]));
+        assert!(early.try_recv().is_err(), "device states are not alerts");
+        hub.apply(LiveUpdate::Alerts(Vec::new()));
+        assert_eq!(early.try_recv(), Ok(()));
+        let (reply, mut late) = oneshot::channel();
+        hub.handle_command(HubCommand::AlertsReceived { reply });
+        assert_eq!(late.try_recv(), Ok(()), "answered at once once received");
+    }
+
+    #[test]
     fn changing_the_view_moves_the_index() {
         let mut hub = Hub::new(Arc::default());
         let (tx, _rx) = mpsc::channel(8);
