@@ -36,8 +36,15 @@ fn delta(device: &str, start: i64, value: f64, ts: i64) -> RollupDelta {
 }
 
 fn writer(dir: &std::path::Path, config: &BridgeConfig) -> Writer {
+    counted_writer(dir, config).0
+}
+
+/// A writer on the store in `dir`, and the counters it reports into.
+fn counted_writer(dir: &std::path::Path, config: &BridgeConfig) -> (Writer, Arc<BridgeCounters>) {
+    let counters = Arc::new(BridgeCounters::default());
     let connection = schema::open(&db_path(dir)).expect("open");
-    Writer::new(connection, config, Arc::default(), T0).expect("writer")
+    let writer = Writer::new(connection, config, counters.clone(), T0).expect("writer");
+    (writer, counters)
 }
 
 fn batch(devices: Vec<RegistryEntry>, rollups: Vec<RollupDelta>) -> StoreBatch {
@@ -194,9 +201,7 @@ fn a_full_outbox_drops_the_oldest_entries_and_counts_them() {
     let mut config = BridgeConfig::default();
     config.influx.enabled = true;
     config.influx.max_outbox_bytes = 300;
-    let counters = Arc::new(BridgeCounters::default());
-    let connection = schema::open(&db_path(dir.path())).expect("open");
-    let mut writer = Writer::new(connection, &config, counters.clone(), T0).expect("writer");
+    let (mut writer, counters) = counted_writer(dir.path(), &config);
     for window in 0..6 {
         let start = T0 + window * 10_000;
         let rows = batch(vec![entry("d1")], vec![delta("d1", start, 1.0, start)]);
@@ -237,10 +242,7 @@ fn a_full_outbox_drops_the_oldest_entries_and_counts_them() {
 #[test]
 fn a_full_disk_is_counted_and_the_writer_goes_on() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let counters = Arc::new(BridgeCounters::default());
-    let connection = schema::open(&db_path(dir.path())).expect("open");
-    let mut writer =
-        Writer::new(connection, &BridgeConfig::default(), counters.clone(), T0).expect("writer");
+    let (mut writer, counters) = counted_writer(dir.path(), &BridgeConfig::default());
     writer
         .write(&[batch(vec![entry("d1")], vec![])])
         .expect("write");
@@ -280,9 +282,7 @@ fn writes_wait_for_the_outbox_sender_instead_of_failing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = BridgeConfig::default();
     config.influx.enabled = true;
-    let counters = Arc::new(BridgeCounters::default());
-    let connection = schema::open(&db_path(dir.path())).expect("open");
-    let mut writer = Writer::new(connection, &config, counters.clone(), T0).expect("writer");
+    let (mut writer, counters) = counted_writer(dir.path(), &config);
     let sender_connection = schema::open(&db_path(dir.path())).expect("open");
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sender_done = Arc::clone(&done);
@@ -510,10 +510,7 @@ fn a_restart_before_the_merge_keeps_every_row_once() {
 #[test]
 fn a_failed_merge_leaves_both_tables_as_they_were() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let counters = Arc::new(BridgeCounters::default());
-    let connection = schema::open(&db_path(dir.path())).expect("open");
-    let mut writer =
-        Writer::new(connection, &BridgeConfig::default(), counters.clone(), T0).expect("writer");
+    let (mut writer, counters) = counted_writer(dir.path(), &BridgeConfig::default());
     let many: Vec<RollupDelta> = (0..5_000)
         .map(|i| delta("d1", T0 + i * 10_000, 1.0, T0 + i * 10_000))
         .collect();
@@ -1090,10 +1087,7 @@ fn logged(run: impl FnOnce()) -> Vec<String> {
 #[test]
 fn the_log_tells_a_lost_batch_from_maintenance_retried_each_at_most_once_per_interval() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let counters = Arc::new(BridgeCounters::default());
-    let connection = schema::open(&db_path(dir.path())).expect("open");
-    let mut writer =
-        Writer::new(connection, &BridgeConfig::default(), counters.clone(), T0).expect("writer");
+    let (mut writer, counters) = counted_writer(dir.path(), &BridgeConfig::default());
     let deltas = |from: i64| -> Vec<RollupDelta> {
         (0..5_000)
             .map(|i| delta("d1", from + i * 10_000, 1.0, from + i * 10_000))
