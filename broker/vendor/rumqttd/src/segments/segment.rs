@@ -27,19 +27,24 @@ impl<T> Segment<T>
 where
     T: Storage + Clone,
 {
-    pub(crate) fn with_offset(absolute_offset: u64) -> Self {
+    /// iotmon patch 39: `slots` entries are allocated up front (upstream: always 1024, which
+    /// for a small segment was more than the segment's size).
+    pub(crate) fn with_offset(absolute_offset: u64, slots: usize) -> Self {
         Self {
-            data: Vec::with_capacity(1024),
+            data: Vec::with_capacity(slots),
             absolute_offset,
             total_size: 0,
         }
     }
+    #[cfg(test)]
     pub(crate) fn new() -> Self {
-        Self {
-            data: Vec::with_capacity(1024),
-            absolute_offset: 0,
-            total_size: 0,
-        }
+        Self::with_offset(0, 1024)
+    }
+
+    /// iotmon patch 39: a segment that takes no more entries gives back the slots it
+    /// reserved and did not use.
+    pub(crate) fn seal(&mut self) {
+        self.data.shrink_to_fit();
     }
 
     #[inline]
