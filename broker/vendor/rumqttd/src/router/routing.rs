@@ -1669,6 +1669,10 @@ fn ack_device_data(ackslog: &mut AckLog, outgoing: &mut Outgoing) -> bool {
     }
 
     debug!(acks_count = count, "Acks sent to device");
+    drop(buffer);
+    // iotmon patch 40: a resumed session's retained messages in flight go after its
+    // CONNACK, the first ack queued for it.
+    outgoing.resend_retained();
     outgoing.handle.try_send(()).ok();
     true
 }
