@@ -113,9 +113,9 @@ fn a_filters_log_of_small_messages_stays_within_its_configured_size() {
 
     // Measured: each message kept costs ~0.3 KiB whatever its size. Charged only its own
     // bytes (12 for these), the log kept ~50,000 of them: 15,620 KiB grown. Charged what
-    // it costs: 960–980 KiB, of which ~450 KiB is the rest of the broker (the two
-    // connections, the router's batches).
-    let tolerance_kib = 2 * 1024;
+    // it costs: 1,240–1,690 KiB, the log's 512 KiB and the rest of the broker (the two
+    // connections, the router's batches, the allocator's slack as segments grow).
+    let tolerance_kib = 3 * 1024;
     assert!(
         grown < limit_kib + tolerance_kib,
         "{messages} one-byte messages on one filter grew the broker by {grown} KiB, \

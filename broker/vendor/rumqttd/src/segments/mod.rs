@@ -72,7 +72,7 @@ where
         }
 
         let mut segments = VecDeque::with_capacity(max_mem_segments);
-        segments.push_back(Segment::with_offset(0, Self::slots(max_segment_size)));
+        segments.push_back(Segment::new());
 
         Ok(Self {
             head: 0,
@@ -81,14 +81,6 @@ where
             max_mem_segments,
             segments,
         })
-    }
-
-    /// iotmon patch 39: the entries a segment reserves room for up front. Every entry is
-    /// charged at least its own slot (`Storage::size`), so a segment holds at most
-    /// `max_segment_size / size_of::<T>() + 1` of them: reserving more than that only took
-    /// memory (upstream reserved 1024, ~240 KiB of slots for a 1 KiB segment).
-    fn slots(max_segment_size: usize) -> usize {
-        (max_segment_size / std::mem::size_of::<T>().max(1) + 1).min(1024)
     }
 
     #[inline]
@@ -175,10 +167,8 @@ where
 
             // Pushing a new segment into segments and updating the tail automatically changes
             // the active segment to a new empty one.
-            self.segments.push_back(Segment::with_offset(
-                absolute_offset,
-                Self::slots(self.max_segment_size),
-            ));
+            self.segments
+                .push_back(Segment::with_offset(absolute_offset));
             self.tail += 1;
         }
     }
