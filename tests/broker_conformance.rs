@@ -698,6 +698,20 @@ async fn messages_published_while_a_persistent_client_is_away_are_delivered_on_r
     }
 }
 
+/// Checks that each of `originals` is among `again`, sent again with DUP 1, its packet
+/// identifier and its QoS (MQTT-4.4.0-1, MQTT-3.3.1-1).
+fn assert_resent_with_dup(version: Version, originals: &[Delivery], again: &[Delivery]) {
+    for original in originals {
+        let resent = again
+            .iter()
+            .find(|d| d.payload == original.payload)
+            .unwrap_or_else(|| panic!("{version:?}: {original:?} resent, got {again:?}"));
+        assert!(resent.dup, "{version:?}: DUP set on {resent:?}");
+        assert_eq!(resent.packet_id, original.packet_id, "{version:?}: same id");
+        assert_eq!(resent.qos, original.qos, "{version:?}: same QoS");
+    }
+}
+
 /// MQTT-4.4.0-1 (MQTT 5: MQTT-4.4.0-1) and MQTT-3.3.1-1: on resuming a session, the server
 /// resends unacknowledged PUBLISHes with their original packet identifiers and DUP 1; a QoS
 /// 0 message delivered before is not sent again (at most once, §4.3.1).
@@ -730,15 +744,7 @@ async fn unacknowledged_messages_are_resent_with_dup_and_the_same_packet_id(brok
             !payloads(&again).contains(&"zero".to_string()),
             "{version:?}: {again:?}"
         );
-        for original in &first {
-            let resent = again
-                .iter()
-                .find(|d| d.payload == original.payload)
-                .unwrap_or_else(|| panic!("{version:?}: {original:?} resent"));
-            assert!(resent.dup, "{version:?}: DUP set on {resent:?}");
-            assert_eq!(resent.packet_id, original.packet_id, "{version:?}: same id");
-            assert_eq!(resent.qos, original.qos);
-        }
+        assert_resent_with_dup(version, &first, &again);
     }
 }
 
@@ -764,14 +770,7 @@ async fn a_session_taken_over_resends_unacknowledged_messages_with_dup(broker: &
             RawClient::connect(addr, Broker::persistent(version, &client_id)).await;
         assert!(connack.session_present, "{version:?}");
         let again = new.deliveries_until("two").await;
-        for original in &first {
-            let resent = again
-                .iter()
-                .find(|d| d.payload == original.payload)
-                .unwrap_or_else(|| panic!("{version:?}: {original:?} resent"));
-            assert!(resent.dup, "{version:?}: DUP set on {resent:?}");
-            assert_eq!(resent.packet_id, original.packet_id, "{version:?}: same id");
-        }
+        assert_resent_with_dup(version, &first, &again);
         drop(old);
     }
 }
@@ -832,12 +831,7 @@ async fn an_unacknowledged_retained_message_is_resent_with_dup_on_resume(broker:
             .publish(Publish::new(&topic, b"after").qos(1, 2))
             .await;
         let again = client.deliveries_until("after").await;
-        let resent = again
-            .iter()
-            .find(|d| d.payload == first.payload)
-            .unwrap_or_else(|| panic!("{version:?}: {first:?} resent, got {again:?}"));
-        assert!(resent.dup, "{version:?}: DUP set on {resent:?}");
-        assert_eq!(resent.packet_id, first.packet_id, "{version:?}: same id");
+        assert_resent_with_dup(version, &[first], &again);
     }
 }
 
