@@ -698,6 +698,20 @@ async fn messages_published_while_a_persistent_client_is_away_are_delivered_on_r
     }
 }
 
+/// Checks that each of `originals` is among `again`, sent again with DUP 1, its packet
+/// identifier and its QoS (MQTT-4.4.0-1, MQTT-3.3.1-1).
+fn assert_resent_with_dup(version: Version, originals: &[Delivery], again: &[Delivery]) {
+    for original in originals {
+        let resent = again
+            .iter()
+            .find(|d| d.payload == original.payload)
+            .unwrap_or_else(|| panic!("{version:?}: {original:?} resent, got {again:?}"));
+        assert!(resent.dup, "{version:?}: DUP set on {resent:?}");
+        assert_eq!(resent.packet_id, original.packet_id, "{version:?}: same id");
+        assert_eq!(resent.qos, original.qos, "{version:?}: same QoS");
+    }
+}
+
 /// MQTT-4.4.0-1 (MQTT 5: MQTT-4.4.0-1) and MQTT-3.3.1-1: on resuming a session, the server
 /// resends unacknowledged PUBLISHes with their original packet identifiers and DUP 1; a QoS
 /// 0 message delivered before is not sent again (at most once, §4.3.1).
@@ -730,15 +744,94 @@ async fn unacknowledged_messages_are_resent_with_dup_and_the_same_packet_id(brok
             !payloads(&again).contains(&"zero".to_string()),
             "{version:?}: {again:?}"
         );
-        for original in &first {
-            let resent = again
-                .iter()
-                .find(|d| d.payload == original.payload)
-                .unwrap_or_else(|| panic!("{version:?}: {original:?} resent"));
-            assert!(resent.dup, "{version:?}: DUP set on {resent:?}");
-            assert_eq!(resent.packet_id, original.packet_id, "{version:?}: same id");
-            assert_eq!(resent.qos, original.qos);
-        }
+        assert_resent_with_dup(version, &first, &again);
+    }
+}
+
+/// MQTT-4.4.0-1 and MQTT-3.3.1-1 when the session moves to a new connection while the old
+/// one is still open (MQTT-3.1.4-2): the new connection gets the unacknowledged PUBLISH
+/// again, with its packet identifier and DUP 1.
+async fn a_session_taken_over_resends_unacknowledged_messages_with_dup(broker: &Broker) {
+    for version in BOTH {
+        let client_id = id("moved", version);
+        let addr = broker.addr(version);
+        let mut old = RawClient::connected(addr, Broker::persistent(version, &client_id)).await;
+        old.subscribe(1, &[("moved/t", 2)]).await;
+        let mut publisher = broker.client(version, &id("moved-pub", version)).await;
+        publisher
+            .publish(Publish::new("moved/t", b"one").qos(1, 1))
+            .await;
+        publisher
+            .publish(Publish::new("moved/t", b"two").qos(2, 2))
+            .await;
+        // Received, never acknowledged; the old connection stays open.
+        let first = [old.delivery().await, old.delivery().await];
+        let (mut new, connack) =
+            RawClient::connect(addr, Broker::persistent(version, &client_id)).await;
+        assert!(connack.session_present, "{version:?}");
+        let again = new.deliveries_until("two").await;
+        assert_resent_with_dup(version, &first, &again);
+        drop(old);
+    }
+}
+
+/// MQTT-4.4.0-1 (MQTT 5 too) for QoS 2: a session resumed after
+/// the client's PUBREC and before its PUBCOMP gets the PUBREL again, with the same packet
+/// identifier, and not the PUBLISH it releases.
+async fn a_resumed_session_resends_pubrel_and_not_the_message_it_releases(broker: &Broker) {
+    for version in BOTH {
+        let client_id = id("released", version);
+        let addr = broker.addr(version);
+        let mut client = RawClient::connected(addr, Broker::persistent(version, &client_id)).await;
+        client.subscribe(1, &[("released/t", 2)]).await;
+        let mut publisher = broker.client(version, &id("released-pub", version)).await;
+        publisher
+            .publish(Publish::new("released/t", b"two").qos(2, 1))
+            .await;
+        let two = client.delivery().await;
+        let packet_id = two.packet_id.expect("a QoS 2 delivery has a packet id");
+        client.send(&ack(PUBREC, packet_id)).await;
+        assert_eq!(client.expect(PUBREL).await.packet_id(), packet_id);
+        // No PUBCOMP.
+        drop(client);
+        let (mut client, connack) =
+            RawClient::connect(addr, Broker::persistent(version, &client_id)).await;
+        assert!(connack.session_present, "{version:?}");
+        let pubrel = client.expect(PUBREL).await;
+        assert_eq!(pubrel.packet_id(), packet_id, "{version:?}: PUBREL's id");
+        assert_eq!(pubrel.header, 0x62, "{version:?}: PUBREL's fixed header");
+        client.send(&ack(PUBCOMP, packet_id)).await;
+        publisher
+            .publish(Publish::new("released/t", b"after").qos(1, 2))
+            .await;
+        let got = client.deliveries_until("after").await;
+        assert_eq!(payloads(&got), ["after"], "{version:?}: not sent again");
+    }
+}
+
+/// MQTT-4.4.0-1 and MQTT-3.3.1-1 for a retained message: sent on SUBSCRIBE and never
+/// acknowledged, it is sent again on resume with its packet identifier and DUP 1.
+async fn an_unacknowledged_retained_message_is_resent_with_dup_on_resume(broker: &Broker) {
+    for version in BOTH {
+        let client_id = id("kept", version);
+        let topic = format!("kept-{}/t", version as u8);
+        let addr = broker.addr(version);
+        let mut publisher = broker.client(version, &id("kept-pub", version)).await;
+        retain(&mut publisher, &[(&topic, "kept")]).await;
+        let mut client = RawClient::connected(addr, Broker::persistent(version, &client_id)).await;
+        client.subscribe(1, &[(&topic, 1)]).await;
+        // Received, never acknowledged.
+        let first = client.delivery().await;
+        assert_eq!(first.payload(), "kept");
+        drop(client);
+        let (mut client, connack) =
+            RawClient::connect(addr, Broker::persistent(version, &client_id)).await;
+        assert!(connack.session_present, "{version:?}");
+        publisher
+            .publish(Publish::new(&topic, b"after").qos(1, 2))
+            .await;
+        let again = client.deliveries_until("after").await;
+        assert_resent_with_dup(version, &[first], &again);
     }
 }
 
@@ -962,6 +1055,9 @@ conformance! {
         iotmon: #[ignore = "refused: the router's log does not record who published a message"];
     messages_published_while_a_persistent_client_is_away_are_delivered_on_resume;
     unacknowledged_messages_are_resent_with_dup_and_the_same_packet_id;
+    a_session_taken_over_resends_unacknowledged_messages_with_dup;
+    a_resumed_session_resends_pubrel_and_not_the_message_it_releases;
+    an_unacknowledged_retained_message_is_resent_with_dup_on_resume;
     a_qos_2_message_sent_twice_before_pubrel_is_delivered_once;
     acknowledgements_carry_the_packet_identifier_they_acknowledge;
     a_packet_identifier_of_0_closes_the_connection;

@@ -33,7 +33,9 @@ pub struct BrokerConfig {
     pub max_packet_size: usize,
     /// Size of one segment of the router's in-memory log per subscription filter. The router
     /// keeps at most `segment_count` segments per filter, so this bounds broker memory and
-    /// sets how far a slow subscriber may lag before it skips messages.
+    /// sets how far a slow subscriber may lag before it skips messages. A message counts its
+    /// topic, payload and properties plus 288 bytes of the router's bookkeeping (rumqttd
+    /// patch 39), so the bound is the memory the log holds.
     pub segment_size: usize,
     /// Segments kept per subscription filter (see `segment_size`); at least 2.
     pub segment_count: usize,

@@ -27,6 +27,8 @@ const CLIENT_IDS: [&str; 3] = ["fuzz-a", "fuzz-b", ""];
 /// An embedded broker on loopback and its two TCP listeners.
 pub struct Listener {
     runtime: tokio::runtime::Runtime,
+    /// The settings each (re)start uses; its listen addresses are replaced by loopback.
+    config: BrokerConfig,
     broker: Option<EmbeddedBroker>,
     v4: SocketAddr,
     v5: SocketAddr,
@@ -42,11 +44,20 @@ impl std::fmt::Debug for Listener {
 }
 
 impl Listener {
-    /// Starts the broker on its own runtime.
+    /// Starts the broker with its default settings on its own runtime.
     ///
     /// # Panics
     /// The broker cannot start (no loopback, no runtime).
     pub fn start() -> Self {
+        Self::start_with(BrokerConfig::default())
+    }
+
+    /// Starts the broker with `config` (anonymous, on loopback ports of its own) on its own
+    /// runtime.
+    ///
+    /// # Panics
+    /// The broker cannot start (no loopback, no runtime, settings it refuses).
+    pub fn start_with(config: BrokerConfig) -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -54,6 +65,7 @@ impl Listener {
             .unwrap_or_else(|error| panic!("a tokio runtime: {error}"));
         let mut listener = Listener {
             runtime,
+            config,
             broker: None,
             v4: SocketAddr::from(([127, 0, 0, 1], 0)),
             v5: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -69,7 +81,7 @@ impl Listener {
             mqtt_listen: loopback,
             mqtt5_listen: Some(loopback),
             allow_anonymous: true,
-            ..BrokerConfig::default()
+            ..self.config.clone()
         };
         let broker = self.runtime.block_on(async {
             let mut broker = EmbeddedBroker::start(config, std::path::Path::new("/nonexistent"))

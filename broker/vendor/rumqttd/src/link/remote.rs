@@ -175,6 +175,13 @@ impl<P: Protocol> RemoteLink<P> {
         let notified = link_rx.notified();
         tokio::pin!(notified);
 
+        // iotmon patch 40: what the router queued behind the CONNACK goes out now. Building
+        // the link took the router's signal for that batch and wrote only the CONNACK, so a
+        // resumed session's PUBRELs (and retained messages sent again, see
+        // `Outgoing::resend_retained`) waited for the next, unrelated, signal: a client with
+        // no other traffic never got them (MQTT-4.4.0-1).
+        forward_notifications(network, link_rx, notifications).await?;
+
         // Note:
         // Shouldn't result in bounded queue deadlocks because of blocking n/w send
         loop {
@@ -202,22 +209,7 @@ impl<P: Protocol> RemoteLink<P> {
                 o = &mut notified => {
                     o.map_err(LinkError::from)?;
                     notified.set(link_rx.notified());
-                    link_rx.take_notifications(notifications);
-                    let mut packets = VecDeque::new();
-                    let mut unscheduled = false;
-
-                    for notif in notifications.drain(..) {
-                        if let Some(packet) = notif.into() {
-                            packets.push_back(packet);
-                        } else {
-                            unscheduled = true;
-                        }
-
-                    }
-                    network.writev(packets).await?;
-                    if unscheduled {
-                        link_rx.wake().await?;
-                    }
+                    forward_notifications(network, link_rx, notifications).await?;
                 }
                 () = &mut silence => {
                     // iotmon patch: a connection we stopped reading is not silent.
@@ -235,6 +227,31 @@ impl<P: Protocol> RemoteLink<P> {
             }
         }
     }
+}
+
+/// Writes the notifications the router left for this connection to the network, and asks
+/// the router to schedule the connection again if it was unscheduled.
+async fn forward_notifications<P: Protocol>(
+    network: &mut Network<P>,
+    link_rx: &LinkRx,
+    notifications: &mut VecDeque<Notification>,
+) -> Result<(), Error> {
+    link_rx.take_notifications(notifications);
+    let mut packets = VecDeque::new();
+    let mut unscheduled = false;
+
+    for notif in notifications.drain(..) {
+        if let Some(packet) = notif.into() {
+            packets.push_back(packet);
+        } else {
+            unscheduled = true;
+        }
+    }
+    network.writev(packets).await?;
+    if unscheduled {
+        link_rx.wake().await?;
+    }
+    Ok(())
 }
 
 /// iotmon patch: `instant + keepalive`, or far in the future when that overflows (a

@@ -2,10 +2,10 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use super::{
+    iobufs::Unacknowledged,
     scheduler::{PauseReason, Tracker},
-    ConnectionEvents, FilterIdx,
+    ConnectionEvents,
 };
-use crate::Cursor;
 
 pub struct Graveyard {
     connections: HashMap<String, SavedState>,
@@ -58,7 +58,7 @@ impl Graveyard {
         subscriptions: HashSet<String>,
         metrics: ConnectionEvents,
         unacked_pubrels: VecDeque<u16>,
-        unacked_publishes: VecDeque<(u16, FilterIdx, Option<Cursor>)>,
+        unacked_publishes: Unacknowledged,
         expiry: Option<Duration>,
     ) {
         tracker.pause(PauseReason::Busy);
@@ -148,6 +148,7 @@ pub struct SessionState {
     pub subscriptions: HashSet<String>,
     // used for pubrel in qos2
     pub unacked_pubrels: VecDeque<u16>,
-    /// iotmon patch: publishes sent and not acknowledged, see `Outgoing::resume`.
-    pub unacked_publishes: VecDeque<(u16, FilterIdx, Option<Cursor>)>,
+    /// iotmon patch: publishes sent and not acknowledged, see `Outgoing::resume` (patch 40:
+    /// with copies of the retained ones).
+    pub unacked_publishes: Unacknowledged,
 }

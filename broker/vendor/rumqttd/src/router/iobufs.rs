@@ -59,6 +59,18 @@ impl Incoming {
     }
 }
 
+/// iotmon patch 40: what a persistent session owes its client when its connection ends,
+/// for `Outgoing::resume`.
+#[derive(Debug, Default)]
+pub struct Unacknowledged {
+    /// Publishes read from filters' logs, sent and not acknowledged: packet id, filter and
+    /// position in the filter's log (`None` for a retained message, see `retained`).
+    pub(crate) publishes: VecDeque<(u16, FilterIdx, Option<Cursor>)>,
+    /// Retained messages sent and not acknowledged, with their filter: a copy of each, as
+    /// sent, since they are in no log to be read again.
+    pub(crate) retained: VecDeque<(FilterIdx, Forward)>,
+}
+
 /// iotmon patch: see `Outgoing::redelivery`.
 enum Redelivery {
     /// Not sent before.
@@ -82,6 +94,13 @@ pub struct Outgoing {
     /// iotmon patch: publishes in flight when the connection that last held this persistent
     /// session ended (see `Outgoing::resume`), not yet sent again.
     redeliveries: VecDeque<(u16, FilterIdx, Option<Cursor>)>,
+    /// iotmon patch 40: copies of the retained messages in `inflight_buffer` (those with no
+    /// cursor), in the same order, to be sent again if the session resumes before they are
+    /// acknowledged.
+    retained_inflight: VecDeque<(FilterIdx, Forward)>,
+    /// iotmon patch 40: retained messages in flight when the session's last connection
+    /// ended, to be sent again (see `resend_retained`).
+    retained_redeliveries: VecDeque<(FilterIdx, Forward)>,
     /// PubRels waiting for PubComp
     pub(crate) unacked_pubrels: VecDeque<u16>,
     /// Last packet id
@@ -107,6 +126,8 @@ impl Outgoing {
             data_buffer: Arc::new(Mutex::new(data_buffer)),
             inflight_buffer,
             redeliveries: VecDeque::new(),
+            retained_inflight: VecDeque::new(),
+            retained_redeliveries: VecDeque::new(),
             unacked_pubrels,
             handle,
             last_pkid: 0,
@@ -127,20 +148,61 @@ impl Outgoing {
     /// re-read meets before the last of them on the same filter was delivered already (at
     /// QoS 0, or acknowledged) and is skipped. Upstream sent them again as new messages with
     /// new packet ids, and sent QoS 0 messages twice.
-    pub(crate) fn resume(&mut self, inflight: VecDeque<(u16, FilterIdx, Option<Cursor>)>) {
-        self.last_pkid = inflight.iter().map(|(pkid, ..)| *pkid).max().unwrap_or(0);
+    ///
+    /// iotmon patch 40: a retained message is in no log to be re-read; the copy kept of
+    /// it goes out again, with its packet id and DUP set, right after the CONNACK (see
+    /// `resend_retained`). Upstream never sent it again.
+    pub(crate) fn resume(&mut self, owed: Unacknowledged) {
+        let retained_pkids = owed.retained.iter().map(|(_, f)| f.publish.pkid);
+        self.last_pkid = owed
+            .publishes
+            .iter()
+            .map(|(pkid, ..)| *pkid)
+            .chain(retained_pkids)
+            .max()
+            .unwrap_or(0);
         if self.last_pkid == MAX_PKID {
             self.last_pkid = 0;
         }
-        self.redeliveries = inflight;
+        self.redeliveries = owed
+            .publishes
+            .into_iter()
+            .filter(|(.., cursor)| cursor.is_some())
+            .collect();
+        self.retained_redeliveries = owed.retained;
     }
 
     /// iotmon patch: what this connection's session still owes, for `resume`: the
     /// redeliveries not sent yet, then the publishes in flight.
-    pub(crate) fn unacknowledged(&mut self) -> VecDeque<(u16, FilterIdx, Option<Cursor>)> {
-        let mut owed = std::mem::take(&mut self.redeliveries);
-        owed.append(&mut self.inflight_buffer);
-        owed
+    pub(crate) fn unacknowledged(&mut self) -> Unacknowledged {
+        let mut publishes = std::mem::take(&mut self.redeliveries);
+        publishes.append(&mut self.inflight_buffer);
+        let mut retained = std::mem::take(&mut self.retained_redeliveries);
+        retained.append(&mut self.retained_inflight);
+        Unacknowledged {
+            publishes,
+            retained,
+        }
+    }
+
+    /// iotmon patch 40: sends again, after the acknowledgements queued so far (a resumed
+    /// session's CONNACK comes first), the retained messages its last connection had in
+    /// flight, with their packet ids and DUP set (MQTT-4.4.0-1, MQTT-3.3.1-1). They take
+    /// the front of `inflight_buffer`, as they are sent before anything read from a log.
+    pub(crate) fn resend_retained(&mut self) {
+        if self.retained_redeliveries.is_empty() {
+            return;
+        }
+        let mut buffer = self.data_buffer.lock();
+        for (filter_idx, mut forward) in std::mem::take(&mut self.retained_redeliveries) {
+            forward.publish.dup = true;
+            self.inflight_buffer
+                .push_back((forward.publish.pkid, filter_idx, None));
+            self.retained_inflight
+                .push_back((filter_idx, forward.clone()));
+            self.meter.publish_count += 1;
+            buffer.push_back(Notification::Forward(forward));
+        }
     }
 
     /// iotmon patch: whether a publish read at `cursor` of `filter_idx` is one to send again
@@ -233,6 +295,10 @@ impl Outgoing {
 
             self.inflight_buffer
                 .push_back((self.last_pkid, filter_idx, p.cursor));
+            // iotmon patch 40: see `retained_inflight`.
+            if p.cursor.is_none() {
+                self.retained_inflight.push_back((filter_idx, p.clone()));
+            }
 
             // Place max pkid packet at index 0
             if self.last_pkid == MAX_PKID {
@@ -260,7 +326,11 @@ impl Outgoing {
     // Returns (unsolicited, outoforder) flags
     // Return: Out of order or unsolicited acks
     pub fn register_ack(&mut self, pkid: u16) -> Option<()> {
-        let (head, _filter_idx, _cursor) = self.inflight_buffer.pop_front()?;
+        let (head, _filter_idx, cursor) = self.inflight_buffer.pop_front()?;
+        // iotmon patch 40: the copy of a retained message goes with its entry.
+        if cursor.is_none() {
+            self.retained_inflight.pop_front();
+        }
 
         // We don't support out of order acks
         if pkid != head {

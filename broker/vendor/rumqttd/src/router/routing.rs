@@ -11,7 +11,7 @@ use crate::segments::Position;
 use crate::*;
 use flume::{bounded, Receiver, RecvError, Sender, TryRecvError};
 use slab::Slab;
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::str::Utf8Error;
 use std::thread;
@@ -1450,7 +1450,7 @@ fn append_to_commitlog(
         validate_and_set_topic_alias(&mut publish, connection, alias)?;
     };
 
-    own_publish_bytes(&mut publish);
+    own_publish_bytes(&mut publish, properties.as_mut());
     let topic = std::str::from_utf8(&publish.topic)?;
 
     // Ensure that only clients associated with a tenant can publish to tenant's topic
@@ -1518,7 +1518,13 @@ fn append_to_commitlog(
 /// log's size limit counts only the publish's own bytes: the broker's memory grew far beyond
 /// `max_segment_size` × `max_segment_count`. Both are copied into one allocation of their
 /// own size before they are kept.
-fn own_publish_bytes(publish: &mut Publish) {
+///
+/// iotmon patch 39: so is an MQTT 5 message's correlation data, the other slice of the read
+/// buffer a kept message held; and a last will, which is kept in the logs like any message,
+/// goes through here too (its topic and message were slices of its CONNECT's read chunk).
+/// A log's size limit charges each message what it holds (`Storage for PublishData`), which
+/// it could not if a message held a chunk it shares with others.
+fn own_publish_bytes(publish: &mut Publish, properties: Option<&mut PublishProperties>) {
     let topic_len = publish.topic.len();
     let mut owned = BytesMut::with_capacity(topic_len + publish.payload.len());
     owned.extend_from_slice(&publish.topic);
@@ -1526,11 +1532,14 @@ fn own_publish_bytes(publish: &mut Publish) {
     let mut owned = owned.freeze();
     publish.topic = owned.split_to(topic_len);
     publish.payload = owned;
+    if let Some(data) = properties.and_then(|properties| properties.correlation_data.as_mut()) {
+        *data = Bytes::copy_from_slice(data);
+    }
 }
 
 fn append_will_message(
     mut publish: Publish,
-    properties: Option<PublishProperties>,
+    mut properties: Option<PublishProperties>,
     datalog: &mut DataLog,
     notifications: &mut VecDeque<(ConnectionId, DataRequest)>,
     #[cfg(feature = "validate-tenant-prefix")] tenant_prefix: Option<String>,
@@ -1546,6 +1555,8 @@ fn append_will_message(
         ));
     }
 
+    // iotmon patch 39: see `own_publish_bytes`.
+    own_publish_bytes(&mut publish, properties.as_mut());
     let topic = std::str::from_utf8(&publish.topic)?;
 
     // Ensure that only clients associated with a tenant can publish to tenant's topic
@@ -1658,6 +1669,10 @@ fn ack_device_data(ackslog: &mut AckLog, outgoing: &mut Outgoing) -> bool {
     }
 
     debug!(acks_count = count, "Acks sent to device");
+    drop(buffer);
+    // iotmon patch 40: a resumed session's retained messages in flight go after its
+    // CONNACK, the first ack queued for it.
+    outgoing.resend_retained();
     outgoing.handle.try_send(()).ok();
     true
 }

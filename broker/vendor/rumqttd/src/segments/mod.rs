@@ -156,6 +156,9 @@ where
             // Read absolute_offset before applying memory retention, in case there is only 1
             // segment allowed.
             let absolute_offset = self.active_segment().next_offset();
+            // iotmon patch 39: the full segment's unused slots are given back, so that what it
+            // holds is what it was charged.
+            self.active_segment_mut().seal();
             // If active segment is full and segments are full, apply retention policy.
             if self.memory_segments_count() >= self.max_mem_segments {
                 self.segments.pop_front();

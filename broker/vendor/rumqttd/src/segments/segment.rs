@@ -27,19 +27,27 @@ impl<T> Segment<T>
 where
     T: Storage + Clone,
 {
+    /// iotmon patch 39: a segment's slots grow with it (doubling), and a full one gives back
+    /// those it did not fill (`seal`). Upstream reserved 1024 slots for every new segment,
+    /// ~240 KiB, whatever the segment's size and however few messages it would ever hold:
+    /// every filter a client subscribed to, even one nothing ever matched, held that much
+    /// for ever (the live-listener fuzzing subscribes to a new random filter about once a
+    /// second).
     pub(crate) fn with_offset(absolute_offset: u64) -> Self {
         Self {
-            data: Vec::with_capacity(1024),
+            data: Vec::new(),
             absolute_offset,
             total_size: 0,
         }
     }
     pub(crate) fn new() -> Self {
-        Self {
-            data: Vec::with_capacity(1024),
-            absolute_offset: 0,
-            total_size: 0,
-        }
+        Self::with_offset(0)
+    }
+
+    /// iotmon patch 39: a segment that takes no more entries gives back the slots it
+    /// reserved and did not use.
+    pub(crate) fn seal(&mut self) {
+        self.data.shrink_to_fit();
     }
 
     #[inline]
