@@ -352,6 +352,50 @@ async fn two_partitioned_bridges_and_two_dashboards_on_mosquitto() {
         assert_eq!(devices["online"].as_u64(), Some(6), "{devices}");
     }
 
+    // A share of another layout (a bridge left running with another N, or a forged message)
+    // and an unreadable one are refused and counted by every dashboard and by partition 0:
+    // viewers never see the forged share, and the building keeps its six devices.
+    let forged = json!({
+        "group": BUILDING, "partition": 1, "partitions": 3, "ts": 1,
+        "devices": {"online": 100, "offline": 0, "alerting": 0},
+        "metrics": {"load": {"count": 100, "sum": 100000.0, "min": 1000.0, "max": 1000.0}}
+    });
+    let partial_topic = format!("iotmon/partial/1/{BUILDING}");
+    publisher.publish(&partial_topic, forged.to_string()).await;
+    publisher.publish(&partial_topic, "not json").await;
+    for dashboard in &dashboards {
+        eventually("the dashboard refuses both partials", || async {
+            bridge_metric(dashboard, "iotmon_dashboard_partials_refused_total").await >= 2
+        })
+        .await;
+    }
+    eventually("partition 0 refuses both partials", || async {
+        bridge_metric(&bridge_0, "iotmon_partition_peer_partials_rejected_total").await >= 2
+    })
+    .await;
+    {
+        let building: Vec<&Device> = building.iter().collect();
+        let mut refs: Vec<&mut Viewer> = viewers.iter_mut().collect();
+        publish_until(
+            &publisher,
+            &fleet,
+            &mut refs,
+            "the building after the forged share",
+            |viewer| shows_merged(viewer, BUILDING, "load", &building, |d| d.load),
+        )
+        .await;
+    }
+    for viewer in &viewers {
+        let forged_shown = viewer.messages.iter().any(|message| {
+            message["groups"].as_array().is_some_and(|groups| {
+                groups.iter().any(|entry| {
+                    entry["group"] == BUILDING && entry["devices"]["online"].as_u64() >= Some(100)
+                })
+            })
+        });
+        assert!(!forged_shown, "a viewer was shown the forged share");
+    }
+
     // The simulated fleet: each dashboard shows all of site-1, from both bridges.
     for dashboard in &dashboards {
         let mut viewer = Viewer::connect(&dashboard.ws_url()).await;

@@ -618,7 +618,7 @@ impl GroupScope {
         }
         GroupScope::Merged(Box::new(MergedGroups {
             partition,
-            merger: Default::default(),
+            merger: iotmon_wire::partial::PartialMerger::for_partitions(partition.count),
             from_peers,
             pending: Default::default(),
             heard: std::iter::once(partition.index).collect(),
@@ -918,6 +918,40 @@ mod tests {
             .collect(),
         };
         PartialAggregate::from_aggregate(&aggregate, Partition::new(partition, 2).expect("valid"))
+    }
+
+    /// A partial announcing another partition count (a bridge left running with an old N, or
+    /// a forged message) is refused and counted: it neither wipes partition 0's own share
+    /// nor counts as a partition heard from.
+    #[tokio::test(start_paused = true)]
+    async fn partition_zero_refuses_partials_of_another_partition_count() {
+        let window = Duration::from_secs(1);
+        let partition = Partition::new(0, 2).expect("valid");
+        let (_to_merged, from_peers) = mpsc::channel(4);
+        let GroupScope::Merged(mut merged) = GroupScope::of(partition, window, from_peers) else {
+            panic!("partition 0 merges");
+        };
+        let counters = BridgeCounters::default();
+        merged.add(share(0, "hq", 10.0), &counters);
+        let other_layout = |index: u32| PartialAggregate {
+            partition: index,
+            partitions: 3,
+            ..share(1, "hq", 90.0)
+        };
+        merged.add(other_layout(2), &counters);
+        merged.add(other_layout(1), &counters);
+        tokio::time::sleep(window * MERGE_SETTLE_WINDOWS).await;
+        assert!(
+            merged.take_ready().is_empty(),
+            "partition 1 of 2 is still unheard"
+        );
+        assert_eq!(counters.peer_partials_rejected.load(Ordering::Relaxed), 2);
+        merged.add(share(1, "hq", 30.0), &counters);
+        tokio::time::sleep(window * MERGE_SETTLE_WINDOWS).await;
+        let ready = merged.take_ready();
+        assert_eq!(ready.len(), 1);
+        assert_eq!(ready[0].metrics["t"].count, 2, "both shares of 2, no other");
+        assert_eq!(ready[0].metrics["t"].mean, 20.0);
     }
 
     /// Partition 0 evaluates group rules only on complete merged values: not on its own share
