@@ -9,7 +9,10 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use iotmon_wire::history::{answer, HistoryAnswer, HistoryReply, HistoryRequest, HistorySource};
+use iotmon_wire::history::{
+    answer, HistoryAnswer, HistoryAsk, HistoryReply, HistoryRequest, HistorySource,
+    MAX_ALERTS_LISTED, MAX_SERIES_POINTS,
+};
 use iotmon_wire::mqtt::{drive_session, BrokerUrl, Login, Message, SessionPlan};
 use iotmon_wire::partition::Partition;
 use iotmon_wire::topics::history_request_topic;
@@ -33,6 +36,10 @@ pub const REQUEST_QUEUE: usize = 64;
 /// points or alerts, far beyond the 16 KiB device limit. The broker must accept it too
 /// (mosquitto: unlimited by default; EMQX: 1 MB; iotmon's broker: `broker.max_packet_size`).
 pub const HISTORY_MAX_PACKET: usize = 1024 * 1024;
+
+/// What an MQTT 3.1.1 PUBLISH at QoS 1 adds to its topic and payload: the fixed header (1 byte
+/// and up to 4 of remaining length), the topic's 2-byte length and the packet id.
+const PUBLISH_OVERHEAD: usize = 9;
 
 /// Prefix every reply topic must have: a request cannot make the bridge publish anywhere else.
 const REPLY_PREFIX: &str = "iotmon/history/reply/";
@@ -104,8 +111,8 @@ pub async fn run(
     let _ = session.await;
 }
 
-/// A request, checked; `None` (counted) for anything unreadable or asking for a reply
-/// outside `iotmon/history/reply/`.
+/// A request, checked; `None` (counted) for anything unreadable, asking for a reply
+/// outside `iotmon/history/reply/`, or asking for more than a dashboard's API allows.
 fn read_request(message: &Message, counters: &BridgeCounters) -> Option<HistoryRequest> {
     let request = match serde_json::from_slice::<HistoryRequest>(&message.payload) {
         Ok(request) => request,
@@ -131,16 +138,29 @@ fn read_request(message: &Message, counters: &BridgeCounters) -> Option<HistoryR
             .fetch_add(1, Ordering::Relaxed);
         return None;
     }
+    if !within_limits(&request.ask) {
+        debug!(ask = ?request.ask, "history request beyond the API's limits ignored");
+        counters
+            .history_requests_rejected
+            .fetch_add(1, Ordering::Relaxed);
+        return None;
+    }
     Some(request)
 }
 
+/// Whether `ask` stays within what a dashboard's API lets a viewer ask for: more can only
+/// come from a forged request.
+fn within_limits(ask: &HistoryAsk) -> bool {
+    match ask {
+        HistoryAsk::Series(query) => query.max_points <= MAX_SERIES_POINTS,
+        HistoryAsk::Alerts(query) => query.limit <= MAX_ALERTS_LISTED,
+        HistoryAsk::Alert(_) => true,
+    }
+}
+
 async fn publish_reply(client: &AsyncClient, topic: String, reply: HistoryReply) {
-    let payload = match serde_json::to_vec(&reply) {
-        Ok(payload) => payload,
-        Err(error) => {
-            warn!(%error, "history reply not serializable");
-            return;
-        }
+    let Some(payload) = reply_payload(&topic, &reply) else {
+        return;
     };
     if let Err(error) = client
         .publish(topic, QoS::AtLeastOnce, false, payload)
@@ -148,6 +168,28 @@ async fn publish_reply(client: &AsyncClient, topic: String, reply: HistoryReply)
     {
         warn!(%error, "history reply not published");
     }
+}
+
+/// The reply's JSON, or, when it would not fit in one packet on `topic`, a failure with the
+/// same id: the MQTT client fails a write beyond its packet limit by dropping the connection
+/// (and with it every other reply in flight), and the asker would wait for nothing.
+fn reply_payload(topic: &str, reply: &HistoryReply) -> Option<Vec<u8>> {
+    let payload = serde_json::to_vec(reply)
+        .inspect_err(|error| warn!(%error, "history reply not serializable"))
+        .ok()?;
+    if payload.len() + topic.len() + PUBLISH_OVERHEAD <= HISTORY_MAX_PACKET {
+        return Some(payload);
+    }
+    warn!(
+        bytes = payload.len(),
+        limit = HISTORY_MAX_PACKET,
+        "history reply too large for one packet; answered as failed"
+    );
+    let failed = HistoryReply {
+        id: reply.id,
+        answer: HistoryAnswer::Failed("the answer is too large for one reply".into()),
+    };
+    serde_json::to_vec(&failed).ok()
 }
 
 #[cfg(test)]
@@ -161,6 +203,77 @@ mod tests {
             topic: history_request_topic(0),
             payload: Bytes::copy_from_slice(payload.as_bytes()),
         }
+    }
+
+    /// A reply too large for one packet on the history connection (an alert that flapped for
+    /// weeks has thousands of transitions) would make the MQTT client fail the write and drop
+    /// the connection, with every other reply in flight; it goes out as a failure instead.
+    #[test]
+    fn a_reply_too_large_for_a_packet_becomes_a_failure_that_fits() {
+        let topic = "iotmon/history/reply/dash-1";
+        let point = iotmon_wire::history::HistoryPoint {
+            ts: 1_704_723_845_000,
+            count: 3,
+            mean: 21.123456789,
+            min: 20.123456789,
+            max: 22.123456789,
+            last: 21.123456789,
+        };
+        let series = iotmon_wire::history::HistorySeries {
+            device: "dev-1".into(),
+            metric: "t".into(),
+            tier_ms: 0,
+            bucket_ms: 0,
+            points: vec![point; 20_000],
+        };
+        let reply = HistoryReply {
+            id: 9,
+            answer: HistoryAnswer::Series(series),
+        };
+        let payload = reply_payload(topic, &reply).expect("a payload");
+        assert!(
+            payload.len() + topic.len() + PUBLISH_OVERHEAD <= HISTORY_MAX_PACKET,
+            "{} bytes",
+            payload.len()
+        );
+        let sent: HistoryReply = serde_json::from_slice(&payload).expect("JSON");
+        assert_eq!(sent.id, 9);
+        assert!(matches!(sent.answer, HistoryAnswer::Failed(_)), "{sent:?}");
+        // One that fits goes out as it is.
+        let small = HistoryReply {
+            id: 10,
+            answer: HistoryAnswer::Alert(None),
+        };
+        let payload = reply_payload(topic, &small).expect("a payload");
+        assert_eq!(
+            serde_json::from_slice::<HistoryReply>(&payload).expect("JSON"),
+            small
+        );
+    }
+
+    /// Asks beyond what a dashboard's API allows (a forged request) are refused and counted:
+    /// they would only cost the store and make replies too large.
+    #[test]
+    fn asks_beyond_the_dashboards_limits_are_refused() {
+        let counters = BridgeCounters::default();
+        let series = |points: usize| {
+            format!(
+                r#"{{"id":1,"reply_to":"iotmon/history/reply/d","ask":{{"series":{{"device":"d","metric":"t","from":0,"to":10,"max_points":{points},"now":10}}}}}}"#
+            )
+        };
+        let alerts = |limit: usize| {
+            format!(
+                r#"{{"id":1,"reply_to":"iotmon/history/reply/d","ask":{{"alerts":{{"state":null,"group":null,"from":0,"to":null,"limit":{limit}}}}}}}"#
+            )
+        };
+        assert!(read_request(&message(&series(MAX_SERIES_POINTS)), &counters).is_some());
+        assert!(read_request(&message(&alerts(MAX_ALERTS_LISTED)), &counters).is_some());
+        assert!(read_request(&message(&series(MAX_SERIES_POINTS + 1)), &counters).is_none());
+        assert!(read_request(&message(&alerts(1_000_000_000)), &counters).is_none());
+        assert_eq!(
+            counters.history_requests_rejected.load(Ordering::Relaxed),
+            2
+        );
     }
 
     #[test]

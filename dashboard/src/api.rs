@@ -422,7 +422,7 @@ struct HistoryParams {
 }
 
 /// Most points one history request may ask for.
-const MAX_HISTORY_POINTS: usize = 2000;
+const MAX_HISTORY_POINTS: usize = iotmon_wire::history::MAX_SERIES_POINTS;
 const DEFAULT_HISTORY_SPAN_MS: i64 = 3_600_000;
 
 async fn history(

@@ -14,7 +14,7 @@ use super::{ApiError, AppState};
 use crate::alerts::{operator, shelve_until, CommandFailure, CommandOutcome};
 
 /// Most alerts one `/api/alerts` answer holds.
-const MAX_ALERTS: usize = 1000;
+const MAX_ALERTS: usize = iotmon_wire::history::MAX_ALERTS_LISTED;
 
 /// Query string of `/api/alerts`.
 #[derive(Debug, Deserialize)]
