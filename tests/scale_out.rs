@@ -765,3 +765,36 @@ fn an_impossible_partition_is_refused_before_anything_starts() {
         "{key}"
     );
 }
+
+/// A dashboard whose bridges are down answers history with a clear error once the question
+/// times out (503, naming the silent partition), never a hang and never a store failure: a
+/// series, one alert, and the alert list it asks of every partition.
+#[tokio::test(flavor = "multi_thread")]
+async fn history_from_bridges_that_are_down_fails_clearly() {
+    let broker = mosquitto::Mosquitto::start();
+    let url = format!("mqtt://127.0.0.1:{}", broker.port);
+    let dir = TempDir::new("scale-out-silent");
+    let config = format!("{}/iotmon.toml", dir.path());
+    std::fs::write(&config, "").expect("config written");
+    let dashboard = start_dashboard(&url, &config);
+    let http = dashboard.http.expect("http");
+    let device = (0..)
+        .map(|n| format!("dev-{n:03}"))
+        .find(|id| partition_of(id, 2) == 1)
+        .expect("a device of partition 1");
+    for (path, silent) in [
+        (
+            format!("/api/history?device={device}&metric=t"),
+            "partition 1",
+        ),
+        ("/api/alerts/4".to_string(), "partition 0"),
+        ("/api/alerts?from=0".to_string(), "partition"),
+    ] {
+        let (status, body) = http_get(http, &path).await;
+        assert_eq!(status, 503, "{path}: {body}");
+        assert!(
+            body.contains(silent) && body.contains("did not answer"),
+            "{path}: {body}"
+        );
+    }
+}
