@@ -2,8 +2,10 @@
 //! owning one partition of the fleet (`--partition 0/2`, `1/2`), two dashboards, a simulated
 //! fleet and a hand-made one whose building has a floor on each bridge. Each dashboard's
 //! viewer sees every device of its view and the aggregates merged over both partitions;
-//! group rules fire once, on merged values; a bridge killed with SIGKILL and started again
-//! with the same partition loses and doubles nothing (rollups, alerts).
+//! group rules fire once, on merged values; operators' commands (REST and WebSocket) reach
+//! the bridge owning the alert, and a dashboard that starts late gets every open alert; a
+//! bridge killed with SIGKILL and started again with the same partition loses and doubles
+//! nothing (rollups, alerts).
 
 use crate::support;
 
@@ -19,7 +21,7 @@ use iotmon_bridge::BridgeConfig;
 use iotmon_wire::history::HistoryQuery;
 use iotmon_wire::partition::partition_of;
 use serde_json::{json, Value};
-use support::{http_get, metric_value, Iotmon, Publisher, TempDir, Viewer, DEADLINE};
+use support::{http_get, http_post, metric_value, Iotmon, Publisher, TempDir, Viewer, DEADLINE};
 
 /// A device rule every bridge evaluates on its own devices, and a group rule on a building
 /// whose floors live on different bridges: only the merged mean (45) is above 40; one
@@ -495,6 +497,117 @@ async fn two_partitioned_bridges_and_two_dashboards_on_mosquitto() {
         bridge_metric(&bridge_1, "iotmon_alerts_raised_total").await,
         0
     );
+    // A device alert of partition 1 (an odd id), and operators' commands on alerts of both
+    // bridges through either dashboard, over REST and WebSocket: REST answers 202, the command
+    // reaches the owning bridge over `iotmon/commands/alerts`, and the change comes back to
+    // every dashboard's viewers.
+    let hot_1 = fleet
+        .iter()
+        .position(|device| device.partition == 1 && device.group == "hq/building-b")
+        .expect("a partition-1 device in building B");
+    fleet[hot_1].temperature = 80.0;
+    let hot_1_id = fleet[hot_1].id.clone();
+    {
+        let mut refs: Vec<&mut Viewer> = viewers.iter_mut().collect();
+        publish_until(
+            &publisher,
+            &fleet,
+            &mut refs,
+            "partition 1's device alert",
+            |viewer| {
+                alerts(viewer)
+                    .iter()
+                    .any(|alert| alert["subject"] == hot_1_id.as_str())
+            },
+        )
+        .await;
+    }
+    let odd_id = alerts(&viewers[0])
+        .iter()
+        .find(|alert| alert["subject"] == hot_1_id.as_str())
+        .and_then(|alert| alert["id"].as_u64())
+        .expect("an id");
+    assert_eq!(odd_id % 2, 1, "partition 1's ids are odd");
+    assert_eq!(
+        bridge_metric(&bridge_1, "iotmon_alerts_raised_total").await,
+        1
+    );
+    let latest = |viewer: &Viewer, id: u64| {
+        alerts(viewer)
+            .into_iter()
+            .rev()
+            .find(|alert| alert["id"].as_u64() == Some(id))
+    };
+    let (status, body) = http_post(
+        dashboards[1].http.expect("http"),
+        &format!("/api/alerts/{odd_id}/ack"),
+        &json!({"by": "ana"}),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    for viewer in viewers.iter_mut() {
+        let acknowledged = viewer
+            .read_until(DEADLINE, |v| {
+                latest(v, odd_id).is_some_and(|alert| {
+                    alert["state"] == "active_acknowledged" && alert["acknowledged_by"] == "ana"
+                })
+            })
+            .await;
+        assert!(acknowledged, "{:?}", latest(viewer, odd_id));
+    }
+    viewers[0]
+        .send(json!({"type": "shelve", "id": group_alert_id, "minutes": 30, "by": "bo"}))
+        .await;
+    for viewer in viewers.iter_mut() {
+        let shelved = viewer
+            .read_until(DEADLINE, |v| {
+                latest(v, group_alert_id).is_some_and(|alert| alert["shelved_by"] == "bo")
+            })
+            .await;
+        assert!(shelved, "{:?}", latest(viewer, group_alert_id));
+    }
+    let (status, body) = http_post(
+        dashboards[1].http.expect("http"),
+        &format!("/api/alerts/{group_alert_id}/unshelve"),
+        &json!({"by": "bo"}),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    for viewer in viewers.iter_mut() {
+        let unshelved = viewer
+            .read_until(DEADLINE, |v| {
+                latest(v, group_alert_id).is_some_and(|alert| alert["shelved_until"].is_null())
+            })
+            .await;
+        assert!(unshelved, "{:?}", latest(viewer, group_alert_id));
+    }
+    // A dashboard that starts late gets every open alert, from both bridges.
+    {
+        let expected: std::collections::BTreeSet<u64> = alerts(&viewers[0])
+            .iter()
+            .filter_map(|alert| alert["id"].as_u64())
+            .collect();
+        assert_eq!(expected.len(), 3, "{expected:?}");
+        let late = start_dashboard(&url, &config);
+        let http = late.http.expect("http");
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let (status, body) = http_get(http, "/api/alerts").await;
+            let listed: Value = serde_json::from_str(&body).unwrap_or_default();
+            let open: std::collections::BTreeSet<u64> = listed["alerts"]
+                .as_array()
+                .map(|alerts| alerts.iter().filter_map(|a| a["id"].as_u64()).collect())
+                .unwrap_or_default();
+            if status == 200 && open == expected {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the late dashboard's open alerts: {open:?}, not {expected:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     // Each bridge skipped the other's devices before parsing them.
     assert!(bridge_metric(&bridge_1, "iotmon_partition_skipped_messages_total").await > 0);
 
@@ -651,11 +764,11 @@ async fn two_partitioned_bridges_and_two_dashboards_on_mosquitto() {
     );
     assert_eq!(
         bridge_metric(&bridge_1, "iotmon_alerts_raised_total").await,
-        0
+        1
     );
 
-    // The alert's history, from its bridge's store through a dashboard: raised once, before
-    // the kill, and cleared once, after it.
+    // The alert's history, from its bridge's store through a dashboard: raised once, shelved
+    // and unshelved by an operator before the kill, and cleared once, after it.
     let http = dashboards[1].http.expect("http");
     let (status, body) = http_get(http, &format!("/api/alerts/{group_alert_id}")).await;
     assert_eq!(status, 200, "{body}");
@@ -666,8 +779,13 @@ async fn two_partitioned_bridges_and_two_dashboards_on_mosquitto() {
         .iter()
         .filter_map(|step| step["event"].as_str())
         .collect();
-    assert_eq!(events, ["raised", "cleared"], "{detail}");
-    // The alert history merges both bridges' stores: the building's and the device's alerts.
+    assert_eq!(
+        events,
+        ["raised", "shelved", "unshelved", "cleared"],
+        "{detail}"
+    );
+    // The alert history merges both bridges' stores: the building's and partition 0's
+    // device's alerts from one, partition 1's device's from the other.
     let (status, body) = http_get(http, "/api/alerts?from=0").await;
     assert_eq!(status, 200, "{body}");
     let listed: Value = serde_json::from_str(&body).expect("JSON");
@@ -679,7 +797,9 @@ async fn two_partitioned_bridges_and_two_dashboards_on_mosquitto() {
         .collect();
     assert_eq!(
         subjects,
-        [BUILDING, hot_id.as_str()].into_iter().collect(),
+        [BUILDING, hot_id.as_str(), hot_1_id.as_str()]
+            .into_iter()
+            .collect(),
         "{listed}"
     );
 }
