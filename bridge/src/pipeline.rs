@@ -602,6 +602,8 @@ struct MergedGroups {
     settled_at: Option<Instant>,
     /// When group rules start regardless of partitions not yet heard from.
     grace_ends: Instant,
+    /// Whether the grace ran out with partitions unheard (said once in the log).
+    started_incomplete: bool,
 }
 
 impl GroupScope {
@@ -625,6 +627,7 @@ impl GroupScope {
             window,
             settled_at: None,
             grace_ends: Instant::now() + window * MERGE_GRACE_WINDOWS,
+            started_incomplete: false,
         }))
     }
 
@@ -664,6 +667,19 @@ impl MergedGroups {
         let settled = self.settled_at.is_some_and(|at| now >= at);
         if !settled && now < self.grace_ends {
             return Vec::new();
+        }
+        if self.settled_at.is_none() && !self.started_incomplete {
+            // From here on a group's merged value lacks the silent partitions' shares: its
+            // alerts may be raised or cleared on part of the fleet until they are heard.
+            self.started_incomplete = true;
+            let silent: Vec<u32> = (0..self.partition.count)
+                .filter(|partition| !self.heard.contains(partition))
+                .collect();
+            tracing::warn!(
+                ?silent,
+                "group rules evaluated without these partitions' partials: their bridges are \
+                 down or not yet connected"
+            );
         }
         self.pending.drain().map(|(_, merged)| merged).collect()
     }
