@@ -918,3 +918,92 @@ async fn history_from_bridges_that_are_down_fails_clearly() {
         );
     }
 }
+
+/// With InfluxDB as the shared store, two partitioned bridges write their own devices'
+/// closed rollup windows to the same bucket (Debian's victoria-metrics): every device of
+/// both partitions is there, each reading counted once, none written by both bridges.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_partitions_share_one_influx_bucket_without_overlap() {
+    use crate::influx_victoria::{free_addr, get, Victoria};
+    let broker = mosquitto::Mosquitto::start();
+    let url = format!("mqtt://127.0.0.1:{}", broker.port);
+    let victoria_dir = TempDir::new("scale-out-victoria");
+    let victoria = Victoria::start(Path::new(victoria_dir.path()), free_addr()).await;
+    let dir = TempDir::new("scale-out-influx");
+    let config = format!("{}/iotmon.toml", dir.path());
+    let influx = format!(
+        "[bridge.influx]\nenabled = true\nurl = \"http://{}\"\norg = \"iotmon\"\nbucket = \"b\"\n",
+        victoria.addr
+    );
+    std::fs::write(&config, influx).expect("config written");
+    let (data_0, data_1) = (TempDir::new("influx-0"), TempDir::new("influx-1"));
+    let bridge_0 = start_bridge(&url, "0/2", data_0.path(), &config);
+    let bridge_1 = start_bridge(&url, "1/2", data_1.path(), &config);
+    let publisher = Publisher::connect(
+        SocketAddr::from(([127, 0, 0, 1], broker.port)),
+        "influx-fleet",
+    )
+    .await;
+    let devices: Vec<String> = (0..8).map(|n| format!("dev-{n:03}")).collect();
+    let partitions: std::collections::BTreeSet<u32> =
+        devices.iter().map(|id| partition_of(id, 2)).collect();
+    assert_eq!(partitions.len(), 2, "the devices span both partitions");
+    // Both bridges read every device once before the counted readings go out.
+    eventually("both bridges subscribed", || async {
+        for id in &devices {
+            publisher
+                .publish(&format!("sensors/hq/{id}"), r#"{"warmup":1}"#)
+                .await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        bridge_metric(&bridge_0, "iotmon_ingest_readings_total").await > 0
+            && bridge_metric(&bridge_1, "iotmon_ingest_readings_total").await > 0
+    })
+    .await;
+    const READINGS: u64 = 3;
+    for seq in 0..READINGS {
+        for id in &devices {
+            publisher
+                .publish(
+                    &format!("sensors/hq/{id}"),
+                    json!({ "seq": seq }).to_string(),
+                )
+                .await;
+        }
+    }
+    // Each device's 10 s windows reach the bucket once closed (10 s, plus 5 s of grace).
+    let stored = || async {
+        let path = "/api/v1/export?match%5B%5D=rollup_10s_seq_count";
+        let body = get(victoria.addr, path).await.unwrap_or_default();
+        let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+        for line in body.lines().filter(|line| line.starts_with('{')) {
+            let series: Value = serde_json::from_str(line).expect("export JSON");
+            let device = series["metric"]["device"].as_str().expect("device tag");
+            let sum: f64 = series["values"]
+                .as_array()
+                .expect("values")
+                .iter()
+                .filter_map(Value::as_f64)
+                .sum();
+            *counts.entry(device.to_string()).or_default() += sum as u64;
+        }
+        counts
+    };
+    let expected: BTreeMap<String, u64> = devices.iter().map(|id| (id.clone(), READINGS)).collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let counts = stored().await;
+        assert!(
+            counts.values().all(|count| *count <= READINGS),
+            "a reading stored twice: {counts:?}"
+        );
+        if counts == expected {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the bucket holds {counts:?}, not {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
