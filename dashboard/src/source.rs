@@ -19,7 +19,7 @@ use iotmon_wire::{Alert, AlertCommand, DeviceState, GroupAggregate, LiveUpdate};
 use rumqttc::{AsyncClient, QoS};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{debug, warn};
 
 /// Messages buffered between the MQTT client and the decoder.
 const INPUT_CAPACITY: usize = 4096;
@@ -120,7 +120,9 @@ fn decode(
         return merge_partial(message, partials)
             .inspect_err(|error| {
                 counters.partials_refused.fetch_add(1, Ordering::Relaxed);
-                warn!(topic = message.topic, %error, "partial aggregate refused");
+                // Counted for /metrics; at debug level, since a flood of bad partials
+                // must not flood the log.
+                debug!(topic = message.topic, %error, "partial aggregate refused");
             })
             .ok();
     }
