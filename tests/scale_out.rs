@@ -264,6 +264,36 @@ async fn publish_until(
     }
 }
 
+/// Makes a device of `partition` in building B hot and publishes until every viewer has its
+/// alert; returns the device's id.
+async fn heat_until_alert(
+    publisher: &Publisher,
+    fleet: &mut [Device],
+    viewers: &mut [Viewer],
+    partition: u32,
+) -> String {
+    let hot = fleet
+        .iter()
+        .position(|device| device.partition == partition && device.group == "hq/building-b")
+        .expect("a device of the partition in building B");
+    fleet[hot].temperature = 80.0;
+    let hot_id = fleet[hot].id.clone();
+    let mut refs: Vec<&mut Viewer> = viewers.iter_mut().collect();
+    publish_until(
+        publisher,
+        fleet,
+        &mut refs,
+        &format!("partition {partition}'s device alert"),
+        |viewer| {
+            alerts(viewer)
+                .iter()
+                .any(|alert| alert["subject"] == hot_id.as_str())
+        },
+    )
+    .await;
+    hot_id
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn two_partitioned_bridges_and_two_dashboards_on_mosquitto() {
     let broker = mosquitto::Mosquitto::start();
@@ -468,27 +498,7 @@ async fn two_partitioned_bridges_and_two_dashboards_on_mosquitto() {
     );
 
     // A device alert on partition 0's device, raised by its owner.
-    let hot = fleet
-        .iter()
-        .position(|device| device.partition == 0 && device.group == "hq/building-b")
-        .expect("a partition-0 device in building B");
-    fleet[hot].temperature = 80.0;
-    let hot_id = fleet[hot].id.clone();
-    {
-        let mut refs: Vec<&mut Viewer> = viewers.iter_mut().collect();
-        publish_until(
-            &publisher,
-            &fleet,
-            &mut refs,
-            "the device alert",
-            |viewer| {
-                alerts(viewer)
-                    .iter()
-                    .any(|alert| alert["subject"] == hot_id.as_str())
-            },
-        )
-        .await;
-    }
+    let hot_id = heat_until_alert(&publisher, &mut fleet, &mut viewers, 0).await;
     assert_eq!(
         bridge_metric(&bridge_0, "iotmon_alerts_raised_total").await,
         2
@@ -501,27 +511,7 @@ async fn two_partitioned_bridges_and_two_dashboards_on_mosquitto() {
     // bridges through either dashboard, over REST and WebSocket: REST answers 202, the command
     // reaches the owning bridge over `iotmon/commands/alerts`, and the change comes back to
     // every dashboard's viewers.
-    let hot_1 = fleet
-        .iter()
-        .position(|device| device.partition == 1 && device.group == "hq/building-b")
-        .expect("a partition-1 device in building B");
-    fleet[hot_1].temperature = 80.0;
-    let hot_1_id = fleet[hot_1].id.clone();
-    {
-        let mut refs: Vec<&mut Viewer> = viewers.iter_mut().collect();
-        publish_until(
-            &publisher,
-            &fleet,
-            &mut refs,
-            "partition 1's device alert",
-            |viewer| {
-                alerts(viewer)
-                    .iter()
-                    .any(|alert| alert["subject"] == hot_1_id.as_str())
-            },
-        )
-        .await;
-    }
+    let hot_1_id = heat_until_alert(&publisher, &mut fleet, &mut viewers, 1).await;
     let odd_id = alerts(&viewers[0])
         .iter()
         .find(|alert| alert["subject"] == hot_1_id.as_str())
