@@ -28,8 +28,8 @@ use crate::counters::BridgeCounters;
 pub const CONCURRENT_QUERIES: usize = 4;
 
 /// Requests queued for a free query slot. When full, the MQTT session waits (this connection
-/// only: ingest has its own), and the broker holds or drops the requests; the asking
-/// dashboard times out and answers its viewer with an error.
+/// only: ingest has its own) for a query to end, and the broker holds or drops the requests;
+/// the asking dashboard times out and answers its viewer with an error.
 pub const REQUEST_QUEUE: usize = 64;
 
 /// Largest packet on the history connection both ways: a reply holds up to a few thousand
@@ -40,6 +40,13 @@ pub const HISTORY_MAX_PACKET: usize = 1024 * 1024;
 /// What an MQTT 3.1.1 PUBLISH at QoS 1 adds to its topic and payload: the fixed header (1 byte
 /// and up to 4 of remaining length), the topic's 2-byte length and the packet id.
 const PUBLISH_OVERHEAD: usize = 9;
+
+/// Requests taken and not yet answered (queried, or waiting to hand their reply to the MQTT
+/// client). Beyond it, a request is refused at once and counted: when the broker takes
+/// replies more slowly than dashboards ask (a slow link, a flood of questions), replies —
+/// up to 1 MiB each — must not pile up in memory. Refusing rather than waiting also keeps
+/// the session reading: its one event loop carries the replies out too.
+pub const REPLIES_IN_FLIGHT: usize = 16;
 
 /// Prefix every reply topic must have: a request cannot make the bridge publish anywhere else.
 const REPLY_PREFIX: &str = "iotmon/history/reply/";
@@ -72,6 +79,7 @@ pub async fn run(
         shutdown.clone(),
     ));
     let slots = Arc::new(Semaphore::new(CONCURRENT_QUERIES));
+    let in_flight = Arc::new(Semaphore::new(REPLIES_IN_FLIGHT));
     let queries = TaskTracker::new();
     loop {
         let message = tokio::select! {
@@ -82,6 +90,13 @@ pub async fn run(
             },
         };
         let Some(request) = read_request(&message, &counters) else {
+            continue;
+        };
+        let Ok(in_flight) = in_flight.clone().try_acquire_owned() else {
+            debug!("history request refused: replies are backed up");
+            counters
+                .history_requests_rejected
+                .fetch_add(1, Ordering::Relaxed);
             continue;
         };
         let slot = tokio::select! {
@@ -103,6 +118,7 @@ pub async fn run(
             }
             counters.history_requests.fetch_add(1, Ordering::Relaxed);
             publish_reply(&client, reply_to, HistoryReply { id, answer }).await;
+            drop(in_flight);
         });
     }
     queries.close();
@@ -274,6 +290,80 @@ mod tests {
             counters.history_requests_rejected.load(Ordering::Relaxed),
             2
         );
+    }
+
+    /// A broker that takes the bridge's connection and sends it history requests but never
+    /// acknowledges a reply (a stalled link, a slow broker): replies cannot go out, and they
+    /// must not pile up in memory as requests keep coming. Past a bounded number, requests
+    /// are refused and counted, and the server keeps reading.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replies_the_broker_does_not_take_never_pile_up() {
+        use bytes::BytesMut;
+        use rumqttc::{ConnAck, ConnectReturnCode, Publish};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        const SENT: u64 = 600;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let broker = tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.expect("the bridge connects");
+            let (mut from_bridge, mut to_bridge) = socket.into_split();
+            let mut packet = vec![0; 64 * 1024];
+            let _ = from_bridge.read(&mut packet).await;
+            let mut out = BytesMut::new();
+            ConnAck::new(ConnectReturnCode::Success, false)
+                .write(&mut out)
+                .expect("encode");
+            for id in 0..SENT {
+                let request = format!(
+                    r#"{{"id":{id},"reply_to":"iotmon/history/reply/d","ask":{{"alert":{id}}}}}"#
+                );
+                Publish::new(history_request_topic(0), QoS::AtMostOnce, request)
+                    .write(&mut out)
+                    .expect("encode");
+            }
+            to_bridge.write_all(&out).await.expect("requests sent");
+            // Read (and never acknowledge) whatever the bridge sends, until it goes.
+            while from_bridge.read(&mut packet).await.is_ok_and(|n| n > 0) {}
+        });
+        let dir = tempfile::tempdir().expect("tempdir");
+        let history = Arc::new(crate::store::StoreHistory::new(
+            dir.path(),
+            &crate::BridgeConfig::default(),
+        ));
+        let counters = Arc::new(BridgeCounters::default());
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(run(
+            format!("mqtt://127.0.0.1:{port}").parse().expect("url"),
+            Login::anonymous("bridge-history"),
+            Partition::new(0, 2).expect("valid"),
+            history,
+            counters.clone(),
+            shutdown.clone(),
+        ));
+        let handled = || {
+            counters.history_requests.load(Ordering::Relaxed)
+                + counters.history_requests_rejected.load(Ordering::Relaxed)
+        };
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        while handled() < SENT {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} of {SENT} requests handled",
+                handled()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let answered = counters.history_requests.load(Ordering::Relaxed);
+        // What the MQTT client holds unacknowledged (its inflight window of 100) and queued
+        // (its request channel), and the replies waiting to be handed to it.
+        let bound = 100 + REQUEST_QUEUE + REPLIES_IN_FLIGHT + CONCURRENT_QUERIES;
+        assert!(answered as usize <= bound, "{answered} replies held");
+        shutdown.cancel();
+        server.abort();
+        broker.abort();
     }
 
     #[test]
