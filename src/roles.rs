@@ -331,6 +331,7 @@ pub async fn dashboard(
             broker_url.clone(),
             login.clone(),
             config.broker.max_packet_size,
+            partitions,
             to_hub,
             commands_to_publish,
             source_counters.clone(),

@@ -24,13 +24,13 @@ const WIDTH: i64 = 10_000;
 const SETTLE: i64 = 7_000;
 
 /// A victoria-metrics process, killed when dropped.
-struct Victoria {
+pub(crate) struct Victoria {
     child: Child,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
 }
 
 impl Victoria {
-    async fn start(data: &Path, addr: SocketAddr) -> Victoria {
+    pub(crate) async fn start(data: &Path, addr: SocketAddr) -> Victoria {
         let child = Command::new("victoria-metrics")
             .arg(format!("-storageDataPath={}", data.display()))
             .arg(format!("-httpListenAddr={addr}"))
@@ -86,16 +86,15 @@ impl Drop for Victoria {
     }
 }
 
-/// A plain HTTP/1.0 GET; `None` when the server is not answering.
 /// The body of a successful GET, or `None` while the server is not answering.
-async fn get(addr: SocketAddr, path: &str) -> Option<String> {
+pub(crate) async fn get(addr: SocketAddr, path: &str) -> Option<String> {
     let response = iotmon_probe::http::get(&addr.to_string(), path)
         .await
         .ok()?;
     (response.status == 200).then_some(response.body)
 }
 
-fn free_addr() -> SocketAddr {
+pub(crate) fn free_addr() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.local_addr().expect("addr")
 }

@@ -2,8 +2,10 @@
 //! owning one partition of the fleet (`--partition 0/2`, `1/2`), two dashboards, a simulated
 //! fleet and a hand-made one whose building has a floor on each bridge. Each dashboard's
 //! viewer sees every device of its view and the aggregates merged over both partitions;
-//! group rules fire once, on merged values; a bridge killed with SIGKILL and started again
-//! with the same partition loses and doubles nothing (rollups, alerts).
+//! group rules fire once, on merged values; operators' commands (REST and WebSocket) reach
+//! the bridge owning the alert, and a dashboard that starts late gets every open alert; a
+//! bridge killed with SIGKILL and started again with the same partition loses and doubles
+//! nothing (rollups, alerts).
 
 use crate::support;
 
@@ -19,7 +21,7 @@ use iotmon_bridge::BridgeConfig;
 use iotmon_wire::history::HistoryQuery;
 use iotmon_wire::partition::partition_of;
 use serde_json::{json, Value};
-use support::{http_get, metric_value, Iotmon, Publisher, TempDir, Viewer, DEADLINE};
+use support::{http_get, http_post, metric_value, Iotmon, Publisher, TempDir, Viewer, DEADLINE};
 
 /// A device rule every bridge evaluates on its own devices, and a group rule on a building
 /// whose floors live on different bridges: only the merged mean (45) is above 40; one
@@ -262,6 +264,36 @@ async fn publish_until(
     }
 }
 
+/// Makes a device of `partition` in building B hot and publishes until every viewer has its
+/// alert; returns the device's id.
+async fn heat_until_alert(
+    publisher: &Publisher,
+    fleet: &mut [Device],
+    viewers: &mut [Viewer],
+    partition: u32,
+) -> String {
+    let hot = fleet
+        .iter()
+        .position(|device| device.partition == partition && device.group == "hq/building-b")
+        .expect("a device of the partition in building B");
+    fleet[hot].temperature = 80.0;
+    let hot_id = fleet[hot].id.clone();
+    let mut refs: Vec<&mut Viewer> = viewers.iter_mut().collect();
+    publish_until(
+        publisher,
+        fleet,
+        &mut refs,
+        &format!("partition {partition}'s device alert"),
+        |viewer| {
+            alerts(viewer)
+                .iter()
+                .any(|alert| alert["subject"] == hot_id.as_str())
+        },
+    )
+    .await;
+    hot_id
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn two_partitioned_bridges_and_two_dashboards_on_mosquitto() {
     let broker = mosquitto::Mosquitto::start();
@@ -352,6 +384,50 @@ async fn two_partitioned_bridges_and_two_dashboards_on_mosquitto() {
         assert_eq!(devices["online"].as_u64(), Some(6), "{devices}");
     }
 
+    // A share of another layout (a bridge left running with another N, or a forged message)
+    // and an unreadable one are refused and counted by every dashboard and by partition 0:
+    // viewers never see the forged share, and the building keeps its six devices.
+    let forged = json!({
+        "group": BUILDING, "partition": 1, "partitions": 3, "ts": 1,
+        "devices": {"online": 100, "offline": 0, "alerting": 0},
+        "metrics": {"load": {"count": 100, "sum": 100000.0, "min": 1000.0, "max": 1000.0}}
+    });
+    let partial_topic = format!("iotmon/partial/1/{BUILDING}");
+    publisher.publish(&partial_topic, forged.to_string()).await;
+    publisher.publish(&partial_topic, "not json").await;
+    for dashboard in &dashboards {
+        eventually("the dashboard refuses both partials", || async {
+            bridge_metric(dashboard, "iotmon_dashboard_partials_refused_total").await >= 2
+        })
+        .await;
+    }
+    eventually("partition 0 refuses both partials", || async {
+        bridge_metric(&bridge_0, "iotmon_partition_peer_partials_rejected_total").await >= 2
+    })
+    .await;
+    {
+        let building: Vec<&Device> = building.iter().collect();
+        let mut refs: Vec<&mut Viewer> = viewers.iter_mut().collect();
+        publish_until(
+            &publisher,
+            &fleet,
+            &mut refs,
+            "the building after the forged share",
+            |viewer| shows_merged(viewer, BUILDING, "load", &building, |d| d.load),
+        )
+        .await;
+    }
+    for viewer in &viewers {
+        let forged_shown = viewer.messages.iter().any(|message| {
+            message["groups"].as_array().is_some_and(|groups| {
+                groups.iter().any(|entry| {
+                    entry["group"] == BUILDING && entry["devices"]["online"].as_u64() >= Some(100)
+                })
+            })
+        });
+        assert!(!forged_shown, "a viewer was shown the forged share");
+    }
+
     // The simulated fleet: each dashboard shows all of site-1, from both bridges.
     for dashboard in &dashboards {
         let mut viewer = Viewer::connect(&dashboard.ws_url()).await;
@@ -422,27 +498,7 @@ async fn two_partitioned_bridges_and_two_dashboards_on_mosquitto() {
     );
 
     // A device alert on partition 0's device, raised by its owner.
-    let hot = fleet
-        .iter()
-        .position(|device| device.partition == 0 && device.group == "hq/building-b")
-        .expect("a partition-0 device in building B");
-    fleet[hot].temperature = 80.0;
-    let hot_id = fleet[hot].id.clone();
-    {
-        let mut refs: Vec<&mut Viewer> = viewers.iter_mut().collect();
-        publish_until(
-            &publisher,
-            &fleet,
-            &mut refs,
-            "the device alert",
-            |viewer| {
-                alerts(viewer)
-                    .iter()
-                    .any(|alert| alert["subject"] == hot_id.as_str())
-            },
-        )
-        .await;
-    }
+    let hot_id = heat_until_alert(&publisher, &mut fleet, &mut viewers, 0).await;
     assert_eq!(
         bridge_metric(&bridge_0, "iotmon_alerts_raised_total").await,
         2
@@ -451,6 +507,97 @@ async fn two_partitioned_bridges_and_two_dashboards_on_mosquitto() {
         bridge_metric(&bridge_1, "iotmon_alerts_raised_total").await,
         0
     );
+    // A device alert of partition 1 (an odd id), and operators' commands on alerts of both
+    // bridges through either dashboard, over REST and WebSocket: REST answers 202, the command
+    // reaches the owning bridge over `iotmon/commands/alerts`, and the change comes back to
+    // every dashboard's viewers.
+    let hot_1_id = heat_until_alert(&publisher, &mut fleet, &mut viewers, 1).await;
+    let odd_id = alerts(&viewers[0])
+        .iter()
+        .find(|alert| alert["subject"] == hot_1_id.as_str())
+        .and_then(|alert| alert["id"].as_u64())
+        .expect("an id");
+    assert_eq!(odd_id % 2, 1, "partition 1's ids are odd");
+    assert_eq!(
+        bridge_metric(&bridge_1, "iotmon_alerts_raised_total").await,
+        1
+    );
+    let latest = |viewer: &Viewer, id: u64| {
+        alerts(viewer)
+            .into_iter()
+            .rev()
+            .find(|alert| alert["id"].as_u64() == Some(id))
+    };
+    let (status, body) = http_post(
+        dashboards[1].http.expect("http"),
+        &format!("/api/alerts/{odd_id}/ack"),
+        &json!({"by": "ana"}),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    for viewer in viewers.iter_mut() {
+        let acknowledged = viewer
+            .read_until(DEADLINE, |v| {
+                latest(v, odd_id).is_some_and(|alert| {
+                    alert["state"] == "active_acknowledged" && alert["acknowledged_by"] == "ana"
+                })
+            })
+            .await;
+        assert!(acknowledged, "{:?}", latest(viewer, odd_id));
+    }
+    viewers[0]
+        .send(json!({"type": "shelve", "id": group_alert_id, "minutes": 30, "by": "bo"}))
+        .await;
+    for viewer in viewers.iter_mut() {
+        let shelved = viewer
+            .read_until(DEADLINE, |v| {
+                latest(v, group_alert_id).is_some_and(|alert| alert["shelved_by"] == "bo")
+            })
+            .await;
+        assert!(shelved, "{:?}", latest(viewer, group_alert_id));
+    }
+    let (status, body) = http_post(
+        dashboards[1].http.expect("http"),
+        &format!("/api/alerts/{group_alert_id}/unshelve"),
+        &json!({"by": "bo"}),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    for viewer in viewers.iter_mut() {
+        let unshelved = viewer
+            .read_until(DEADLINE, |v| {
+                latest(v, group_alert_id).is_some_and(|alert| alert["shelved_until"].is_null())
+            })
+            .await;
+        assert!(unshelved, "{:?}", latest(viewer, group_alert_id));
+    }
+    // A dashboard that starts late gets every open alert, from both bridges.
+    {
+        let expected: std::collections::BTreeSet<u64> = alerts(&viewers[0])
+            .iter()
+            .filter_map(|alert| alert["id"].as_u64())
+            .collect();
+        assert_eq!(expected.len(), 3, "{expected:?}");
+        let late = start_dashboard(&url, &config);
+        let http = late.http.expect("http");
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let (status, body) = http_get(http, "/api/alerts").await;
+            let listed: Value = serde_json::from_str(&body).unwrap_or_default();
+            let open: std::collections::BTreeSet<u64> = listed["alerts"]
+                .as_array()
+                .map(|alerts| alerts.iter().filter_map(|a| a["id"].as_u64()).collect())
+                .unwrap_or_default();
+            if status == 200 && open == expected {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the late dashboard's open alerts: {open:?}, not {expected:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     // Each bridge skipped the other's devices before parsing them.
     assert!(bridge_metric(&bridge_1, "iotmon_partition_skipped_messages_total").await > 0);
 
@@ -607,11 +754,11 @@ async fn two_partitioned_bridges_and_two_dashboards_on_mosquitto() {
     );
     assert_eq!(
         bridge_metric(&bridge_1, "iotmon_alerts_raised_total").await,
-        0
+        1
     );
 
-    // The alert's history, from its bridge's store through a dashboard: raised once, before
-    // the kill, and cleared once, after it.
+    // The alert's history, from its bridge's store through a dashboard: raised once, shelved
+    // and unshelved by an operator before the kill, and cleared once, after it.
     let http = dashboards[1].http.expect("http");
     let (status, body) = http_get(http, &format!("/api/alerts/{group_alert_id}")).await;
     assert_eq!(status, 200, "{body}");
@@ -622,8 +769,13 @@ async fn two_partitioned_bridges_and_two_dashboards_on_mosquitto() {
         .iter()
         .filter_map(|step| step["event"].as_str())
         .collect();
-    assert_eq!(events, ["raised", "cleared"], "{detail}");
-    // The alert history merges both bridges' stores: the building's and the device's alerts.
+    assert_eq!(
+        events,
+        ["raised", "shelved", "unshelved", "cleared"],
+        "{detail}"
+    );
+    // The alert history merges both bridges' stores: the building's and partition 0's
+    // device's alerts from one, partition 1's device's from the other.
     let (status, body) = http_get(http, "/api/alerts?from=0").await;
     assert_eq!(status, 200, "{body}");
     let listed: Value = serde_json::from_str(&body).expect("JSON");
@@ -635,7 +787,9 @@ async fn two_partitioned_bridges_and_two_dashboards_on_mosquitto() {
         .collect();
     assert_eq!(
         subjects,
-        [BUILDING, hot_id.as_str()].into_iter().collect(),
+        [BUILDING, hot_id.as_str(), hot_1_id.as_str()]
+            .into_iter()
+            .collect(),
         "{listed}"
     );
 }
@@ -720,4 +874,126 @@ fn an_impossible_partition_is_refused_before_anything_starts() {
         key.contains("partition") && key.contains("N must be between 1 and 1024"),
         "{key}"
     );
+}
+
+/// A dashboard whose bridges are down answers history with a clear error once the question
+/// times out (503, naming the silent partition), never a hang and never a store failure: a
+/// series, one alert, and the alert list it asks of every partition.
+#[tokio::test(flavor = "multi_thread")]
+async fn history_from_bridges_that_are_down_fails_clearly() {
+    let broker = mosquitto::Mosquitto::start();
+    let url = format!("mqtt://127.0.0.1:{}", broker.port);
+    let dir = TempDir::new("scale-out-silent");
+    let config = format!("{}/iotmon.toml", dir.path());
+    std::fs::write(&config, "").expect("config written");
+    let dashboard = start_dashboard(&url, &config);
+    let http = dashboard.http.expect("http");
+    let device = (0..)
+        .map(|n| format!("dev-{n:03}"))
+        .find(|id| partition_of(id, 2) == 1)
+        .expect("a device of partition 1");
+    for (path, silent) in [
+        (
+            format!("/api/history?device={device}&metric=t"),
+            "partition 1",
+        ),
+        ("/api/alerts/4".to_string(), "partition 0"),
+        ("/api/alerts?from=0".to_string(), "partition"),
+    ] {
+        let (status, body) = http_get(http, &path).await;
+        assert_eq!(status, 503, "{path}: {body}");
+        assert!(
+            body.contains(silent) && body.contains("did not answer"),
+            "{path}: {body}"
+        );
+    }
+}
+
+/// With InfluxDB as the shared store, two partitioned bridges write their own devices'
+/// closed rollup windows to the same bucket (Debian's victoria-metrics): every device of
+/// both partitions is there, each reading counted once, none written by both bridges.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_partitions_share_one_influx_bucket_without_overlap() {
+    use crate::influx_victoria::{free_addr, get, Victoria};
+    let broker = mosquitto::Mosquitto::start();
+    let url = format!("mqtt://127.0.0.1:{}", broker.port);
+    let victoria_dir = TempDir::new("scale-out-victoria");
+    let victoria = Victoria::start(Path::new(victoria_dir.path()), free_addr()).await;
+    let dir = TempDir::new("scale-out-influx");
+    let config = format!("{}/iotmon.toml", dir.path());
+    let influx = format!(
+        "[bridge.influx]\nenabled = true\nurl = \"http://{}\"\norg = \"iotmon\"\nbucket = \"b\"\n",
+        victoria.addr
+    );
+    std::fs::write(&config, influx).expect("config written");
+    let (data_0, data_1) = (TempDir::new("influx-0"), TempDir::new("influx-1"));
+    let bridge_0 = start_bridge(&url, "0/2", data_0.path(), &config);
+    let bridge_1 = start_bridge(&url, "1/2", data_1.path(), &config);
+    let publisher = Publisher::connect(
+        SocketAddr::from(([127, 0, 0, 1], broker.port)),
+        "influx-fleet",
+    )
+    .await;
+    let devices: Vec<String> = (0..8).map(|n| format!("dev-{n:03}")).collect();
+    let partitions: std::collections::BTreeSet<u32> =
+        devices.iter().map(|id| partition_of(id, 2)).collect();
+    assert_eq!(partitions.len(), 2, "the devices span both partitions");
+    // Both bridges read every device once before the counted readings go out.
+    eventually("both bridges subscribed", || async {
+        for id in &devices {
+            publisher
+                .publish(&format!("sensors/hq/{id}"), r#"{"warmup":1}"#)
+                .await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        bridge_metric(&bridge_0, "iotmon_ingest_readings_total").await > 0
+            && bridge_metric(&bridge_1, "iotmon_ingest_readings_total").await > 0
+    })
+    .await;
+    const READINGS: u64 = 3;
+    for seq in 0..READINGS {
+        for id in &devices {
+            publisher
+                .publish(
+                    &format!("sensors/hq/{id}"),
+                    json!({ "seq": seq }).to_string(),
+                )
+                .await;
+        }
+    }
+    // Each device's 10 s windows reach the bucket once closed (10 s, plus 5 s of grace).
+    let stored = || async {
+        let path = "/api/v1/export?match%5B%5D=rollup_10s_seq_count";
+        let body = get(victoria.addr, path).await.unwrap_or_default();
+        let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+        for line in body.lines().filter(|line| line.starts_with('{')) {
+            let series: Value = serde_json::from_str(line).expect("export JSON");
+            let device = series["metric"]["device"].as_str().expect("device tag");
+            let sum: f64 = series["values"]
+                .as_array()
+                .expect("values")
+                .iter()
+                .filter_map(Value::as_f64)
+                .sum();
+            *counts.entry(device.to_string()).or_default() += sum as u64;
+        }
+        counts
+    };
+    let expected: BTreeMap<String, u64> = devices.iter().map(|id| (id.clone(), READINGS)).collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let counts = stored().await;
+        assert!(
+            counts.values().all(|count| *count <= READINGS),
+            "a reading stored twice: {counts:?}"
+        );
+        if counts == expected {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the bucket holds {counts:?}, not {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }

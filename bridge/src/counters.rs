@@ -73,8 +73,9 @@ pub struct BridgeCounters {
     pub peer_partials_rejected: AtomicU64,
     /// Dashboards' history questions answered over MQTT (partitioned bridges).
     pub history_requests: AtomicU64,
-    /// History questions refused as unreadable or with a reply topic outside
-    /// `iotmon/history/reply/`.
+    /// History questions refused: unreadable, with a reply topic outside
+    /// `iotmon/history/reply/`, asking beyond the REST API's limits, or while replies are
+    /// backed up.
     pub history_requests_rejected: AtomicU64,
 }
 
@@ -118,7 +119,7 @@ impl BridgeCounters {
             ("iotmon_partition_peer_partials_total", "Partial aggregates received from other partitions.", Counter, &self.peer_partials),
             ("iotmon_partition_peer_partials_rejected_total", "Partial aggregates from other partitions refused as unreadable or invalid.", Counter, &self.peer_partials_rejected),
             ("iotmon_history_requests_total", "Dashboards' history questions answered over MQTT.", Counter, &self.history_requests),
-            ("iotmon_history_requests_rejected_total", "History questions refused as unreadable or with a bad reply topic.", Counter, &self.history_requests_rejected),
+            ("iotmon_history_requests_rejected_total", "History questions refused: unreadable, a bad reply topic, beyond the API's limits, or while replies are backed up.", Counter, &self.history_requests_rejected),
         ]
     }
 }

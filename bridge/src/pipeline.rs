@@ -602,6 +602,8 @@ struct MergedGroups {
     settled_at: Option<Instant>,
     /// When group rules start regardless of partitions not yet heard from.
     grace_ends: Instant,
+    /// Whether the grace ran out with partitions unheard (said once in the log).
+    started_incomplete: bool,
 }
 
 impl GroupScope {
@@ -618,13 +620,14 @@ impl GroupScope {
         }
         GroupScope::Merged(Box::new(MergedGroups {
             partition,
-            merger: Default::default(),
+            merger: iotmon_wire::partial::PartialMerger::for_partitions(partition.count),
             from_peers,
             pending: Default::default(),
             heard: std::iter::once(partition.index).collect(),
             window,
             settled_at: None,
             grace_ends: Instant::now() + window * MERGE_GRACE_WINDOWS,
+            started_incomplete: false,
         }))
     }
 
@@ -664,6 +667,19 @@ impl MergedGroups {
         let settled = self.settled_at.is_some_and(|at| now >= at);
         if !settled && now < self.grace_ends {
             return Vec::new();
+        }
+        if self.settled_at.is_none() && !self.started_incomplete {
+            // From here on a group's merged value lacks the silent partitions' shares: its
+            // alerts may be raised or cleared on part of the fleet until they are heard.
+            self.started_incomplete = true;
+            let silent: Vec<u32> = (0..self.partition.count)
+                .filter(|partition| !self.heard.contains(partition))
+                .collect();
+            tracing::warn!(
+                ?silent,
+                "group rules evaluated without these partitions' partials: their bridges are \
+                 down or not yet connected"
+            );
         }
         self.pending.drain().map(|(_, merged)| merged).collect()
     }
@@ -918,6 +934,40 @@ mod tests {
             .collect(),
         };
         PartialAggregate::from_aggregate(&aggregate, Partition::new(partition, 2).expect("valid"))
+    }
+
+    /// A partial announcing another partition count (a bridge left running with an old N, or
+    /// a forged message) is refused and counted: it neither wipes partition 0's own share
+    /// nor counts as a partition heard from.
+    #[tokio::test(start_paused = true)]
+    async fn partition_zero_refuses_partials_of_another_partition_count() {
+        let window = Duration::from_secs(1);
+        let partition = Partition::new(0, 2).expect("valid");
+        let (_to_merged, from_peers) = mpsc::channel(4);
+        let GroupScope::Merged(mut merged) = GroupScope::of(partition, window, from_peers) else {
+            panic!("partition 0 merges");
+        };
+        let counters = BridgeCounters::default();
+        merged.add(share(0, "hq", 10.0), &counters);
+        let other_layout = |index: u32| PartialAggregate {
+            partition: index,
+            partitions: 3,
+            ..share(1, "hq", 90.0)
+        };
+        merged.add(other_layout(2), &counters);
+        merged.add(other_layout(1), &counters);
+        tokio::time::sleep(window * MERGE_SETTLE_WINDOWS).await;
+        assert!(
+            merged.take_ready().is_empty(),
+            "partition 1 of 2 is still unheard"
+        );
+        assert_eq!(counters.peer_partials_rejected.load(Ordering::Relaxed), 2);
+        merged.add(share(1, "hq", 30.0), &counters);
+        tokio::time::sleep(window * MERGE_SETTLE_WINDOWS).await;
+        let ready = merged.take_ready();
+        assert_eq!(ready.len(), 1);
+        assert_eq!(ready[0].metrics["t"].count, 2, "both shares of 2, no other");
+        assert_eq!(ready[0].metrics["t"].mean, 20.0);
     }
 
     /// Partition 0 evaluates group rules only on complete merged values: not on its own share

@@ -142,6 +142,8 @@ pub enum ApiError {
     NoStore,
     /// The store failed; the details go to the log, not to the caller.
     Store,
+    /// A partitioned bridge asked for history did not answer in time.
+    BridgeSilent(String),
     /// The hub has stopped (the server is shutting down).
     Unavailable,
 }
@@ -168,6 +170,10 @@ impl IntoResponse for ApiError {
             ApiError::Store => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "the store could not be read; see the server log".to_string(),
+            ),
+            ApiError::BridgeSilent(why) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("history is not available: {why}; try again later"),
             ),
             ApiError::TooManyViewers => (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -422,7 +428,7 @@ struct HistoryParams {
 }
 
 /// Most points one history request may ask for.
-const MAX_HISTORY_POINTS: usize = 2000;
+const MAX_HISTORY_POINTS: usize = iotmon_wire::history::MAX_SERIES_POINTS;
 const DEFAULT_HISTORY_SPAN_MS: i64 = 3_600_000;
 
 async fn history(
@@ -437,9 +443,24 @@ async fn history(
         Ok(Ok(series)) => Ok(Json(series)),
         Ok(Err(error)) => {
             tracing::warn!(%error, "history query failed");
-            Err(ApiError::Store)
+            Err(ApiError::from_history(&error))
         }
         Err(_) => Err(ApiError::Store),
+    }
+}
+
+impl ApiError {
+    /// What a failed history read tells the caller: a partitioned bridge that did not answer
+    /// is named (the operator can act on it), anything else is a store failure whose details
+    /// stay in the log.
+    fn from_history(error: &iotmon_wire::history::HistoryError) -> ApiError {
+        match error
+            .source
+            .downcast_ref::<crate::remote_history::NoAnswer>()
+        {
+            Some(silent) => ApiError::BridgeSilent(silent.to_string()),
+            None => ApiError::Store,
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use iotmon_wire::alert::AlertTransition;
 use iotmon_wire::history::{
@@ -40,6 +40,21 @@ pub const HISTORY_MAX_PACKET: usize = 1024 * 1024;
 const REPLY_QUEUE: usize = 64;
 
 type Pending = Arc<Mutex<HashMap<u64, std_mpsc::SyncSender<HistoryAnswer>>>>;
+
+/// A partition's bridge did not answer within [`ANSWER_TIMEOUT`]: it is down, or the broker
+/// dropped the question. Not a store failure: the API answers 503 and names the partition.
+#[derive(Debug, thiserror::Error)]
+#[error("partition {partition}'s bridge did not answer within {} s", ANSWER_TIMEOUT.as_secs())]
+pub struct NoAnswer {
+    pub partition: u32,
+}
+
+/// A question sent, awaiting its answer.
+struct Asked {
+    id: u64,
+    partition: u32,
+    answer: std_mpsc::Receiver<HistoryAnswer>,
+}
 
 /// A [`HistorySource`] that asks the bridges over MQTT.
 #[derive(Debug)]
@@ -92,6 +107,12 @@ impl BrokerHistory {
 
     /// Asks partition `partition` and waits (blocking) for its answer.
     fn ask(&self, partition: u32, ask: HistoryAsk) -> Result<HistoryAnswer, HistoryError> {
+        let asked = self.send(partition, ask)?;
+        self.wait(asked, Instant::now() + ANSWER_TIMEOUT)
+    }
+
+    /// Publishes a question to partition `partition`, registered to receive its answer.
+    fn send(&self, partition: u32, ask: HistoryAsk) -> Result<Asked, HistoryError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (answer_to, answer) = std_mpsc::sync_channel(1);
         {
@@ -118,17 +139,37 @@ impl BrokerHistory {
                     )
                     .map_err(|error| failed(&error.to_string()))
             });
-        let answered = sent.and_then(|()| {
-            answer
-                .recv_timeout(ANSWER_TIMEOUT)
-                .map_err(|_| failed(&format!("partition {partition}'s bridge did not answer")))
-        });
-        if let Ok(mut pending) = self.pending.lock() {
-            pending.remove(&id);
+        match sent {
+            Ok(()) => Ok(Asked {
+                id,
+                partition,
+                answer,
+            }),
+            Err(error) => {
+                self.forget(id);
+                Err(error)
+            }
         }
-        match answered? {
+    }
+
+    /// Waits (blocking) until `deadline` for the answer to `asked`.
+    fn wait(&self, asked: Asked, deadline: Instant) -> Result<HistoryAnswer, HistoryError> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let answered = asked.answer.recv_timeout(left);
+        self.forget(asked.id);
+        let partition = asked.partition;
+        let silent = || HistoryError {
+            source: Box::new(NoAnswer { partition }),
+        };
+        match answered.map_err(|_| silent())? {
             HistoryAnswer::Failed(error) => Err(failed(&error)),
             answer => Ok(answer),
+        }
+    }
+
+    fn forget(&self, id: u64) {
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.remove(&id);
         }
     }
 }
@@ -152,15 +193,32 @@ impl HistorySource for BrokerHistory {
         }
     }
 
+    /// Asks every partition at once, so that bridges that are down cost one timeout, not
+    /// one each.
     fn alerts(&self, query: &AlertQuery) -> Result<Vec<Alert>, HistoryError> {
+        let deadline = Instant::now() + ANSWER_TIMEOUT;
+        let asked: Vec<Result<Asked, HistoryError>> = (0..self.partitions)
+            .map(|partition| self.send(partition, HistoryAsk::Alerts(query.clone())))
+            .collect();
         let mut alerts = Vec::new();
-        for partition in 0..self.partitions {
-            match self.ask(partition, HistoryAsk::Alerts(query.clone()))? {
-                HistoryAnswer::Alerts(some) => alerts.extend(some),
-                _ => return Err(unexpected()),
+        let mut first_error = None;
+        // Every question is waited for (or times out) even after an error, so that none
+        // stays registered.
+        for asked in asked {
+            match asked.and_then(|asked| self.wait(asked, deadline)) {
+                Ok(HistoryAnswer::Alerts(some)) => alerts.extend(some),
+                Ok(_) => {
+                    first_error.get_or_insert_with(unexpected);
+                }
+                Err(error) => {
+                    first_error.get_or_insert(error);
+                }
             }
         }
-        Ok(newest_first(alerts, query.limit))
+        match first_error {
+            Some(error) => Err(error),
+            None => Ok(newest_first(alerts, query.limit)),
+        }
     }
 
     fn alert(&self, id: AlertId) -> Result<Option<(Alert, Vec<AlertTransition>)>, HistoryError> {

@@ -19,7 +19,7 @@ use iotmon_wire::{Alert, AlertCommand, DeviceState, GroupAggregate, LiveUpdate};
 use rumqttc::{AsyncClient, QoS};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{debug, warn};
 
 /// Messages buffered between the MQTT client and the decoder.
 const INPUT_CAPACITY: usize = 4096;
@@ -47,12 +47,14 @@ impl Collector for SourceCounters {
 /// `shutdown`. On every (re)connect it asks the bridge to resend all states, so a dashboard
 /// that starts late, or lost its connection, is complete again. Operators' alert commands
 /// from `alert_commands` are published for the bridge at QoS 1. Refused input is counted in
-/// `counters`.
+/// `counters`. With `partitions` (the deployment's N, `--partitions`), partial aggregates of
+/// any other partition count are refused; without, each group takes the newest layout.
 #[allow(clippy::too_many_arguments)] // Each is one of the source's separate inputs.
 pub async fn from_broker(
     broker: BrokerUrl,
     login: Login,
     max_packet_size: usize,
+    partitions: Option<u32>,
     to_hub: mpsc::Sender<LiveUpdate>,
     mut alert_commands: mpsc::Receiver<AlertCommand>,
     counters: Arc<SourceCounters>,
@@ -76,7 +78,7 @@ pub async fn from_broker(
         Some(messages_tx),
         shutdown.clone(),
     ));
-    let mut partials = PartialMerger::new();
+    let mut partials = partitions.map_or_else(PartialMerger::new, PartialMerger::for_partitions);
     loop {
         tokio::select! {
             message = messages.recv() => {
@@ -118,7 +120,9 @@ fn decode(
         return merge_partial(message, partials)
             .inspect_err(|error| {
                 counters.partials_refused.fetch_add(1, Ordering::Relaxed);
-                warn!(topic = message.topic, %error, "ignoring unreadable partial aggregate");
+                // Counted for /metrics; at debug level, since a flood of bad partials
+                // must not flood the log.
+                debug!(topic = message.topic, %error, "partial aggregate refused");
             })
             .ok();
     }

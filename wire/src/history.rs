@@ -7,6 +7,14 @@ use thiserror::Error;
 
 use crate::alert::{Alert, AlertId, AlertState, AlertTransition};
 
+/// The most points a series may be asked for: more than a chart can show. The dashboard's
+/// `/api/history` refuses more, and so does a bridge asked over MQTT.
+pub const MAX_SERIES_POINTS: usize = 2000;
+
+/// The most alerts one list may be asked for (`/api/alerts?limit=`); a bridge asked over MQTT
+/// refuses more too.
+pub const MAX_ALERTS_LISTED: usize = 1000;
+
 /// A metric's history to read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HistoryQuery {

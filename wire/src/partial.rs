@@ -117,17 +117,23 @@ pub enum PartialError {
     NotFinite(String),
     #[error("partial for group {partial:?} arrived on the topic of {topic:?}")]
     TopicMismatch { topic: String, partial: String },
+    #[error("partial of a deployment of {partitions} partitions, not {expected}")]
+    OtherLayout { partitions: u32, expected: u32 },
 }
 
 /// The latest partial of every partition, per group; merges them on every change.
 ///
 /// Bounded by the deployment: one entry per group and partition, and groups are the prefixes
-/// of the fleet's group paths. A partial announcing a different N than the ones held for its
-/// group (the deployment was re-partitioned) replaces them all, so shares of the old layout
-/// are never added to the new one.
+/// of the fleet's group paths. Shares of two layouts are never added together: a merger that
+/// knows the deployment's N ([`PartialMerger::for_partitions`]) refuses a partial announcing
+/// another (a bridge left running with an old N, or a forged message, would otherwise wipe
+/// the right shares); one that does not know it lets a partial of a new N replace the shares
+/// held for its group (the deployment was re-partitioned).
 #[derive(Debug, Default)]
 pub struct PartialMerger {
     groups: HashMap<GroupPath, GroupShares>,
+    /// The deployment's N, when known.
+    expected: Option<u32>,
 }
 
 #[derive(Debug, Default)]
@@ -137,17 +143,34 @@ struct GroupShares {
 }
 
 impl PartialMerger {
+    /// A merger that takes the layout of the newest partial of each group.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A merger for a deployment of `partitions` partitions: partials of any other count are
+    /// refused.
+    pub fn for_partitions(partitions: u32) -> Self {
+        PartialMerger {
+            groups: HashMap::new(),
+            expected: Some(partitions),
+        }
     }
 
     /// Records `partial` and returns its group's aggregate merged over every partition heard
     /// from.
     ///
     /// # Errors
-    /// The partial fails [`PartialAggregate::check`]; nothing is recorded.
+    /// The partial fails [`PartialAggregate::check`], or announces another partition count
+    /// than the one this merger was made for; nothing is recorded.
     pub fn update(&mut self, partial: PartialAggregate) -> Result<GroupAggregate, PartialError> {
         partial.check()?;
+        if let Some(expected) = self.expected.filter(|n| *n != partial.partitions) {
+            return Err(PartialError::OtherLayout {
+                partitions: partial.partitions,
+                expected,
+            });
+        }
         let shares = self.groups.entry(partial.group.clone()).or_default();
         if shares.partitions != partial.partitions {
             shares.shares.clear();
@@ -286,6 +309,24 @@ mod tests {
         let after = merger.update(partial(0, 3, &[1.0], 1)).expect("valid");
         assert_eq!(after.metrics["t"].count, 1);
         assert_eq!(merger.partitions_of("hq/building-a"), 1);
+    }
+
+    #[test]
+    fn a_merger_that_knows_the_partition_count_refuses_any_other() {
+        let mut merger = PartialMerger::for_partitions(2);
+        merger.update(partial(0, 2, &[10.0], 1)).expect("valid");
+        assert_eq!(
+            merger.update(partial(1, 3, &[100.0], 1)),
+            Err(PartialError::OtherLayout {
+                partitions: 3,
+                expected: 2
+            })
+        );
+        let merged = merger.update(partial(1, 2, &[30.0], 1)).expect("valid");
+        assert_eq!(
+            (merged.metrics["t"].count, merged.metrics["t"].mean),
+            (2, 20.0)
+        );
     }
 
     #[test]

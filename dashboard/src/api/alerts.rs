@@ -14,7 +14,7 @@ use super::{ApiError, AppState};
 use crate::alerts::{operator, shelve_until, CommandFailure, CommandOutcome};
 
 /// Most alerts one `/api/alerts` answer holds.
-const MAX_ALERTS: usize = 1000;
+const MAX_ALERTS: usize = iotmon_wire::history::MAX_ALERTS_LISTED;
 
 /// Query string of `/api/alerts`.
 #[derive(Debug, Deserialize)]
@@ -195,7 +195,8 @@ fn parse_opt<T>(
         .transpose()
 }
 
-/// Runs a store read on the blocking pool; failures are logged, the caller gets a 500.
+/// Runs a store read on the blocking pool; failures are logged, the caller gets a 500 (a
+/// 503 when a partitioned bridge did not answer).
 async fn blocking<T: Send + 'static>(
     read: impl FnOnce() -> Result<T, HistoryError> + Send + 'static,
 ) -> Result<T, ApiError> {
@@ -203,7 +204,7 @@ async fn blocking<T: Send + 'static>(
         Ok(Ok(value)) => Ok(value),
         Ok(Err(error)) => {
             tracing::warn!(%error, "alert store read failed");
-            Err(ApiError::Store)
+            Err(ApiError::from_history(&error))
         }
         Err(_) => Err(ApiError::Store),
     }
