@@ -5,7 +5,7 @@
 //! group rules fire once, on merged values; operators' commands (REST and WebSocket) reach
 //! the bridge owning the alert, and a dashboard that starts late gets every open alert; a
 //! bridge killed with SIGKILL and started again with the same partition loses and doubles
-//! nothing (rollups, alerts).
+//! nothing (rollups, alerts); a bridge killed and not replaced has its shares aged out.
 
 use crate::support;
 
@@ -21,7 +21,9 @@ use iotmon_bridge::BridgeConfig;
 use iotmon_wire::history::HistoryQuery;
 use iotmon_wire::partition::partition_of;
 use serde_json::{json, Value};
-use support::{http_get, http_post, metric_value, Iotmon, Publisher, TempDir, Viewer, DEADLINE};
+use support::{
+    eventually, http_get, http_post, metric_value, Iotmon, Publisher, TempDir, Viewer, DEADLINE,
+};
 
 /// A device rule every bridge evaluates on its own devices, and a group rule on a building
 /// whose floors live on different bridges: only the merged mean (45) is above 40; one
@@ -166,21 +168,6 @@ async fn bridge_metric(bridge: &Iotmon, name: &str) -> u64 {
     let (status, metrics) = http_get(bridge.http.expect("http"), "/metrics").await;
     assert_eq!(status, 200);
     metric_value(&metrics, name)
-}
-
-async fn eventually<F, Fut>(what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    while !condition().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: not within {DEADLINE:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// A bridge process owning `partition`, keeping its store in `data_dir`.
@@ -388,7 +375,7 @@ async fn two_partitioned_bridges_and_two_dashboards_on_mosquitto() {
     // and an unreadable one are refused and counted by every dashboard and by partition 0:
     // viewers never see the forged share, and the building keeps its six devices.
     let forged = json!({
-        "group": BUILDING, "partition": 1, "partitions": 3, "ts": 1,
+        "group": BUILDING, "partition": 1, "partitions": 3, "ts": 1, "lifetime_ms": 30000,
         "devices": {"online": 100, "offline": 0, "alerting": 0},
         "metrics": {"load": {"count": 100, "sum": 100000.0, "min": 1000.0, "max": 1000.0}}
     });
@@ -396,12 +383,12 @@ async fn two_partitioned_bridges_and_two_dashboards_on_mosquitto() {
     publisher.publish(&partial_topic, forged.to_string()).await;
     publisher.publish(&partial_topic, "not json").await;
     for dashboard in &dashboards {
-        eventually("the dashboard refuses both partials", || async {
+        eventually(DEADLINE, "the dashboard refuses both partials", || async {
             bridge_metric(dashboard, "iotmon_dashboard_partials_refused_total").await >= 2
         })
         .await;
     }
-    eventually("partition 0 refuses both partials", || async {
+    eventually(DEADLINE, "partition 0 refuses both partials", || async {
         bridge_metric(&bridge_0, "iotmon_partition_peer_partials_rejected_total").await >= 2
     })
     .await;
@@ -633,11 +620,15 @@ async fn two_partitioned_bridges_and_two_dashboards_on_mosquitto() {
             data_0.path()
         }
     };
-    eventually("the first readings stored by their owners", || async {
-        fleet
-            .iter()
-            .all(|device| stored_readings(store_of(device), &device.id) == BEFORE)
-    })
+    eventually(
+        DEADLINE,
+        "the first readings stored by their owners",
+        || async {
+            fleet
+                .iter()
+                .all(|device| stored_readings(store_of(device), &device.id) == BEFORE)
+        },
+    )
     .await;
     for device in &fleet {
         assert_eq!(
@@ -652,23 +643,33 @@ async fn two_partitioned_bridges_and_two_dashboards_on_mosquitto() {
     // a new one with the same partition and store.
     bridge_0.kill_hard();
     let bridge_0 = start_bridge(&url, "0/2", data_0.path(), &config);
-    eventually("the new bridge reads its devices again", || async {
-        publish_round(&publisher, &fleet).await;
-        bridge_metric(&bridge_0, "iotmon_ingest_readings_total").await > 0
-    })
+    eventually(
+        DEADLINE,
+        "the new bridge reads its devices again",
+        || async {
+            publish_round(&publisher, &fleet).await;
+            bridge_metric(&bridge_0, "iotmon_ingest_readings_total").await > 0
+        },
+    )
     .await;
     publish_seq(BEFORE, BEFORE + AFTER).await;
-    eventually("the later readings stored by their owners", || async {
-        fleet
-            .iter()
-            .all(|device| stored_readings(store_of(device), &device.id) == BEFORE + AFTER)
-    })
+    eventually(
+        DEADLINE,
+        "the later readings stored by their owners",
+        || async {
+            fleet
+                .iter()
+                .all(|device| stored_readings(store_of(device), &device.id) == BEFORE + AFTER)
+        },
+    )
     .await;
     // The group rule runs again on merged values (partition 1 resent its partials), and
     // nothing was raised anew: both alerts were restored, still open.
-    eventually("partition 1's partials reach the new bridge", || async {
-        bridge_metric(&bridge_0, "iotmon_partition_peer_partials_total").await > 0
-    })
+    eventually(
+        DEADLINE,
+        "partition 1's partials reach the new bridge",
+        || async { bridge_metric(&bridge_0, "iotmon_partition_peer_partials_total").await > 0 },
+    )
     .await;
     for _ in 0..3 {
         publish_round(&publisher, &fleet).await;
@@ -939,7 +940,7 @@ async fn two_partitions_share_one_influx_bucket_without_overlap() {
         devices.iter().map(|id| partition_of(id, 2)).collect();
     assert_eq!(partitions.len(), 2, "the devices span both partitions");
     // Both bridges read every device once before the counted readings go out.
-    eventually("both bridges subscribed", || async {
+    eventually(DEADLINE, "both bridges subscribed", || async {
         for id in &devices {
             publisher
                 .publish(&format!("sensors/hq/{id}"), r#"{"warmup":1}"#)
@@ -996,4 +997,102 @@ async fn two_partitions_share_one_influx_bucket_without_overlap() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// A partition whose bridge is killed and not replaced: once its shares outlive their
+/// lifetime (three refreshes missed), the dashboard and partition 0 count its devices
+/// offline and drop its values instead of showing its last ones as current; while it ran,
+/// its quiet groups' shares were refreshed and never aged out; its new bridge brings them
+/// back.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_shares_of_a_bridge_gone_for_good_age_out_and_come_back_with_it() {
+    let broker = mosquitto::Mosquitto::start();
+    let url = format!("mqtt://127.0.0.1:{}", broker.port);
+    let mqtt = SocketAddr::from(([127, 0, 0, 1], broker.port));
+    let dir = TempDir::new("scale-out-gone");
+    let config = format!("{}/iotmon.toml", dir.path());
+    // Shares live 3 x (1 s + 0.5 s) = 4.5 s.
+    let lifetime = Duration::from_millis(4_500);
+    std::fs::write(
+        &config,
+        "[bridge]\naggregate_interval = \"500ms\"\npartial_refresh = \"1s\"\n",
+    )
+    .expect("config written");
+    let (data_0, data_1) = (TempDir::new("gone-0"), TempDir::new("gone-1"));
+    let bridge_0 = start_bridge(&url, "0/2", data_0.path(), &config);
+    let mut bridge_1 = start_bridge(&url, "1/2", data_1.path(), &config);
+    let dashboard = start_dashboard(&url, &config);
+    let fleet = fleet();
+    let ids: Vec<&str> = fleet.iter().map(|device| device.id.as_str()).collect();
+    let mut viewer = Viewer::connect(&dashboard.ws_url()).await;
+    viewer.view(&ids).await;
+    viewer
+        .send(json!({"type": "groups", "groups": [BUILDING]}))
+        .await;
+    let publisher = Publisher::connect(mqtt, "scale-out-gone-fleet").await;
+    let building: Vec<&Device> = fleet
+        .iter()
+        .filter(|device| device.group.starts_with(BUILDING))
+        .collect();
+    let building_of_0: Vec<&Device> = building
+        .iter()
+        .copied()
+        .filter(|device| device.partition == 0)
+        .collect();
+    let devices_shown = |viewer: &Viewer| {
+        aggregate(viewer, BUILDING).map(|shown| {
+            let devices = &shown["devices"];
+            (devices["online"].as_u64(), devices["offline"].as_u64())
+        })
+    };
+    let whole = |viewer: &Viewer| {
+        shows_merged(viewer, BUILDING, "load", &building, |d| d.load)
+            && devices_shown(viewer) == Some((Some(6), Some(0)))
+    };
+    publish_until(&publisher, &fleet, &mut [&mut viewer], "both shares", whole).await;
+
+    // Both bridges alive, the fleet quiet past a lifetime: refreshes keep every share.
+    // Time passing is the point here, so this waits a fixed time.
+    tokio::time::sleep(lifetime + Duration::from_secs(2)).await;
+    assert_eq!(
+        bridge_metric(&dashboard, "iotmon_dashboard_partials_expired_total").await,
+        0
+    );
+    assert_eq!(
+        bridge_metric(&bridge_0, "iotmon_partition_peer_partials_expired_total").await,
+        0
+    );
+
+    bridge_1.kill_hard();
+    publish_until(
+        &publisher,
+        &fleet,
+        &mut [&mut viewer],
+        "partition 1's devices offline, its values gone",
+        |viewer| {
+            shows_merged(viewer, BUILDING, "load", &building_of_0, |d| d.load)
+                && devices_shown(viewer) == Some((Some(3), Some(3)))
+        },
+    )
+    .await;
+    eventually(
+        DEADLINE,
+        "partition 0 ages out partition 1's shares",
+        || async {
+            bridge_metric(&bridge_0, "iotmon_partition_peer_partials_expired_total").await > 0
+        },
+    )
+    .await;
+    assert!(bridge_metric(&dashboard, "iotmon_dashboard_partials_expired_total").await > 0);
+
+    // A new bridge for partition 1 reloads its store and sends its shares again.
+    let _bridge_1 = start_bridge(&url, "1/2", data_1.path(), &config);
+    publish_until(
+        &publisher,
+        &fleet,
+        &mut [&mut viewer],
+        "both shares again",
+        whole,
+    )
+    .await;
 }

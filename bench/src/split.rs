@@ -418,6 +418,7 @@ fn merge_cost(devices: usize) -> MergeCost {
             partition,
             partitions: 2,
             ts: round as i64,
+            lifetime_ms: 33_000,
             devices: DeviceCounts {
                 online: 20,
                 offline: 0,
@@ -439,7 +440,7 @@ fn merge_cost(devices: usize) -> MergeCost {
     let started = std::time::Instant::now();
     let mut counted = 0u64;
     for input in inputs {
-        if let Ok(merged) = merger.update(input) {
+        if let Ok(merged) = merger.update(input, std::time::Instant::now()) {
             counted += merged.devices.online;
         }
     }

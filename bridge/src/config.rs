@@ -22,6 +22,11 @@ pub struct BridgeConfig {
     /// How often group aggregates are emitted (the aggregation window).
     #[serde(with = "humantime_serde")]
     pub aggregate_interval: Duration,
+    /// How often a partitioned bridge sends every group's partial aggregate, changed or not:
+    /// dashboards and partition 0 age out a partition's shares after three refreshes missed
+    /// (its bridge is gone) and count its devices offline.
+    #[serde(with = "humantime_serde")]
+    pub partial_refresh: Duration,
     /// Worker tasks the devices are sharded across, by a hash of the device id; 0 means one
     /// per available core.
     pub shards: usize,
@@ -47,6 +52,7 @@ impl Default for BridgeConfig {
             live_interval: Duration::from_millis(25),
             live_min_gap: Duration::from_millis(250),
             aggregate_interval: Duration::from_secs(1),
+            partial_refresh: iotmon_wire::partial::PARTIAL_REFRESH,
             shards: 0,
             limits: IngestLimits::default(),
             presence: PresenceConfig::default(),
@@ -88,6 +94,7 @@ impl BridgeConfig {
         for (name, value) in [
             ("live_interval", self.live_interval),
             ("aggregate_interval", self.aggregate_interval),
+            ("partial_refresh", self.partial_refresh),
             ("store.flush_interval", self.store.flush_interval),
         ] {
             if value.is_zero() {
@@ -101,6 +108,11 @@ impl BridgeConfig {
         }
         self.rollups.validate()?;
         self.influx.validate()
+    }
+
+    /// How long this bridge's partial aggregates stand unrefreshed where they are merged.
+    pub fn share_lifetime(&self) -> Duration {
+        iotmon_wire::partial::share_lifetime(self.partial_refresh, self.aggregate_interval)
     }
 
     /// The partition this bridge owns: all of the fleet unless one was given.

@@ -71,6 +71,8 @@ pub struct BridgeCounters {
     pub peer_partials: AtomicU64,
     /// Partial aggregates refused: unreadable, invalid, or on a topic that does not match.
     pub peer_partials_rejected: AtomicU64,
+    /// Other partitions' shares aged out unrefreshed (their bridge is gone).
+    pub peer_partials_expired: AtomicU64,
     /// Dashboards' history questions answered over MQTT (partitioned bridges).
     pub history_requests: AtomicU64,
     /// History questions refused: unreadable, with a reply topic outside
@@ -89,7 +91,7 @@ impl BridgeCounters {
     }
 
     /// Every unlabelled counter with its metric name and help.
-    fn plain(&self) -> [(&'static str, &'static str, Kind, &AtomicU64); 28] {
+    fn plain(&self) -> [(&'static str, &'static str, Kind, &AtomicU64); 29] {
         use Kind::{Counter, Gauge};
         [
             ("iotmon_ingest_messages_total", "Messages received on device topics.", Counter, &self.messages),
@@ -118,6 +120,7 @@ impl BridgeCounters {
             ("iotmon_partition_skipped_messages_total", "Device messages skipped because another partition owns the device.", Counter, &self.other_partition_messages),
             ("iotmon_partition_peer_partials_total", "Partial aggregates received from other partitions.", Counter, &self.peer_partials),
             ("iotmon_partition_peer_partials_rejected_total", "Partial aggregates from other partitions refused as unreadable or invalid.", Counter, &self.peer_partials_rejected),
+            ("iotmon_partition_peer_partials_expired_total", "Other partitions' shares of group aggregates aged out unrefreshed (their bridge is gone); their devices count offline until it is back.", Counter, &self.peer_partials_expired),
             ("iotmon_history_requests_total", "Dashboards' history questions answered over MQTT.", Counter, &self.history_requests),
             ("iotmon_history_requests_rejected_total", "History questions refused: unreadable, a bad reply topic, beyond the API's limits, or while replies are backed up.", Counter, &self.history_requests_rejected),
         ]

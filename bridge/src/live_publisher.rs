@@ -4,6 +4,8 @@
 //! aggregates on `iotmon/partial/<K>/<group>` for dashboards to merge — alerts on `iotmon/alerts/<subject>` (JSON, QoS 1:
 //! an alert must arrive, and it is never coalesced away).
 
+use std::time::Duration;
+
 use iotmon_wire::partial::PartialAggregate;
 use iotmon_wire::partition::Partition;
 use iotmon_wire::topics::{agg_topic, alert_topic, live_topic, partial_topic};
@@ -15,12 +17,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 /// Publishes every batch from `live_updates` through `client` at QoS 0, until `shutdown`;
-/// aggregates as `partition`'s partials when the fleet is split. Waits while the client's
-/// request queue is full; meanwhile the bridge coalesces.
+/// aggregates as `partition`'s partials, each standing `share_lifetime` unrefreshed, when the
+/// fleet is split. Waits while the client's request queue is full; meanwhile the bridge
+/// coalesces.
 pub async fn publish_live(
     client: AsyncClient,
     mut live_updates: mpsc::Receiver<LiveUpdate>,
     partition: Partition,
+    share_lifetime: Duration,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -43,7 +47,8 @@ pub async fn publish_live(
             LiveUpdate::Aggregates(aggregates) if partition.is_split() => aggregates
                 .iter()
                 .map(|aggregate| {
-                    let partial = PartialAggregate::from_aggregate(aggregate, partition);
+                    let partial =
+                        PartialAggregate::from_aggregate(aggregate, partition, share_lifetime);
                     (
                         partial_topic(partition.index, &aggregate.group),
                         encode(&partial),

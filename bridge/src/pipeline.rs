@@ -229,7 +229,15 @@ pub async fn run(
     drop(to_aggregator);
     drop(store_handle);
     let (to_merged, from_peers) = mpsc::channel(PEER_PARTIALS_CAPACITY);
-    let scope = GroupScope::of(partition, config.aggregate_interval, from_peers);
+    let scope = GroupScope::of(
+        partition,
+        config.aggregate_interval,
+        config.share_lifetime(),
+        from_peers,
+    );
+    // A partitioned bridge's partials are merged elsewhere, where a share not refreshed in
+    // time is taken for a bridge that is gone: every group is sent again each refresh.
+    let refresh = partition.is_split().then(|| ticker(config.partial_refresh));
     tasks.spawn(critical(
         "the aggregator",
         run_aggregator(
@@ -237,6 +245,7 @@ pub async fn run(
             from_shards,
             group_rules,
             config.aggregate_interval,
+            refresh,
             AggregatorOutputs {
                 live_updates,
                 to_alerts: to_alerts.clone(),
@@ -440,6 +449,16 @@ fn ticker(period: Duration) -> Interval {
     ticker
 }
 
+/// The next tick of `ticker`; never, without one.
+async fn tick_if_some(ticker: &mut Option<Interval>) {
+    match ticker {
+        Some(ticker) => {
+            ticker.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
 /// One shard's loop: handles its messages, handing alert condition changes to the alert
 /// manager at once; each live interval checks alert deadlines and sends its changed devices,
 /// each aggregation window checks silence and sends its changed groups, each flush interval
@@ -604,12 +623,15 @@ struct MergedGroups {
     grace_ends: Instant,
     /// Whether the grace ran out with partitions unheard (said once in the log).
     started_incomplete: bool,
+    /// How long partition 0's own shares stand unrefreshed, as its published ones do.
+    share_lifetime: Duration,
 }
 
 impl GroupScope {
     fn of(
         partition: Partition,
         window: Duration,
+        share_lifetime: Duration,
         from_peers: mpsc::Receiver<PartialAggregate>,
     ) -> GroupScope {
         if !partition.is_split() {
@@ -628,6 +650,7 @@ impl GroupScope {
             settled_at: None,
             grace_ends: Instant::now() + window * MERGE_GRACE_WINDOWS,
             started_incomplete: false,
+            share_lifetime,
         }))
     }
 
@@ -643,7 +666,7 @@ impl GroupScope {
 impl MergedGroups {
     fn add(&mut self, partial: PartialAggregate, counters: &BridgeCounters) {
         let partition = partial.partition;
-        match self.merger.update(partial) {
+        match self.merger.update(partial, Instant::now().into_std()) {
             Ok(merged) => {
                 self.heard.insert(partition);
                 if self.settled_at.is_none() && self.heard.len() >= self.partition.count as usize {
@@ -657,6 +680,27 @@ impl MergedGroups {
                     .fetch_add(1, Ordering::Relaxed);
                 debug!(%error, "partial aggregate refused");
             }
+        }
+    }
+
+    /// Ages out the shares of partitions whose bridge has stopped refreshing them: group rules
+    /// then see those devices offline, with no values, until the bridge is back.
+    fn expire_stale(&mut self, counters: &BridgeCounters) {
+        let expired = self.merger.expire(Instant::now().into_std());
+        if expired.is_empty() {
+            return;
+        }
+        counters
+            .peer_partials_expired
+            .fetch_add(expired.shares as u64, Ordering::Relaxed);
+        tracing::warn!(
+            partitions = ?expired.partitions,
+            shares = expired.shares,
+            "partial aggregates not refreshed within their lifetime: their bridges are gone; \
+             group rules count their devices offline until they are back"
+        );
+        for merged in expired.aggregates {
+            self.pending.insert(merged.group.clone(), merged);
         }
     }
 
@@ -693,6 +737,7 @@ async fn run_aggregator(
     mut from_shards: mpsc::Receiver<(usize, Vec<ShardGroup>)>,
     mut groups: GroupEvaluator,
     window: Duration,
+    mut refresh: Option<Interval>,
     outputs: AggregatorOutputs,
     mut scope: GroupScope,
     shutdown: CancellationToken,
@@ -706,6 +751,7 @@ async fn run_aggregator(
                 Some((shard, partials)) => partials.into_iter().for_each(|group| merger.update(shard, group)),
                 None => break,
             },
+            _ = tick_if_some(&mut refresh) => merger.mark_all(),
             Some(partial) = scope.next_peer() => {
                 if let GroupScope::Merged(merged) = &mut scope {
                     merged.add(partial, &outputs.counters);
@@ -750,9 +796,14 @@ fn emit_aggregates(
         GroupScope::Elsewhere => {}
         GroupScope::Merged(merged) => {
             for aggregate in &aggregates {
-                let own = PartialAggregate::from_aggregate(aggregate, merged.partition);
+                let own = PartialAggregate::from_aggregate(
+                    aggregate,
+                    merged.partition,
+                    merged.share_lifetime,
+                );
                 merged.add(own, &outputs.counters);
             }
+            merged.expire_stale(&outputs.counters);
             for aggregate in merged.take_ready() {
                 groups.on_aggregate(&aggregate, now_ms);
             }
@@ -933,7 +984,50 @@ mod tests {
             .into_iter()
             .collect(),
         };
-        PartialAggregate::from_aggregate(&aggregate, Partition::new(partition, 2).expect("valid"))
+        PartialAggregate::from_aggregate(
+            &aggregate,
+            Partition::new(partition, 2).expect("valid"),
+            LIFETIME,
+        )
+    }
+
+    /// How long the tests' shares stand unrefreshed.
+    const LIFETIME: Duration = Duration::from_secs(33);
+
+    /// Partition 1's bridge is gone (killed, not replaced): once its shares outlive their
+    /// lifetime, partition 0's group rules see the group without its values, and the ageing
+    /// is counted.
+    #[tokio::test(start_paused = true)]
+    async fn partition_zero_ages_out_the_shares_of_a_bridge_that_is_gone() {
+        let window = Duration::from_secs(1);
+        let partition = Partition::new(0, 2).expect("valid");
+        let (_to_merged, from_peers) = mpsc::channel(4);
+        let GroupScope::Merged(mut merged) =
+            GroupScope::of(partition, window, LIFETIME, from_peers)
+        else {
+            panic!("partition 0 merges");
+        };
+        let counters = BridgeCounters::default();
+        merged.add(share(0, "hq", 10.0), &counters);
+        merged.add(share(1, "hq", 30.0), &counters);
+        tokio::time::sleep(window * MERGE_SETTLE_WINDOWS).await;
+        assert_eq!(merged.take_ready()[0].metrics["t"].count, 2);
+        // Partition 0 refreshes its own share; partition 1 sends nothing more.
+        tokio::time::sleep(LIFETIME / 2).await;
+        merged.add(share(0, "hq", 10.0), &counters);
+        merged.take_ready();
+        merged.expire_stale(&counters);
+        assert!(merged.take_ready().is_empty(), "not yet stale");
+        tokio::time::sleep(LIFETIME / 2).await;
+        merged.expire_stale(&counters);
+        let ready = merged.take_ready();
+        assert_eq!(ready.len(), 1);
+        assert_eq!(
+            (ready[0].metrics["t"].count, ready[0].metrics["t"].mean),
+            (1, 10.0),
+            "partition 0's share alone"
+        );
+        assert_eq!(counters.peer_partials_expired.load(Ordering::Relaxed), 1);
     }
 
     /// A partial announcing another partition count (a bridge left running with an old N, or
@@ -944,7 +1038,9 @@ mod tests {
         let window = Duration::from_secs(1);
         let partition = Partition::new(0, 2).expect("valid");
         let (_to_merged, from_peers) = mpsc::channel(4);
-        let GroupScope::Merged(mut merged) = GroupScope::of(partition, window, from_peers) else {
+        let GroupScope::Merged(mut merged) =
+            GroupScope::of(partition, window, LIFETIME, from_peers)
+        else {
             panic!("partition 0 merges");
         };
         let counters = BridgeCounters::default();
@@ -977,7 +1073,9 @@ mod tests {
         let window = Duration::from_secs(1);
         let (_to_merged, from_peers) = mpsc::channel(4);
         let partition = Partition::new(0, 2).expect("valid");
-        let GroupScope::Merged(mut merged) = GroupScope::of(partition, window, from_peers) else {
+        let GroupScope::Merged(mut merged) =
+            GroupScope::of(partition, window, LIFETIME, from_peers)
+        else {
             panic!("partition 0 merges");
         };
         let counters = BridgeCounters::default();
@@ -998,7 +1096,8 @@ mod tests {
         );
         // Without the other partition, the grace ends the wait.
         let (_to_merged, from_peers) = mpsc::channel(4);
-        let GroupScope::Merged(mut alone) = GroupScope::of(partition, window, from_peers) else {
+        let GroupScope::Merged(mut alone) = GroupScope::of(partition, window, LIFETIME, from_peers)
+        else {
             panic!("partition 0 merges");
         };
         alone.add(share(0, "hq", 10.0), &counters);
@@ -1010,12 +1109,13 @@ mod tests {
             GroupScope::of(
                 Partition::new(1, 2).expect("valid"),
                 window,
+                LIFETIME,
                 mpsc::channel(1).1
             ),
             GroupScope::Elsewhere
         ));
         assert!(matches!(
-            GroupScope::of(Partition::WHOLE, window, mpsc::channel(1).1),
+            GroupScope::of(Partition::WHOLE, window, LIFETIME, mpsc::channel(1).1),
             GroupScope::Own
         ));
     }

@@ -56,7 +56,13 @@ pub async fn run(
     ));
     tasks.spawn(critical(
         "the bridge's publisher",
-        publish_live(client, to_publish, partition, shutdown.clone()),
+        publish_live(
+            client,
+            to_publish,
+            partition,
+            config.share_lifetime(),
+            shutdown.clone(),
+        ),
     ));
     tasks.close();
     pipeline::run(

@@ -2,10 +2,13 @@
 //! bridge's `iotmon/live/...` topics and group aggregates from `iotmon/agg/...` on an MQTT
 //! broker. With partitioned bridges, each group's aggregate is merged here from the
 //! partitions' partials on `iotmon/partial/<K>/...`: every dashboard merges for itself, so
-//! none depends on another and any number can run.
+//! none depends on another and any number can run. A partition's shares that go
+//! unrefreshed past their lifetime are aged out (its bridge is gone): its devices then count
+//! offline, with no values, until its bridge is back.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use iotmon_wire::metrics::{encode_one, Collector, DescriptorEncoder, Kind};
@@ -24,11 +27,17 @@ use tracing::{debug, warn};
 /// Messages buffered between the MQTT client and the decoder.
 const INPUT_CAPACITY: usize = 4096;
 
+/// How often partials are checked for shares past their lifetime: a partition whose bridge
+/// is gone shows offline at most this long after its shares' lifetime (33 s by default) ends.
+const EXPIRY_CHECK: Duration = Duration::from_secs(1);
+
 /// What the dashboard's MQTT source refused, for `/metrics`.
 #[derive(Debug, Default)]
 pub struct SourceCounters {
     /// Partial aggregates refused: unreadable, invalid, or on a topic that does not match.
     pub partials_refused: AtomicU64,
+    /// Partitions' shares of group aggregates aged out unrefreshed (their bridge is gone).
+    pub partials_expired: AtomicU64,
 }
 
 impl Collector for SourceCounters {
@@ -39,6 +48,14 @@ impl Collector for SourceCounters {
             "Partial aggregates from partitioned bridges refused as unreadable or invalid.",
             Kind::Counter,
             self.partials_refused.load(Ordering::Relaxed),
+        )?;
+        encode_one(
+            &mut encoder,
+            "iotmon_dashboard_partials_expired_total",
+            "Partitions' shares of group aggregates aged out unrefreshed (their bridge is gone); \
+             their devices count offline until it is back.",
+            Kind::Counter,
+            self.partials_expired.load(Ordering::Relaxed),
         )
     }
 }
@@ -79,8 +96,17 @@ pub async fn from_broker(
         shutdown.clone(),
     ));
     let mut partials = partitions.map_or_else(PartialMerger::new, PartialMerger::for_partitions);
+    let mut expiry = tokio::time::interval(EXPIRY_CHECK);
     loop {
         tokio::select! {
+            _ = expiry.tick() => {
+                let Some(aged) = expire(&mut partials, &counters) else {
+                    continue;
+                };
+                if to_hub.send(aged).await.is_err() {
+                    break;
+                }
+            }
             message = messages.recv() => {
                 let Some(message) = message else { break };
                 let Some(derived) = decode(&message, &mut partials, &counters) else {
@@ -143,6 +169,24 @@ fn decode(
         .ok()
 }
 
+/// Ages out the shares not refreshed in time, counted and logged; the groups changed.
+fn expire(partials: &mut PartialMerger, counters: &SourceCounters) -> Option<LiveUpdate> {
+    let expired = partials.expire(Instant::now());
+    if expired.is_empty() {
+        return None;
+    }
+    counters
+        .partials_expired
+        .fetch_add(expired.shares as u64, Ordering::Relaxed);
+    warn!(
+        partitions = ?expired.partitions,
+        shares = expired.shares,
+        "partial aggregates not refreshed within their lifetime: their bridges are gone; \
+         their devices count offline until they are back"
+    );
+    Some(LiveUpdate::Aggregates(expired.aggregates))
+}
+
 /// Records one partition's partial and returns its group's aggregate merged over every
 /// partition.
 fn merge_partial(
@@ -154,7 +198,7 @@ fn merge_partial(
     if partial.partition != partition || *partial.group != *group {
         return Err("the payload names another partition or group than its topic".into());
     }
-    let merged = partials.update(partial)?;
+    let merged = partials.update(partial, Instant::now())?;
     Ok(LiveUpdate::Aggregates(vec![merged]))
 }
 
@@ -170,8 +214,12 @@ mod tests {
     }
 
     fn partial(partition: u32, count: u64, sum: f64) -> String {
+        partial_living(partition, count, sum, 30_000)
+    }
+
+    fn partial_living(partition: u32, count: u64, sum: f64, lifetime_ms: u64) -> String {
         format!(
-            r#"{{"group":"hq","partition":{partition},"partitions":2,"ts":1,"devices":{{"online":{count},"offline":0,"alerting":0}},"metrics":{{"t":{{"count":{count},"sum":{sum},"min":1.0,"max":9.0}}}}}}"#
+            r#"{{"group":"hq","partition":{partition},"partitions":2,"ts":1,"lifetime_ms":{lifetime_ms},"devices":{{"online":{count},"offline":0,"alerting":0}},"metrics":{{"t":{{"count":{count},"sum":{sum},"min":1.0,"max":9.0}}}}}}"#
         )
     }
 
@@ -195,6 +243,39 @@ mod tests {
         assert_eq!(merged[0].metrics["t"].count, 4);
         assert_eq!(merged[0].metrics["t"].mean, 4.0);
         assert_eq!(merged[0].devices.online, 4);
+    }
+
+    #[test]
+    fn a_share_past_its_lifetime_reaches_the_hub_aged_out_and_counted() {
+        let mut partials = PartialMerger::new();
+        let counters = SourceCounters::default();
+        for (partition, lifetime_ms) in [(0, 30_000), (1, 1)] {
+            decode(
+                &message(
+                    &format!("iotmon/partial/{partition}/hq"),
+                    &partial_living(partition, 2, 10.0, lifetime_ms),
+                ),
+                &mut partials,
+                &counters,
+            )
+            .expect("merged");
+        }
+        // Partition 1's share lives 1 ms: its bridge does not send another.
+        std::thread::sleep(Duration::from_millis(5));
+        let Some(LiveUpdate::Aggregates(aged)) = expire(&mut partials, &counters) else {
+            panic!("partition 1's share aged out");
+        };
+        assert_eq!(aged[0].metrics["t"].count, 2, "partition 0's devices only");
+        assert_eq!((aged[0].devices.online, aged[0].devices.offline), (2, 2));
+        assert!(expire(&mut partials, &counters).is_none(), "aged out once");
+        assert_eq!(counters.partials_expired.load(Ordering::Relaxed), 1);
+        let mut registry = iotmon_wire::metrics::Registry::default();
+        registry.register_collector(Box::new(Arc::new(counters)));
+        let metrics = iotmon_wire::metrics::render(&[&registry]);
+        assert!(
+            metrics.contains("iotmon_dashboard_partials_expired_total 1"),
+            "{metrics}"
+        );
     }
 
     #[test]

@@ -6,9 +6,16 @@
 //! max, and device counts, all of which add (or take min/max) across partitions. The merged
 //! mean is the sum of sums over the sum of counts, so a building whose floors live on
 //! different bridges shows the mean over all its devices.
+//!
+//! A bridge publishes a group's partial when it changes, and every group's at least every
+//! refresh period, changed or not; each partial states its lifetime. A share that outlives it
+//! unrefreshed belongs to a bridge that is gone (killed and not replaced, or cut off from the
+//! broker): the merger then counts its devices offline and drops its metrics, instead of
+//! showing its last values as current forever.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -57,6 +64,9 @@ pub struct PartialAggregate {
     pub partitions: u32,
     /// When the bridge computed it, ms since the Unix epoch.
     pub ts: i64,
+    /// How long the share stands without a newer one, in ms: the publishing bridge sends
+    /// each group's share again well within it (see [`share_lifetime`]).
+    pub lifetime_ms: u64,
     pub devices: DeviceCounts,
     pub metrics: BTreeMap<Arc<str>, PartialMetric>,
 }
@@ -64,13 +74,19 @@ pub struct PartialAggregate {
 impl PartialAggregate {
     /// `aggregate` (one bridge's aggregate over its own devices) as partition `partition`'s
     /// share. The bridge keeps an exact sum internally but hands on a mean; count × mean
-    /// gives the sum back to within f64 rounding (a relative error near 1e-16).
-    pub fn from_aggregate(aggregate: &GroupAggregate, partition: Partition) -> PartialAggregate {
+    /// gives the sum back to within f64 rounding (a relative error near 1e-16). `lifetime`
+    /// is how long mergers hold it unrefreshed.
+    pub fn from_aggregate(
+        aggregate: &GroupAggregate,
+        partition: Partition,
+        lifetime: Duration,
+    ) -> PartialAggregate {
         PartialAggregate {
             group: aggregate.group.clone(),
             partition: partition.index,
             partitions: partition.count,
             ts: aggregate.ts,
+            lifetime_ms: u64::try_from(lifetime.as_millis()).unwrap_or(u64::MAX),
             devices: aggregate.devices,
             metrics: aggregate
                 .metrics
@@ -88,13 +104,17 @@ impl PartialAggregate {
         }
     }
 
-    /// Checks what serde cannot: a partition within its count, finite numbers.
+    /// Checks what serde cannot: a partition within its count, a lifetime within bounds,
+    /// finite numbers.
     ///
     /// # Errors
     /// The first problem found.
     pub fn check(&self) -> Result<(), PartialError> {
         if Partition::new(self.partition, self.partitions).is_err() {
             return Err(PartialError::Partition(self.partition, self.partitions));
+        }
+        if !(1..=MAX_LIFETIME_MS).contains(&self.lifetime_ms) {
+            return Err(PartialError::Lifetime(self.lifetime_ms));
         }
         for (name, metric) in &self.metrics {
             if ![metric.sum, metric.min, metric.max]
@@ -119,6 +139,23 @@ pub enum PartialError {
     TopicMismatch { topic: String, partial: String },
     #[error("partial of a deployment of {partitions} partitions, not {expected}")]
     OtherLayout { partitions: u32, expected: u32 },
+    #[error("lifetime of {0} ms is not between 1 ms and a day")]
+    Lifetime(u64),
+}
+
+/// How often a partitioned bridge sends every group's partial, changed or not, by default
+/// (`bridge.partial_refresh`).
+pub const PARTIAL_REFRESH: Duration = Duration::from_secs(10);
+
+/// The longest lifetime a share may state: a day. A share is input from the broker, and one
+/// stating it lives forever would never be aged out.
+pub const MAX_LIFETIME_MS: u64 = 24 * 3600 * 1000;
+
+/// The lifetime a bridge gives its shares when it refreshes them every `refresh` and emits
+/// aggregates every `window`: a refresh goes out at the window after it is due, and three
+/// of them fit in the lifetime, so two lost in a row (partials are QoS 0) expire nothing.
+pub fn share_lifetime(refresh: Duration, window: Duration) -> Duration {
+    (refresh.max(window) + window) * 3
 }
 
 /// The latest partial of every partition, per group; merges them on every change.
@@ -139,7 +176,32 @@ pub struct PartialMerger {
 #[derive(Debug, Default)]
 struct GroupShares {
     partitions: u32,
-    shares: BTreeMap<u32, PartialAggregate>,
+    shares: BTreeMap<u32, Share>,
+}
+
+#[derive(Debug)]
+struct Share {
+    partial: PartialAggregate,
+    /// When it goes stale unless refreshed; `None` once it has (its devices now count
+    /// offline, with no metrics).
+    expires_at: Option<Instant>,
+}
+
+/// What [`PartialMerger::expire`] aged out.
+#[derive(Debug, Default, PartialEq)]
+pub struct Expired {
+    /// The merged aggregates of the groups that lost a share's values.
+    pub aggregates: Vec<GroupAggregate>,
+    /// The partitions whose shares expired.
+    pub partitions: std::collections::BTreeSet<u32>,
+    /// How many shares expired.
+    pub shares: usize,
+}
+
+impl Expired {
+    pub fn is_empty(&self) -> bool {
+        self.aggregates.is_empty()
+    }
 }
 
 impl PartialMerger {
@@ -157,13 +219,17 @@ impl PartialMerger {
         }
     }
 
-    /// Records `partial` and returns its group's aggregate merged over every partition heard
-    /// from.
+    /// Records `partial`, received at `now`, and returns its group's aggregate merged over
+    /// every partition heard from.
     ///
     /// # Errors
     /// The partial fails [`PartialAggregate::check`], or announces another partition count
     /// than the one this merger was made for; nothing is recorded.
-    pub fn update(&mut self, partial: PartialAggregate) -> Result<GroupAggregate, PartialError> {
+    pub fn update(
+        &mut self,
+        partial: PartialAggregate,
+        now: Instant,
+    ) -> Result<GroupAggregate, PartialError> {
         partial.check()?;
         if let Some(expected) = self.expected.filter(|n| *n != partial.partitions) {
             return Err(PartialError::OtherLayout {
@@ -177,8 +243,39 @@ impl PartialMerger {
             shares.partitions = partial.partitions;
         }
         let group = partial.group.clone();
-        shares.shares.insert(partial.partition, partial);
-        Ok(merge(group, shares.shares.values()))
+        let expires_at = now + Duration::from_millis(partial.lifetime_ms);
+        shares.shares.insert(
+            partial.partition,
+            Share {
+                partial,
+                expires_at: Some(expires_at),
+            },
+        );
+        Ok(merge(group, shares.partials()))
+    }
+
+    /// Ages out the shares not refreshed within their lifetime by `now`: their devices count
+    /// offline and their metrics are dropped (the values of a bridge that is gone are not
+    /// current), until a new share of their partition arrives. Returns the groups changed.
+    pub fn expire(&mut self, now: Instant) -> Expired {
+        let mut expired = Expired::default();
+        for (group, shares) in &mut self.groups {
+            let mut changed = false;
+            for (partition, share) in &mut shares.shares {
+                if share.expires_at.is_some_and(|at| at <= now) {
+                    share.go_stale();
+                    expired.partitions.insert(*partition);
+                    expired.shares += 1;
+                    changed = true;
+                }
+            }
+            if changed {
+                expired
+                    .aggregates
+                    .push(merge(group.clone(), shares.partials()));
+            }
+        }
+        expired
     }
 
     /// Groups held.
@@ -190,11 +287,29 @@ impl PartialMerger {
         self.groups.is_empty()
     }
 
-    /// Partitions heard from for `group`.
+    /// Partitions heard from for `group` (including those whose share has gone stale).
     pub fn partitions_of(&self, group: &str) -> usize {
         self.groups
             .get(group)
             .map_or(0, |shares| shares.shares.len())
+    }
+}
+
+impl GroupShares {
+    fn partials(&self) -> impl Iterator<Item = &PartialAggregate> {
+        self.shares.values().map(|share| &share.partial)
+    }
+}
+
+impl Share {
+    /// What is known of a partition whose bridge is gone: how many devices it owns, none
+    /// online, no values.
+    fn go_stale(&mut self) {
+        let devices = &mut self.partial.devices;
+        devices.offline = devices.offline.saturating_add(devices.online);
+        devices.online = 0;
+        self.partial.metrics.clear();
+        self.expires_at = None;
     }
 }
 
@@ -256,6 +371,7 @@ mod tests {
             partition,
             partitions,
             ts: 1000 + i64::from(partition),
+            lifetime_ms: 30_000,
             devices: DeviceCounts {
                 online,
                 offline: 1,
@@ -271,10 +387,12 @@ mod tests {
         // Partition 0 holds three devices, partition 1 one: the mean is over four devices,
         // not the mean of the two means (which would be 25).
         let first = merger
-            .update(partial(0, 2, &[10.0, 20.0, 30.0], 3))
+            .update(partial(0, 2, &[10.0, 20.0, 30.0], 3), Instant::now())
             .expect("valid");
         assert_eq!(first.metrics["t"].mean, 20.0);
-        let both = merger.update(partial(1, 2, &[30.0], 1)).expect("valid");
+        let both = merger
+            .update(partial(1, 2, &[30.0], 1), Instant::now())
+            .expect("valid");
         assert_eq!(
             both.metrics["t"],
             MetricAggregate {
@@ -294,7 +412,9 @@ mod tests {
         );
         assert_eq!(both.ts, 1001);
         // A newer share of partition 0 replaces its old one; it is not added.
-        let again = merger.update(partial(0, 2, &[10.0], 1)).expect("valid");
+        let again = merger
+            .update(partial(0, 2, &[10.0], 1), Instant::now())
+            .expect("valid");
         assert_eq!(
             (again.metrics["t"].count, again.metrics["t"].mean),
             (2, 20.0)
@@ -305,8 +425,12 @@ mod tests {
     #[test]
     fn a_new_partition_count_drops_the_shares_of_the_old_layout() {
         let mut merger = PartialMerger::new();
-        merger.update(partial(1, 2, &[100.0], 1)).expect("valid");
-        let after = merger.update(partial(0, 3, &[1.0], 1)).expect("valid");
+        merger
+            .update(partial(1, 2, &[100.0], 1), Instant::now())
+            .expect("valid");
+        let after = merger
+            .update(partial(0, 3, &[1.0], 1), Instant::now())
+            .expect("valid");
         assert_eq!(after.metrics["t"].count, 1);
         assert_eq!(merger.partitions_of("hq/building-a"), 1);
     }
@@ -314,15 +438,19 @@ mod tests {
     #[test]
     fn a_merger_that_knows_the_partition_count_refuses_any_other() {
         let mut merger = PartialMerger::for_partitions(2);
-        merger.update(partial(0, 2, &[10.0], 1)).expect("valid");
+        merger
+            .update(partial(0, 2, &[10.0], 1), Instant::now())
+            .expect("valid");
         assert_eq!(
-            merger.update(partial(1, 3, &[100.0], 1)),
+            merger.update(partial(1, 3, &[100.0], 1), Instant::now()),
             Err(PartialError::OtherLayout {
                 partitions: 3,
                 expected: 2
             })
         );
-        let merged = merger.update(partial(1, 2, &[30.0], 1)).expect("valid");
+        let merged = merger
+            .update(partial(1, 2, &[30.0], 1), Instant::now())
+            .expect("valid");
         assert_eq!(
             (merged.metrics["t"].count, merged.metrics["t"].mean),
             (2, 20.0)
@@ -336,8 +464,10 @@ mod tests {
         if let Some(metric) = huge.metrics.get_mut("t") {
             metric.count = u64::MAX;
         }
-        merger.update(huge).expect("valid");
-        let merged = merger.update(partial(1, 2, &[1.0], 5)).expect("valid");
+        merger.update(huge, Instant::now()).expect("valid");
+        let merged = merger
+            .update(partial(1, 2, &[1.0], 5), Instant::now())
+            .expect("valid");
         assert_eq!(merged.devices.online, u64::MAX);
         assert_eq!(merged.metrics["t"].count, u64::MAX);
     }
@@ -346,11 +476,11 @@ mod tests {
     fn bad_partials_are_refused_and_change_nothing() {
         let mut merger = PartialMerger::new();
         assert_eq!(
-            merger.update(partial(2, 2, &[1.0], 1)),
+            merger.update(partial(2, 2, &[1.0], 1), Instant::now()),
             Err(PartialError::Partition(2, 2))
         );
         assert!(matches!(
-            merger.update(partial(0, 2, &[f64::NAN], 1)),
+            merger.update(partial(0, 2, &[f64::NAN], 1), Instant::now()),
             Err(PartialError::NotFinite(_))
         ));
         assert!(merger.is_empty());
@@ -375,15 +505,86 @@ mod tests {
             metrics,
         };
         let partition = Partition::new(1, 2).expect("valid");
-        let share = PartialAggregate::from_aggregate(&aggregate, partition);
+        let share =
+            PartialAggregate::from_aggregate(&aggregate, partition, Duration::from_secs(33));
         assert_eq!(share.metrics["t"].sum, 63.0);
         let json = serde_json::to_string(&share).expect("serialize");
         assert_eq!(
             json,
-            r#"{"group":"hq","partition":1,"partitions":2,"ts":5,"devices":{"online":0,"offline":0,"alerting":0},"metrics":{"t":{"count":3,"sum":63.0,"min":20.0,"max":22.0}}}"#
+            r#"{"group":"hq","partition":1,"partitions":2,"ts":5,"lifetime_ms":33000,"devices":{"online":0,"offline":0,"alerting":0},"metrics":{"t":{"count":3,"sum":63.0,"min":20.0,"max":22.0}}}"#
         );
         let back: PartialAggregate = serde_json::from_str(&json).expect("deserialize");
         assert_eq!(back, share);
         assert_eq!(merge("hq".into(), [&back]), aggregate);
+    }
+
+    #[test]
+    fn a_share_not_refreshed_within_its_lifetime_counts_its_devices_offline() {
+        let start = Instant::now();
+        let lifetime = Duration::from_millis(30_000);
+        let mut merger = PartialMerger::for_partitions(2);
+        merger
+            .update(partial(0, 2, &[10.0, 20.0], 2), start)
+            .expect("valid");
+        merger
+            .update(partial(1, 2, &[40.0], 1), start + lifetime / 2)
+            .expect("valid");
+        assert!(merger
+            .expire(start + lifetime - Duration::from_millis(1))
+            .is_empty());
+        // Partition 0's bridge is gone: its two devices are offline, its values no longer
+        // in the mean; partition 1's share is untouched.
+        let expired = merger.expire(start + lifetime);
+        assert_eq!(expired.partitions, [0].into_iter().collect());
+        let [merged] = expired.aggregates.as_slice() else {
+            panic!("one group changed: {expired:?}");
+        };
+        assert_eq!(
+            (merged.metrics["t"].count, merged.metrics["t"].mean),
+            (1, 40.0)
+        );
+        assert_eq!(
+            merged.devices,
+            DeviceCounts {
+                online: 1,
+                offline: 4,
+                alerting: 1
+            }
+        );
+        // Aged out once: the next pass changes nothing, until partition 1's share is due.
+        assert!(merger.expire(start + lifetime + lifetime / 4).is_empty());
+        assert_eq!(
+            merger.expire(start + lifetime * 2).partitions,
+            [1].into_iter().collect()
+        );
+        // Partition 0's new bridge sends its share: values and devices are back.
+        let back = merger
+            .update(partial(0, 2, &[10.0, 20.0], 2), start + lifetime * 3)
+            .expect("valid");
+        assert_eq!((back.metrics["t"].count, back.metrics["t"].mean), (2, 15.0));
+        assert_eq!(back.devices.online, 2);
+        assert_eq!(merger.partitions_of("hq/building-a"), 2);
+    }
+
+    #[test]
+    fn a_share_stating_no_lifetime_or_more_than_a_day_is_refused() {
+        let mut merger = PartialMerger::new();
+        for lifetime_ms in [0, MAX_LIFETIME_MS + 1] {
+            let mut forever = partial(0, 2, &[1.0], 1);
+            forever.lifetime_ms = lifetime_ms;
+            assert_eq!(
+                merger.update(forever, Instant::now()),
+                Err(PartialError::Lifetime(lifetime_ms))
+            );
+        }
+        assert!(merger.is_empty());
+    }
+
+    #[test]
+    fn a_share_lives_three_refreshes_each_up_to_a_window_late() {
+        let second = Duration::from_secs(1);
+        assert_eq!(share_lifetime(10 * second, second), 33 * second);
+        // A window longer than the refresh: shares go out once a window at most.
+        assert_eq!(share_lifetime(10 * second, 60 * second), 360 * second);
     }
 }
