@@ -994,19 +994,24 @@ mod tests {
     /// How long the tests' shares stand unrefreshed.
     const LIFETIME: Duration = Duration::from_secs(33);
 
+    /// Partition 0 of 2's merged view of the groups, with no peer sending.
+    fn partition_zero(window: Duration) -> Box<MergedGroups> {
+        let partition = Partition::new(0, 2).expect("valid");
+        let GroupScope::Merged(merged) =
+            GroupScope::of(partition, window, LIFETIME, mpsc::channel(4).1)
+        else {
+            panic!("partition 0 merges");
+        };
+        merged
+    }
+
     /// Partition 1's bridge is gone (killed, not replaced): once its shares outlive their
     /// lifetime, partition 0's group rules see the group without its values, and the ageing
     /// is counted.
     #[tokio::test(start_paused = true)]
     async fn partition_zero_ages_out_the_shares_of_a_bridge_that_is_gone() {
         let window = Duration::from_secs(1);
-        let partition = Partition::new(0, 2).expect("valid");
-        let (_to_merged, from_peers) = mpsc::channel(4);
-        let GroupScope::Merged(mut merged) =
-            GroupScope::of(partition, window, LIFETIME, from_peers)
-        else {
-            panic!("partition 0 merges");
-        };
+        let mut merged = partition_zero(window);
         let counters = BridgeCounters::default();
         merged.add(share(0, "hq", 10.0), &counters);
         merged.add(share(1, "hq", 30.0), &counters);
@@ -1036,13 +1041,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn partition_zero_refuses_partials_of_another_partition_count() {
         let window = Duration::from_secs(1);
-        let partition = Partition::new(0, 2).expect("valid");
-        let (_to_merged, from_peers) = mpsc::channel(4);
-        let GroupScope::Merged(mut merged) =
-            GroupScope::of(partition, window, LIFETIME, from_peers)
-        else {
-            panic!("partition 0 merges");
-        };
+        let mut merged = partition_zero(window);
         let counters = BridgeCounters::default();
         merged.add(share(0, "hq", 10.0), &counters);
         let other_layout = |index: u32| PartialAggregate {
@@ -1071,13 +1070,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn partition_zero_waits_for_every_partition_before_group_rules() {
         let window = Duration::from_secs(1);
-        let (_to_merged, from_peers) = mpsc::channel(4);
-        let partition = Partition::new(0, 2).expect("valid");
-        let GroupScope::Merged(mut merged) =
-            GroupScope::of(partition, window, LIFETIME, from_peers)
-        else {
-            panic!("partition 0 merges");
-        };
+        let mut merged = partition_zero(window);
         let counters = BridgeCounters::default();
         merged.add(share(0, "hq", 10.0), &counters);
         assert!(merged.take_ready().is_empty(), "partition 1 not heard yet");
@@ -1095,11 +1088,7 @@ mod tests {
             "each change is evaluated once"
         );
         // Without the other partition, the grace ends the wait.
-        let (_to_merged, from_peers) = mpsc::channel(4);
-        let GroupScope::Merged(mut alone) = GroupScope::of(partition, window, LIFETIME, from_peers)
-        else {
-            panic!("partition 0 merges");
-        };
+        let mut alone = partition_zero(window);
         alone.add(share(0, "hq", 10.0), &counters);
         tokio::time::sleep(window * (MERGE_GRACE_WINDOWS - 1)).await;
         assert!(alone.take_ready().is_empty());
