@@ -682,10 +682,15 @@ impl Hub {
                 (page, Some(total))
             }
         };
+        // The ids parsed from the viewer's message are its own allocations; the hub's copy of
+        // each known device is shared instead (a view of 1,000 devices held ~32 KiB of ids).
+        let new_view: HashSet<DeviceId> = devices
+            .into_iter()
+            .map(|device| self.shared_id(device))
+            .collect();
         let Some(viewer) = self.viewers.get_mut(&id) else {
             return;
         };
-        let new_view: HashSet<DeviceId> = devices.into_iter().collect();
         let old_view = std::mem::replace(&mut viewer.view, new_view.clone());
         viewer.pending.clear();
         viewer.needs_snapshot = true;
@@ -694,6 +699,13 @@ impl Hub {
         index(&mut self.watchers, id, new_view.difference(&old_view));
         // A snapshot answers a view at once rather than at the next tick.
         self.push_to(id);
+    }
+
+    /// The hub's own copy of `device`'s id when the device is known, else `device`.
+    fn shared_id(&self, device: DeviceId) -> DeviceId {
+        self.devices
+            .get_key_value(&*device)
+            .map_or(device, |(known, _)| known.clone())
     }
 
     /// Replaces viewer `id`'s group subscriptions and sends it a snapshot at once. A list
@@ -1970,6 +1982,22 @@ mod tests {
             other => panic!("expected a resynchronising snapshot, got {other:?}"),
         }
         assert_eq!(hub.gauges().lagging_viewers, 0);
+    }
+
+    #[test]
+    fn a_view_shares_the_hubs_copy_of_each_device_id() {
+        let mut hub = Hub::new(Arc::default());
+        hub.apply(LiveUpdate::Devices(vec![state("d1", 1.0)]));
+        let (tx, _rx) = mpsc::channel(4);
+        hub.join(1, tx);
+        hub.set_view(1, ViewSpec::Devices(vec!["d1".into(), "unknown".into()]));
+        let (known, _) = hub.devices.get_key_value("d1").expect("a known device");
+        let view = &hub.viewers[&1].view;
+        assert!(Arc::ptr_eq(known, view.get("d1").expect("in the view")));
+        assert!(
+            view.contains("unknown"),
+            "a device not seen yet stays in the view"
+        );
     }
 
     #[test]
