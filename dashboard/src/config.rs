@@ -21,6 +21,11 @@ pub struct DashboardConfig {
     pub max_view_groups: usize,
     /// Frames queued for one viewer before the server coalesces instead of queueing more.
     pub viewer_queue: usize,
+    /// Bytes of serialized frames queued for one viewer (those waiting and the one being
+    /// written) before the server coalesces instead of queueing more. A frame always joins an
+    /// empty queue, so one larger frame (a snapshot of a large view) still goes out; the queue
+    /// then holds at most the larger of this budget and that one frame.
+    pub viewer_queue_bytes: usize,
     /// Largest message a viewer may send, in bytes; a larger one closes the connection.
     pub max_message_bytes: usize,
     /// Viewers connected at once; more are refused with 503.
@@ -55,6 +60,7 @@ impl Default for DashboardConfig {
             max_view_devices: 1000,
             max_view_groups: 100,
             viewer_queue: 16,
+            viewer_queue_bytes: 64 * 1024,
             max_message_bytes: 64 * 1024,
             max_viewers: 20_000,
             max_messages_per_second: 20,
@@ -100,6 +106,7 @@ impl DashboardConfig {
         }
         for (name, value) in [
             ("viewer_queue", self.viewer_queue),
+            ("viewer_queue_bytes", self.viewer_queue_bytes),
             ("max_viewers", self.max_viewers),
             ("max_view_devices", self.max_view_devices),
             ("max_view_groups", self.max_view_groups),

@@ -86,7 +86,12 @@ pub async fn run(
     alerts: alerts::AlertAccess,
     shutdown: CancellationToken,
 ) -> Result<(), DashboardError> {
-    let (hub, hub_task) = hub::create(config.tick, updates, shutdown.clone());
+    let (hub, hub_task) = hub::create(
+        config.tick,
+        config.viewer_queue_bytes,
+        updates,
+        shutdown.clone(),
+    );
     metrics.register_collector(Box::new(hub.stats.clone()));
     let hub_task = tokio::spawn(iotmon_wire::supervise::critical(
         "the dashboard hub",

@@ -3,6 +3,8 @@
 //! size and rate, view-change rate, view size, heartbeat and idle timeout, and the stall limit
 //! for a viewer that stops reading.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
@@ -15,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::alerts::{operator, shelve_until, AlertAccess, CommandFailure};
-use crate::hub::{HubCommand, HubHandle, ViewSpec, ViewerId, FLEET};
+use crate::hub::{HubCommand, HubHandle, ViewSpec, ViewerId, ViewerQueue, FLEET};
 use crate::rate::TokenBucket;
 
 /// What a session enforces on its viewer (see `DashboardConfig` for each).
@@ -82,6 +84,11 @@ pub async fn serve_viewer(
 ) {
     let id = hub.next_viewer_id();
     let (outbound, frames) = mpsc::channel(limits.queue);
+    let queued_bytes = Arc::new(AtomicUsize::new(0));
+    let outbound = ViewerQueue {
+        frames: outbound,
+        bytes: Some(queued_bytes.clone()),
+    };
     if !hub.send(HubCommand::Join { id, outbound }).await {
         return;
     }
@@ -99,6 +106,7 @@ pub async fn serve_viewer(
             now,
         ),
         last_heard: now,
+        queued_bytes,
         hub,
         alerts,
         limits,
@@ -123,6 +131,9 @@ struct Session {
     view_changes: TokenBucket,
     /// When the viewer last sent anything (a message, a pong).
     last_heard: Instant,
+    /// Bytes of the frames the hub queued for this viewer and not yet written; lowered here
+    /// once a frame is written, so the hub holds back while a slow socket holds them.
+    queued_bytes: Arc<AtomicUsize>,
 }
 
 impl Session {
@@ -138,7 +149,7 @@ impl Session {
             let ending = tokio::select! {
                 () = shutdown.cancelled() => Some(Ending::Shutdown),
                 frame = frames.recv() => match frame {
-                    Some(frame) => self.send(WsMessage::Text(frame.into())).await,
+                    Some(frame) => self.send_frame(frame).await,
                     // The hub stops at shutdown too, and may be seen gone first: the viewer
                     // must still be told to reconnect.
                     None if shutdown.is_cancelled() => Some(Ending::Shutdown),
@@ -152,6 +163,14 @@ impl Session {
                 return ending;
             }
         }
+    }
+
+    /// Writes one frame from the hub, then gives its bytes back to the viewer's budget.
+    async fn send_frame(&mut self, frame: String) -> Option<Ending> {
+        let len = frame.len();
+        let ending = self.send(WsMessage::Text(frame.into())).await;
+        self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+        ending
     }
 
     /// Writes one message, giving up after the stall limit.

@@ -15,7 +15,12 @@ fn app(token: Option<&str>) -> Router {
     let config = DashboardConfig::default();
     let shutdown = CancellationToken::new();
     let (updates_tx, updates) = tokio::sync::mpsc::channel(1);
-    let (hub, hub_task) = crate::hub::create(config.tick, updates, shutdown.clone());
+    let (hub, hub_task) = crate::hub::create(
+        config.tick,
+        config.viewer_queue_bytes,
+        updates,
+        shutdown.clone(),
+    );
     let mut metrics = Registry::default();
     metrics.register_collector(Box::new(hub.stats.clone()));
     tokio::spawn(hub_task);
