@@ -362,3 +362,169 @@ async fn aggregates_tree_and_history_reach_the_viewer() {
         http_get(http, "/api/history?device=c-1&metric=temperature&points=1").await;
     assert_eq!(status, 400, "{body}");
 }
+
+/// A stream that keeps a copy of every byte read through it, to see the frames on the wire.
+struct Recorded {
+    inner: tokio::net::TcpStream,
+    read: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl tokio::io::AsyncRead for Recorded {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Ok(mut read) = self.read.lock() {
+            read.extend_from_slice(&buf.filled()[before..]);
+        }
+        poll
+    }
+}
+
+impl tokio::io::AsyncWrite for Recorded {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The (final?, opcode, payload length) of each unmasked frame in `wire`, which starts with
+/// the server's handshake response.
+fn server_frames(wire: &[u8]) -> Vec<(bool, u8, usize)> {
+    let start = wire
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("the handshake response")
+        + 4;
+    let mut frames = Vec::new();
+    let mut at = start;
+    while at + 2 <= wire.len() {
+        let (fin, opcode) = (wire[at] & 0x80 != 0, wire[at] & 0x0f);
+        assert_eq!(wire[at + 1] & 0x80, 0, "a server frame is never masked");
+        let (len, header) = match wire[at + 1] & 0x7f {
+            126 => (
+                usize::from(u16::from_be_bytes([wire[at + 2], wire[at + 3]])),
+                4,
+            ),
+            127 => {
+                let bytes: [u8; 8] = wire[at + 2..at + 10].try_into().expect("8 bytes");
+                (
+                    usize::try_from(u64::from_be_bytes(bytes)).expect("a length"),
+                    10,
+                )
+            }
+            short => (usize::from(short), 2),
+        };
+        frames.push((fin, opcode, len));
+        at += header + len;
+    }
+    frames
+}
+
+/// A snapshot larger than one fragment goes out as a text frame and continuation frames, none
+/// larger than the fragment size (so the server's write buffer per viewer stays that small),
+/// and an ordinary WebSocket client reads it as one whole message.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_large_snapshot_goes_out_in_fragments_and_arrives_whole() {
+    use futures_util::{SinkExt, StreamExt};
+    use iotmon_dashboard::websocket::FRAGMENT_BYTES;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let iotmon = InProcessServe::start("").await;
+    let publisher = Publisher::connect(iotmon.mqtt, "wide").await;
+    let devices: Vec<String> = (0..300).map(|d| format!("dev-{d:04}")).collect();
+    let ids: Vec<&str> = devices.iter().map(String::as_str).collect();
+    let mut watcher = Viewer::connect(&iotmon.ws_url()).await;
+    watcher.view(&ids).await;
+    // One round of wide readings (40 metrics each): a snapshot of ~300 KB.
+    let mut rounds = 0;
+    publish_rounds_until(&publisher, ids.len(), || {
+        rounds += 1;
+        async move { rounds > 1 }
+    })
+    .await;
+    let everyone = watcher
+        .read_until(DEADLINE, |v| v.devices.len() == ids.len())
+        .await;
+    assert!(everyone, "{} devices seen", watcher.devices.len());
+
+    let read = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let tcp = tokio::net::TcpStream::connect(iotmon.http)
+        .await
+        .expect("TCP connect");
+    let stream = Recorded {
+        inner: tcp,
+        read: read.clone(),
+    };
+    let (mut socket, _) = tokio_tungstenite::client_async(iotmon.ws_url(), stream)
+        .await
+        .expect("WebSocket handshake");
+    let view = serde_json::json!({"type": "view", "devices": ids}).to_string();
+    socket.send(Message::text(view)).await.expect("view sent");
+    let snapshot = tokio::time::timeout(DEADLINE, async {
+        while let Some(message) = socket.next().await {
+            if let Message::Text(text) = message.expect("a message") {
+                let value: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+                if value["type"] == "snapshot" {
+                    return (text.len(), value);
+                }
+            }
+        }
+        panic!("closed before the snapshot");
+    })
+    .await
+    .expect("a snapshot in time");
+    let (length, snapshot) = snapshot;
+    assert_eq!(
+        snapshot["devices"].as_array().map(Vec::len),
+        Some(ids.len())
+    );
+    assert!(length > 2 * FRAGMENT_BYTES, "{length} bytes");
+
+    let wire = read.lock().expect("the recording").clone();
+    let frames = server_frames(&wire);
+    let first = frames
+        .iter()
+        .position(|&(fin, opcode, _)| opcode == 1 && !fin)
+        .unwrap_or_else(|| panic!("no fragmented text message in {frames:?}"));
+    let fragments: Vec<_> = frames[first..]
+        .iter()
+        .take_while(|&&(_, opcode, _)| opcode == 1 || opcode == 0)
+        .collect();
+    let last = fragments
+        .iter()
+        .position(|&&(fin, _, _)| fin)
+        .expect("a final fragment");
+    let message: usize = fragments[..=last].iter().map(|&&(_, _, len)| len).sum();
+    assert_eq!(message, length, "the fragments make up the snapshot");
+    assert!(
+        fragments[1..=last]
+            .iter()
+            .all(|&&(_, opcode, _)| opcode == 0),
+        "continuations follow the first fragment: {fragments:?}"
+    );
+    assert!(
+        frames.iter().all(|&(_, _, len)| len <= FRAGMENT_BYTES),
+        "no frame larger than a fragment: {frames:?}"
+    );
+}

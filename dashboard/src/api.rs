@@ -7,7 +7,7 @@ mod routes_tests;
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, Request, State, WebSocketUpgrade};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
@@ -16,6 +16,7 @@ use axum::{Json, Router};
 use iotmon_wire::metrics::{self, Registry};
 use serde::Deserialize;
 use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -25,6 +26,7 @@ use iotmon_wire::unix_millis;
 use crate::alerts::AlertAccess;
 use crate::hub::{DevicePage, DeviceQuery, DeviceSort, DeviceStatus, GroupNode, HubHandle};
 use crate::session::{serve_viewer, SessionLimits};
+use crate::websocket::Handshake;
 
 /// The page, compiled into the binary: users need nothing but `iotmon` to run the UI.
 const INDEX_HTML: &str = include_str!("../assets/index.html");
@@ -242,7 +244,7 @@ const VIEWER_READ_BUFFER_BYTES: usize = 4 * 1024;
 
 async fn websocket(
     State(state): State<AppState>,
-    upgrade: WebSocketUpgrade,
+    handshake: Handshake,
 ) -> Result<Response, ApiError> {
     let slot = state
         .viewer_slots
@@ -258,13 +260,17 @@ async fn websocket(
         max_message_bytes,
         ..
     } = state;
-    Ok(upgrade
+    let config = WebSocketConfig::default()
         .read_buffer_size(VIEWER_READ_BUFFER_BYTES)
-        .max_message_size(max_message_bytes)
-        .max_frame_size(max_message_bytes)
-        .on_upgrade(move |socket| {
-            sessions.track_future(serve_viewer(socket, hub, alerts, limits, shutdown, slot))
-        }))
+        .max_message_size(Some(max_message_bytes))
+        .max_frame_size(Some(max_message_bytes));
+    let (response, socket) = handshake.accept(config);
+    tokio::spawn(sessions.track_future(async move {
+        if let Some(socket) = socket.open().await {
+            serve_viewer(socket, hub, alerts, limits, shutdown, slot).await;
+        }
+    }));
+    Ok(response)
 }
 
 /// Lets a request through only with the configured token (when there is one).

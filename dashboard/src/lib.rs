@@ -2,7 +2,8 @@
 //!
 //! - [`config`]: settings and defaults.
 //! - [`hub`]: the latest state of every device and every viewer's view; builds the frames.
-//! - [`session`]: one viewer's WebSocket, and the limits enforced on it ([`rate`]).
+//! - [`session`]: one viewer's session, and the limits enforced on it ([`rate`]).
+//! - [`websocket`]: the viewers' WebSocket: the upgrade, and large messages sent as fragments.
 //! - [`alerts`]: operators' alert commands, alert history and rules for the REST API.
 //! - [`api`]: HTTP routes (web UI, REST, `/ws`, `/healthz`, `/metrics`).
 //! - [`source`]: device states from MQTT when the dashboard runs apart from the bridge.
@@ -16,6 +17,7 @@ pub mod rate;
 pub mod remote_history;
 pub mod session;
 pub mod source;
+pub mod websocket;
 
 use std::io;
 use std::sync::Arc;

@@ -7,18 +7,20 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
 use iotmon_wire::viewer::{ClientMessage, ServerMessage};
 use iotmon_wire::{AlertCommand, GroupPath};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::time::MissedTickBehavior;
-use tokio_tungstenite::tungstenite;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use crate::alerts::{operator, shelve_until, AlertAccess, CommandFailure};
 use crate::hub::{HubCommand, HubHandle, ViewSpec, ViewerId, ViewerQueue, FLEET};
 use crate::rate::TokenBucket;
+use crate::websocket::ViewerSocket;
 
 /// What a session enforces on its viewer (see `DashboardConfig` for each).
 #[derive(Debug, Clone)]
@@ -75,7 +77,7 @@ enum Ending {
 /// Serves one viewer until it leaves, breaks a limit, or `shutdown`. `_slot` is the
 /// viewer's place under `max_viewers`, released when the session ends.
 pub async fn serve_viewer(
-    socket: WebSocket,
+    socket: ViewerSocket,
     hub: HubHandle,
     alerts: AlertAccess,
     limits: SessionLimits,
@@ -124,7 +126,7 @@ struct Session {
     hub: HubHandle,
     alerts: AlertAccess,
     limits: SessionLimits,
-    socket: WebSocket,
+    socket: ViewerSocket,
     /// Rate of all messages from the viewer.
     messages: TokenBucket,
     /// Rate of view changes.
@@ -168,23 +170,20 @@ impl Session {
     /// Writes one frame from the hub, then gives its bytes back to the viewer's budget.
     async fn send_frame(&mut self, frame: String) -> Option<Ending> {
         let len = frame.len();
-        let ending = self.send(WsMessage::Text(frame.into())).await;
+        let written = self.socket.send_text(frame);
+        let ending = stall_limited(self.limits.stall_limit, written).await;
         self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
         ending
     }
 
     /// Writes one message, giving up after the stall limit.
     async fn send(&mut self, message: WsMessage) -> Option<Ending> {
-        match tokio::time::timeout(self.limits.stall_limit, self.socket.send(message)).await {
-            Ok(Ok(())) => None,
-            Ok(Err(_)) => Some(Ending::Left),
-            Err(_) => Some(Ending::Stalled),
-        }
+        stall_limited(self.limits.stall_limit, self.socket.send(message)).await
     }
 
     async fn reply(&mut self, message: &ServerMessage) -> Option<Ending> {
         match serde_json::to_string(message) {
-            Ok(text) => self.send(WsMessage::Text(text.into())).await,
+            Ok(text) => self.send(WsMessage::text(text)).await,
             Err(_) => None,
         }
     }
@@ -199,7 +198,7 @@ impl Session {
 
     async fn receive(
         &mut self,
-        incoming: Option<Result<WsMessage, axum::Error>>,
+        incoming: Option<Result<WsMessage, tungstenite::Error>>,
     ) -> Option<Ending> {
         let message = match incoming {
             None => return Some(Ending::Left),
@@ -222,8 +221,9 @@ impl Session {
                     .await
             }
             WsMessage::Close(_) => Some(Ending::Left),
-            // Pings are answered by the WebSocket layer; pongs only prove liveness.
-            WsMessage::Ping(_) | WsMessage::Pong(_) => None,
+            // Pings are answered by the WebSocket layer; pongs only prove liveness. Whole
+            // frames are never read, only written.
+            WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => None,
         }
     }
 
@@ -294,7 +294,7 @@ impl Session {
 
     async fn close(&mut self, code: u16, reason: String) {
         let frame = CloseFrame {
-            code,
+            code: CloseCode::from(code),
             reason: close_reason(reason).into(),
         };
         if self
@@ -406,16 +406,27 @@ fn view_spec(
 }
 
 /// How a failed read ends the session: an oversize message gets its own close code.
-fn ending_for(error: axum::Error) -> Ending {
-    let inner = error.into_inner();
-    match inner.downcast_ref::<tungstenite::Error>() {
-        Some(tungstenite::Error::Capacity(capacity)) => {
+fn ending_for(error: tungstenite::Error) -> Ending {
+    match error {
+        tungstenite::Error::Capacity(capacity) => {
             Ending::Close(close_code::MESSAGE_TOO_BIG, capacity.to_string())
         }
-        Some(tungstenite::Error::Protocol(protocol)) => {
+        tungstenite::Error::Protocol(protocol) => {
             Ending::Close(close_code::PROTOCOL_ERROR, protocol.to_string())
         }
         _ => Ending::Left,
+    }
+}
+
+/// Waits for a write, ending the session if the socket accepted nothing for `stall_limit`.
+async fn stall_limited(
+    stall_limit: Duration,
+    write: impl std::future::Future<Output = Result<(), tungstenite::Error>>,
+) -> Option<Ending> {
+    match tokio::time::timeout(stall_limit, write).await {
+        Ok(Ok(())) => None,
+        Ok(Err(_)) => Some(Ending::Left),
+        Err(_) => Some(Ending::Stalled),
     }
 }
 
