@@ -887,7 +887,12 @@ impl Hub {
                 Some(watchers) => device_json(&state).inspect(|json| {
                     for viewer_id in watchers {
                         if let Some(viewer) = self.viewers.get_mut(viewer_id) {
-                            viewer.pending.insert(state.id.clone(), json.clone());
+                            // A viewer owed a snapshot gets every device's latest state in
+                            // it: holding its changes meanwhile would only cost memory, up to
+                            // its whole view for a viewer that stays behind.
+                            if !viewer.needs_snapshot {
+                                viewer.pending.insert(state.id.clone(), json.clone());
+                            }
                             self.dirty.insert(*viewer_id);
                         }
                     }
@@ -1008,7 +1013,9 @@ impl Hub {
         }
         viewer.needs_snapshot = true;
         viewer.groups_owed = true;
-        viewer.pending.clear();
+        // Freed, not just emptied: a viewer that stays behind (one that never reads) would
+        // otherwise keep a table the size of its view for nothing.
+        viewer.pending = HashMap::new();
         viewer.pending_groups.clear();
         self.dirty.insert(id);
     }
@@ -1967,6 +1974,10 @@ mod tests {
             "the frame bound was not what held it"
         );
         assert_eq!(gauges.max_queued_bytes, bytes.load(Ordering::Relaxed));
+        assert!(
+            hub.viewers.values().all(|v| v.pending.capacity() == 0),
+            "a viewer owed a snapshot holds no changes"
+        );
         // The session writes what it holds and gives the bytes back: a snapshot follows.
         let held = frames(&mut rx);
         assert_eq!(held.len(), 1, "nothing but the first snapshot was queued");
