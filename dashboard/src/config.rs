@@ -26,6 +26,13 @@ pub struct DashboardConfig {
     /// empty queue, so one larger frame (a snapshot of a large view) still goes out; the queue
     /// then holds at most the larger of this budget and that one frame.
     pub viewer_queue_bytes: usize,
+    /// The kernel's send buffer of each HTTP and WebSocket connection (`SO_SNDBUF`), in
+    /// bytes; Linux doubles it for its own bookkeeping and caps it at `net.core.wmem_max`.
+    /// It bounds what a viewer that stops reading holds in the kernel: autotuned, each such
+    /// socket grows towards `net.ipv4.tcp_wmem`'s maximum (4 MiB), and a thousand of them
+    /// reach the kernel's TCP memory limit, which every connection on the machine then
+    /// suffers. 0 leaves the size to the kernel's autotuning.
+    pub send_buffer_bytes: usize,
     /// Largest message a viewer may send, in bytes; a larger one closes the connection.
     pub max_message_bytes: usize,
     /// Viewers connected at once; more are refused with 503.
@@ -61,6 +68,7 @@ impl Default for DashboardConfig {
             max_view_groups: 100,
             viewer_queue: 16,
             viewer_queue_bytes: 64 * 1024,
+            send_buffer_bytes: 128 * 1024,
             max_message_bytes: 64 * 1024,
             max_viewers: 20_000,
             max_messages_per_second: 20,
@@ -134,6 +142,12 @@ impl DashboardConfig {
                 return Err(ConfigError::TooLarge { name, max, got });
             }
         }
+        // The kernel takes an int.
+        let max = i32::MAX as usize;
+        if self.send_buffer_bytes > max {
+            let (name, got) = ("send_buffer_bytes", self.send_buffer_bytes);
+            return Err(ConfigError::TooLarge { name, max, got });
+        }
         Ok(())
     }
 }
@@ -171,6 +185,17 @@ mod tests {
             too_many.validate(),
             Err(ConfigError::TooLarge {
                 name: "max_viewers",
+                ..
+            })
+        ));
+        let huge_buffer = DashboardConfig {
+            send_buffer_bytes: usize::MAX,
+            ..DashboardConfig::default()
+        };
+        assert!(matches!(
+            huge_buffer.validate(),
+            Err(ConfigError::TooLarge {
+                name: "send_buffer_bytes",
                 ..
             })
         ));

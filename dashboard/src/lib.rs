@@ -20,13 +20,14 @@ pub mod source;
 pub mod websocket;
 
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use iotmon_wire::metrics::Registry;
 use iotmon_wire::LiveUpdate;
 use thiserror::Error;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -44,6 +45,10 @@ const SESSIONS_GRACE: Duration = Duration::from_secs(2);
 /// [`alerts::AlertAccess::open_alerts_first`]); they normally come within milliseconds. Past
 /// it the dashboard answers with what it has, as it would without a bridge.
 const OPEN_ALERTS_WAIT: Duration = Duration::from_secs(5);
+
+/// Connections the kernel queues before the server accepts them (a burst of viewers
+/// reconnecting after a restart); as many as `TcpListener::bind` allows.
+const LISTEN_BACKLOG: u32 = 1024;
 
 /// Why the dashboard stopped with an error.
 #[derive(Debug, Error)]
@@ -66,12 +71,27 @@ pub enum DashboardError {
 /// Settings the dashboard cannot run with, or the address cannot be bound.
 pub async fn bind(config: &DashboardConfig) -> Result<TcpListener, DashboardError> {
     config.validate()?;
-    TcpListener::bind(config.http_listen)
-        .await
-        .map_err(|source| DashboardError::Listen {
-            addr: config.http_listen,
-            source,
-        })
+    listen(config).map_err(|source| DashboardError::Listen {
+        addr: config.http_listen,
+        source,
+    })
+}
+
+/// The HTTP listener. Set on the listening socket, the send buffer size is inherited by
+/// every connection it accepts.
+fn listen(config: &DashboardConfig) -> io::Result<TcpListener> {
+    let socket = match config.http_listen {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    // As `TcpListener::bind` does: a restarted dashboard rebinds its port at once.
+    socket.set_reuseaddr(true)?;
+    if config.send_buffer_bytes > 0 {
+        let size = u32::try_from(config.send_buffer_bytes).map_err(io::Error::other)?;
+        socket.set_send_buffer_size(size)?;
+    }
+    socket.bind(config.http_listen)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Serves the dashboard on `listener` from the `updates` stream until `shutdown`; then tells
@@ -138,5 +158,38 @@ async fn await_open_alerts(hub: &hub::HubHandle, shutdown: &CancellationToken) {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The send buffer of an accepted connection, as the kernel reports it.
+    async fn accepted_send_buffer(config: &DashboardConfig) -> u32 {
+        let listener = bind(config).await.expect("bound");
+        let addr = listener.local_addr().expect("an address");
+        let _client = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("connected");
+        let (accepted, _) = listener.accept().await.expect("accepted");
+        let accepted = TcpSocket::from_std_stream(accepted.into_std().expect("a std socket"));
+        accepted.send_buffer_size().expect("SO_SNDBUF")
+    }
+
+    #[tokio::test]
+    async fn accepted_connections_get_the_configured_send_buffer() {
+        let config = DashboardConfig {
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            send_buffer_bytes: 96 * 1024,
+            ..DashboardConfig::default()
+        };
+        // Linux reports twice what was set (the other half is its bookkeeping).
+        assert_eq!(accepted_send_buffer(&config).await, 2 * 96 * 1024);
+        let autotuned = DashboardConfig {
+            send_buffer_bytes: 0,
+            ..config
+        };
+        assert_ne!(accepted_send_buffer(&autotuned).await, 2 * 96 * 1024);
     }
 }

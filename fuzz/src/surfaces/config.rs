@@ -36,7 +36,7 @@ impl Default for ConfigFile {
 }
 
 /// (section, key, kind of value) of every setting.
-const KEYS: [(&str, &str, Kind); 50] = {
+const KEYS: [(&str, &str, Kind); 51] = {
     use Kind::*;
     [
         ("", "data_dir", Str),
@@ -83,6 +83,7 @@ const KEYS: [(&str, &str, Kind); 50] = {
         ("dashboard", "max_view_groups", Int),
         ("dashboard", "viewer_queue", Int),
         ("dashboard", "viewer_queue_bytes", Int),
+        ("dashboard", "send_buffer_bytes", Int),
         ("dashboard", "max_message_bytes", Int),
         ("dashboard", "max_viewers", Int),
         ("dashboard", "max_messages_per_second", Int),
