@@ -1001,9 +1001,9 @@ async fn two_partitions_share_one_influx_bucket_without_overlap() {
 
 /// A partition whose bridge is killed and not replaced: once its shares outlive their
 /// lifetime (three refreshes missed), the dashboard and partition 0 count its devices
-/// offline and drop its values instead of showing its last ones as current; while it ran,
-/// its quiet groups' shares were refreshed and never aged out; its new bridge brings them
-/// back.
+/// offline and drop its values instead of showing its last ones as current, and a viewer
+/// sees each of its devices offline; while it ran, its quiet groups' shares were refreshed
+/// and never aged out; its new bridge brings them back, and its devices online.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_shares_of_a_bridge_gone_for_good_age_out_and_come_back_with_it() {
     let broker = mosquitto::Mosquitto::start();
@@ -1045,9 +1045,23 @@ async fn the_shares_of_a_bridge_gone_for_good_age_out_and_come_back_with_it() {
             (devices["online"].as_u64(), devices["offline"].as_u64())
         })
     };
+    // Whether the viewer shows every device of `partition` online (or every one offline).
+    let partition_shown_online = |viewer: &Viewer, partition: u32, online: bool| {
+        fleet
+            .iter()
+            .filter(|device| device.partition == partition)
+            .all(|device| {
+                viewer
+                    .devices
+                    .get(&device.id)
+                    .is_some_and(|state| state["online"].as_bool() == Some(online))
+            })
+    };
     let whole = |viewer: &Viewer| {
         shows_merged(viewer, BUILDING, "load", &building, |d| d.load)
             && devices_shown(viewer) == Some((Some(6), Some(0)))
+            && partition_shown_online(viewer, 0, true)
+            && partition_shown_online(viewer, 1, true)
     };
     publish_until(&publisher, &fleet, &mut [&mut viewer], "both shares", whole).await;
 
@@ -1072,9 +1086,17 @@ async fn the_shares_of_a_bridge_gone_for_good_age_out_and_come_back_with_it() {
         |viewer| {
             shows_merged(viewer, BUILDING, "load", &building_of_0, |d| d.load)
                 && devices_shown(viewer) == Some((Some(3), Some(3)))
+                && partition_shown_online(viewer, 1, false)
+                && partition_shown_online(viewer, 0, true)
         },
     )
     .await;
+    // Each device of partition 1 marked once, none of partition 0's.
+    let of_1 = fleet.iter().filter(|device| device.partition == 1).count();
+    assert_eq!(
+        bridge_metric(&dashboard, "iotmon_dashboard_devices_marked_offline_total").await,
+        of_1 as u64
+    );
     eventually(
         DEADLINE,
         "partition 0 ages out partition 1's shares",

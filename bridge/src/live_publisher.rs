@@ -63,6 +63,8 @@ pub async fn publish_live(
                 .iter()
                 .map(|alert| (alert_topic(&alert.subject), encode(alert)))
                 .collect(),
+            // Said by a dashboard's source to its hub; a bridge has nothing to publish.
+            LiveUpdate::PartitionGone(_) => Vec::new(),
         };
         for (topic, payload) in messages {
             let Some(payload) = payload else { continue };

@@ -953,7 +953,7 @@ mod tests {
                         hq_count = hq.metrics["t"].count;
                     }
                 }
-                LiveUpdate::Alerts(_) => {}
+                LiveUpdate::Alerts(_) | LiveUpdate::PartitionGone(_) => {}
             }
         }
         assert!(seen.iter().all(|id| partition.owns(id)), "{seen:?}");
@@ -1161,6 +1161,7 @@ mod tests {
                 }
                 // The alert manager's opening batch of open alerts, empty without rules.
                 LiveUpdate::Alerts(alerts) => assert!(alerts.is_empty(), "no rules, no alerts"),
+                LiveUpdate::PartitionGone(_) => {}
             }
         }
         let hq = hq.expect("hq aggregate");

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use iotmon_wire::metrics::{encode_one, Collector, DescriptorEncoder, Kind};
+use iotmon_wire::partition::Partition;
 use iotmon_wire::topics::{group_prefixes, in_group};
 use iotmon_wire::{Alert, AlertId, DeviceId, DeviceState, GroupAggregate, GroupPath, LiveUpdate};
 use serde::Serialize;
@@ -211,6 +212,9 @@ pub struct HubStats {
     pub alert_frames_sent: AtomicU64,
     /// Open alerts known to the dashboard.
     pub open_alerts: AtomicUsize,
+    /// Devices marked offline by the dashboard itself because their partition's bridge is
+    /// gone ([`LiveUpdate::PartitionGone`]).
+    pub devices_marked_offline: AtomicU64,
 }
 
 impl Collector for HubStats {
@@ -264,6 +268,14 @@ impl Collector for HubStats {
             "Open alerts known to the dashboard.",
             Kind::Gauge,
             load(&self.open_alerts),
+        )?;
+        encode_one(
+            &mut encoder,
+            "iotmon_dashboard_devices_marked_offline_total",
+            "Devices marked offline because their partition's bridge is gone (every share of \
+             aggregates it sent aged out); each comes back online with its next state.",
+            Kind::Counter,
+            self.devices_marked_offline.load(Ordering::Relaxed),
         )?;
         Ok(())
     }
@@ -791,7 +803,39 @@ impl Hub {
             LiveUpdate::Devices(states) => self.apply_devices(states),
             LiveUpdate::Aggregates(aggregates) => self.apply_aggregates(aggregates),
             LiveUpdate::Alerts(alerts) => self.apply_alerts(alerts),
+            LiveUpdate::PartitionGone(gone) => self.mark_partition_offline(gone),
         }
+    }
+
+    /// Partition `gone`'s bridge is gone: each of its devices still online goes offline, with
+    /// its last values and `ts`, to the viewers that show it as any offline change does. The
+    /// bridge that judged their presence (last will, status, silence) is not there to, and
+    /// viewers would see them online, frozen, while their group's aggregate counts them
+    /// offline. Each comes back with its next state, from the partition's new bridge. A
+    /// fleet in one partition has no other bridge to outlive it: nothing is marked.
+    fn mark_partition_offline(&mut self, gone: Partition) {
+        if !gone.is_split() {
+            return;
+        }
+        let marked: Vec<DeviceState> = self
+            .devices
+            .values()
+            .filter(|entry| entry.state.online && gone.owns(&entry.state.id))
+            .map(|entry| DeviceState {
+                online: false,
+                ..entry.state.clone()
+            })
+            .collect();
+        warn!(
+            partition = %gone,
+            devices = marked.len(),
+            "the partition's bridge is gone (its shares aged out): its devices are marked \
+             offline until it is back"
+        );
+        self.stats
+            .devices_marked_offline
+            .fetch_add(marked.len() as u64, Ordering::Relaxed);
+        self.apply_devices(marked);
     }
 
     /// Pushes each changed alert at once to every viewer whose scope holds it: the device is
@@ -2008,6 +2052,84 @@ mod tests {
         assert!(
             view.contains("unknown"),
             "a device not seen yet stays in the view"
+        );
+    }
+
+    /// `n` device ids that partition `partition` of 2 owns.
+    fn owned_by(partition: u32, n: usize) -> Vec<String> {
+        (0..)
+            .map(|i| format!("device-{i}"))
+            .filter(|id| iotmon_wire::partition::partition_of(id, 2) == partition)
+            .take(n)
+            .collect()
+    }
+
+    #[test]
+    fn a_gone_partitions_devices_go_offline_with_their_last_values_until_they_report_again() {
+        let stats = Arc::new(HubStats::default());
+        let mut hub = Hub::new(stats.clone());
+        let ours = owned_by(0, 1).remove(0);
+        let [theirs, unseen] = <[String; 2]>::try_from(owned_by(1, 2)).expect("two ids");
+        let mut last = state(&theirs, 7.0);
+        last.ts = 42;
+        hub.apply(LiveUpdate::Devices(vec![
+            state(&ours, 1.0),
+            last.clone(),
+            state(&unseen, 1.0),
+        ]));
+        let (tx, mut rx) = mpsc::channel(8);
+        hub.join(1, tx);
+        hub.set_view(
+            1,
+            ViewSpec::Devices(vec![ours.as_str().into(), theirs.as_str().into()]),
+        );
+        frames(&mut rx);
+        // A fleet in one partition: no other bridge outlives its own.
+        hub.apply(LiveUpdate::PartitionGone(Partition::WHOLE));
+        hub.push_pending();
+        assert!(frames(&mut rx).is_empty(), "one-bridge mode is unchanged");
+
+        let partition_1 = Partition::new(1, 2).expect("valid");
+        hub.apply(LiveUpdate::PartitionGone(partition_1));
+        hub.push_pending();
+        let offline = DeviceState {
+            online: false,
+            ..last
+        };
+        match frames(&mut rx).as_slice() {
+            [ServerMessage::Update { devices, .. }] => assert_eq!(devices, &[offline]),
+            other => panic!("expected an update with {theirs} offline, got {other:?}"),
+        }
+        let offline_listed = DeviceQuery {
+            limit: 10,
+            status: Some(DeviceStatus::Offline),
+            ..DeviceQuery::default()
+        };
+        let (total, mut offline_ids) = listed(&hub, offline_listed.clone());
+        offline_ids.sort_unstable();
+        assert_eq!((total, offline_ids), (2, vec![theirs.clone(), unseen]));
+        assert_eq!(stats.devices_marked_offline.load(Ordering::Relaxed), 2);
+        // Said again, it finds nothing online to mark.
+        hub.apply(LiveUpdate::PartitionGone(partition_1));
+        hub.push_pending();
+        assert!(frames(&mut rx).is_empty());
+
+        // Its new bridge sends the device's next state: online again, the ordinary way.
+        hub.apply(LiveUpdate::Devices(vec![state(&theirs, 8.0)]));
+        hub.push_pending();
+        match frames(&mut rx).as_slice() {
+            [ServerMessage::Update { devices, .. }] => {
+                assert!(devices[0].online && devices[0].metrics["t"] == MetricValue::Number(8.0));
+            }
+            other => panic!("expected an update with {theirs} online, got {other:?}"),
+        }
+        assert_eq!(listed(&hub, offline_listed).0, 1);
+        let mut registry = iotmon_wire::metrics::Registry::default();
+        registry.register_collector(Box::new(stats));
+        let metrics = iotmon_wire::metrics::render(&[&registry]);
+        assert!(
+            metrics.contains("iotmon_dashboard_devices_marked_offline_total 2"),
+            "{metrics}"
         );
     }
 

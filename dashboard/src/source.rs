@@ -97,14 +97,13 @@ pub async fn from_broker(
     ));
     let mut partials = partitions.map_or_else(PartialMerger::new, PartialMerger::for_partitions);
     let mut expiry = tokio::time::interval(EXPIRY_CHECK);
-    loop {
+    'source: loop {
         tokio::select! {
             _ = expiry.tick() => {
-                let Some(aged) = expire(&mut partials, &counters) else {
-                    continue;
-                };
-                if to_hub.send(aged).await.is_err() {
-                    break;
+                for aged in expire(&mut partials, &counters) {
+                    if to_hub.send(aged).await.is_err() {
+                        break 'source;
+                    }
                 }
             }
             message = messages.recv() => {
@@ -169,11 +168,13 @@ fn decode(
         .ok()
 }
 
-/// Ages out the shares not refreshed in time, counted and logged; the groups changed.
-fn expire(partials: &mut PartialMerger, counters: &SourceCounters) -> Option<LiveUpdate> {
+/// Ages out the shares not refreshed in time, counted and logged: the groups changed, then
+/// each partition left with no current share (its bridge is gone, so the hub marks its
+/// devices offline).
+fn expire(partials: &mut PartialMerger, counters: &SourceCounters) -> Vec<LiveUpdate> {
     let expired = partials.expire(Instant::now());
     if expired.is_empty() {
-        return None;
+        return Vec::new();
     }
     counters
         .partials_expired
@@ -184,7 +185,10 @@ fn expire(partials: &mut PartialMerger, counters: &SourceCounters) -> Option<Liv
         "partial aggregates not refreshed within their lifetime: their bridges are gone; \
          their devices count offline until they are back"
     );
-    Some(LiveUpdate::Aggregates(expired.aggregates))
+    let gone = expired.gone.into_iter().map(LiveUpdate::PartitionGone);
+    std::iter::once(LiveUpdate::Aggregates(expired.aggregates))
+        .chain(gone)
+        .collect()
 }
 
 /// Records one partition's partial and returns its group's aggregate merged over every
@@ -204,6 +208,8 @@ fn merge_partial(
 
 #[cfg(test)]
 mod tests {
+    use iotmon_wire::partition::Partition;
+
     use super::*;
 
     fn message(topic: &str, payload: &str) -> Message {
@@ -246,7 +252,7 @@ mod tests {
     }
 
     #[test]
-    fn a_share_past_its_lifetime_reaches_the_hub_aged_out_and_counted() {
+    fn a_share_past_its_lifetime_reaches_the_hub_aged_out_counted_and_its_partition_gone() {
         let mut partials = PartialMerger::new();
         let counters = SourceCounters::default();
         for (partition, lifetime_ms) in [(0, 30_000), (1, 1)] {
@@ -262,12 +268,15 @@ mod tests {
         }
         // Partition 1's share lives 1 ms: its bridge does not send another.
         std::thread::sleep(Duration::from_millis(5));
-        let Some(LiveUpdate::Aggregates(aged)) = expire(&mut partials, &counters) else {
-            panic!("partition 1's share aged out");
+        let expired = expire(&mut partials, &counters);
+        let [LiveUpdate::Aggregates(aged), LiveUpdate::PartitionGone(gone)] = expired.as_slice()
+        else {
+            panic!("partition 1's share aged out, and with it partition 1");
         };
         assert_eq!(aged[0].metrics["t"].count, 2, "partition 0's devices only");
         assert_eq!((aged[0].devices.online, aged[0].devices.offline), (2, 2));
-        assert!(expire(&mut partials, &counters).is_none(), "aged out once");
+        assert_eq!(*gone, Partition::new(1, 2).expect("valid"));
+        assert!(expire(&mut partials, &counters).is_empty(), "aged out once");
         assert_eq!(counters.partials_expired.load(Ordering::Relaxed), 1);
         let mut registry = iotmon_wire::metrics::Registry::default();
         registry.register_collector(Box::new(Arc::new(counters)));

@@ -11,9 +11,10 @@
 //! refresh period, changed or not; each partial states its lifetime. A share that outlives it
 //! unrefreshed belongs to a bridge that is gone (killed and not replaced, or cut off from the
 //! broker): the merger then counts its devices offline and drops its metrics, instead of
-//! showing its last values as current forever.
+//! showing its last values as current forever. Once none of a partition's shares stands,
+//! the merger reports the partition gone, so that dashboards mark its devices offline too.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -196,6 +197,11 @@ pub struct Expired {
     pub partitions: std::collections::BTreeSet<u32>,
     /// How many shares expired.
     pub shares: usize,
+    /// The partitions left with no current share of any group: nothing their bridge sent
+    /// stands, so it is gone. Each is reported once, on the pass that aged out its last
+    /// share; one share expiring while its partition refreshes others (a group its bridge
+    /// no longer has) does not make it gone.
+    pub gone: Vec<Partition>,
 }
 
 impl Expired {
@@ -256,9 +262,12 @@ impl PartialMerger {
 
     /// Ages out the shares not refreshed within their lifetime by `now`: their devices count
     /// offline and their metrics are dropped (the values of a bridge that is gone are not
-    /// current), until a new share of their partition arrives. Returns the groups changed.
+    /// current), until a new share of their partition arrives. Returns the groups changed and
+    /// the partitions gone.
     pub fn expire(&mut self, now: Instant) -> Expired {
         let mut expired = Expired::default();
+        // Partition K of N, for each share aged out.
+        let mut aged = HashSet::new();
         for (group, shares) in &mut self.groups {
             let mut changed = false;
             for (partition, share) in &mut shares.shares {
@@ -266,6 +275,10 @@ impl PartialMerger {
                     share.go_stale();
                     expired.partitions.insert(*partition);
                     expired.shares += 1;
+                    aged.insert(Partition {
+                        index: *partition,
+                        count: shares.partitions,
+                    });
                     changed = true;
                 }
             }
@@ -275,7 +288,23 @@ impl PartialMerger {
                     .push(merge(group.clone(), shares.partials()));
             }
         }
+        expired.gone = aged
+            .into_iter()
+            .filter(|partition| !self.has_current_share(*partition))
+            .collect();
+        expired.gone.sort_by_key(|partition| partition.index);
         expired
+    }
+
+    /// Whether some group holds a share of `partition` that has not aged out.
+    fn has_current_share(&self, partition: Partition) -> bool {
+        self.groups.values().any(|shares| {
+            shares.partitions == partition.count
+                && shares
+                    .shares
+                    .get(&partition.index)
+                    .is_some_and(|share| share.expires_at.is_some())
+        })
     }
 
     /// Groups held.
@@ -564,6 +593,43 @@ mod tests {
         assert_eq!((back.metrics["t"].count, back.metrics["t"].mean), (2, 15.0));
         assert_eq!(back.devices.online, 2);
         assert_eq!(merger.partitions_of("hq/building-a"), 2);
+    }
+
+    #[test]
+    fn a_partition_is_gone_once_its_last_share_ages_out_and_back_with_its_next() {
+        let start = Instant::now();
+        let at = |seconds: u64| start + Duration::from_secs(seconds);
+        // Shares live 30 s.
+        let share = |group: &str, partition: u32| {
+            let mut share = partial(partition, 2, &[1.0], 1);
+            share.group = group.into();
+            share
+        };
+        let mut merger = PartialMerger::for_partitions(2);
+        for (group, partition, received) in [
+            ("hq/a", 1, 0),
+            ("hq/b", 1, 15),
+            ("hq/a", 0, 20),
+            ("hq/a", 0, 40),
+        ] {
+            merger
+                .update(share(group, partition), at(received))
+                .expect("valid");
+        }
+        // One share of partition 1 ages out while another stands: its bridge is not gone.
+        let first = merger.expire(at(30));
+        assert_eq!(first.partitions, [1].into_iter().collect());
+        assert!(first.gone.is_empty(), "{first:?}");
+        // Its last share ages out: gone, said once.
+        let partition_1 = Partition::new(1, 2).expect("valid");
+        assert_eq!(merger.expire(at(45)).gone, [partition_1]);
+        assert!(merger.expire(at(46)).is_empty());
+        // Its bridge is back with one group: the other group's stale share does not make it
+        // gone again.
+        merger.update(share("hq/a", 1), at(47)).expect("valid");
+        assert!(merger.expire(at(60)).is_empty());
+        merger.update(share("hq/a", 0), at(60)).expect("valid");
+        assert_eq!(merger.expire(at(77)).gone, [partition_1]);
     }
 
     #[test]
