@@ -191,8 +191,11 @@ impl RemoteArgs {
     /// The login for `role`: explicit client id, else the user name, else `iotmon-ROLE-PID`.
     ///
     /// # Errors
-    /// The password file cannot be read.
+    /// The client id cannot name a topic, or the password file cannot be read.
     pub fn login(&self, role: &str) -> anyhow::Result<Login> {
+        if let Some(client_id) = &self.client_id {
+            check_client_id(client_id)?;
+        }
         let password = match &self.password_file {
             Some(path) => Some(read_first_line(path)?),
             None => self.password.clone(),
@@ -208,6 +211,20 @@ impl RemoteArgs {
             password,
         })
     }
+}
+
+/// Roles name topics after their client id (a dashboard's history replies come on
+/// `iotmon/history/reply/<client id>`): an empty one, which the broker would replace by one of
+/// its own, or one with a wildcard, which no subscription can name exactly, would leave
+/// replies nowhere to go.
+fn check_client_id(client_id: &str) -> anyhow::Result<()> {
+    if client_id.is_empty() || client_id.contains(['+', '#']) {
+        anyhow::bail!(
+            "--client-id {client_id:?} cannot be used: iotmon names topics after the client id, \
+             so it must be non-empty and hold neither '+' nor '#'"
+        );
+    }
+    Ok(())
 }
 
 fn read_first_line(path: &std::path::Path) -> anyhow::Result<String> {
@@ -482,6 +499,30 @@ mod tests {
             assert_eq!(devices.data_dir, Some(PathBuf::from("d")));
             assert!(matches!(devices.action, DeviceAction::Add { .. }));
         }
+    }
+
+    #[test]
+    fn a_client_id_that_cannot_name_a_topic_is_refused() {
+        let login = |client_id: &str| {
+            let cli = Cli::try_parse_from([
+                "iotmon",
+                "dashboard",
+                "--broker",
+                "mqtt://127.0.0.1:1883",
+                "--client-id",
+                client_id,
+            ])
+            .expect("valid command line");
+            let Command::Dashboard(dashboard) = cli.command else {
+                panic!("expected dashboard");
+            };
+            dashboard.remote.login("dashboard")
+        };
+        for refused in ["", "dash#1", "dash+1"] {
+            let error = login(refused).expect_err(refused).to_string();
+            assert!(error.contains("--client-id"), "{error}");
+        }
+        assert_eq!(login("dash-1").expect("usable").client_id, "dash-1");
     }
 
     fn fleet_of(args: &[&str]) -> anyhow::Result<iotmon_simulator::FleetConfig> {
