@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use iotmon_probe::mqtt::{Connect, Publish, Version};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 use crate::support;
@@ -216,31 +217,6 @@ const CONNECTIONS: usize = 2_000;
 /// QoS 1 messages each of those connections publishes.
 const MESSAGES_PER_CONNECTION: usize = 5;
 
-/// An MQTT 3.1.1 CONNECT (clean session, 60 s keep-alive) for `client_id`.
-fn connect_packet(client_id: &str) -> Vec<u8> {
-    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60];
-    body.extend((client_id.len() as u16).to_be_bytes());
-    body.extend(client_id.as_bytes());
-    with_fixed_header(0x10, body)
-}
-
-/// An MQTT QoS 1 PUBLISH of `payload` to `topic` with packet id `pkid`.
-fn publish_packet(topic: &str, pkid: u16, payload: &[u8]) -> Vec<u8> {
-    let mut body = (topic.len() as u16).to_be_bytes().to_vec();
-    body.extend(topic.as_bytes());
-    body.extend(pkid.to_be_bytes());
-    body.extend(payload);
-    with_fixed_header(0x32, body)
-}
-
-/// Prefixes `body` with its fixed header (bodies here are under 128 bytes).
-fn with_fixed_header(first_byte: u8, body: Vec<u8>) -> Vec<u8> {
-    assert!(body.len() < 128);
-    let mut packet = vec![first_byte, body.len() as u8];
-    packet.extend(body);
-    packet
-}
-
 /// One device: connects, publishes at QoS 1, reads every acknowledgement, then stays
 /// connected (idle) until the returned stream is dropped.
 async fn device(port: u16, n: usize) -> tokio::net::TcpStream {
@@ -249,7 +225,11 @@ async fn device(port: u16, n: usize) -> tokio::net::TcpStream {
         .await
         .expect("connects");
     stream
-        .write_all(&connect_packet(&format!("mem-dev-{n}")))
+        .write_all(
+            &Connect::new(Version::V311, &format!("mem-dev-{n}"))
+                .keep_alive(60)
+                .encode(),
+        )
         .await
         .expect("CONNECT sent");
     let mut connack = [0u8; 4];
@@ -257,7 +237,10 @@ async fn device(port: u16, n: usize) -> tokio::net::TcpStream {
     assert_eq!(connack, [0x20, 2, 0, 0], "accepted");
     for pkid in 1..=MESSAGES_PER_CONNECTION as u16 {
         let payload = format!("{{\"temperature\":21.{pkid},\"humidity\":40.5}}");
-        let publish = publish_packet(&format!("sensors/dev-{n}"), pkid, payload.as_bytes());
+        let topic = format!("sensors/dev-{n}");
+        let publish = Publish::new(&topic, payload.as_bytes())
+            .qos(1, pkid)
+            .encode(Version::V311);
         stream.write_all(&publish).await.expect("PUBLISH sent");
         let mut puback = [0u8; 4];
         stream.read_exact(&mut puback).await.expect("PUBACK");

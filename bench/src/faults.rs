@@ -487,27 +487,10 @@ async fn poll_broker_connections(http: &str, wanted: u64) -> Result<u64, BenchEr
 
 /// POST with an empty body; the status code.
 async fn http_post(http: &str, path: &str) -> Result<u16, BenchError> {
-    let fail = |what: String| failed(format!("POST http://{http}{path}: {what}"));
-    let mut stream = TcpStream::connect(http)
+    iotmon_probe::http::request(http, "POST", path, "Content-Length: 0\r\n", "")
         .await
-        .map_err(|error| fail(error.to_string()))?;
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {http}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    );
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .map_err(|error| fail(error.to_string()))?;
-    let mut response = Vec::new();
-    stream
-        .read_to_end(&mut response)
-        .await
-        .map_err(|error| fail(error.to_string()))?;
-    String::from_utf8_lossy(&response)
-        .split_whitespace()
-        .nth(1)
-        .and_then(|status| status.parse().ok())
-        .ok_or_else(|| fail("no status".into()))
+        .map(|response| response.status)
+        .map_err(|error| failed(format!("POST http://{http}{path}: {error}")))
 }
 
 /// The sum of `temperature` reading counts over every device's history since `from_ms`.
