@@ -1057,7 +1057,8 @@ async fn poll_outbox_empty(http: &str, limit: Duration) -> Result<bool, BenchErr
 
 const STALLED_WHAT: &str =
     "viewers that open /ws, send a view and never read again, beside well-behaved viewers; \
-     serve's memory and the others' reading→viewer delay without, with and after them";
+     serve's memory and the others' reading→viewer delay without, with and after them, then \
+     serve's memory with a second wave as large";
 
 /// A WebSocket frame from client to server: FIN, `opcode`, masked as RFC 6455 requires.
 fn client_frame(opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
@@ -1218,27 +1219,7 @@ async fn stalled(
         .into_iter()
         .map(|device| device.id)
         .collect();
-    let visible = STALLED_VISIBLE.min(ids.len());
-    let mut opening = JoinSet::new();
-    for number in 0..stalled_count {
-        let start = (number * 7919) % (ids.len() - visible + 1);
-        let view = ids[start..start + visible].to_vec();
-        opening.spawn(async move {
-            timeout(
-                HANDSHAKE_LIMIT,
-                stalled_viewer(http_addr, view, number as u32),
-            )
-            .await
-            .ok()
-            .and_then(Result::ok)
-        });
-    }
-    let mut stalled_sockets = Vec::new();
-    while let Some(joined) = opening.join_next().await {
-        if let Ok(Some(stream)) = joined {
-            stalled_sockets.push(stream);
-        }
-    }
+    let stalled_sockets = open_stalled_viewers(http_addr, &ids, stalled_count).await;
     let stalled_opened = stalled_sockets.len();
     let viewers_with_stalled = counter(&http, "iotmon_viewers").await?;
     viewers.start_window();
@@ -1252,6 +1233,12 @@ async fn stalled(
     viewers.start_window();
     let (rss_after, _) = sample_rss(&serve, &http, config.measure, shutdown).await?;
     let after = viewers.summary();
+
+    // A second wave, as many again: memory their predecessors left must serve them, or
+    // misbehaving viewers would ratchet serve's memory up a wave at a time.
+    let second_wave = open_stalled_viewers(http_addr, &ids, stalled_count).await;
+    let (rss_second, _) = sample_rss(&serve, &http, stalled_window, shutdown).await?;
+    drop(second_wave);
     let good_lost = after.disconnects;
     viewers.stop().await;
     running.fleet.stop().await;
@@ -1260,6 +1247,7 @@ async fn stalled(
     let good = load.viewers as u64;
     let growth = rss_during.peak - rss_before.peak;
     let slope = rss_during.last - rss_during.half_way;
+    let ratchet = rss_second.peak - rss_during.peak.max(rss_after.peak);
     Ok(FaultReport {
         fault: FaultKind::Stalled,
         what: STALLED_WHAT.into(),
@@ -1278,6 +1266,7 @@ async fn stalled(
             figure("RSS with stalled viewers, half-way", rss_during.half_way, "MiB"),
             figure("RSS with stalled viewers, at the end", rss_during.last, "MiB"),
             figure("RSS after they closed (end)", rss_after.last, "MiB"),
+            figure("RSS with a second wave as large (peak)", rss_second.peak, "MiB"),
             figure("p50 reading→viewer without", before.latency.p50_ms as f64, "ms"),
             figure("p50 with stalled viewers", during.latency.p50_ms as f64, "ms"),
             figure("p50 after", after.latency.p50_ms as f64, "ms"),
@@ -1296,6 +1285,14 @@ async fn stalled(
                 ),
                 measured: format!("{growth:+.1} MiB, {slope:+.1} MiB over the second half"),
                 met: growth <= STALLED_RSS_GROWTH_MIB && slope <= STALLED_RSS_SLOPE_MIB,
+            },
+            Target {
+                what: "serve's memory with a second wave of stalled viewers".into(),
+                target: format!(
+                    "peak ≤ {STALLED_RSS_SLOPE_MIB:.0} MiB above the first wave's (memory reused, not accumulated)"
+                ),
+                measured: format!("{ratchet:+.1} MiB"),
+                met: ratchet <= STALLED_RSS_SLOPE_MIB,
             },
             Target {
                 what: "others' reading→viewer delay with stalled viewers".into(),
@@ -1324,6 +1321,30 @@ async fn stalled(
             "stalled sockets ask for a {STALLED_RECEIVE_BUFFER}-byte receive buffer, so serve's sends to them block within a frame or two"
         )],
     })
+}
+
+/// Opens `count` stalled viewers, each viewing [`STALLED_VISIBLE`] consecutive devices of
+/// `ids` from a spread of starting points; the sockets of those whose view was sent.
+async fn open_stalled_viewers(http: SocketAddr, ids: &[String], count: usize) -> Vec<TcpStream> {
+    let visible = STALLED_VISIBLE.min(ids.len());
+    let mut opening = JoinSet::new();
+    for number in 0..count {
+        let start = (number * 7919) % (ids.len() - visible + 1);
+        let view = ids[start..start + visible].to_vec();
+        opening.spawn(async move {
+            timeout(HANDSHAKE_LIMIT, stalled_viewer(http, view, number as u32))
+                .await
+                .ok()
+                .and_then(Result::ok)
+        });
+    }
+    let mut sockets = Vec::new();
+    while let Some(joined) = opening.join_next().await {
+        if let Ok(Some(stream)) = joined {
+            sockets.push(stream);
+        }
+    }
+    sockets
 }
 
 /// The well-behaved viewers of `stalled` and `disk`.
