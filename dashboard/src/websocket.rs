@@ -28,7 +28,7 @@ use tracing::debug;
 /// The largest frame a viewer is sent; a longer text message goes out as continuation
 /// fragments of this size. Small enough that a write buffer of this size per viewer is
 /// cheap at thousands of viewers; large enough that an ordinary `update` is one frame.
-pub const FRAGMENT_BYTES: usize = 16 * 1024;
+pub const FRAGMENT_BYTES: usize = 8 * 1024;
 
 /// The only WebSocket version there is (RFC 6455 section 4.4).
 const WEBSOCKET_VERSION: &str = "13";
