@@ -91,6 +91,12 @@ const STALLED_WINDOW: Duration = Duration::from_secs(60);
 const STALLED_RSS_GROWTH_MIB: f64 = 100.0;
 /// `stalled`: and no more than this over the second half of that window (flat, not growing).
 const STALLED_RSS_SLOPE_MIB: f64 = 8.0;
+/// `stalled`: serve's memory counts as settled once it grew less than this...
+const SETTLED_GROWTH_MIB: f64 = 2.0;
+/// ...over this long,...
+const SETTLED_SPAN: Duration = Duration::from_secs(20);
+/// ...or after this long waiting, whichever comes first.
+const RSS_SETTLE_LIMIT: Duration = Duration::from_secs(300);
 /// `stalled`: others' p50/p99 count as unchanged up to this factor of the run without...
 const LATENCY_FACTOR: f64 = 1.5;
 /// ...or this many milliseconds more, whichever is larger (the machine is shared and noisy).
@@ -1159,6 +1165,30 @@ async fn sample_rss(
     Ok((RssWindow::of(&samples), gauges))
 }
 
+/// Waits until serve's resident memory has settled: grown by less than [`SETTLED_GROWTH_MIB`]
+/// over [`SETTLED_SPAN`], or [`RSS_SETTLE_LIMIT`] passed. Under load, serve's memory grows for a
+/// minute or more while the broker's logs fill to their bound (`segment_size` ×
+/// `segment_count`); measured before that, the growth would be charged to the fault. Returns
+/// how long it waited.
+async fn settle_rss(
+    serve: &Measured,
+    shutdown: &CancellationToken,
+) -> Result<Duration, BenchError> {
+    let span = SETTLED_SPAN.as_secs() as usize;
+    let mut samples: Vec<f64> = Vec::new();
+    let start = Instant::now();
+    let limit = start + RSS_SETTLE_LIMIT;
+    loop {
+        samples.push(mib(serve.usage()?.rss_bytes));
+        let settled = samples.len() > span
+            && samples[samples.len() - 1] - samples[samples.len() - 1 - span] < SETTLED_GROWTH_MIB;
+        if settled || Instant::now() >= limit || shutdown.is_cancelled() {
+            return Ok(start.elapsed());
+        }
+        sleep(Duration::from_secs(1)).await;
+    }
+}
+
 /// Viewer gauges of serve's `/metrics` over a window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct ViewerGauges {
@@ -1210,6 +1240,7 @@ async fn stalled(
     let load = good_viewers(config, devices);
     let mut viewers = start_viewers(&http, &load, shutdown).await?;
     pause(config.warmup, shutdown).await;
+    let settling = settle_rss(&serve, shutdown).await?;
 
     viewers.start_window();
     let (rss_before, _) = sample_rss(&serve, &http, config.measure, shutdown).await?;
@@ -1254,6 +1285,7 @@ async fn stalled(
         figures: vec![
             figure("devices", devices as f64, ""),
             figure("well-behaved viewers", good as f64, ""),
+            figure("waited after warm-up for serve's RSS to settle", settling.as_secs_f64(), "s"),
             figure("stalled viewers opened (view sent)", stalled_opened as f64, ""),
             figure("viewers on serve once the stalled joined", viewers_with_stalled as f64, ""),
             figure("viewers on serve at the end of the stalled window", viewers_at_end as f64, ""),
