@@ -9,6 +9,15 @@ use iotmon_simulator::FleetConfig;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc rather than the system's allocator: glibc's keeps what a long-running server
+/// freed in per-thread arenas, so after 1,000 viewers that stalled and left, serve's memory
+/// stayed at its peak, and a second wave as large added another 19–32 MiB; with mimalloc it
+/// fell back to where it was, and the second wave peaked lower than the first (the fault
+/// bench's stalled viewers, docs/benchmarks.md). The price: ~40 MiB more resident memory at
+/// the reference load.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Logging when `RUST_LOG` is unset. rumqttd is silenced: it logs every connect at info and
 /// every ordinary disconnect as an error, so a fleet's churn would drown iotmon's own lines.
 /// `RUST_LOG=info,rumqttd=info` brings them back when debugging the broker.
