@@ -170,6 +170,40 @@ async fn bridge_metric(bridge: &Iotmon, name: &str) -> u64 {
     metric_value(&metrics, name)
 }
 
+/// What every test here starts from: an external broker (Debian's mosquitto) and one
+/// configuration file, `config`, that each role is given.
+struct Split {
+    url: String,
+    mqtt: SocketAddr,
+    config: String,
+    _broker: mosquitto::Mosquitto,
+    _dir: TempDir,
+}
+
+impl Split {
+    fn start(tag: &str, config: &str) -> Split {
+        let broker = mosquitto::Mosquitto::start();
+        let dir = TempDir::new(tag);
+        let path = format!("{}/iotmon.toml", dir.path());
+        std::fs::write(&path, config).expect("config written");
+        Split {
+            url: format!("mqtt://127.0.0.1:{}", broker.port),
+            mqtt: SocketAddr::from(([127, 0, 0, 1], broker.port)),
+            config: path,
+            _broker: broker,
+            _dir: dir,
+        }
+    }
+
+    fn bridge(&self, partition: &str, data_dir: &str) -> Iotmon {
+        start_bridge(&self.url, partition, data_dir, &self.config)
+    }
+
+    fn dashboard(&self) -> Iotmon {
+        start_dashboard(&self.url, &self.config)
+    }
+}
+
 /// A bridge process owning `partition`, keeping its store in `data_dir`.
 fn start_bridge(url: &str, partition: &str, data_dir: &str, config: &str) -> Iotmon {
     let args = [
@@ -283,19 +317,12 @@ async fn heat_until_alert(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_partitioned_bridges_and_two_dashboards_on_mosquitto() {
-    let broker = mosquitto::Mosquitto::start();
-    let url = format!("mqtt://127.0.0.1:{}", broker.port);
-    let mqtt = SocketAddr::from(([127, 0, 0, 1], broker.port));
-    let dir = TempDir::new("scale-out");
-    let config = format!("{}/iotmon.toml", dir.path());
-    std::fs::write(&config, CONFIG).expect("config written");
+    let split = Split::start("scale-out", CONFIG);
+    let mqtt = split.mqtt;
     let (data_0, data_1) = (TempDir::new("bridge-0"), TempDir::new("bridge-1"));
-    let mut bridge_0 = start_bridge(&url, "0/2", data_0.path(), &config);
-    let bridge_1 = start_bridge(&url, "1/2", data_1.path(), &config);
-    let dashboards = [
-        start_dashboard(&url, &config),
-        start_dashboard(&url, &config),
-    ];
+    let mut bridge_0 = split.bridge("0/2", data_0.path());
+    let bridge_1 = split.bridge("1/2", data_1.path());
+    let dashboards = [split.dashboard(), split.dashboard()];
 
     let mut fleet = fleet();
     let ids: Vec<&str> = fleet.iter().map(|device| device.id.as_str()).collect();
@@ -315,7 +342,7 @@ async fn two_partitioned_bridges_and_two_dashboards_on_mosquitto() {
         &[
             "simulate",
             "--broker",
-            &url,
+            &split.url,
             "--devices",
             "40",
             "--interval",
@@ -565,7 +592,7 @@ async fn two_partitioned_bridges_and_two_dashboards_on_mosquitto() {
             .filter_map(|alert| alert["id"].as_u64())
             .collect();
         assert_eq!(expected.len(), 3, "{expected:?}");
-        let late = start_dashboard(&url, &config);
+        let late = split.dashboard();
         let http = late.http.expect("http");
         let deadline = tokio::time::Instant::now() + DEADLINE;
         loop {
@@ -642,7 +669,7 @@ async fn two_partitioned_bridges_and_two_dashboards_on_mosquitto() {
     // kill -9 partition 0's bridge (its devices, the group rule and both alerts) and start
     // a new one with the same partition and store.
     bridge_0.kill_hard();
-    let bridge_0 = start_bridge(&url, "0/2", data_0.path(), &config);
+    let bridge_0 = split.bridge("0/2", data_0.path());
     eventually(
         DEADLINE,
         "the new bridge reads its devices again",
@@ -882,12 +909,8 @@ fn an_impossible_partition_is_refused_before_anything_starts() {
 /// series, one alert, and the alert list it asks of every partition.
 #[tokio::test(flavor = "multi_thread")]
 async fn history_from_bridges_that_are_down_fails_clearly() {
-    let broker = mosquitto::Mosquitto::start();
-    let url = format!("mqtt://127.0.0.1:{}", broker.port);
-    let dir = TempDir::new("scale-out-silent");
-    let config = format!("{}/iotmon.toml", dir.path());
-    std::fs::write(&config, "").expect("config written");
-    let dashboard = start_dashboard(&url, &config);
+    let split = Split::start("scale-out-silent", "");
+    let dashboard = split.dashboard();
     let http = dashboard.http.expect("http");
     let device = (0..)
         .map(|n| format!("dev-{n:03}"))
@@ -916,25 +939,17 @@ async fn history_from_bridges_that_are_down_fails_clearly() {
 #[tokio::test(flavor = "multi_thread")]
 async fn two_partitions_share_one_influx_bucket_without_overlap() {
     use crate::influx_victoria::{free_addr, get, Victoria};
-    let broker = mosquitto::Mosquitto::start();
-    let url = format!("mqtt://127.0.0.1:{}", broker.port);
     let victoria_dir = TempDir::new("scale-out-victoria");
     let victoria = Victoria::start(Path::new(victoria_dir.path()), free_addr()).await;
-    let dir = TempDir::new("scale-out-influx");
-    let config = format!("{}/iotmon.toml", dir.path());
     let influx = format!(
         "[bridge.influx]\nenabled = true\nurl = \"http://{}\"\norg = \"iotmon\"\nbucket = \"b\"\n",
         victoria.addr
     );
-    std::fs::write(&config, influx).expect("config written");
+    let split = Split::start("scale-out-influx", &influx);
     let (data_0, data_1) = (TempDir::new("influx-0"), TempDir::new("influx-1"));
-    let bridge_0 = start_bridge(&url, "0/2", data_0.path(), &config);
-    let bridge_1 = start_bridge(&url, "1/2", data_1.path(), &config);
-    let publisher = Publisher::connect(
-        SocketAddr::from(([127, 0, 0, 1], broker.port)),
-        "influx-fleet",
-    )
-    .await;
+    let bridge_0 = split.bridge("0/2", data_0.path());
+    let bridge_1 = split.bridge("1/2", data_1.path());
+    let publisher = Publisher::connect(split.mqtt, "influx-fleet").await;
     let devices: Vec<String> = (0..8).map(|n| format!("dev-{n:03}")).collect();
     let partitions: std::collections::BTreeSet<u32> =
         devices.iter().map(|id| partition_of(id, 2)).collect();
@@ -1006,22 +1021,17 @@ async fn two_partitions_share_one_influx_bucket_without_overlap() {
 /// and never aged out; its new bridge brings them back, and its devices online.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_shares_of_a_bridge_gone_for_good_age_out_and_come_back_with_it() {
-    let broker = mosquitto::Mosquitto::start();
-    let url = format!("mqtt://127.0.0.1:{}", broker.port);
-    let mqtt = SocketAddr::from(([127, 0, 0, 1], broker.port));
-    let dir = TempDir::new("scale-out-gone");
-    let config = format!("{}/iotmon.toml", dir.path());
+    let split = Split::start(
+        "scale-out-gone",
+        "[bridge]\naggregate_interval = \"500ms\"\npartial_refresh = \"1s\"\n",
+    );
+    let mqtt = split.mqtt;
     // Shares live 3 x (1 s + 0.5 s) = 4.5 s.
     let lifetime = Duration::from_millis(4_500);
-    std::fs::write(
-        &config,
-        "[bridge]\naggregate_interval = \"500ms\"\npartial_refresh = \"1s\"\n",
-    )
-    .expect("config written");
     let (data_0, data_1) = (TempDir::new("gone-0"), TempDir::new("gone-1"));
-    let bridge_0 = start_bridge(&url, "0/2", data_0.path(), &config);
-    let mut bridge_1 = start_bridge(&url, "1/2", data_1.path(), &config);
-    let dashboard = start_dashboard(&url, &config);
+    let bridge_0 = split.bridge("0/2", data_0.path());
+    let mut bridge_1 = split.bridge("1/2", data_1.path());
+    let dashboard = split.dashboard();
     let fleet = fleet();
     let ids: Vec<&str> = fleet.iter().map(|device| device.id.as_str()).collect();
     let mut viewer = Viewer::connect(&dashboard.ws_url()).await;
@@ -1108,7 +1118,7 @@ async fn the_shares_of_a_bridge_gone_for_good_age_out_and_come_back_with_it() {
     assert!(bridge_metric(&dashboard, "iotmon_dashboard_partials_expired_total").await > 0);
 
     // A new bridge for partition 1 reloads its store and sends its shares again.
-    let _bridge_1 = start_bridge(&url, "1/2", data_1.path(), &config);
+    let _bridge_1 = split.bridge("1/2", data_1.path());
     publish_until(
         &publisher,
         &fleet,
