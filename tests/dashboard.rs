@@ -59,12 +59,12 @@ async fn a_viewer_that_stops_reading_is_resynced_then_disconnected() {
     slow.view(&ids).await;
     slow.read_until(DEADLINE, |v| v.got("snapshot")).await;
 
-    // Phase 1: stop reading until the server has had to hold frames back.
+    // Phase 1: stop reading until the server has held frames back, then given up on the
+    // viewer's pending changes: it is owed a snapshot.
     publish_rounds_until(&publisher, ids.len(), || async {
-        metric_value(
-            &metrics(&iotmon).await,
-            "iotmon_viewer_frames_deferred_total",
-        ) > 0
+        let metrics = metrics(&iotmon).await;
+        metric_value(&metrics, "iotmon_viewer_frames_deferred_total") > 0
+            && metric_value(&metrics, "iotmon_viewer_resync_snapshots_total") > 0
     })
     .await;
     assert!(metric_value(&metrics(&iotmon).await, "iotmon_viewer_max_queued_frames") <= 2);

@@ -34,6 +34,14 @@ pub const FLEET: &str = "*";
 /// (latest aggregate wins), so a frame stays small and every group still goes out.
 pub const MAX_GROUPS_PER_UPDATE: usize = 500;
 
+/// Ticks in a row a viewer's queue may refuse its frame while its session writes nothing
+/// before the viewer counts as behind (1 s at the default tick). A queue that refuses a frame
+/// but is being written to belongs to a viewer that reads, only slower than it is sent (a
+/// fleet subscriber's frames are larger than the byte budget): its changes wait, coalesced,
+/// for room. Declared behind at the first refusal, such a viewer was resynchronised with a
+/// snapshot of every group over and over, each snapshot itself the next reason to refuse.
+pub const PATIENCE_TICKS: u32 = 10;
+
 /// Commands the hub accepts from sessions and REST handlers.
 #[derive(Debug)]
 pub enum HubCommand {
@@ -251,7 +259,7 @@ impl Collector for HubStats {
         encode_one(
             &mut encoder,
             "iotmon_viewer_resync_snapshots_total",
-            "Times a viewer fell behind and was owed a resynchronising snapshot.",
+            "Times a viewer fell behind (its queue full while it read nothing) and was owed a resynchronising snapshot.",
             Kind::Counter,
             self.resync_snapshots.load(Ordering::Relaxed),
         )?;
@@ -472,6 +480,11 @@ struct Viewer {
     /// A snapshot is owed instead of an update: after a new view, or after the viewer's queue
     /// was full (it fell behind; once it catches up, a snapshot resynchronises it).
     needs_snapshot: bool,
+    /// The viewer's queued bytes when the hub last queued or was refused a frame: fewer at
+    /// the next look means its session wrote some since.
+    queued_seen: usize,
+    /// Refused frames in a row with nothing written in between (see [`PATIENCE_TICKS`]).
+    refusals_without_progress: u32,
     /// For a group view, the group's size over all pages (sent in the snapshot).
     group_total: Option<usize>,
     /// Sequence number of the next frame.
@@ -659,6 +672,8 @@ impl Hub {
             groups_owed: false,
             pending_groups: PendingGroups::default(),
             needs_snapshot: false,
+            queued_seen: 0,
+            refusals_without_progress: 0,
             group_total: None,
             seq: 0,
         };
@@ -899,7 +914,9 @@ impl Hub {
             self.dirty.insert(id);
             return;
         }
-        match offer(&viewer.outbound, self.queue_bytes, &Frame::Alert { alert }) {
+        // Alerts go at once, past the byte budget: they are small, and the frame bound still
+        // holds them. Refused, an alert could not wait with the coalesced changes.
+        match offer(&viewer.outbound, usize::MAX, &Frame::Alert { alert }) {
             Offer::Queued => {
                 self.stats.alert_frames_sent.fetch_add(1, Ordering::Relaxed);
             }
@@ -1036,19 +1053,43 @@ impl Hub {
                 } else {
                     viewer.pending_groups.remove_first(groups_sent);
                 }
+                viewer.queued_seen = viewer.outbound.queued_bytes();
+                viewer.refusals_without_progress = 0;
                 if !viewer.pending_groups.is_empty() {
                     // More than one frame's worth of groups changed: the rest go next tick.
                     self.dirty.insert(id);
                 }
                 self.stats.frames_sent.fetch_add(1, Ordering::Relaxed);
             }
-            Offer::Full => self.fell_behind(id),
+            Offer::Full => self.refused(id),
             Offer::Gone => self.leave(id),
         }
     }
 
-    /// Viewer `id`'s queue was full. Rather than queue more, its pending changes give way to
-    /// one snapshot of its whole view (with its alerts), sent once it has room again.
+    /// Viewer `id`'s queue refused its frame. While the session goes on writing, the
+    /// changes wait, coalesced, for the next tick; after [`PATIENCE_TICKS`] refusals in a row
+    /// with nothing written, the viewer is behind.
+    fn refused(&mut self, id: ViewerId) {
+        let Some(viewer) = self.viewers.get_mut(&id) else {
+            return;
+        };
+        let queued = viewer.outbound.queued_bytes();
+        if queued < viewer.queued_seen {
+            viewer.refusals_without_progress = 0;
+        }
+        viewer.queued_seen = queued;
+        viewer.refusals_without_progress += 1;
+        if viewer.refusals_without_progress >= PATIENCE_TICKS {
+            self.fell_behind(id);
+        } else {
+            self.stats.frames_deferred.fetch_add(1, Ordering::Relaxed);
+            self.dirty.insert(id);
+        }
+    }
+
+    /// Viewer `id` is behind: its queue stayed full while nothing was written, or an alert
+    /// found no room. Rather than queue more, its pending changes give way to one snapshot
+    /// of its whole view (with its alerts), sent once it has room again.
     fn fell_behind(&mut self, id: ViewerId) {
         let Some(viewer) = self.viewers.get_mut(&id) else {
             return;
@@ -1059,6 +1100,7 @@ impl Hub {
         }
         viewer.needs_snapshot = true;
         viewer.groups_owed = true;
+        viewer.refusals_without_progress = 0;
         // Freed, not just emptied: a viewer that stays behind (one that never reads) would
         // otherwise keep a table the size of its view for nothing.
         viewer.pending = HashMap::new();
@@ -1413,7 +1455,7 @@ fn offer(outbound: &ViewerQueue, budget: usize, frame: &Frame) -> Offer {
 /// Whether a frame of `len` bytes may join a queue holding `queued` bytes: always into an
 /// empty queue (a snapshot larger than the budget must still go out), otherwise within it.
 fn fits(queued: usize, len: usize, budget: usize) -> bool {
-    queued == 0 || queued + len <= budget
+    queued == 0 || queued.saturating_add(len) <= budget
 }
 
 #[cfg(test)]
@@ -1492,14 +1534,18 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(1);
         hub.join(1, tx);
         hub.set_view(1, ViewSpec::Devices(vec!["a".into(), "b".into()]));
-        // The snapshot fills the queue of one; the updates that follow cannot be queued.
-        for t in 1..=5 {
+        // The snapshot fills the queue of one and nobody reads it: the updates that follow
+        // wait, and after PATIENCE_TICKS refusals the viewer is behind.
+        for t in 1..=PATIENCE_TICKS {
             hub.apply(LiveUpdate::Devices(vec![state("a", f64::from(t))]));
             hub.push_pending();
         }
         hub.apply(LiveUpdate::Devices(vec![state("b", 9.0)]));
         hub.push_pending();
-        assert_eq!(hub.stats.frames_deferred.load(Ordering::Relaxed), 6);
+        assert_eq!(
+            hub.stats.frames_deferred.load(Ordering::Relaxed),
+            u64::from(PATIENCE_TICKS) + 1
+        );
         assert_eq!(hub.stats.resync_snapshots.load(Ordering::Relaxed), 1);
         assert_eq!(hub.gauges().lagging_viewers, 1);
         assert_eq!(
@@ -1516,7 +1562,8 @@ mod tests {
                     .iter()
                     .find(|d| &*d.id == "a")
                     .expect("a in snapshot");
-                assert_eq!(a.metrics.get("t"), Some(&MetricValue::Number(5.0)));
+                let last = f64::from(PATIENCE_TICKS);
+                assert_eq!(a.metrics.get("t"), Some(&MetricValue::Number(last)));
                 assert_eq!(ids(devices), ["a", "b"]);
             }
             other => panic!("expected one resynchronising snapshot, got {other:?}"),
@@ -2182,6 +2229,79 @@ mod tests {
             metrics.contains("iotmon_dashboard_devices_marked_offline_total 2"),
             "{metrics}"
         );
+    }
+
+    #[test]
+    fn a_viewer_that_reads_slower_than_it_is_sent_waits_for_room_and_is_never_resynced() {
+        const BUDGET: usize = 2_000;
+        const ROUNDS: u32 = 30;
+        let mut hub = Hub::new(Arc::default()).with_queue_bytes(BUDGET);
+        let devices: Vec<String> = (0..40).map(|n| format!("device-{n:03}")).collect();
+        hub.apply(LiveUpdate::Devices(
+            devices.iter().map(|d| state(d, 0.0)).collect(),
+        ));
+        let (mut rx, bytes) = stalled_viewer(&mut hub, &devices);
+        assert!(
+            bytes.load(Ordering::Relaxed) > BUDGET,
+            "frames exceed the budget"
+        );
+        // Every device changes every tick; the session writes 1,500 B a tick, so each frame
+        // takes it several ticks and the queue refuses the next one meanwhile.
+        let mut received = Vec::new();
+        for round in 1..=ROUNDS {
+            hub.apply(LiveUpdate::Devices(
+                devices.iter().map(|d| state(d, f64::from(round))).collect(),
+            ));
+            hub.push_pending();
+            received.extend(frames(&mut rx));
+            let queued = bytes.load(Ordering::Relaxed);
+            bytes.store(queued.saturating_sub(1_500), Ordering::Relaxed);
+        }
+        bytes.store(0, Ordering::Relaxed);
+        hub.push_pending();
+        received.extend(frames(&mut rx));
+        assert_eq!(hub.stats.resync_snapshots.load(Ordering::Relaxed), 0);
+        assert!(
+            received.len() > 3,
+            "updates went out as room came: {} frames",
+            received.len()
+        );
+        let mut latest = HashMap::new();
+        for frame in &received {
+            match frame {
+                ServerMessage::Snapshot { devices, .. } | ServerMessage::Update { devices, .. } => {
+                    for device in devices {
+                        latest.insert(device.id.clone(), device.metrics["t"]);
+                    }
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(latest.len(), devices.len());
+        assert!(
+            latest
+                .values()
+                .all(|t| *t == MetricValue::Number(f64::from(ROUNDS))),
+            "every device's last change arrived: {latest:?}"
+        );
+    }
+
+    #[test]
+    fn an_alert_goes_at_once_past_the_byte_budget() {
+        const BUDGET: usize = 100;
+        let mut hub = Hub::new(Arc::default()).with_queue_bytes(BUDGET);
+        let devices = vec!["a".to_string()];
+        hub.apply(LiveUpdate::Devices(vec![state("a", 1.0)]));
+        let (mut rx, bytes) = stalled_viewer(&mut hub, &devices);
+        assert!(bytes.load(Ordering::Relaxed) > BUDGET);
+        hub.apply(LiveUpdate::Alerts(vec![alert(7, "a", "hq", 1)]));
+        match frames(&mut rx).as_slice() {
+            [ServerMessage::Snapshot { .. }, ServerMessage::Alert { alert }] => {
+                assert_eq!(alert.id, 7);
+            }
+            other => panic!("expected the snapshot then the alert, got {other:?}"),
+        }
+        assert_eq!(hub.stats.resync_snapshots.load(Ordering::Relaxed), 0);
     }
 
     #[test]

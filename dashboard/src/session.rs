@@ -167,12 +167,20 @@ impl Session {
         }
     }
 
-    /// Writes one frame from the hub, then gives its bytes back to the viewer's budget.
+    /// Writes one frame from the hub, giving its bytes back to the viewer's budget as each
+    /// fragment is written (the hub reads that as the viewer reading), and the rest once the
+    /// write ends or is abandoned.
     async fn send_frame(&mut self, frame: String) -> Option<Ending> {
         let len = frame.len();
-        let written = self.socket.send_text(frame);
+        let mut given_back = 0;
+        let queued_bytes = &self.queued_bytes;
+        let written = self.socket.send_text(frame, |bytes| {
+            queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            given_back += bytes;
+        });
         let ending = stall_limited(self.limits.stall_limit, written).await;
-        self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+        self.queued_bytes
+            .fetch_sub(len - given_back, Ordering::Relaxed);
         ending
     }
 

@@ -170,20 +170,30 @@ impl ViewerSocket {
     }
 
     /// Writes `text` as one text message, as fragments of at most [`FRAGMENT_BYTES`] when it
-    /// is longer, each flushed before the next is written. A fragment may end inside a UTF-8
-    /// sequence: the message as a whole is what must be valid (RFC 6455 section 5.6).
-    pub async fn send_text(&mut self, text: String) -> Result<(), Error> {
-        if text.len() <= FRAGMENT_BYTES {
-            return self.send(Message::text(text)).await;
+    /// is longer, each flushed before the next is written, and tells `written` the bytes of
+    /// text each one took, so the caller sees a long message's progress. A fragment may end
+    /// inside a UTF-8 sequence: the message as a whole is what must be valid (RFC 6455
+    /// section 5.6).
+    pub async fn send_text(
+        &mut self,
+        text: String,
+        mut written: impl FnMut(usize),
+    ) -> Result<(), Error> {
+        let len = text.len();
+        if len <= FRAGMENT_BYTES {
+            self.send(Message::text(text)).await?;
+            written(len);
+            return Ok(());
         }
         let bytes = Bytes::from(text.into_bytes());
         let mut opcode = OpCode::Data(Data::Text);
         let mut start = 0;
-        while start < bytes.len() {
-            let end = (start + FRAGMENT_BYTES).min(bytes.len());
-            let is_final = end == bytes.len();
+        while start < len {
+            let end = (start + FRAGMENT_BYTES).min(len);
+            let is_final = end == len;
             let fragment = Frame::message(bytes.slice(start..end), opcode, is_final);
             self.send(Message::Frame(fragment)).await?;
+            written(end - start);
             opcode = OpCode::Data(Data::Continue);
             start = end;
         }
