@@ -24,7 +24,9 @@ pub struct DashboardConfig {
     /// Bytes of serialized frames queued for one viewer (those waiting and the one being
     /// written) before the server coalesces instead of queueing more. A frame always joins an
     /// empty queue, so one larger frame (a snapshot of a large view) still goes out; the queue
-    /// then holds at most the larger of this budget and that one frame.
+    /// then holds at most the larger of this budget and that one frame. Small by default: a
+    /// viewer's socket already buffers `send_buffer_bytes` (twice that, in the kernel), and
+    /// what this holds is paid in the server's memory by every viewer that stops reading.
     pub viewer_queue_bytes: usize,
     /// The kernel's send buffer of each HTTP and WebSocket connection (`SO_SNDBUF`), in
     /// bytes; Linux doubles it for its own bookkeeping and caps it at `net.core.wmem_max`.
@@ -67,7 +69,7 @@ impl Default for DashboardConfig {
             max_view_devices: 1000,
             max_view_groups: 100,
             viewer_queue: 16,
-            viewer_queue_bytes: 64 * 1024,
+            viewer_queue_bytes: 16 * 1024,
             send_buffer_bytes: 128 * 1024,
             max_message_bytes: 64 * 1024,
             max_viewers: 20_000,

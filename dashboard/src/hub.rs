@@ -1435,7 +1435,7 @@ fn offer(outbound: &ViewerQueue, budget: usize, frame: &Frame) -> Offer {
     if queued > 0 && queued >= budget {
         return Offer::Full;
     }
-    match serde_json::to_string(frame) {
+    match serde_json::to_string(frame).map(exact_size) {
         Ok(text) if !fits(queued, text.len(), budget) => Offer::Full,
         Ok(text) => {
             // Raised before the frame is visible to the session, which lowers it after.
@@ -1449,6 +1449,20 @@ fn offer(outbound: &ViewerQueue, budget: usize, frame: &Frame) -> Offer {
             warn!(%error, "frame not serializable");
             Offer::Queued
         }
+    }
+}
+
+/// `text` in an allocation of its own length. serde_json grows its output by doubling, so a
+/// frame fresh from it holds up to twice its length, a third more on average, while the
+/// byte budget counts lengths; a frame may sit in a stalled viewer's queue until the stall
+/// limit. With 1,000 stalled viewers, their queued frames held ~100 MiB of heap (heaptrack,
+/// the fault bench's stalled viewers, 64 KiB budget); a copy costs far less than the
+/// serialization that made the frame.
+fn exact_size(text: String) -> String {
+    if text.capacity() - text.len() > text.len() / 8 {
+        text.as_str().to_owned()
+    } else {
+        text
     }
 }
 
@@ -2302,6 +2316,25 @@ mod tests {
             other => panic!("expected the snapshot then the alert, got {other:?}"),
         }
         assert_eq!(hub.stats.resync_snapshots.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_frame_is_kept_in_an_allocation_of_its_own_length() {
+        // 300 devices make a frame of ~22 KB: serde's doubling leaves a 32 KiB buffer.
+        let jsons: Vec<DeviceJson> = (0..300)
+            .filter_map(|n| device_json(&state(&format!("device-{n}"), f64::from(n))))
+            .collect();
+        let frame = Frame::Update {
+            seq: 1,
+            devices: jsons.iter().collect(),
+            groups: Vec::new(),
+        };
+        let (tx, mut rx) = mpsc::channel(1);
+        let queue = ViewerQueue::from(tx);
+        assert!(matches!(offer(&queue, usize::MAX, &frame), Offer::Queued));
+        let text = rx.try_recv().expect("a queued frame");
+        assert!(text.len() > 20_000, "a frame of {} bytes", text.len());
+        assert_eq!(text.capacity(), text.len());
     }
 
     #[test]
