@@ -13,6 +13,7 @@ mod alert_webhook;
 mod alerts;
 mod bench;
 mod broker_conformance;
+mod broker_filter_logs;
 mod broker_interop;
 mod broker_memory;
 mod broker_reconnect;

@@ -80,6 +80,8 @@ pub struct BrokerMetrics {
     saved_sessions: AtomicU64,
     /// Saved sessions dropped for the limit or their expiry.
     sessions_dropped: AtomicU64,
+    /// Filters' logs in the router, one per distinct filter subscribed to (gauge).
+    filter_logs: AtomicU64,
 }
 
 impl BrokerMetrics {
@@ -136,6 +138,8 @@ impl BrokerMetrics {
                     .store(router.saved_sessions as u64, Ordering::Relaxed);
                 self.sessions_dropped
                     .fetch_add(router.sessions_dropped as u64, Ordering::Relaxed);
+                self.filter_logs
+                    .store(router.filter_logs as u64, Ordering::Relaxed);
             }
             Meter::Subscription(_, subscription) => {
                 self.publishes_routed
@@ -179,7 +183,7 @@ impl Collector for BrokerMetrics {
             "reason",
             &refusals,
         )?;
-        let rows: [(&str, &str, Kind, &AtomicU64); 11] = [
+        let rows: [(&str, &str, Kind, &AtomicU64); 12] = [
             (
                 "iotmon_broker_auth_cache_hits_total",
                 "Credential checks answered from the cache of recent successes.",
@@ -240,6 +244,13 @@ impl Collector for BrokerMetrics {
                 "Saved sessions dropped: the oldest past broker.max_saved_sessions, or expired.",
                 Kind::Counter,
                 &self.sessions_dropped,
+            ),
+            (
+                "iotmon_broker_filter_logs",
+                "Filters' logs in the router: one per distinct filter that a connected client \
+                 or a saved session subscribes to.",
+                Kind::Gauge,
+                &self.filter_logs,
             ),
             (
                 "iotmon_broker_publishers_paused",

@@ -21,6 +21,10 @@ pub struct Graveyard {
     /// iotmon patch: sessions dropped for the limit or for their expiry, since the last
     /// report (see `RouterMeter::sessions_dropped`).
     pub dropped: usize,
+    /// iotmon patch 41: the state of sessions dropped (for the limit, their expiry, or
+    /// replaced by a newer save under the same client id), until the router has released
+    /// the filters' logs their subscriptions held (see `take_released`).
+    released: Vec<SessionState>,
 }
 
 impl Graveyard {
@@ -31,7 +35,19 @@ impl Graveyard {
             next_generation: 0,
             max_sessions,
             dropped: 0,
+            released: Vec::new(),
         }
+    }
+
+    /// iotmon patch 41: the sessions dropped since the last call, whose subscriptions no
+    /// longer hold their filters' logs.
+    pub fn take_released(&mut self) -> Vec<SessionState> {
+        std::mem::take(&mut self.released)
+    }
+
+    /// iotmon patch 41: a saved session, left where it is.
+    pub fn get(&self, id: &str) -> Option<&SavedState> {
+        self.connections.get(id)
     }
 
     /// iotmon patch: sessions kept for disconnected clients.
@@ -46,7 +62,8 @@ impl Graveyard {
         // iotmon patch: a session past its expiry is gone (MQTT 5 MQTT-3.1.2-23); its state
         // is dropped here, when its client id comes back, rather than by a timer.
         if saved.expires_at.is_some_and(|at| at <= Instant::now()) {
-            saved.session_state = None;
+            // iotmon patch 41: see `released`.
+            self.released.extend(saved.session_state.take());
         }
         Some(saved)
     }
@@ -87,7 +104,7 @@ impl Graveyard {
         let generation = self.next_generation;
         self.next_generation += 1;
         self.order.push_back((id.clone(), generation));
-        self.connections.insert(
+        let replaced = self.connections.insert(
             id,
             SavedState {
                 session_state,
@@ -96,6 +113,9 @@ impl Graveyard {
                 generation,
             },
         );
+        // iotmon patch 41: see `released`.
+        self.released
+            .extend(replaced.and_then(|saved| saved.session_state));
         let now = Instant::now();
         while let Some((oldest, generation)) = self.order.front() {
             let live = self
@@ -111,7 +131,10 @@ impl Graveyard {
                 break;
             }
             if drop_it {
-                self.connections.remove(oldest);
+                // iotmon patch 41: see `released`.
+                let dropped = self.connections.remove(oldest);
+                self.released
+                    .extend(dropped.and_then(|saved| saved.session_state));
                 self.dropped += 1;
             }
             self.order.pop_front();

@@ -1,6 +1,5 @@
 use super::Ack;
-use slab::Slab;
-use tracing::{info, trace};
+use tracing::{info, trace, warn};
 
 use crate::protocol::{
     matches, ConnAck, ConnAckProperties, PingResp, PubAck, PubComp, PubRec, PubRel, Publish,
@@ -104,12 +103,27 @@ pub struct DataLog {
     /// Also has waiters used to wake connections/replicator tracker
     /// which are caught up with all the data on 'Filter' and waiting
     /// for new data
-    pub native: Slab<Data<PublishData>>,
+    ///
+    /// iotmon patch 41: a map from indexes never given to two logs (see `next_filter_idx`)
+    /// rather than upstream's slab, which gives a removed entry's index to the next one.
+    pub native: HashMap<FilterIdx, Data<PublishData>>,
     /// Map of subscription filter name to filter index
     filter_indexes: HashMap<Filter, FilterIdx>,
     retained_publishes: HashMap<Topic, PublishData>,
     /// List of filters associated with a topic
     publish_filters: HashMap<Topic, Vec<FilterIdx>>,
+    /// iotmon patch 41: the index the next log gets. A log is freed once no subscription
+    /// reads it (`release`), and the index of a freed log is never given to another: a
+    /// connection's packets in flight and a saved session's owed messages keep the index of
+    /// the log they were read from (`Outgoing::inflight_buffer`, `Unacknowledged`) after its
+    /// filter was unsubscribed, and match it against the logs its subscriptions read when
+    /// the session is saved and resumed (`retransmission_map`, `Outgoing::redelivery`). A
+    /// reused index would set the read position, or skip the messages, of another filter's
+    /// log; one never reused finds no log. Counting those entries as holders of their log,
+    /// or scanning every connection's and saved session's entries when a log is freed,
+    /// would do too, at the cost of keeping a count right through every path a packet id
+    /// takes, or of a pass over every saved session per free.
+    next_filter_idx: FilterIdx,
     /// iotmon patch: how many times an append opened a new segment in some filter's log
     /// (see `Router::lossless_subscriber_at_risk`).
     pub(crate) segments_opened: u64,
@@ -117,57 +131,62 @@ pub struct DataLog {
 
 impl DataLog {
     pub fn new(config: RouterConfig) -> io::Result<DataLog> {
-        let mut native = Slab::new();
-        let mut filter_indexes = HashMap::new();
-        let retained_publishes = HashMap::new();
-        let publish_filters = HashMap::new();
+        let mut datalog = DataLog {
+            config,
+            native: HashMap::new(),
+            publish_filters: HashMap::new(),
+            filter_indexes: HashMap::new(),
+            retained_publishes: HashMap::new(),
+            segments_opened: 0,
+            next_filter_idx: 0,
+        };
 
-        if let Some(warmup_filters) = config.initialized_filters.clone() {
+        if let Some(warmup_filters) = datalog.config.initialized_filters.clone() {
             for filter in warmup_filters {
-                let data = Data::new(&filter, &config);
-
-                // Add commitlog to datalog and add datalog index to filter to
-                // datalog index map
-                let idx = native.insert(data);
-                filter_indexes.insert(filter, idx);
+                // iotmon patch 41: the configuration holds the logs it asks for, so they
+                // are never freed.
+                let (idx, _) = datalog.next_native_offset(&filter);
+                datalog.hold(idx);
             }
         }
 
-        Ok(DataLog {
-            config,
-            native,
-            publish_filters,
-            filter_indexes,
-            retained_publishes,
-            segments_opened: 0,
-        })
+        Ok(datalog)
+    }
+
+    /// iotmon patch 41: how many filters' logs are kept.
+    pub fn logs(&self) -> usize {
+        self.native.len()
     }
 
     pub fn meter(&mut self, filter: &str) -> Option<&mut SubscriptionMeter> {
-        let data = self.native.get_mut(*self.filter_indexes.get(filter)?)?;
+        let data = self.native.get_mut(self.filter_indexes.get(filter)?)?;
         Some(&mut data.meter)
     }
 
     pub fn waiters(&self, filter: &Filter) -> Option<&Waiters<DataRequest>> {
         self.native
-            .get(*self.filter_indexes.get(filter)?)
+            .get(self.filter_indexes.get(filter)?)
             .map(|data| &data.waiters)
     }
 
+    /// iotmon patch 41: takes connection `id`'s parked request of `subscription` (a filter
+    /// or `$share/group/filter`) out of the waiters of the log of `filter`. Upstream looked
+    /// the log up by the subscription, which finds none for a shared subscription (its
+    /// request stayed parked after UNSUBSCRIBE, and was woken and served again by the next
+    /// message), and took the connection's first request, whichever subscription it was
+    /// for (a client subscribed to `a` and to `$share/g/a` has two in the log of `a`).
     pub fn remove_waiters_for_id(
         &mut self,
         id: ConnectionId,
-        filter: &Filter,
+        filter: &str,
+        subscription: &str,
     ) -> Option<DataRequest> {
-        let data = self
-            .native
-            .get_mut(*self.filter_indexes.get(filter)?)
-            .unwrap();
+        let data = self.native.get_mut(self.filter_indexes.get(filter)?)?;
         let waiters = data.waiters.get_mut();
 
         waiters
             .iter()
-            .position(|&(conn_id, _)| conn_id == id)
+            .position(|(conn_id, request)| *conn_id == id && request.filter == subscription)
             .and_then(|index| {
                 waiters
                     .swap_remove_back(index)
@@ -197,32 +216,86 @@ impl DataLog {
         }
     }
 
+    /// The log of `filter`, created if there is none, and where its next message goes.
+    /// iotmon patch 41: a new log is freed again once no subscription holds it; whoever
+    /// subscribes to it must `hold` it.
     pub fn next_native_offset(&mut self, filter: &str) -> (FilterIdx, Offset) {
-        let publish_filters = &mut self.publish_filters;
-        let filter_indexes = &mut self.filter_indexes;
+        if let Some(data) = self
+            .filter_indexes
+            .get(filter)
+            .and_then(|idx| Some((*idx, self.native.get(idx)?)))
+        {
+            return (data.0, data.1.log.next_offset());
+        }
 
-        let (filter_idx, data) = match filter_indexes.get(filter) {
-            Some(idx) => (*idx, self.native.get(*idx).unwrap()),
-            None => {
-                let data = Data::new(filter, &self.config);
+        let data = Data::new(filter, &self.config);
+        let offset = data.log.next_offset();
 
-                // Add commitlog to datalog and add datalog index to filter to
-                // datalog index map
-                let idx = self.native.insert(data);
-                self.filter_indexes.insert(filter.to_owned(), idx);
+        // Add commitlog to datalog and add datalog index to filter to
+        // datalog index map
+        // iotmon patch 41: under an index never used before (see `next_filter_idx`).
+        let mut idx = self.next_filter_idx;
+        while self.native.contains_key(&idx) {
+            idx = idx.wrapping_add(1);
+        }
+        self.next_filter_idx = idx.wrapping_add(1);
+        self.native.insert(idx, data);
+        self.filter_indexes.insert(filter.to_owned(), idx);
 
-                // Match new filter to existing topics and add to publish_filters if it matches
-                for (topic, filters) in publish_filters.iter_mut() {
-                    if matches(topic, filter) {
-                        filters.push(idx);
-                    }
-                }
-
-                (idx, self.native.get(idx).unwrap())
+        // Match new filter to existing topics and add to publish_filters if it matches
+        for (topic, filters) in self.publish_filters.iter_mut() {
+            if matches(topic, filter) {
+                filters.push(idx);
             }
-        };
+        }
 
-        (filter_idx, data.log.next_offset())
+        (idx, offset)
+    }
+
+    /// iotmon patch 41: one more subscription (of a connected client or of a saved
+    /// session) reads the log `idx`.
+    pub fn hold(&mut self, idx: FilterIdx) {
+        if let Some(data) = self.native.get_mut(&idx) {
+            data.subscriptions += 1;
+        }
+    }
+
+    /// iotmon patch 41: one subscription less reads the log of `filter` (a subscription's
+    /// filter without its `$share/group/` prefix); the last one frees it, and with it its
+    /// messages, its waiters and its index in every topic's list of matching filters.
+    ///
+    /// Upstream kept a log for every filter ever subscribed to, for ever, each up to
+    /// `max_segment_size` × `max_segment_count` of messages: a client subscribing to
+    /// ever-new filters grew the broker without bound. A count per log, rather than a scan
+    /// of every connection and saved session when one unsubscribes, because the
+    /// subscriptions are the only holders that keep a log alive: every data request belongs
+    /// to a subscription, and goes with it (see `next_filter_idx` for the packet ids in
+    /// flight that outlive it).
+    pub fn release(&mut self, filter: &str) {
+        let Some(&idx) = self.filter_indexes.get(filter) else {
+            warn!(filter, "no log to release");
+            return;
+        };
+        let Some(data) = self.native.get_mut(&idx) else {
+            return;
+        };
+        data.subscriptions = data.subscriptions.saturating_sub(1);
+        if data.subscriptions > 0 {
+            return;
+        }
+
+        self.filter_indexes.remove(filter);
+        if let Some(data) = self.native.remove(&idx) {
+            if !data.waiters.waiters().is_empty() {
+                warn!(filter, "log freed with parked requests");
+            }
+        }
+        // As creating a log, a pass over the topics seen: a topic no filter matches any
+        // more is forgotten too (it is matched again if it comes back).
+        self.publish_filters.retain(|_, filters| {
+            filters.retain(|&filter_idx| filter_idx != idx);
+            !filters.is_empty()
+        });
     }
 
     pub fn native_readv(
@@ -231,11 +304,15 @@ impl DataLog {
         offset: Offset,
         len: u64,
     ) -> io::Result<(Position, Vec<(PubWithProp, Offset)>)> {
-        // unwrap to get index of `self.native` is fine here, because when a new subscribe packet
-        // arrives in `Router::handle_device_payload`, it first calls the function
-        // `next_native_offset` which creates a new commitlog if one doesn't exist. So any new
-        // reads will definitely happen on a valid filter.
-        let data = self.native.get(filter_idx).unwrap();
+        // iotmon patch 41: logs are freed when their last subscription goes, with the
+        // subscriptions' requests, so a request always finds its log; were it not so, it
+        // reads nothing rather than stopping the router thread (upstream `unwrap`ped).
+        let Some(data) = self.native.get(&filter_idx) else {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no log {filter_idx}"),
+            ));
+        };
         let mut o = Vec::new();
         // TODO: `readv` is infallible but its current return type does not
         // reflect that. Consequently, this method is also infallible.
@@ -279,7 +356,7 @@ impl DataLog {
     }
 
     pub fn shadow(&mut self, filter: &str) -> Option<PubWithProp> {
-        let data = self.native.get_mut(*self.filter_indexes.get(filter)?)?;
+        let data = self.native.get_mut(self.filter_indexes.get(filter)?)?;
         data.log.last().map(|p| (p.publish, p.properties))
     }
 
@@ -289,19 +366,18 @@ impl DataLog {
     /// methods converts a `DataRequest` (which actively reads the commit log in `Router::consume`)
     /// to a `Waiter` (which only reads when notified).
     pub fn park(&mut self, id: ConnectionId, request: DataRequest) {
-        // calling unwrap on index here is fine, because only place this function is called is in
-        // `Router::consume` method, when the status after reading from commit log of the same
-        // filter as `request` is "done", that is, the subscriber has caught up. In other words,
-        // there has been atleast 1 call to `native_readv` for the same filter, which means if
-        // `native_readv` hasn't paniced, so this won't panic either.
-        let data = self.native.get_mut(request.filter_idx).unwrap();
-        data.waiters.register(id, request);
+        // iotmon patch 41: a request whose log is gone (see `native_readv`) is dropped
+        // rather than `unwrap`ped.
+        match self.native.get_mut(&request.filter_idx) {
+            Some(data) => data.waiters.register(id, request),
+            None => warn!(filter = request.filter, "no log to park the request in"),
+        }
     }
 
     /// Cleanup a connection from all the waiters
     pub fn clean(&mut self, id: ConnectionId) -> Vec<DataRequest> {
         let mut inflight = Vec::new();
-        for (_, data) in self.native.iter_mut() {
+        for data in self.native.values_mut() {
             inflight.append(&mut data.waiters.remove(id));
         }
 
@@ -366,6 +442,10 @@ pub struct Data<T> {
     pub log: CommitLog<T>,
     pub waiters: Waiters<DataRequest>,
     meter: SubscriptionMeter,
+    /// iotmon patch 41: the subscriptions that read this log, of connected clients and of
+    /// saved sessions (plus one for a filter of `RouterConfig::initialized_filters`); the
+    /// log is freed when the last one goes (`DataLog::release`).
+    subscriptions: usize,
 }
 
 impl<T> Data<T>
@@ -397,6 +477,7 @@ where
             log,
             waiters,
             meter: metrics,
+            subscriptions: 0,
         }
     }
 

@@ -299,6 +299,9 @@ pub struct RouterMeter {
     /// iotmon patch: saved sessions dropped since the last report, the oldest past
     /// `RouterConfig::max_saved_sessions` or expired.
     pub sessions_dropped: usize,
+    /// iotmon patch 41: filters' logs the router keeps: one per distinct filter that a
+    /// connected client or a saved session subscribes to.
+    pub filter_logs: usize,
 }
 
 impl RouterMeter {

@@ -341,6 +341,8 @@ impl Router {
 
         // Retrieve previous connection state from graveyard
         let saved = self.graveyard.retrieve(&client_id);
+        // iotmon patch 41: an expired session retrieved is dropped.
+        self.release_dropped_sessions();
         let clean_session = connection.clean;
         let previous_session = saved.as_ref().is_some_and(|s| s.session_state.is_some());
         // for qos2 pending pubrels
@@ -370,7 +372,17 @@ impl Router {
             )
         } else {
             // Only retrieve metrics in clean session
-            connection.events = saved.map_or_else(ConnectionEvents::default, |s| s.metrics);
+            // iotmon patch 41: a clean session discards the saved one, which no longer holds
+            // its filters' logs.
+            connection.events = match saved {
+                Some(saved) => {
+                    if let Some(session_state) = saved.session_state {
+                        self.release_subscriptions(&session_state.subscriptions);
+                    }
+                    saved.metrics
+                }
+                None => ConnectionEvents::default(),
+            };
             Tracker::new(client_id.clone())
         };
 
@@ -407,6 +419,16 @@ impl Router {
 
         self.connection_map.insert(client_id.clone(), connection_id);
         info!(connection_id, "Client connection registered");
+
+        // iotmon patch 41: a resumed session's subscriptions are this connection's, in the
+        // subscription map too; upstream left them out, so that an UNSUBSCRIBE from a
+        // resumed session found no subscription and removed nothing.
+        for filter in &self.connections[connection_id].subscriptions {
+            self.subscription_map
+                .entry(filter.clone())
+                .or_default()
+                .insert(connection_id);
+        }
 
         assert_eq!(self.ackslog.insert(ackslog), connection_id);
         assert_eq!(self.scheduler.add(tracker), connection_id);
@@ -462,6 +484,34 @@ impl Router {
 
     fn handle_new_alert(&mut self, tx: Sender<Vec<Alert>>) {
         let _alert_id = self.alerts.insert(tx);
+    }
+
+    /// iotmon patch 41: `subscriptions` (filters, or `$share/group/filter`) of a session
+    /// that ends no longer hold their logs.
+    fn release_subscriptions(&mut self, subscriptions: &HashSet<Filter>) {
+        for subscription in subscriptions {
+            self.datalog.release(log_filter(subscription));
+        }
+    }
+
+    /// iotmon patch 41: the saved sessions the graveyard dropped (past
+    /// `max_saved_sessions`, expired, or replaced) no longer hold their filters' logs.
+    fn release_dropped_sessions(&mut self) {
+        for session_state in self.graveyard.take_released() {
+            self.release_subscriptions(&session_state.subscriptions);
+        }
+    }
+
+    /// iotmon patch 41: connection `id` no longer subscribes to `filter`; a filter nobody
+    /// subscribes to leaves no entry in the subscription map (upstream kept one for every
+    /// filter ever subscribed to).
+    fn unmap_subscription(&mut self, id: ConnectionId, filter: &str) {
+        if let Some(connections) = self.subscription_map.get_mut(filter) {
+            connections.remove(&id);
+            if connections.is_empty() {
+                self.subscription_map.remove(filter);
+            }
+        }
     }
 
     fn handle_disconnection(&mut self, id: ConnectionId, reason: Option<DisconnectReasonCode>) {
@@ -546,9 +596,7 @@ impl Router {
 
         // Remove this connection from subscriptions
         for filter in connection.subscriptions.iter() {
-            if let Some(connections) = self.subscription_map.get_mut(filter) {
-                connections.remove(&id);
-            }
+            self.unmap_subscription(id, filter);
         }
 
         // Add disconnection event to metrics
@@ -600,6 +648,8 @@ impl Router {
                 unacked_publishes,
                 connection.session_expiry,
             );
+            // iotmon patch 41: sessions dropped to make room for it (or expired).
+            self.release_dropped_sessions();
         } else {
             // iotmon patch: upstream kept the connection's event log (its last connect and
             // disconnect times, for the standalone console) under its client id for ever,
@@ -607,6 +657,8 @@ impl Router {
             // clients with random or ever-new ids grew the broker without bound. A clean
             // session leaves nothing behind now.
             drop(tracker);
+            // iotmon patch 41: nor its filters' logs, once nothing else reads them.
+            self.release_subscriptions(&connection.subscriptions);
         }
         self.router_meters.total_connections -= 1;
     }
@@ -852,6 +904,10 @@ impl Router {
                         debug!("Removing subscription on filter {}", filter);
                         if let Some(connection_ids) = self.subscription_map.get_mut(filter) {
                             let removed = connection_ids.remove(&id);
+                            // iotmon patch 41: a filter nobody subscribes to leaves no entry.
+                            if connection_ids.is_empty() {
+                                self.subscription_map.remove(filter);
+                            }
                             if !removed {
                                 continue;
                             }
@@ -886,7 +942,16 @@ impl Router {
 
                             *reasons.last_mut().unwrap() = UnsubAckReason::Success;
                             self.scheduler.untrack(id, filter);
-                            self.datalog.remove_waiters_for_id(id, filter);
+                            // iotmon patch 41: the request parked in the log, found for a
+                            // shared subscription too, or woken by a publish earlier in this
+                            // batch; then the log is freed if this was the last subscription
+                            // to read it.
+                            let log = log_filter(filter);
+                            self.datalog.remove_waiters_for_id(id, log, filter);
+                            self.notifications.retain(|(waiter, request)| {
+                                *waiter != id || request.filter != *filter
+                            });
+                            self.datalog.release(log);
                         }
                     }
                     let unsuback = UnsubAck { pkid, reasons };
@@ -1070,7 +1135,7 @@ impl Router {
                     .log_positions
                     .values()
                     .any(|&(filter_idx, cursor)| {
-                        self.datalog.native.get(filter_idx).is_some_and(|data| {
+                        self.datalog.native.get(&filter_idx).is_some_and(|data| {
                             let unread = cursor.1 < data.log.next_offset().1;
                             unread && data.log.segments_to_spare(cursor.0) == 0
                         })
@@ -1174,6 +1239,8 @@ impl Router {
         // call to `insert(_)` returns `true` if it didn't contain the filter_path already
         // i.e. its a new subscription
         if connection.subscriptions.insert(filter_path.clone()) {
+            // iotmon patch 41: the subscription holds its log until it goes.
+            self.datalog.hold(filter_idx);
             // iotmon patch: a lossless subscriber's read positions are tracked.
             if connection.lossless {
                 connection
@@ -1204,7 +1271,11 @@ impl Router {
             // again (MQTT-3.8.4-3; in MQTT 5 unless Retain Handling is 1), and the subscriber
             // keeps its place in the log, losing nothing. Upstream kept the first
             // subscription as it was.
-            let existing = match self.datalog.remove_waiters_for_id(id, filter_path) {
+            let existing = match self.datalog.remove_waiters_for_id(
+                id,
+                log_filter(filter_path),
+                filter_path,
+            ) {
                 Some(request) => Some(request),
                 None => self.scheduler.take(id, filter_path),
             };
@@ -1387,6 +1458,8 @@ impl Router {
         // iotmon patch: see `RouterMeter::saved_sessions`.
         self.router_meters.saved_sessions = self.graveyard.len();
         self.router_meters.sessions_dropped += std::mem::take(&mut self.graveyard.dropped);
+        // iotmon patch 41: see `RouterMeter::filter_logs`.
+        self.router_meters.filter_logs = self.datalog.logs();
         if let Some(router_meter) = self.router_meters.get() {
             meters.push(Meter::Router(self.id, router_meter));
         }
@@ -1481,6 +1554,9 @@ fn append_to_commitlog(
     let filter_idxs = match filter_idxs {
         Some(v) => v,
         None if connection.dynamic_filters => {
+            // iotmon patch 41: no subscription holds a dynamic filter's log, so it is never
+            // released and kept for ever, as upstream kept every log (iotmon turns dynamic
+            // filters off: `embedded.rs`).
             let (idx, _cursor) = datalog.next_native_offset(topic);
             vec![idx]
         }
@@ -1490,7 +1566,10 @@ fn append_to_commitlog(
     let mut o = (0, 0);
     let mut segment_opened = false;
     for filter_idx in filter_idxs {
-        let data = datalog.native.get_mut(filter_idx).unwrap();
+        // iotmon patch 41: the topics' lists hold only logs that exist (`DataLog::release`).
+        let Some(data) = datalog.native.get_mut(&filter_idx) else {
+            continue;
+        };
         let segment_before = data.log.next_offset().0;
         let publish_data = (publish.clone(), properties.clone());
         let (offset, filter) = data.append(publish_data.into(), notifications);
@@ -1591,7 +1670,10 @@ fn append_will_message(
     let mut o = (0, 0);
     let mut segment_opened = false;
     for filter_idx in filter_idxs {
-        let data = datalog.native.get_mut(filter_idx).unwrap();
+        // iotmon patch 41: the topics' lists hold only logs that exist (`DataLog::release`).
+        let Some(data) = datalog.native.get_mut(&filter_idx) else {
+            continue;
+        };
         let segment_before = data.log.next_offset().0;
         let publish_data = (publish.clone(), properties.clone());
         let (offset, filter) = data.append(publish_data.into(), notifications);
@@ -1980,11 +2062,14 @@ fn print_status(router: &mut Router, metrics: Print) {
 
             let metrics = match metrics {
                 Some(v) => Some(v),
-                None => router.graveyard.retrieve(&id).map(|v| {
+                // iotmon patch 41: looked at, not taken out of the graveyard (upstream
+                // dropped the session it printed, and now its hold on its filters' logs).
+                None => router.graveyard.get(&id).map(|v| {
                     (
-                        v.metrics,
+                        v.metrics.clone(),
                         v.session_state
-                            .map(|s| s.tracker)
+                            .as_ref()
+                            .map(|s| s.tracker.clone())
                             .unwrap_or(Tracker::new(id)),
                     )
                 }),
@@ -2069,6 +2154,15 @@ fn extract_group(filter: &str) -> Option<(String, String)> {
         s.split_once('/')
             .map(|(group, path)| (group.to_string(), path.to_string()))
     })
+}
+
+/// iotmon patch 41: the filter whose log a subscription reads: `subscription` without its
+/// `$share/group/` prefix, as `extract_group` splits it.
+fn log_filter(subscription: &str) -> &str {
+    subscription
+        .strip_prefix("$share/")
+        .and_then(|s| s.split_once('/'))
+        .map_or(subscription, |(_, filter)| filter)
 }
 // #[cfg(test)]
 // #[allow(non_snake_case)]
