@@ -130,9 +130,11 @@ pub enum ViewSpec {
 }
 
 /// The device ids of a `view`, one after the other in one string. Parsed, a view of 1,000
-/// devices is 1,000 `Arc<str>`s, ~48 KB in 1,001 allocations, and 1,000 viewers that send
-/// their views at once can queue that many for the hub (its command queue holds 1,024); in
-/// one string with the ends beside it, the same ids take ~17 KB.
+/// devices is 1,000 `Arc<str>`s, ~48 KB in 1,001 allocations by count (a 16-byte pointer and
+/// a ~32-byte allocation each), and 1,000 viewers that send their views at once can queue
+/// that many for the hub (its command queue holds 1,024); in one string with the ends beside
+/// it, the same ids take ~17 KB. With this, the fault bench's RSS peak with 1,000 stalled
+/// viewers fell from 278 to 250 MiB (one run each).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeviceList {
     ids: String,
