@@ -118,5 +118,47 @@ fn tick_cost(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, tick_cost);
+/// One viewer leaving while 999 others watch the same 1,000 devices: the worst case for the
+/// device → viewers index, whose every list the viewer is removed from.
+fn leave_cost(c: &mut Criterion) {
+    const CROWD: usize = 1_000;
+    const SHARED_VIEW: usize = 1_000;
+    let mut hub = Hub::new(Arc::default());
+    hub.apply(LiveUpdate::Devices(
+        (0..10_000).map(|i| device(i, 20.0)).collect(),
+    ));
+    let view = || ViewSpec::Devices((0..SHARED_VIEW).map(|i| device(i, 0.0).id).collect());
+    let mut queues = Vec::new();
+    for viewer in 0..CROWD {
+        let (tx, rx) = mpsc::channel(4);
+        hub.join(viewer as u64, tx);
+        hub.set_view(viewer as u64, view());
+        queues.push(rx);
+    }
+    drain(&mut queues);
+    let mut group = c.benchmark_group("hub_viewers");
+    group.measurement_time(Duration::from_secs(3));
+    group.warm_up_time(Duration::from_secs(1));
+    let mut next = CROWD as u64;
+    group.bench_function(BenchmarkId::new("leave_shared_view", CROWD), |b| {
+        b.iter_custom(|iterations| {
+            let mut spent = Duration::ZERO;
+            for _ in 0..iterations {
+                let leaving = next - CROWD as u64;
+                let start = Instant::now();
+                hub.leave(leaving);
+                spent += start.elapsed();
+                let (tx, mut rx) = mpsc::channel(4);
+                hub.join(next, tx);
+                hub.set_view(next, view());
+                while rx.try_recv().is_ok() {}
+                next += 1;
+            }
+            spent
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(benches, tick_cost, leave_cost);
 criterion_main!(benches);

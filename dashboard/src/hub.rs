@@ -6,6 +6,10 @@
 //! waits on: when it is full, the viewer's changed devices stay pending and go out coalesced
 //! (latest value wins) once the viewer has caught up.
 
+mod devices;
+mod view;
+mod viewers;
+
 use std::cmp::Ordering as Order;
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -22,6 +26,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
+
+use devices::{DeviceSlot, DeviceTable};
+use view::{PendingDevices, ViewIds};
+use viewers::{ViewerKey, Viewers};
 
 /// Identifies one viewer session.
 pub type ViewerId = u64;
@@ -111,7 +119,7 @@ impl From<mpsc::Sender<String>> for ViewerQueue {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ViewSpec {
     /// Exactly these devices.
-    Devices(Vec<DeviceId>),
+    Devices(DeviceList),
     /// A page of a group: the devices under `group` (itself or any subgroup), in list order,
     /// `limit` of them from `offset`. Resolved when the view is set.
     GroupPage {
@@ -119,6 +127,50 @@ pub enum ViewSpec {
         offset: usize,
         limit: usize,
     },
+}
+
+/// The device ids of a `view`, one after the other in one string. Parsed, a view of 1,000
+/// devices is 1,000 `Arc<str>`s, ~48 KB in 1,001 allocations by count (a 16-byte pointer and
+/// a ~32-byte allocation each), and 1,000 viewers that send their views at once can queue
+/// that many for the hub (its command queue holds 1,024); in one string with the ends beside
+/// it, the same ids take ~17 KB. With this, the fault bench's RSS peak with 1,000 stalled
+/// viewers fell from 278 to 250 MiB (one run each).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceList {
+    ids: String,
+    /// Where each id ends in `ids`.
+    ends: Vec<u32>,
+}
+
+impl DeviceList {
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        let starts = std::iter::once(0).chain(self.ends.iter().map(|&end| end as usize));
+        starts
+            .zip(self.ends.iter())
+            .map(|(start, &end)| &self.ids[start..end as usize])
+    }
+}
+
+impl<S: AsRef<str>> FromIterator<S> for DeviceList {
+    fn from_iter<I: IntoIterator<Item = S>>(ids: I) -> Self {
+        let mut list = DeviceList::default();
+        for id in ids {
+            list.ids.push_str(id.as_ref());
+            let end = u32::try_from(list.ids.len()).expect("a view's ids take less than 4 GiB");
+            list.ends.push(end);
+        }
+        list.ids.shrink_to_fit();
+        list.ends.shrink_to_fit();
+        list
+    }
 }
 
 /// Viewer gauges computed on demand.
@@ -462,11 +514,13 @@ async fn run_hub(
 struct Viewer {
     outbound: ViewerQueue,
     view: ViewIds,
-    /// Devices in the view changed since the viewer's last frame, with their latest state as
-    /// JSON. Holding the JSON here means a tick builds the viewer's frame from the viewer's
-    /// own entries alone, without visiting the fleet-wide device map, so its cost does not
-    /// grow with the fleet.
-    pending: HashMap<DeviceId, DeviceJson>,
+    /// Devices in the view changed since the viewer's last frame: one bit per place in the
+    /// view. A tick builds the viewer's frame from its own entries alone (each device's JSON
+    /// read from its slot), without visiting the fleet, so its cost does not grow with the
+    /// fleet; and a viewer waiting for room holds 128 bytes for a view of 1,000 devices,
+    /// where a table of changed ids and their JSON held ~10 KiB (heaptrack, 1,000 stalled
+    /// viewers).
+    pending: PendingDevices,
     /// Groups whose aggregates the viewer shows (empty for a fleet subscriber).
     groups: HashSet<GroupPath>,
     /// Subscribed to every group's aggregate ([`FLEET`]).
@@ -531,15 +585,6 @@ impl PendingGroups {
     }
 }
 
-/// What the hub knows of one device.
-#[derive(Debug)]
-struct DeviceEntry {
-    state: DeviceState,
-    /// `state` as JSON, made when a viewer first needs it after a change (and at once when
-    /// the device changes while some viewer shows it).
-    json: Option<DeviceJson>,
-}
-
 /// A frame as sent: [`ServerMessage`](iotmon_wire::viewer::ServerMessage)'s `snapshot` and `update`, with devices already in
 /// JSON. `tests::frames_read_back_as_server_messages` keeps the two in step.
 #[derive(Serialize)]
@@ -560,7 +605,7 @@ enum Frame<'a> {
     },
     Update {
         seq: u64,
-        devices: Vec<&'a DeviceJson>,
+        devices: Vec<DeviceJson>,
         #[serde(skip_serializing_if = "Vec::is_empty")]
         groups: Vec<&'a GroupAggregate>,
     },
@@ -577,20 +622,19 @@ enum Offer {
 /// can be benchmarked without sockets (`dashboard/benches/hub.rs`).
 #[derive(Debug)]
 pub struct Hub {
-    devices: HashMap<DeviceId, DeviceEntry>,
+    /// Every device's latest state and the viewers that have it in view, by slot.
+    devices: DeviceTable,
     /// Devices in list order (group path, then id), for paging.
     order: BTreeSet<(GroupPath, DeviceId)>,
-    viewers: HashMap<ViewerId, Viewer>,
-    /// Device id to the viewers that have it in view.
-    watchers: HashMap<DeviceId, HashSet<ViewerId>>,
+    viewers: Viewers<Viewer>,
     /// The latest aggregate of every group.
     aggregates: HashMap<GroupPath, GroupAggregate>,
     /// Group path to the viewers subscribed to its aggregate.
-    group_watchers: HashMap<GroupPath, HashSet<ViewerId>>,
+    group_watchers: HashMap<GroupPath, HashSet<ViewerKey>>,
     /// Viewers subscribed to every group: each changed aggregate goes to each of them.
-    fleet_watchers: HashSet<ViewerId>,
+    fleet_watchers: HashSet<ViewerKey>,
     /// Viewers with something to send at the next tick.
-    dirty: HashSet<ViewerId>,
+    dirty: HashSet<ViewerKey>,
     /// The open alerts.
     alerts: HashMap<AlertId, Alert>,
     /// Whether a batch of alerts has arrived yet.
@@ -606,10 +650,9 @@ impl Hub {
     /// An empty hub reporting into `stats`.
     pub fn new(stats: Arc<HubStats>) -> Self {
         Hub {
-            devices: HashMap::new(),
+            devices: DeviceTable::default(),
             order: BTreeSet::new(),
-            viewers: HashMap::new(),
-            watchers: HashMap::new(),
+            viewers: Viewers::default(),
             aggregates: HashMap::new(),
             group_watchers: HashMap::new(),
             fleet_watchers: HashSet::new(),
@@ -663,10 +706,12 @@ impl Hub {
 
     /// Registers viewer `id`; its frames go to `outbound`.
     pub fn join(&mut self, id: ViewerId, outbound: impl Into<ViewerQueue>) {
+        // Sessions' ids are never reused; one that joined twice starts afresh.
+        self.leave(id);
         let viewer = Viewer {
             outbound: outbound.into(),
             view: ViewIds::default(),
-            pending: HashMap::new(),
+            pending: PendingDevices::default(),
             groups: HashSet::new(),
             fleet: false,
             groups_owed: false,
@@ -685,12 +730,21 @@ impl Hub {
 
     /// Forgets viewer `id` and its view.
     pub fn leave(&mut self, id: ViewerId) {
-        if let Some(viewer) = self.viewers.remove(&id) {
-            unindex(&mut self.watchers, id, viewer.view.iter());
-            unindex(&mut self.group_watchers, id, &viewer.groups);
+        if let Some(key) = self.viewers.key(id) {
+            self.remove_viewer(key);
         }
-        self.fleet_watchers.remove(&id);
-        self.dirty.remove(&id);
+    }
+
+    /// Forgets the viewer under `key`: it leaves every index before its key may be reused.
+    fn remove_viewer(&mut self, key: ViewerKey) {
+        if let Some(viewer) = self.viewers.remove(key) {
+            for slot in viewer.view.iter() {
+                self.devices.unwatch(slot, key);
+            }
+            unindex(&mut self.group_watchers, key, &viewer.groups);
+        }
+        self.fleet_watchers.remove(&key);
+        self.dirty.remove(&key);
         self.stats
             .viewers
             .store(self.viewers.len(), Ordering::Relaxed);
@@ -698,57 +752,65 @@ impl Hub {
 
     /// Replaces viewer `id`'s view and sends it a snapshot at once.
     pub fn set_view(&mut self, id: ViewerId, spec: ViewSpec) {
-        let (devices, group_total) = match spec {
-            ViewSpec::Devices(devices) => (devices, None),
+        // Checked first: slots are given to the ids of a view only for a viewer to hold them.
+        let Some(key) = self.viewers.key(id) else {
+            return;
+        };
+        let (slots, group_total) = match spec {
+            // A device not known yet gets a slot too: the viewer sees it once it reports.
+            ViewSpec::Devices(devices) => {
+                let slots = devices.iter().map(|device| {
+                    self.devices
+                        .slot(device)
+                        .unwrap_or_else(|| self.devices.slot_or_insert(&device.into()))
+                });
+                (slots.collect(), None)
+            }
             ViewSpec::GroupPage {
                 group,
                 offset,
                 limit,
             } => {
                 let (page, total) = self.group_page(&group, offset, limit);
-                (page, Some(total))
+                let slots = page
+                    .iter()
+                    .map(|device| self.devices.slot_or_insert(device));
+                (slots.collect(), Some(total))
             }
         };
-        // The ids parsed from the viewer's message are its own allocations; the hub's copy of
-        // each known device is shared instead (a view of 1,000 devices held ~32 KiB of ids).
-        let new_view = ViewIds::new(
-            devices
-                .into_iter()
-                .map(|device| self.shared_id(device))
-                .collect(),
-        );
-        let Some(viewer) = self.viewers.get_mut(&id) else {
+        let new_view = ViewIds::new(slots);
+        let Some(viewer) = self.viewers.get_mut(key) else {
             return;
         };
-        unindex(&mut self.watchers, id, viewer.view.difference(&new_view));
-        index(&mut self.watchers, id, new_view.difference(&viewer.view));
+        for slot in new_view.difference(&viewer.view) {
+            self.devices.watch(slot, key);
+        }
+        for slot in viewer.view.difference(&new_view) {
+            self.devices.unwatch(slot, key);
+        }
+        viewer.pending = PendingDevices::for_view(new_view.len());
         viewer.view = new_view;
-        viewer.pending.clear();
         viewer.needs_snapshot = true;
         viewer.group_total = group_total;
         // A snapshot answers a view at once rather than at the next tick.
-        self.push_to(id);
-    }
-
-    /// The hub's own copy of `device`'s id when the device is known, else `device`.
-    fn shared_id(&self, device: DeviceId) -> DeviceId {
-        self.devices
-            .get_key_value(&*device)
-            .map_or(device, |(known, _)| known.clone())
+        self.push_to(key);
     }
 
     /// Replaces viewer `id`'s group subscriptions and sends it a snapshot at once. A list
     /// naming [`FLEET`] subscribes to every group.
     pub fn set_groups(&mut self, id: ViewerId, groups: Vec<GroupPath>) {
-        let Some(viewer) = self.viewers.get_mut(&id) else {
+        let Some(key) = self.viewers.key(id) else {
+            return;
+        };
+        let Some(viewer) = self.viewers.get_mut(key) else {
             return;
         };
         viewer.fleet = groups.iter().any(|group| &**group == FLEET);
         viewer.groups_owed = true;
         if viewer.fleet {
-            self.fleet_watchers.insert(id);
+            self.fleet_watchers.insert(key);
         } else {
-            self.fleet_watchers.remove(&id);
+            self.fleet_watchers.remove(&key);
         }
         let new_groups: HashSet<GroupPath> = if viewer.fleet {
             HashSet::new()
@@ -760,15 +822,15 @@ impl Hub {
         viewer.needs_snapshot = true;
         unindex(
             &mut self.group_watchers,
-            id,
+            key,
             old_groups.difference(&new_groups),
         );
         index(
             &mut self.group_watchers,
-            id,
+            key,
             new_groups.difference(&old_groups),
         );
-        self.push_to(id);
+        self.push_to(key);
     }
 
     /// The ids of one page of `group`'s devices, and the group's size.
@@ -794,7 +856,7 @@ impl Hub {
 
     fn gauges(&self) -> ViewerGauges {
         let mut gauges = ViewerGauges::default();
-        for viewer in self.viewers.values() {
+        for viewer in self.viewers.iter() {
             let frames = &viewer.outbound.frames;
             let queued = frames.max_capacity() - frames.capacity();
             let queued_bytes = viewer.outbound.queued_bytes();
@@ -836,11 +898,11 @@ impl Hub {
         }
         let marked: Vec<DeviceState> = self
             .devices
-            .values()
-            .filter(|entry| entry.state.online && gone.owns(&entry.state.id))
-            .map(|entry| DeviceState {
+            .states()
+            .filter(|state| state.online && gone.owns(&state.id))
+            .map(|state| DeviceState {
                 online: false,
-                ..entry.state.clone()
+                ..state.clone()
             })
             .collect();
         warn!(
@@ -874,8 +936,8 @@ impl Hub {
             {
                 continue;
             }
-            for id in self.viewers_in_scope(&alert) {
-                self.push_alert(id, &alert);
+            for key in self.viewers_in_scope(&alert) {
+                self.push_alert(key, &alert);
             }
             if alert.state.is_open() {
                 self.alerts.insert(alert.id, alert);
@@ -888,13 +950,12 @@ impl Hub {
             .store(self.alerts.len(), Ordering::Relaxed);
     }
 
-    fn viewers_in_scope(&self, alert: &Alert) -> HashSet<ViewerId> {
-        let mut viewers: HashSet<ViewerId> = self
-            .watchers
-            .get(&*alert.subject)
+    fn viewers_in_scope(&self, alert: &Alert) -> HashSet<ViewerKey> {
+        let mut viewers: HashSet<ViewerKey> = self
+            .devices
+            .slot(&alert.subject)
             .into_iter()
-            .flatten()
-            .copied()
+            .flat_map(|slot| self.devices.get(slot).watchers.iter())
             .collect();
         for group in group_prefixes(&alert.group) {
             if let Some(watchers) = self.group_watchers.get(group) {
@@ -905,13 +966,13 @@ impl Hub {
         viewers
     }
 
-    fn push_alert(&mut self, id: ViewerId, alert: &Alert) {
-        let Some(viewer) = self.viewers.get_mut(&id) else {
+    fn push_alert(&mut self, key: ViewerKey, alert: &Alert) {
+        let Some(viewer) = self.viewers.get_mut(key) else {
             return;
         };
         if viewer.needs_snapshot {
             // The snapshot it is owed will carry the alert.
-            self.dirty.insert(id);
+            self.dirty.insert(key);
             return;
         }
         // Alerts go at once, past the byte budget: they are small, and the frame bound still
@@ -920,8 +981,8 @@ impl Hub {
             Offer::Queued => {
                 self.stats.alert_frames_sent.fetch_add(1, Ordering::Relaxed);
             }
-            Offer::Full => self.fell_behind(id),
-            Offer::Gone => self.leave(id),
+            Offer::Full => self.fell_behind(key),
+            Offer::Gone => self.remove_viewer(key),
         }
     }
 
@@ -932,10 +993,10 @@ impl Hub {
                 .get(&aggregate.group)
                 .into_iter()
                 .flatten();
-            for viewer_id in watchers.chain(&self.fleet_watchers) {
-                if let Some(viewer) = self.viewers.get_mut(viewer_id) {
+            for &key in watchers.chain(&self.fleet_watchers) {
+                if let Some(viewer) = self.viewers.get_mut(key) {
                     viewer.pending_groups.insert(&aggregate.group);
-                    self.dirty.insert(*viewer_id);
+                    self.dirty.insert(key);
                 }
             }
             self.aggregates.insert(aggregate.group.clone(), aggregate);
@@ -944,61 +1005,64 @@ impl Hub {
 
     fn apply_devices(&mut self, states: Vec<DeviceState>) {
         for state in states {
+            let slot = self.devices.slot_or_insert(&state.id);
+            let watchers = &self.devices.get(slot).watchers;
             // Serialized once here for all the viewers that show the device; devices nobody
             // shows are serialized only if a snapshot needs them.
-            let json = match self.watchers.get(&state.id) {
-                Some(watchers) => device_json(&state).inspect(|json| {
-                    for viewer_id in watchers {
-                        if let Some(viewer) = self.viewers.get_mut(viewer_id) {
-                            // A viewer owed a snapshot gets every device's latest state in
-                            // it: holding its changes meanwhile would only cost memory, up to
-                            // its whole view for a viewer that stays behind.
-                            if !viewer.needs_snapshot {
-                                viewer.pending.insert(state.id.clone(), json.clone());
-                            }
-                            self.dirty.insert(*viewer_id);
-                        }
-                    }
-                }),
-                None => None,
+            let json = if watchers.is_empty() {
+                None
+            } else {
+                device_json(&state)
             };
-            self.upsert(state, json);
+            if json.is_some() {
+                for key in watchers.iter() {
+                    if let Some(viewer) = self.viewers.get_mut(key) {
+                        // A viewer owed a snapshot gets every device's latest state in it:
+                        // holding its changes meanwhile would only cost memory.
+                        if !viewer.needs_snapshot {
+                            if let Some(position) = viewer.view.position(slot) {
+                                viewer.pending.insert(position);
+                            }
+                        }
+                        self.dirty.insert(key);
+                    }
+                }
+            }
+            self.upsert(slot, state, json);
         }
         self.stats
             .devices
-            .store(self.devices.len(), Ordering::Relaxed);
+            .store(self.order.len(), Ordering::Relaxed);
     }
 
-    fn upsert(&mut self, state: DeviceState, json: Option<DeviceJson>) {
-        match self.devices.get_mut(&state.id) {
+    fn upsert(&mut self, slot: DeviceSlot, state: DeviceState, json: Option<DeviceJson>) {
+        let entry = self.devices.get_mut(slot);
+        match &entry.state {
+            Some(known) if known.group == state.group => {}
             Some(known) => {
-                if known.state.group != state.group {
-                    self.order
-                        .remove(&(known.state.group.clone(), known.state.id.clone()));
-                    self.order.insert((state.group.clone(), state.id.clone()));
-                }
-                *known = DeviceEntry { state, json };
+                self.order.remove(&(known.group.clone(), known.id.clone()));
+                self.order.insert((state.group.clone(), state.id.clone()));
             }
             None => {
                 self.order.insert((state.group.clone(), state.id.clone()));
-                self.devices
-                    .insert(state.id.clone(), DeviceEntry { state, json });
             }
         }
+        entry.state = Some(state);
+        entry.json = json;
     }
 
     /// Sends every viewer with pending changes its frame (called once per tick).
     pub fn push_pending(&mut self) {
-        let dirty: Vec<ViewerId> = self.dirty.drain().collect();
-        for id in dirty {
-            self.push_to(id);
+        let dirty: Vec<ViewerKey> = self.dirty.drain().collect();
+        for key in dirty {
+            self.push_to(key);
         }
     }
 
-    /// Offers viewer `id` a snapshot (if one is owed) or an update of its pending devices.
+    /// Offers viewer `key` a snapshot (if one is owed) or an update of its pending devices.
     /// If its queue is full, the viewer stays dirty and its changes wait, coalesced.
-    fn push_to(&mut self, id: ViewerId) {
-        let Some(viewer) = self.viewers.get_mut(&id) else {
+    fn push_to(&mut self, key: ViewerKey) {
+        let Some(viewer) = self.viewers.get_mut(key) else {
             return;
         };
         if viewer.needs_snapshot && viewer.outbound.queued_bytes() > 0 {
@@ -1006,7 +1070,7 @@ impl Hub {
             // ~150 KB) only to find it does not fit, every tick for every viewer behind, starved
             // the hub with 1,000 stalled viewers: the others' p99 went from 0.16 to 4.6 s.
             self.stats.frames_deferred.fetch_add(1, Ordering::Relaxed);
-            self.dirty.insert(id);
+            self.dirty.insert(key);
             return;
         }
         let mut groups_sent = 0;
@@ -1023,10 +1087,10 @@ impl Hub {
             };
             let snapshot = Frame::Snapshot {
                 seq: viewer.seq,
-                devices: jsons_of(&mut self.devices, viewer.view.iter()),
+                devices: self.devices.jsons(viewer.view.iter()),
                 groups,
                 total: viewer.group_total,
-                alerts: alerts_in_scope(&self.alerts, viewer),
+                alerts: alerts_in_scope(&self.alerts, viewer, &self.devices),
             };
             (snapshot, true)
         } else if viewer.pending.is_empty() && viewer.pending_groups.is_empty() {
@@ -1035,7 +1099,12 @@ impl Hub {
             groups_sent = MAX_GROUPS_PER_UPDATE;
             let update = Frame::Update {
                 seq: viewer.seq,
-                devices: viewer.pending.values().collect(),
+                devices: self.devices.jsons(
+                    viewer
+                        .pending
+                        .positions()
+                        .map(|position| viewer.view.at(position)),
+                ),
                 groups: aggregates_of(&self.aggregates, viewer.pending_groups.first(groups_sent)),
             };
             (update, false)
@@ -1057,20 +1126,20 @@ impl Hub {
                 viewer.refusals_without_progress = 0;
                 if !viewer.pending_groups.is_empty() {
                     // More than one frame's worth of groups changed: the rest go next tick.
-                    self.dirty.insert(id);
+                    self.dirty.insert(key);
                 }
                 self.stats.frames_sent.fetch_add(1, Ordering::Relaxed);
             }
-            Offer::Full => self.refused(id),
-            Offer::Gone => self.leave(id),
+            Offer::Full => self.refused(key),
+            Offer::Gone => self.remove_viewer(key),
         }
     }
 
-    /// Viewer `id`'s queue refused its frame. While the session goes on writing, the
+    /// Viewer `key`'s queue refused its frame. While the session goes on writing, the
     /// changes wait, coalesced, for the next tick; after [`PATIENCE_TICKS`] refusals in a row
     /// with nothing written, the viewer is behind.
-    fn refused(&mut self, id: ViewerId) {
-        let Some(viewer) = self.viewers.get_mut(&id) else {
+    fn refused(&mut self, key: ViewerKey) {
+        let Some(viewer) = self.viewers.get_mut(key) else {
             return;
         };
         let queued = viewer.outbound.queued_bytes();
@@ -1080,18 +1149,18 @@ impl Hub {
         viewer.queued_seen = queued;
         viewer.refusals_without_progress += 1;
         if viewer.refusals_without_progress >= PATIENCE_TICKS {
-            self.fell_behind(id);
+            self.fell_behind(key);
         } else {
             self.stats.frames_deferred.fetch_add(1, Ordering::Relaxed);
-            self.dirty.insert(id);
+            self.dirty.insert(key);
         }
     }
 
-    /// Viewer `id` is behind: its queue stayed full while nothing was written, or an alert
+    /// Viewer `key` is behind: its queue stayed full while nothing was written, or an alert
     /// found no room. Rather than queue more, its pending changes give way to one snapshot
     /// of its whole view (with its alerts), sent once it has room again.
-    fn fell_behind(&mut self, id: ViewerId) {
-        let Some(viewer) = self.viewers.get_mut(&id) else {
+    fn fell_behind(&mut self, key: ViewerKey) {
+        let Some(viewer) = self.viewers.get_mut(key) else {
             return;
         };
         self.stats.frames_deferred.fetch_add(1, Ordering::Relaxed);
@@ -1101,11 +1170,9 @@ impl Hub {
         viewer.needs_snapshot = true;
         viewer.groups_owed = true;
         viewer.refusals_without_progress = 0;
-        // Freed, not just emptied: a viewer that stays behind (one that never reads) would
-        // otherwise keep a table the size of its view for nothing.
-        viewer.pending = HashMap::new();
+        viewer.pending.clear();
         viewer.pending_groups.clear();
-        self.dirty.insert(id);
+        self.dirty.insert(key);
     }
 
     /// One page of the device list. In the hub's own order the page is read off the ordered
@@ -1136,7 +1203,7 @@ impl Hub {
             .order
             .iter()
             .filter(matches)
-            .filter_map(|(_, id)| self.devices.get(id).map(|entry| &entry.state))
+            .filter_map(|(_, id)| self.devices.state(id))
             .filter(|state| in_status(state));
         let (total, devices) = if query.sort == DeviceSort::Group && !query.descending {
             // Already in order: counted and paged in one pass, nothing collected but the page.
@@ -1307,45 +1374,10 @@ impl Hub {
     }
 }
 
-/// The device ids of one viewer's view, sorted. A viewer holds its view for as long as it is
-/// connected, so it is kept compact: at 16 bytes an id, a view of 1,000 devices takes 16 KB,
-/// where a hash set took 34 KB (measured with 1,000 viewers of 1,000 devices each).
-#[derive(Debug, Default)]
-struct ViewIds(Box<[DeviceId]>);
-
-impl ViewIds {
-    fn new(mut ids: Vec<DeviceId>) -> ViewIds {
-        ids.sort_unstable();
-        ids.dedup();
-        ViewIds(ids.into_boxed_slice())
-    }
-
-    fn contains(&self, id: &str) -> bool {
-        self.0.binary_search_by(|probe| (**probe).cmp(id)).is_ok()
-    }
-
-    fn iter(&self) -> std::slice::Iter<'_, DeviceId> {
-        self.0.iter()
-    }
-
-    fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    /// The ids in this view and not in `other`.
-    fn difference<'a>(&'a self, other: &'a ViewIds) -> impl Iterator<Item = &'a DeviceId> {
-        self.iter().filter(move |id| !other.contains(id))
-    }
-}
-
 /// Adds viewer `id` to the index entries of `keys`.
 fn index<'a, K>(
-    index: &mut HashMap<K, HashSet<ViewerId>>,
-    id: ViewerId,
+    index: &mut HashMap<K, HashSet<ViewerKey>>,
+    id: ViewerKey,
     keys: impl IntoIterator<Item = &'a K>,
 ) where
     K: std::hash::Hash + Eq + Clone + 'a,
@@ -1357,8 +1389,8 @@ fn index<'a, K>(
 
 /// Removes viewer `id` from the index entries of `keys`, dropping entries left empty.
 fn unindex<'a, K>(
-    index: &mut HashMap<K, HashSet<ViewerId>>,
-    id: ViewerId,
+    index: &mut HashMap<K, HashSet<ViewerKey>>,
+    id: ViewerKey,
     keys: impl IntoIterator<Item = &'a K>,
 ) where
     K: std::hash::Hash + Eq + 'a,
@@ -1381,12 +1413,18 @@ fn aggregates_of<'a>(
 }
 
 /// The open alerts in `viewer`'s scope, most severe first, then newest first.
-fn alerts_in_scope<'a>(alerts: &'a HashMap<AlertId, Alert>, viewer: &Viewer) -> Vec<&'a Alert> {
+fn alerts_in_scope<'a>(
+    alerts: &'a HashMap<AlertId, Alert>,
+    viewer: &Viewer,
+    devices: &DeviceTable,
+) -> Vec<&'a Alert> {
     let mut in_scope: Vec<&Alert> = alerts
         .values()
         .filter(|alert| {
             viewer.fleet
-                || viewer.view.contains(&alert.subject)
+                || devices
+                    .slot(&alert.subject)
+                    .is_some_and(|slot| viewer.view.contains(slot))
                 || viewer
                     .groups
                     .iter()
@@ -1395,22 +1433,6 @@ fn alerts_in_scope<'a>(alerts: &'a HashMap<AlertId, Alert>, viewer: &Viewer) -> 
         .collect();
     in_scope.sort_by(|a, b| a.screen_order(b));
     in_scope
-}
-
-/// The JSON of the known devices among `ids`, serializing those not serialized since their
-/// last change.
-fn jsons_of<'a>(
-    devices: &mut HashMap<DeviceId, DeviceEntry>,
-    ids: impl Iterator<Item = &'a DeviceId>,
-) -> Vec<DeviceJson> {
-    ids.filter_map(|id| {
-        let entry = devices.get_mut(id)?;
-        if entry.json.is_none() {
-            entry.json = device_json(&entry.state);
-        }
-        entry.json.clone()
-    })
-    .collect()
 }
 
 fn device_json(state: &DeviceState) -> Option<DeviceJson> {
@@ -1516,7 +1538,7 @@ mod tests {
         hub.apply(LiveUpdate::Devices(vec![state("a", 1.0), state("b", 1.0)]));
         let (tx, mut rx) = mpsc::channel(8);
         hub.join(1, tx);
-        hub.set_view(1, ViewSpec::Devices(vec!["a".into(), "c".into()]));
+        hub.set_view(1, ViewSpec::Devices(["a", "c"].into_iter().collect()));
         match frames(&mut rx).as_slice() {
             [ServerMessage::Snapshot {
                 seq: 0,
@@ -1547,7 +1569,7 @@ mod tests {
         let mut hub = Hub::new(Arc::default());
         let (tx, mut rx) = mpsc::channel(1);
         hub.join(1, tx);
-        hub.set_view(1, ViewSpec::Devices(vec!["a".into(), "b".into()]));
+        hub.set_view(1, ViewSpec::Devices(["a", "b"].into_iter().collect()));
         // The snapshot fills the queue of one and nobody reads it: the updates that follow
         // wait, and after PATIENCE_TICKS refusals the viewer is behind.
         for t in 1..=PATIENCE_TICKS {
@@ -1646,12 +1668,15 @@ mod tests {
         let mut hub = Hub::new(Arc::default());
         let (tx, _rx) = mpsc::channel(8);
         hub.join(1, tx);
-        hub.set_view(1, ViewSpec::Devices(vec!["a".into()]));
-        hub.set_view(1, ViewSpec::Devices(vec!["b".into()]));
-        assert!(!hub.watchers.contains_key("a"));
-        assert!(hub.watchers["b"].contains(&1));
+        hub.set_view(1, ViewSpec::Devices(["a"].into_iter().collect()));
+        hub.set_view(1, ViewSpec::Devices(["b"].into_iter().collect()));
+        let key = hub.viewers.key(1).expect("joined");
+        // Neither has reported: "a", no longer viewed, gave its slot up.
+        assert_eq!(hub.devices.slot("a"), None);
+        let b = hub.devices.slot("b").expect("viewed");
+        assert!(hub.devices.get(b).watchers.contains(key));
         hub.leave(1);
-        assert!(hub.watchers.is_empty());
+        assert_eq!(hub.devices.slots_in_use(), 0);
     }
 
     #[test]
@@ -1727,7 +1752,7 @@ mod tests {
         hub.join(2, by_group);
         hub.join(3, elsewhere);
         hub.apply(LiveUpdate::Devices(vec![placed("d1", "hq/floor-1")]));
-        hub.set_view(1, ViewSpec::Devices(vec!["d1".into()]));
+        hub.set_view(1, ViewSpec::Devices(["d1"].into_iter().collect()));
         hub.set_groups(2, vec!["hq".into()]);
         hub.set_groups(3, vec!["plant".into()]);
         for frames in [&mut device_frames, &mut group_frames, &mut other_frames] {
@@ -1807,7 +1832,7 @@ mod tests {
             (
                 Frame::Update {
                     seq: 5,
-                    devices: jsons.iter().collect(),
+                    devices: jsons,
                     groups: Vec::new(),
                 },
                 ServerMessage::Update {
@@ -1947,13 +1972,13 @@ mod tests {
         hub.push_pending();
         assert!(frames(&mut rx).is_empty(), "nothing left");
         // A view change is answered without the thousands of aggregates the viewer has.
-        hub.set_view(1, ViewSpec::Devices(vec!["d1".into()]));
+        hub.set_view(1, ViewSpec::Devices(["d1"].into_iter().collect()));
         match frames(&mut rx).as_slice() {
             [ServerMessage::Snapshot { groups, .. }] => assert!(groups.is_empty()),
             other => panic!("expected a snapshot without groups, got {other:?}"),
         }
         // A viewer that fell behind is owed them all again.
-        hub.fell_behind(1);
+        hub.fell_behind(hub.viewers.key(1).expect("joined"));
         hub.push_pending();
         match frames(&mut rx).as_slice() {
             [ServerMessage::Snapshot { groups, .. }] => assert_eq!(groups.len(), many.len()),
@@ -2073,10 +2098,7 @@ mod tests {
             bytes: Some(bytes.clone()),
         };
         hub.join(1, queue);
-        hub.set_view(
-            1,
-            ViewSpec::Devices(devices.iter().map(|d| d.as_str().into()).collect()),
-        );
+        hub.set_view(1, ViewSpec::Devices(devices.iter().collect()));
         (rx, bytes)
     }
 
@@ -2117,7 +2139,7 @@ mod tests {
         );
         assert_eq!(gauges.max_queued_bytes, bytes.load(Ordering::Relaxed));
         assert!(
-            hub.viewers.values().all(|v| v.pending.capacity() == 0),
+            hub.viewers.iter().all(|v| v.pending.is_empty()),
             "a viewer owed a snapshot holds no changes"
         );
         // The session writes what it holds and gives the bytes back: a snapshot follows.
@@ -2138,33 +2160,117 @@ mod tests {
     }
 
     #[test]
-    fn a_view_shares_the_hubs_copy_of_each_device_id() {
-        let mut hub = Hub::new(Arc::default());
-        hub.apply(LiveUpdate::Devices(vec![state("d1", 1.0)]));
-        let (tx, _rx) = mpsc::channel(4);
-        hub.join(1, tx);
-        hub.set_view(1, ViewSpec::Devices(vec!["d1".into(), "unknown".into()]));
-        let (known, _) = hub.devices.get_key_value("d1").expect("a known device");
-        let view = &hub.viewers[&1].view;
-        let viewed = view.iter().find(|id| &***id == "d1").expect("in the view");
-        assert!(Arc::ptr_eq(known, viewed));
-        assert!(
-            view.contains("unknown"),
-            "a device not seen yet stays in the view"
-        );
+    fn a_device_list_gives_back_each_id_in_order() {
+        let ids = ["d1", "", "é-2", "d1"];
+        let list: DeviceList = ids.into_iter().collect();
+        assert_eq!(list.len(), 4);
+        assert_eq!(list.iter().collect::<Vec<_>>(), ids);
+        assert!(DeviceList::default().is_empty());
+        assert_eq!(DeviceList::default().iter().count(), 0);
     }
 
     #[test]
-    fn a_view_holds_each_id_once_and_tells_what_another_lacks() {
-        let ids = |names: &[&str]| ViewIds::new(names.iter().map(|&n| DeviceId::from(n)).collect());
-        let old = ids(&["c", "a", "b", "a"]);
-        assert_eq!(old.len(), 3);
-        assert!(old.contains("a") && old.contains("c") && !old.contains("d"));
-        let new = ids(&["b", "d"]);
-        let gone: Vec<&str> = old.difference(&new).map(|id| &**id).collect();
-        let came: Vec<&str> = new.difference(&old).map(|id| &**id).collect();
-        assert_eq!((gone, came), (vec!["a", "c"], vec!["d"]));
-        assert!(ViewIds::default().is_empty());
+    fn a_device_viewed_before_it_reports_keeps_its_slot_once_it_does() {
+        let mut hub = Hub::new(Arc::default());
+        let (tx, mut rx) = mpsc::channel(8);
+        hub.join(1, tx);
+        hub.set_view(1, ViewSpec::Devices(["later"].into_iter().collect()));
+        let slot = hub.devices.slot("later").expect("a slot while viewed");
+        hub.apply(LiveUpdate::Devices(vec![state("later", 1.0)]));
+        hub.push_pending();
+        assert_eq!(hub.devices.slot("later"), Some(slot));
+        hub.leave(1);
+        assert_eq!(
+            hub.devices.slot("later"),
+            Some(slot),
+            "a device that reported is never forgotten"
+        );
+        let updates = frames(&mut rx);
+        assert!(matches!(
+            updates.as_slice(),
+            [ServerMessage::Snapshot { .. }, ServerMessage::Update { devices, .. }] if devices.len() == 1
+        ));
+        assert_eq!(hub.stats.devices.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_viewer_that_leaves_is_gone_from_every_watcher_list_and_the_others_stay() {
+        let mut hub = Hub::new(Arc::default());
+        let fleet: Vec<String> = (0..50).map(|n| format!("d{n}")).collect();
+        hub.apply(LiveUpdate::Devices(
+            fleet.iter().map(|d| state(d, 0.0)).collect(),
+        ));
+        let view = || ViewSpec::Devices(fleet.iter().collect());
+        let mut queues = Vec::new();
+        for id in 1..=3 {
+            let (tx, rx) = mpsc::channel(64);
+            hub.join(id, tx);
+            hub.set_view(id, view());
+            hub.set_groups(id, vec!["hq".into()]);
+            queues.push(rx);
+        }
+        let leaving = hub.viewers.key(2).expect("joined");
+        hub.leave(2);
+        for d in &fleet {
+            let watchers = &hub
+                .devices
+                .get(hub.devices.slot(d).expect("known"))
+                .watchers;
+            assert!(!watchers.contains(leaving), "{d} still lists the viewer");
+            assert_eq!(watchers.iter().count(), 2, "{d}");
+        }
+        assert!(hub.group_watchers["hq"].iter().all(|&key| key != leaving));
+        assert!(!hub.dirty.contains(&leaving));
+        // The key goes to the next viewer, which gets nothing of the old viewer's view.
+        let (tx, mut rx) = mpsc::channel(64);
+        hub.join(4, tx);
+        assert_eq!(hub.viewers.key(4), Some(leaving));
+        hub.apply(LiveUpdate::Devices(
+            fleet.iter().map(|d| state(d, 1.0)).collect(),
+        ));
+        hub.push_pending();
+        assert!(frames(&mut rx).is_empty(), "not the old viewer's devices");
+        for queue in &mut queues[..] {
+            let _ = frames(queue);
+        }
+        hub.set_view(4, ViewSpec::Devices(["d7"].into_iter().collect()));
+        match frames(&mut rx).as_slice() {
+            [ServerMessage::Snapshot { devices, .. }] => assert_eq!(ids(devices), ["d7"]),
+            other => panic!("expected a snapshot of its own view, got {other:?}"),
+        }
+        assert_eq!(hub.stats.viewers.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn a_session_id_joined_again_starts_afresh() {
+        let mut hub = Hub::new(Arc::default());
+        let (tx, _rx) = mpsc::channel(8);
+        hub.join(1, tx.clone());
+        hub.set_view(1, ViewSpec::Devices(["a"].into_iter().collect()));
+        hub.join(1, tx);
+        assert_eq!(hub.devices.slot("a"), None, "the first view was let go");
+        assert_eq!(hub.viewers.len(), 1);
+    }
+
+    #[test]
+    fn a_viewer_gets_each_changed_device_once_with_its_latest_state() {
+        let mut hub = Hub::new(Arc::default());
+        hub.apply(LiveUpdate::Devices(vec![state("a", 0.0), state("b", 0.0)]));
+        let (tx, mut rx) = mpsc::channel(8);
+        hub.join(1, tx);
+        hub.set_view(1, ViewSpec::Devices(["b", "a"].into_iter().collect()));
+        let _ = frames(&mut rx);
+        for t in 1..=3 {
+            hub.apply(LiveUpdate::Devices(vec![state("a", f64::from(t))]));
+        }
+        hub.push_pending();
+        match frames(&mut rx).as_slice() {
+            [ServerMessage::Update { devices, .. }] => {
+                assert_eq!(ids(devices), ["a"]);
+                assert_eq!(devices[0].metrics["t"], MetricValue::Number(3.0));
+            }
+            other => panic!("expected one update, got {other:?}"),
+        }
     }
 
     /// `n` device ids that partition `partition` of 2 owns.
@@ -2193,7 +2299,7 @@ mod tests {
         hub.join(1, tx);
         hub.set_view(
             1,
-            ViewSpec::Devices(vec![ours.as_str().into(), theirs.as_str().into()]),
+            ViewSpec::Devices([ours.as_str(), theirs.as_str()].into_iter().collect()),
         );
         frames(&mut rx);
         // A fleet in one partition: no other bridge outlives its own.
@@ -2326,7 +2432,7 @@ mod tests {
             .collect();
         let frame = Frame::Update {
             seq: 1,
-            devices: jsons.iter().collect(),
+            devices: jsons,
             groups: Vec::new(),
         };
         let (tx, mut rx) = mpsc::channel(1);

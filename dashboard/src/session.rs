@@ -397,7 +397,7 @@ fn view_spec(
             "a view may hold at most {max} devices, this one has {}",
             devices.len()
         )),
-        (Some(devices), None) => Ok(ViewSpec::Devices(devices)),
+        (Some(devices), None) => Ok(ViewSpec::Devices(devices.iter().collect())),
         (None, Some(group)) => {
             let limit = limit.ok_or("a group view needs a \"limit\" (devices per page)")?;
             if limit == 0 || limit > max {
@@ -511,7 +511,9 @@ mod tests {
         let limits = limits();
         assert_eq!(
             parse_client_message(r#"{"type":"view","devices":["a"]}"#, &limits),
-            Ok(Request::View(ViewSpec::Devices(vec!["a".into()])))
+            Ok(Request::View(ViewSpec::Devices(
+                ["a"].into_iter().collect()
+            )))
         );
         assert_eq!(
             parse_client_message(
